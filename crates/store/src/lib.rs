@@ -1,1 +1,173 @@
-//! placeholder
+//! Storage for the relay: events, their indexes, tombstones, and the gateway's state
+//! (group registry, membership, KeyPackage claims, roster sequence numbers).
+//!
+//! One interface ([`EventStore`]), several backends. Events and gateway state live in the same
+//! backend so that an event and the state change it causes commit in one transaction: the
+//! writer runs the [`Admission`] hook *inside* the write transaction.
+//!
+//! This crate knows no sockets. It knows nothing of MLS either: the rules arrive through
+//! [`Admission`] and visibility through the `visible` predicate of [`EventStore::query`].
+
+pub mod embedded;
+
+use mls_proto::{Event, Filter, Hex32};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage: {0}")]
+    Backend(String),
+    #[error("storage: corrupt record: {0}")]
+    Corrupt(String),
+    #[error("storage is shutting down")]
+    Closed,
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Read access to the gateway's key/value state, inside a transaction.
+/// Keys are namespaced by their first bytes (the gateway owns the layout).
+pub trait StateRead {
+    fn get(&self, key: &[u8]) -> StoreResult<Option<Vec<u8>>>;
+    /// Calls `f(key, value)` for every key starting with `prefix`, in key order, until it
+    /// returns false.
+    fn scan_prefix(
+        &self,
+        prefix: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> StoreResult<()>;
+}
+
+/// Write access to the gateway's state, inside the writer's transaction.
+pub trait StateWrite: StateRead {
+    fn put(&mut self, key: &[u8], value: &[u8]) -> StoreResult<()>;
+    fn delete(&mut self, key: &[u8]) -> StoreResult<()>;
+}
+
+/// Who is writing: what the rules need to know about the publishing connection.
+#[derive(Debug, Clone, Default)]
+pub struct Publisher {
+    /// Pubkeys the connection has authenticated as (NIP-42). Empty when unauthenticated.
+    pub authed: Vec<Hex32>,
+}
+
+/// What the rules decided for an accepted event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admitted {
+    /// When the relay stops serving and purges the event (retention / NIP-40 / KeyPackage
+    /// expiry), in unix seconds.
+    pub expires_at: Option<u64>,
+    /// False: state changes commit but the event itself is not stored (live delivery only).
+    pub store: bool,
+}
+
+/// A refusal, already carrying its machine-readable prefix (`invalid: …`, `restricted: …`, …).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection(pub String);
+
+/// Rules that run inside the write transaction, so the check and the state change it implies
+/// are atomic (no read-then-write race between two writers of the same group).
+pub trait Admission: Send + Sync + 'static {
+    /// Decides whether `event` is accepted, and applies the state changes it implies.
+    /// Called with `received_at` = the receipt time (unix seconds).
+    fn admit(
+        &self,
+        event: &Event,
+        publisher: &Publisher,
+        received_at: u64,
+        state: &mut dyn StateWrite,
+    ) -> Result<Admitted, Rejection>;
+
+    /// May the author of a kind-5 deletion remove `target`? NIP-09 says: only its own author.
+    fn may_delete(&self, deleter: &Hex32, target: &Event) -> bool {
+        *deleter == target.pubkey
+    }
+}
+
+/// The default rules: accept everything, keep NIP-40 expiration. Used by tools and tests.
+pub struct AcceptAll;
+
+impl Admission for AcceptAll {
+    fn admit(
+        &self,
+        event: &Event,
+        _: &Publisher,
+        _: u64,
+        _: &mut dyn StateWrite,
+    ) -> Result<Admitted, Rejection> {
+        Ok(Admitted {
+            expires_at: event.expiration(),
+            store: true,
+        })
+    }
+}
+
+/// The outcome of one write, after the transaction that carried it committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// Durably committed (or, for `store: false`, its state changes committed).
+    Accepted,
+    /// Already stored: `duplicate: …`. Counts as success for the client (`OK true`).
+    Duplicate,
+    /// Refused, with its prefixed reason (`OK false`).
+    Rejected(String),
+}
+
+/// An event as stored: the signed event, its JSON (serialised once, served as is), and the
+/// relay's own bookkeeping.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub event: Event,
+    pub json: Arc<str>,
+    pub received_at: u64,
+    pub expires_at: Option<u64>,
+}
+
+/// Visibility predicate for reads: called with each candidate event and a view of the gateway
+/// state in the same read transaction. Only events for which it returns true are counted
+/// towards `limit` and returned.
+pub type Visible<'a> = &'a (dyn Fn(&Event, &dyn StateRead) -> bool + Send + Sync);
+
+/// The storage interface every backend implements.
+#[async_trait::async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Runs the rules and stores the event in the next group commit; returns after the commit
+    /// is durable. Handles duplicates, tombstones (NIP-09), replaceable/addressable versions,
+    /// and kind-5 deletions.
+    async fn write(&self, event: Event, publisher: Publisher) -> StoreResult<WriteOutcome>;
+
+    /// Events matching any of `filters` and `visible`, newest first (ties: lowest id first),
+    /// at most `limit` per filter (the filter's own `limit`, capped by `max_limit`), merged and
+    /// de-duplicated, never expired at `now`.
+    async fn query(
+        &self,
+        filters: &[Filter],
+        max_limit: u64,
+        now: u64,
+        visible: Visible<'_>,
+    ) -> StoreResult<Vec<StoredEvent>>;
+
+    /// Number of distinct events matching any of `filters` and `visible` (NIP-45).
+    async fn count(&self, filters: &[Filter], now: u64, visible: Visible<'_>) -> StoreResult<u64>;
+
+    /// Runs `f` with a read view of the gateway state (for live fan-out decisions and REST).
+    async fn read_state(
+        &self,
+        f: &mut (dyn FnMut(&dyn StateRead) -> StoreResult<()> + Send),
+    ) -> StoreResult<()>;
+
+    /// Applies a state-only change atomically (admin API, KeyPackage claims).
+    async fn update_state(
+        &self,
+        f: Box<dyn FnOnce(&mut dyn StateWrite) -> Result<(), Rejection> + Send>,
+    ) -> StoreResult<Result<(), Rejection>>;
+
+    /// Removes events whose `expires_at` is at or before `now`; returns how many.
+    async fn purge_expired(&self, now: u64) -> StoreResult<u64>;
+
+    /// Cheap liveness probe for `/health`.
+    async fn health(&self) -> StoreResult<()>;
+
+    /// Every stored event, oldest first (for `export`).
+    async fn export(&self, f: &mut (dyn FnMut(&StoredEvent) + Send)) -> StoreResult<()>;
+}
