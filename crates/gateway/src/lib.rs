@@ -1,5 +1,327 @@
-//! The MLS gateway rules (PROTOCOL.md §3–§6).
+//! The MLS gateway rules (PROTOCOL.md §3–§6): who may publish what, who may read what, what the
+//! relay remembers about groups and KeyPackages, and for how long events are kept.
+//!
+//! Pure logic over the store's key/value state ([`mls_store::StateRead`] / [`StateWrite`]):
+//! no sockets, no database engine. The store's single writer calls [`Gateway`]'s
+//! [`Admission::admit`] inside its write transaction, so every check and the state change it
+//! implies commit together; reads call [`Gateway::may_see`].
+//!
+//! One file per kind family — the rule for a kind is in one place:
+//!
+//! | file               | kinds / concern                                              |
+//! |--------------------|--------------------------------------------------------------|
+//! | `dialect.rs`       | Marmot and Loxation tags → one model ([`MlsEvent`])          |
+//! | `keypackage.rs`    | 443 / 30443 KeyPackages and the directory                    |
+//! | `claims.rs`        | KeyPackage claiming (§5)                                     |
+//! | `giftwrap.rs`      | 1059 gift wraps, 444 Welcome rumors                          |
+//! | `group_message.rs` | 445 group messages                                           |
+//! | `noise_dm.rs`      | 446 Noise DMs                                                |
+//! | `roster.rs`        | 450 roster events                                            |
+//! | `registry.rs`      | group records and membership (roster, giftwrap, api sources) |
+//! | `visibility.rs`    | the one visibility rule and the REQ pre-check                |
+//! | `retention.rs`     | how long each kind is kept                                   |
+//! | `state.rs`         | the key layout of the gateway's state                        |
 
 pub mod config;
+pub mod dialect;
 
-pub use config::GatewayConfig;
+mod claims;
+mod giftwrap;
+mod group_message;
+mod keypackage;
+mod noise_dm;
+mod registry;
+mod retention;
+mod roster;
+mod state;
+mod visibility;
+
+#[cfg(test)]
+mod tests;
+
+pub use config::{GatewayConfig, MembershipSource, RateLimits, StorageBackend, UnknownGroups};
+pub use dialect::{normalize, Dialect, MlsEvent, RosterOp};
+pub use keypackage::KeyPackageEntry;
+pub use registry::{GroupRecord, MembershipChange};
+pub use state::MemState;
+
+use mls_proto::{parse_pubkey, Event, Filter, Hex32};
+use mls_store::{Admission, Admitted, Publisher, Rejection, StateRead, StateWrite, StoreError};
+
+/// Who is reading: the connection's NIP-42 authenticated pubkeys (empty = unauthenticated).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Viewer {
+    pub authed: Vec<Hex32>,
+}
+
+impl Viewer {
+    pub fn anonymous() -> Viewer {
+        Viewer::default()
+    }
+
+    pub fn authenticated_as(pubkeys: impl IntoIterator<Item = Hex32>) -> Viewer {
+        Viewer {
+            authed: pubkeys.into_iter().collect(),
+        }
+    }
+}
+
+/// Why a REQ / COUNT is refused before it runs. The message carries its prefix
+/// (`auth-required: …` / `restricted: …`) for `CLOSED`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadRefusal {
+    /// Not authenticated: the relay sends an AUTH challenge with the `CLOSED`.
+    AuthRequired(String),
+    /// Authenticated, but as someone the filters can never match for.
+    Restricted(String),
+}
+
+impl ReadRefusal {
+    pub fn message(&self) -> &str {
+        match self {
+            ReadRefusal::AuthRequired(m) | ReadRefusal::Restricted(m) => m,
+        }
+    }
+}
+
+impl std::fmt::Display for ReadRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+/// The gateway: configuration plus the rules. Holds no state of its own (everything lives in
+/// the store), so one instance may serve every connection and several relays may share a backend.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    config: GatewayConfig,
+    auth_enabled: bool,
+    admins: Vec<Hex32>,
+}
+
+impl Gateway {
+    /// `auth_enabled` = the relay's `[auth] enabled`. Admin pubkeys come from
+    /// `config.admin_pubkeys` (hex or npub); an invalid entry is an error naming it.
+    pub fn new(config: GatewayConfig, auth_enabled: bool) -> Result<Gateway, String> {
+        let mut admins = Vec::with_capacity(config.admin_pubkeys.len());
+        for entry in &config.admin_pubkeys {
+            let pk = parse_pubkey(entry).ok_or_else(|| {
+                format!("admin_pubkeys: invalid pubkey {entry:?} (expected 64 hex characters or npub)")
+            })?;
+            admins.push(pk);
+        }
+        if config.max_keypackages_per_query == 0 {
+            return Err("max_keypackages_per_query must be at least 1".into());
+        }
+        if config.keypackage_ttl > config.keypackage_max_ttl {
+            return Err(format!(
+                "keypackage_ttl ({}) must not exceed keypackage_max_ttl ({})",
+                config.keypackage_ttl, config.keypackage_max_ttl
+            ));
+        }
+        Ok(Gateway {
+            config,
+            auth_enabled,
+            admins,
+        })
+    }
+
+    pub fn config(&self) -> &GatewayConfig {
+        &self.config
+    }
+
+    pub fn auth_enabled(&self) -> bool {
+        self.auth_enabled
+    }
+
+    /// A configured `admin_pubkeys` entry (may bootstrap any group, use the admin API).
+    pub fn is_admin(&self, pk: &Hex32) -> bool {
+        self.admins.contains(pk)
+    }
+
+    pub fn admin_pubkeys(&self) -> &[Hex32] {
+        &self.admins
+    }
+
+    pub(crate) fn source_enabled(&self, source: MembershipSource) -> bool {
+        self.config.membership_sources.contains(&source)
+    }
+
+    /// THE visibility rule (see `visibility.rs`), for stored REQ, live fan-out, COUNT and REST.
+    pub fn may_see(&self, viewer: &Viewer, event: &Event, state: &dyn StateRead) -> bool {
+        visibility::may_see(self, viewer, event, state)
+    }
+
+    /// Before a REQ / COUNT runs: `Err` when the filters can only match events this viewer may
+    /// never see. Filters that may match visible events pass (the rest is left to `may_see`).
+    pub fn check_read(
+        &self,
+        viewer: &Viewer,
+        filters: &[Filter],
+        state: &dyn StateRead,
+    ) -> Result<(), ReadRefusal> {
+        visibility::check_read(self, viewer, filters, state)
+    }
+
+    /// KeyPackage claims (§5): of the KeyPackage events a REQ returned (already visible), the
+    /// ids to serve, in input order, with claims recorded in `state`. Other events pass through;
+    /// so does everything when claims are off, the requester is unauthenticated, or the
+    /// KeyPackage is the requester's own. Run it in a state transaction (`update_state`).
+    pub fn claim_keypackages(
+        &self,
+        requester: &Viewer,
+        candidates: &[Event],
+        now: u64,
+        state: &mut dyn StateWrite,
+    ) -> Result<Vec<Hex32>, Rejection> {
+        claims::claim(self, requester, candidates, now, state)
+    }
+
+    /// The `mls` object of the NIP-11 document.
+    pub fn nip11_section(&self) -> serde_json::Value {
+        let cfg = &self.config;
+        serde_json::json!({
+            "kinds": [443, 444, 445, 446, 450, 1059, 10002, 10050, 10051, 30443],
+            "dialects": ["marmot", "loxation"],
+            "ciphersuites": dialect::CIPHERSUITES
+                .iter()
+                .map(|(id, _)| format!("0x{id:04x}"))
+                .collect::<Vec<_>>(),
+            "retention": retention::describe(cfg),
+            "membership": {
+                "sources": cfg.membership_sources,
+                "unknown_groups": cfg.unknown_groups,
+            },
+            "keypackage_claims": {
+                "enabled": cfg.keypackage_claims,
+                "max_keypackages_per_query": cfg.max_keypackages_per_query,
+                "max_keypackage_fetches_per_hour": cfg.max_keypackage_fetches_per_hour,
+            },
+            "rate_limits": {
+                "max_keypackages_per_hour": cfg.rate_limits.max_keypackages_per_hour,
+                "max_group_messages_per_minute": cfg.rate_limits.max_group_messages_per_minute,
+            },
+        })
+    }
+
+    /// The group record, if `viewer` is a member or admin of it, or a configured admin.
+    /// `None` otherwise, so that REST does not reveal whether the group exists.
+    pub fn group_for(
+        &self,
+        viewer: &Viewer,
+        group_id: &str,
+        state: &dyn StateRead,
+    ) -> Result<Option<GroupRecord>, StoreError> {
+        let Some(rec) = registry::load_record(state, group_id)? else {
+            return Ok(None);
+        };
+        let allowed = viewer.authed.iter().any(|pk| {
+            self.is_admin(pk) || rec.members.contains(pk) || rec.admins.contains(pk)
+        });
+        Ok(allowed.then_some(rec))
+    }
+
+    /// Every group the registry knows (admin API).
+    pub fn list_groups(&self, state: &dyn StateRead) -> Result<Vec<GroupRecord>, StoreError> {
+        registry::list(state)
+    }
+
+    /// An admin API membership change (source `api`): the same atomic registry path as a
+    /// roster event. The caller has already checked that the requester is a configured admin.
+    pub fn apply_admin_change(
+        &self,
+        change: &MembershipChange,
+        now: u64,
+        state: &mut dyn StateWrite,
+    ) -> Result<GroupRecord, Rejection> {
+        registry::apply_admin_change(self, change, now, state)
+    }
+
+    /// The REST KeyPackage directory of `owner`: unexpired only, newest first.
+    pub fn keypackages_of(
+        &self,
+        owner: &Hex32,
+        now: u64,
+        state: &dyn StateRead,
+    ) -> Result<Vec<KeyPackageEntry>, StoreError> {
+        keypackage::entries_of(state, owner, now)
+    }
+
+    /// Background cleanup of the gateway's own state (expired KeyPackage bookkeeping, rate
+    /// counters of past windows); run it next to the store's purge. Returns keys removed.
+    pub fn purge_state(&self, now: u64, state: &mut dyn StateWrite) -> Result<u64, StoreError> {
+        let mut n = keypackage::purge(state, now)?;
+        for (prefix, width) in [(&b"rg/"[..], 60u64), (b"rk/", 3600), (b"rf/", 3600)] {
+            for (k, _) in state::scan(state, prefix)? {
+                let window = k
+                    .rsplit(|b| *b == b'/')
+                    .next()
+                    .and_then(|w| std::str::from_utf8(w).ok())
+                    .and_then(|w| w.parse::<u64>().ok());
+                if window.map_or(true, |w| w < now / width) {
+                    state.delete(&k)?;
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// NIP-70: a protected event only from a connection authenticated as its author.
+    fn check_protected(event: &Event, publisher: &Publisher) -> Result<(), Rejection> {
+        if !event.is_protected() || publisher.authed.contains(&event.pubkey) {
+            return Ok(());
+        }
+        Err(Rejection(if publisher.authed.is_empty() {
+            "auth-required: this event is protected (NIP-70); authenticate as its author".into()
+        } else {
+            "restricted: this event is protected (NIP-70) and may only be published by its author"
+                .into()
+        }))
+    }
+}
+
+impl Admission for Gateway {
+    fn admit(
+        &self,
+        event: &Event,
+        publisher: &Publisher,
+        received_at: u64,
+        state: &mut dyn StateWrite,
+    ) -> Result<Admitted, Rejection> {
+        Self::check_protected(event, publisher)?;
+        // Only the gateway kinds go through the dialect model; other kinds keep plain Nostr rules.
+        let m = || dialect::normalize(event);
+        match event.kind {
+            443 | 30443 => keypackage::admit(self, event, &m()?, publisher, received_at, state),
+            444 => Err(giftwrap::refuse_rumor()),
+            445 => group_message::admit(self, event, &m()?, publisher, received_at, state),
+            446 => noise_dm::admit(self, event, &m()?, received_at),
+            450 => roster::admit(self, event, &m()?, publisher, received_at, state),
+            1059 => giftwrap::admit(self, event, &m()?, publisher, received_at, state),
+            5 => {
+                keypackage::on_deletion(event, state).map_err(state::store_err)?;
+                Ok(Admitted {
+                    expires_at: retention::default(event.expiration()),
+                    store: true,
+                })
+            }
+            // 10050 / 10051 / 10002 relay lists and every other kind: ordinary Nostr rules.
+            _ => Ok(Admitted {
+                expires_at: retention::default(event.expiration()),
+                store: true,
+            }),
+        }
+    }
+
+    /// NIP-09: the author; and for gift wraps (1059) and Noise DMs (446) also a `p` recipient
+    /// (NIP-59 advises recipients to delete what they have read).
+    fn may_delete(&self, deleter: &Hex32, target: &Event) -> bool {
+        *deleter == target.pubkey
+            || (matches!(target.kind, 1059 | 446)
+                && target
+                    .tag_values("p")
+                    .filter_map(Hex32::from_hex)
+                    .any(|p| p == *deleter))
+    }
+}

@@ -1,1 +1,108 @@
-//! placeholder
+//! The relay server: HTTP and WebSocket on one port, sessions, live subscriptions, fan-out,
+//! NIP-42. It wires the wire model (`mls-proto`), the rules (`mls-gateway-rules`) and the
+//! storage (`mls-store`) together; the path of one event is
+//! `session` → `ingest` (relay checks) → store writer (gateway rules, commit) → `fanout`.
+
+pub mod app;
+mod auth;
+mod claims;
+pub mod config;
+mod fanout;
+pub mod http;
+mod ingest;
+pub mod logging;
+mod session;
+mod subscriptions;
+pub mod tools;
+
+use app::App;
+use config::Config;
+use mls_gateway_rules::Gateway;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How often expired events are purged.
+const PURGE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Builds the gateway from the config (auth mode and admin keys come from it).
+pub fn gateway(config: &Config) -> Result<Arc<Gateway>, String> {
+    Gateway::new(config.extensions.mls_gateway.clone(), config.auth.enabled)
+        .map(Arc::new)
+        .map_err(|e| format!("extensions.mls_gateway: {e}"))
+}
+
+/// Runs the relay until SIGTERM/SIGINT, then shuts down gracefully: stop accepting, close
+/// sockets with a close frame, let the writer commit what it acknowledged.
+pub async fn run(config: Config) -> Result<(), String> {
+    let gateway = gateway(&config)?;
+    let store = app::open_store(&config, gateway.clone())?;
+    let addr = config.listen_addr();
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|e| format!("server.host/server.port {addr}: cannot listen: {e}"))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let app = Arc::new(App::new(
+        config,
+        store.clone(),
+        gateway,
+        shutdown_rx.clone(),
+    ));
+
+    let purge_store = store.clone();
+    let mut purge_shutdown = shutdown_rx.clone();
+    let purger = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PURGE_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => match purge_store.purge_expired(mls_proto::unix_now()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(purged = n, "expired events purged"),
+                    Err(e) => tracing::error!(error = %e, "purge failed"),
+                },
+                _ = app::until_shutdown(&mut purge_shutdown) => break,
+            }
+        }
+    });
+
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown signal received");
+        let _ = shutdown_tx.send(true);
+    });
+
+    tracing::info!(address = %local, "listening on {local}");
+    let mut server_shutdown = shutdown_rx.clone();
+    axum::serve(listener, http::router(app.clone()))
+        .with_graceful_shutdown(async move { app::until_shutdown(&mut server_shutdown).await })
+        .await
+        .map_err(|e| format!("server error: {e}"))?;
+
+    let _ = purger.await;
+    store.close().await;
+    tracing::info!("relay stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

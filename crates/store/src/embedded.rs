@@ -1,1 +1,322 @@
-//! placeholder
+//! The embedded backend: LMDB (through heed) in the relay's own process, no services.
+//!
+//! Layout, in one LMDB environment:
+//! - `events`: id → record (received_at, expires_at, the event JSON as first serialised);
+//! - time-ordered indexes `created`, `author`, `kind`, `author_kind`, `tag`, keyed
+//!   `prefix ++ (u64::MAX - created_at) ++ id` so that cursors walk newest first
+//!   (see [`keys`]);
+//! - `expiry` (expires_at ++ id) for purges, `addr` (address → newest version) for
+//!   replaceable and addressable events, `tomb_ids` / `tomb_addrs` for NIP-09 tombstones;
+//! - `state`: the gateway's key/value state, so a rule and its state change commit together.
+//!
+//! Writes go through one writer thread that commits everything queued in one durable
+//! transaction (group commit, see [`writer`]). Reads run on the caller's thread with their own
+//! read transaction (LMDB readers never block the writer nor each other).
+
+mod keys;
+mod query;
+mod state;
+mod writer;
+
+use crate::{
+    Admission, EventStore, Publisher, Rejection, StateRead, StateWrite, StoreError, StoreResult,
+    StoredEvent, Visible, WriteOutcome,
+};
+use heed::{Database, Env, EnvOpenOptions, RwTxn, WithoutTls};
+use mls_proto::{Event, Filter};
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use tokio::sync::oneshot;
+
+pub(crate) type Bytes = heed::types::Bytes;
+
+/// Tuning of the embedded store.
+#[derive(Debug, Clone)]
+pub struct EmbeddedOptions {
+    /// Size of the memory map, i.e. the most the database can grow to. The file is sparse:
+    /// this costs address space, not disk. Rounded up to a multiple of 64 KiB.
+    pub map_size: usize,
+    /// Most requests committed in one transaction.
+    pub max_batch: usize,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        EmbeddedOptions {
+            map_size: 64 << 30,
+            max_batch: 4096,
+        }
+    }
+}
+
+/// Bumped when the on-disk layout changes; a store written by another layout is refused
+/// rather than misread.
+const SCHEMA_VERSION: &[u8] = b"1";
+
+/// The LMDB databases of one environment.
+#[derive(Clone, Copy)]
+pub(crate) struct Dbs {
+    events: Database<Bytes, Bytes>,
+    created: Database<Bytes, Bytes>,
+    author: Database<Bytes, Bytes>,
+    kind: Database<Bytes, Bytes>,
+    author_kind: Database<Bytes, Bytes>,
+    tag: Database<Bytes, Bytes>,
+    expiry: Database<Bytes, Bytes>,
+    addr: Database<Bytes, Bytes>,
+    tomb_ids: Database<Bytes, Bytes>,
+    tomb_addrs: Database<Bytes, Bytes>,
+    state: Database<Bytes, Bytes>,
+}
+
+impl Dbs {
+    fn create(env: &Env<WithoutTls>) -> StoreResult<Dbs> {
+        let mut txn = env
+            .write_txn()
+            .map_err(backend("begin schema transaction"))?;
+        let mut db = |name: &'static str| -> StoreResult<Database<Bytes, Bytes>> {
+            env.create_database(&mut txn, Some(name))
+                .map_err(|e| StoreError::Backend(format!("create database {name}: {e}")))
+        };
+        let dbs = Dbs {
+            events: db("events")?,
+            created: db("idx_created")?,
+            author: db("idx_author")?,
+            kind: db("idx_kind")?,
+            author_kind: db("idx_author_kind")?,
+            tag: db("idx_tag")?,
+            expiry: db("idx_expiry")?,
+            addr: db("addr")?,
+            tomb_ids: db("tomb_ids")?,
+            tomb_addrs: db("tomb_addrs")?,
+            state: db("state")?,
+        };
+        let meta = db("meta")?;
+        check_schema(&mut txn, meta)?;
+        txn.commit().map_err(backend("commit schema transaction"))?;
+        Ok(dbs)
+    }
+
+    fn index(&self, index: keys::Index) -> Database<Bytes, Bytes> {
+        match index {
+            keys::Index::Created => self.created,
+            keys::Index::Author => self.author,
+            keys::Index::Kind => self.kind,
+            keys::Index::AuthorKind => self.author_kind,
+            keys::Index::Tag => self.tag,
+        }
+    }
+}
+
+fn check_schema(txn: &mut RwTxn, meta: Database<Bytes, Bytes>) -> StoreResult<()> {
+    let found = meta
+        .get(txn, b"schema")
+        .map_err(backend("read schema version"))?
+        .map(<[u8]>::to_vec);
+    match found {
+        None => meta
+            .put(txn, b"schema", SCHEMA_VERSION)
+            .map_err(backend("write schema version")),
+        Some(v) if v == SCHEMA_VERSION => Ok(()),
+        Some(v) => Err(StoreError::Backend(format!(
+            "store has schema version {:?}, this build reads {:?}",
+            String::from_utf8_lossy(&v),
+            String::from_utf8_lossy(SCHEMA_VERSION)
+        ))),
+    }
+}
+
+/// Maps any displayable error to [`StoreError::Backend`], naming what was being done.
+pub(crate) fn backend<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> StoreError {
+    move |e| StoreError::Backend(format!("{what}: {e}"))
+}
+
+/// The embedded (LMDB) store. Open it once per process and share the `Arc`.
+pub struct EmbeddedStore {
+    env: Env<WithoutTls>,
+    dbs: Dbs,
+    path: PathBuf,
+    /// `None` once closed: later writes get [`StoreError::Closed`].
+    queue: Mutex<Option<mpsc::Sender<writer::Request>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) the store in directory `path` and starts its writer thread.
+    pub fn open(
+        path: &Path,
+        options: EmbeddedOptions,
+        rules: Arc<dyn Admission>,
+    ) -> StoreResult<Arc<EmbeddedStore>> {
+        std::fs::create_dir_all(path)
+            .map_err(|e| StoreError::Backend(format!("create {}: {e}", path.display())))?;
+        let map_size = options.map_size.max(1 << 20).div_ceil(1 << 16) << 16;
+        let mut env_options = EnvOpenOptions::new().read_txn_without_tls();
+        env_options.map_size(map_size).max_dbs(16).max_readers(1024);
+        // SAFETY: heed marks opening unsafe because a memory-mapped file modified behind
+        // LMDB's back is undefined behaviour. We keep LMDB's locking on (no NO_LOCK) and
+        // only ever touch these files through LMDB. Flags stay at their defaults, which make
+        // every commit durable (fsync) — the relay's `OK true` depends on it.
+        let env = unsafe { env_options.open(path) }.map_err(|e| {
+            StoreError::Backend(format!("open LMDB environment {}: {e}", path.display()))
+        })?;
+        // A process killed while reading leaves its reader slot behind; free those now.
+        env.clear_stale_readers()
+            .map_err(backend("clear stale LMDB readers"))?;
+        let dbs = Dbs::create(&env)?;
+
+        let (sender, receiver) = mpsc::channel();
+        let writer = writer::Writer {
+            env: env.clone(),
+            dbs,
+            rules,
+            max_batch: options.max_batch.max(1),
+        };
+        let handle = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer.run(receiver))
+            .map_err(backend("start the store writer thread"))?;
+        Ok(Arc::new(EmbeddedStore {
+            env,
+            dbs,
+            path: path.to_path_buf(),
+            queue: Mutex::new(Some(sender)),
+            writer: Mutex::new(Some(handle)),
+        }))
+    }
+
+    /// Graceful shutdown: stops accepting writes, lets the writer commit and answer what is
+    /// already queued, and waits for it. Blocks for at most one or two commits. Reads keep
+    /// working until the store is dropped; writes get [`StoreError::Closed`].
+    pub fn close(&self) {
+        drop(lock(&self.queue).take());
+        let handle = lock(&self.writer).take();
+        if let Some(handle) = handle {
+            if handle.join().is_err() {
+                tracing::error!(path = %self.path.display(), "store writer thread panicked");
+            }
+        }
+    }
+
+    /// Where the store lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn submit(&self, request: writer::Request) -> StoreResult<()> {
+        match lock(&self.queue).as_ref() {
+            None => Err(StoreError::Closed),
+            Some(queue) => queue
+                .send(request)
+                .map_err(|_| StoreError::Backend("store writer thread has stopped".into())),
+        }
+    }
+}
+
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// A poisoned lock only means another thread panicked while holding it; the guarded
+/// `Option`s are always in a valid state.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn answer<T>(reply: oneshot::Receiver<StoreResult<T>>) -> StoreResult<T> {
+    reply
+        .await
+        .map_err(|_| StoreError::Backend("store writer stopped before answering".into()))?
+}
+
+/// Runs a synchronous LMDB read without stalling the async runtime. The interface hands us
+/// borrowed closures (`visible`, `read_state`'s `f`), which `spawn_blocking` cannot take
+/// (it needs `'static`); `block_in_place` can, and hands this worker's other tasks to another
+/// worker meanwhile. On a current-thread runtime (tests, tools) the read just runs inline.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+#[async_trait::async_trait]
+impl EventStore for EmbeddedStore {
+    async fn write(&self, event: Event, publisher: Publisher) -> StoreResult<WriteOutcome> {
+        let (reply, answered) = oneshot::channel();
+        self.submit(writer::Request::Write {
+            event,
+            publisher,
+            reply,
+        })?;
+        answer(answered).await
+    }
+
+    async fn query(
+        &self,
+        filters: &[Filter],
+        max_limit: u64,
+        now: u64,
+        visible: Visible<'_>,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        blocking(|| query::query(&self.env, &self.dbs, filters, max_limit, now, visible))
+    }
+
+    async fn count(&self, filters: &[Filter], now: u64, visible: Visible<'_>) -> StoreResult<u64> {
+        blocking(|| query::count(&self.env, &self.dbs, filters, now, visible))
+    }
+
+    async fn read_state(
+        &self,
+        f: &mut (dyn for<'s> FnMut(&'s dyn StateRead) -> StoreResult<()> + Send),
+    ) -> StoreResult<()> {
+        blocking(|| {
+            let txn = self
+                .env
+                .read_txn()
+                .map_err(backend("begin read transaction"))?;
+            f(&state::TxnState {
+                txn: &txn,
+                db: self.dbs.state,
+            })
+        })
+    }
+
+    async fn update_state(
+        &self,
+        f: Box<dyn for<'s> FnOnce(&'s mut dyn StateWrite) -> Result<(), Rejection> + Send>,
+    ) -> StoreResult<Result<(), Rejection>> {
+        let (reply, answered) = oneshot::channel();
+        self.submit(writer::Request::State { f: Some(f), reply })?;
+        answer(answered).await
+    }
+
+    async fn purge_expired(&self, now: u64) -> StoreResult<u64> {
+        let (reply, answered) = oneshot::channel();
+        self.submit(writer::Request::Purge {
+            now,
+            purged: 0,
+            reply,
+        })?;
+        answer(answered).await
+    }
+
+    async fn health(&self) -> StoreResult<()> {
+        self.env
+            .read_txn()
+            .map(drop)
+            .map_err(backend("begin read transaction"))
+    }
+
+    async fn export(
+        &self,
+        f: &mut (dyn for<'e> FnMut(&'e StoredEvent) + Send),
+    ) -> StoreResult<()> {
+        blocking(|| query::export(&self.env, &self.dbs, f))
+    }
+}

@@ -151,15 +151,17 @@ pub trait EventStore: Send + Sync + 'static {
     async fn count(&self, filters: &[Filter], now: u64, visible: Visible<'_>) -> StoreResult<u64>;
 
     /// Runs `f` with a read view of the gateway state (for live fan-out decisions and REST).
+    // The `for<'s>` is spelled out because `async_trait` would otherwise name the elided
+    // lifetime after the method's, making `f` callable with no reference we could create.
     async fn read_state(
         &self,
-        f: &mut (dyn FnMut(&dyn StateRead) -> StoreResult<()> + Send),
+        f: &mut (dyn for<'s> FnMut(&'s dyn StateRead) -> StoreResult<()> + Send),
     ) -> StoreResult<()>;
 
     /// Applies a state-only change atomically (admin API, KeyPackage claims).
     async fn update_state(
         &self,
-        f: Box<dyn FnOnce(&mut dyn StateWrite) -> Result<(), Rejection> + Send>,
+        f: Box<dyn for<'s> FnOnce(&'s mut dyn StateWrite) -> Result<(), Rejection> + Send>,
     ) -> StoreResult<Result<(), Rejection>>;
 
     /// Removes events whose `expires_at` is at or before `now`; returns how many.
@@ -168,6 +170,9 @@ pub trait EventStore: Send + Sync + 'static {
     /// Cheap liveness probe for `/health`.
     async fn health(&self) -> StoreResult<()>;
 
+    /// Stops taking writes once everything already queued is committed (graceful shutdown).
+    async fn close(&self) {}
+
     /// Every stored event, oldest first (for `export`).
-    async fn export(&self, f: &mut (dyn FnMut(&StoredEvent) + Send)) -> StoreResult<()>;
+    async fn export(&self, f: &mut (dyn for<'e> FnMut(&'e StoredEvent) + Send)) -> StoreResult<()>;
 }

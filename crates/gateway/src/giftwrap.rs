@@ -1,0 +1,87 @@
+//! Kind 1059 (NIP-59 gift wrap, carrying Welcomes) and kind 444 (the Welcome rumor itself).
+//!
+//! 444 is never accepted top-level: a Welcome travels sealed (13) inside a gift wrap, and a
+//! bare one would expose who joins which group.
+//!
+//! 1059 is accepted when: at least one `p`; `created_at` no more than `giftwrap_max_backdate`
+//! before receipt (NIP-59 backdates on purpose, bounded so that a wrap cannot pretend to be
+//! arbitrarily old). Served only to connections authenticated as a `p` recipient. Kept
+//! receipt + `welcome_ttl`.
+//!
+//! Membership source `giftwrap` (PROTOCOL §4): a 1059 with an `h` published by an
+//! authenticated connection makes its `p` recipients members of that group. If the group is
+//! unknown, the publisher (its first authenticated pubkey) creates it and becomes owner, admin
+//! and member, as a roster `bootstrap` would make it; if the group is known, the publisher
+//! must be a member or admin, otherwise anyone authenticated could add themselves to any group.
+
+use crate::config::MembershipSource;
+use crate::dialect::{short, MlsEvent, RosterOp};
+use crate::registry::{self, Group};
+use crate::retention;
+use crate::state::store_err;
+use crate::Gateway;
+use mls_proto::Event;
+use mls_store::{Admitted, Publisher, Rejection, StateWrite};
+
+/// Kind 444 at top level.
+pub(crate) fn refuse_rumor() -> Rejection {
+    Rejection("invalid: kind 444 must be gift-wrapped".into())
+}
+
+pub(crate) fn admit(
+    gw: &Gateway,
+    ev: &Event,
+    m: &MlsEvent<'_>,
+    publisher: &Publisher,
+    received_at: u64,
+    state: &mut dyn StateWrite,
+) -> Result<Admitted, Rejection> {
+    let cfg = gw.config();
+    if m.recipients.is_empty() {
+        return Err(Rejection(
+            "invalid: kind 1059 must have at least one p tag".into(),
+        ));
+    }
+    if ev.created_at < received_at.saturating_sub(cfg.giftwrap_max_backdate) {
+        return Err(Rejection(format!(
+            "invalid: gift wrap created_at is more than giftwrap_max_backdate ({}s) in the past",
+            cfg.giftwrap_max_backdate
+        )));
+    }
+    if m.group_ids.len() > 1 {
+        return Err(Rejection(
+            "invalid: kind 1059 may have at most one h tag".into(),
+        ));
+    }
+
+    if let (Some(group), Some(first)) = (m.group_ids.first(), publisher.authed.first()) {
+        if gw.source_enabled(MembershipSource::Giftwrap) {
+            registry::validate_group_id(group)?;
+            let group_state = match Group::load(state, group).map_err(store_err)? {
+                Some(mut g) => {
+                    let inviter = registry::participant(state, group, &publisher.authed)
+                        .map_err(store_err)?;
+                    if inviter.is_none() {
+                        return Err(Rejection(format!(
+                            "restricted: not a member of group {}; only members may invite",
+                            short(group)
+                        )));
+                    }
+                    g.apply(RosterOp::Add, None, &m.recipients);
+                    g
+                }
+                None => {
+                    let mut g = Group::create(group, Some(*first), received_at);
+                    g.apply(RosterOp::Bootstrap, Some(*first), &m.recipients);
+                    g
+                }
+            };
+            group_state.save(state, received_at).map_err(store_err)?;
+        }
+    }
+
+    Ok(Admitted {
+        expires_at: retention::giftwrap(cfg, received_at, m.nip40),
+        store: cfg.enable_message_archive,
+    })
+}

@@ -1,0 +1,368 @@
+//! Group records and membership (PROTOCOL §4): the one path every membership source takes
+//! (roster 450, gift wraps, the admin API), always inside the caller's transaction.
+//!
+//! A group exists in the registry only once its membership is known; existence is what makes
+//! it *gated*. Roles are rows (`m/{group}/{pubkey}`) so that visibility checks are one key
+//! lookup, and metadata (name, owner, counts, last epoch, last roster seq) is one record.
+//! Changes are computed in memory first and written at the end, so a refused change writes
+//! nothing even if the store did not discard partial writes.
+
+use crate::config::MembershipSource;
+use crate::dialect::{short, RosterOp};
+use crate::state::{self, get_json, put_json, scan, store_err};
+use crate::Gateway;
+use mls_proto::Hex32;
+use mls_store::{Rejection, StateRead, StateWrite, StoreError, StoreResult};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Role bits of a membership row.
+pub(crate) const MEMBER: u8 = 1;
+pub(crate) const ADMIN: u8 = 2;
+
+/// Longest group id (`h` value) and display name accepted, in bytes.
+pub(crate) const MAX_GROUP_ID: usize = 256;
+pub(crate) const MAX_NAME: usize = 256;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct GroupMeta {
+    pub group_id: String,
+    pub display_name: Option<String>,
+    pub owner: Option<Hex32>,
+    pub member_count: u64,
+    pub admin_count: u64,
+    pub last_epoch: Option<u64>,
+    pub last_seq: Option<u64>,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+/// A group as the registry knows it (for REST and the admin API).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRecord {
+    pub group_id: String,
+    pub display_name: Option<String>,
+    pub owner: Option<Hex32>,
+    pub admins: Vec<Hex32>,
+    pub members: Vec<Hex32>,
+    pub member_count: u64,
+    /// Largest `k` seen on a 445 (never goes backwards).
+    pub last_epoch: Option<u64>,
+    /// Last accepted roster (450) `seq`; the next must be greater.
+    pub last_seq: Option<u64>,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+impl GroupRecord {
+    /// The public shape of `GET {api_prefix}/groups/{id}` (PROTOCOL §7).
+    pub fn summary(&self) -> serde_json::Value {
+        serde_json::json!({
+            "group_id": self.group_id,
+            "display_name": self.display_name,
+            "member_count": self.member_count,
+            "last_epoch": self.last_epoch,
+            "created_at": self.created_at,
+        })
+    }
+}
+
+/// A membership change requested through the admin API (source `api`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipChange {
+    pub group_id: String,
+    /// `add` / `remove` change members, `promote` / `demote` change admins, `replace` sets
+    /// the member list. `bootstrap` is a roster-only operation and is refused here.
+    pub op: RosterOp,
+    pub pubkeys: Vec<Hex32>,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// The administrator making the change; recorded as owner if the change creates the group.
+    #[serde(default)]
+    pub actor: Option<Hex32>,
+}
+
+pub(crate) fn validate_group_id(group: &str) -> Result<(), Rejection> {
+    if group.is_empty() || group.len() > MAX_GROUP_ID {
+        return Err(Rejection(format!(
+            "invalid: group id (h tag) must be 1 to {MAX_GROUP_ID} bytes"
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn validate_name(name: &str) -> Result<(), Rejection> {
+    if name.len() > MAX_NAME {
+        return Err(Rejection(format!(
+            "invalid: group display name longer than {MAX_NAME} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// True when the group's membership is known (it has a record): its 445s are members-only.
+pub(crate) fn is_gated(state: &dyn StateRead, group: &str) -> StoreResult<bool> {
+    Ok(state.get(&state::group_key(group))?.is_some())
+}
+
+fn role_of(state: &dyn StateRead, group: &str, pk: &Hex32) -> StoreResult<u8> {
+    Ok(state
+        .get(&state::member_key(group, pk))?
+        .and_then(|v| v.first().map(|b| b.wrapping_sub(b'0') & (MEMBER | ADMIN)))
+        .unwrap_or(0))
+}
+
+/// The first of `pubkeys` that is a member or an admin of `group`.
+pub(crate) fn participant(
+    state: &dyn StateRead,
+    group: &str,
+    pubkeys: &[Hex32],
+) -> StoreResult<Option<Hex32>> {
+    for pk in pubkeys {
+        if role_of(state, group, pk)? != 0 {
+            return Ok(Some(*pk));
+        }
+    }
+    Ok(None)
+}
+
+pub(crate) fn load_meta(state: &dyn StateRead, group: &str) -> StoreResult<Option<GroupMeta>> {
+    get_json(state, &state::group_key(group))
+}
+
+/// Raises `last_epoch` to `epoch` (never lowers it).
+pub(crate) fn record_epoch(
+    state: &mut dyn StateWrite,
+    mut meta: GroupMeta,
+    epoch: u64,
+    now: u64,
+) -> StoreResult<()> {
+    if meta.last_epoch.is_some_and(|e| e >= epoch) {
+        return Ok(());
+    }
+    meta.last_epoch = Some(epoch);
+    meta.updated_at = now;
+    let key = state::group_key(&meta.group_id);
+    put_json(state, &key, &meta)
+}
+
+/// A group loaded for a change: metadata and every role, plus the roles as they were so that
+/// saving writes only the rows that changed.
+pub(crate) struct Group {
+    pub meta: GroupMeta,
+    pub roles: BTreeMap<Hex32, u8>,
+    before: BTreeMap<Hex32, u8>,
+}
+
+impl Group {
+    pub(crate) fn load(state: &dyn StateRead, group: &str) -> StoreResult<Option<Group>> {
+        let Some(meta) = load_meta(state, group)? else {
+            return Ok(None);
+        };
+        let prefix = state::member_prefix(group);
+        let mut roles = BTreeMap::new();
+        for (k, v) in scan(state, &prefix)? {
+            let pk = std::str::from_utf8(&k[prefix.len()..])
+                .ok()
+                .and_then(Hex32::from_hex)
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!("{}", String::from_utf8_lossy(&k)))
+                })?;
+            let role = v.first().map_or(0, |b| b.wrapping_sub(b'0') & (MEMBER | ADMIN));
+            if role != 0 {
+                roles.insert(pk, role);
+            }
+        }
+        Ok(Some(Group {
+            meta,
+            before: roles.clone(),
+            roles,
+        }))
+    }
+
+    /// A group the registry does not know yet (nothing is written until [`Group::save`]).
+    pub(crate) fn create(group: &str, owner: Option<Hex32>, now: u64) -> Group {
+        Group {
+            meta: GroupMeta {
+                group_id: group.to_string(),
+                display_name: None,
+                owner,
+                member_count: 0,
+                admin_count: 0,
+                last_epoch: None,
+                last_seq: None,
+                created_at: now,
+                updated_at: now,
+            },
+            roles: BTreeMap::new(),
+            before: BTreeMap::new(),
+        }
+    }
+
+    pub(crate) fn role(&self, pk: &Hex32) -> u8 {
+        self.roles.get(pk).copied().unwrap_or(0)
+    }
+
+    fn set(&mut self, pk: Hex32, role: u8) {
+        if role == 0 {
+            self.roles.remove(&pk);
+        } else {
+            self.roles.insert(pk, role);
+        }
+    }
+
+    /// Applies one roster operation in memory. `bootstrap` resets the roster: `signer` becomes
+    /// owner, admin and member, `targets` members. `remove` takes every role away; `promote`
+    /// makes an admin (and member); `demote` keeps membership; `replace` sets the member list
+    /// exactly (admin roles are kept).
+    pub(crate) fn apply(&mut self, op: RosterOp, signer: Option<Hex32>, targets: &[Hex32]) {
+        match op {
+            RosterOp::Bootstrap => {
+                self.roles.clear();
+                for t in targets {
+                    self.set(*t, MEMBER);
+                }
+                if let Some(s) = signer {
+                    self.set(s, MEMBER | ADMIN);
+                    self.meta.owner = Some(s);
+                }
+            }
+            RosterOp::Add => {
+                for t in targets {
+                    self.set(*t, self.role(t) | MEMBER);
+                }
+            }
+            RosterOp::Remove => {
+                for t in targets {
+                    self.set(*t, 0);
+                }
+            }
+            RosterOp::Promote => {
+                for t in targets {
+                    self.set(*t, MEMBER | ADMIN);
+                }
+            }
+            RosterOp::Demote => {
+                for t in targets {
+                    self.set(*t, self.role(t) & !ADMIN);
+                }
+            }
+            RosterOp::Replace => {
+                let all: Vec<Hex32> = self.roles.keys().copied().collect();
+                for pk in all {
+                    self.set(pk, self.role(&pk) & !MEMBER);
+                }
+                for t in targets {
+                    self.set(*t, self.role(t) | MEMBER);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn admin_count(&self) -> usize {
+        self.roles.values().filter(|r| *r & ADMIN != 0).count()
+    }
+
+    pub(crate) fn record(&self) -> GroupRecord {
+        let pick = |bit: u8| -> Vec<Hex32> {
+            self.roles
+                .iter()
+                .filter(|(_, r)| **r & bit != 0)
+                .map(|(pk, _)| *pk)
+                .collect()
+        };
+        let members = pick(MEMBER);
+        GroupRecord {
+            group_id: self.meta.group_id.clone(),
+            display_name: self.meta.display_name.clone(),
+            owner: self.meta.owner,
+            admins: pick(ADMIN),
+            member_count: members.len() as u64,
+            members,
+            last_epoch: self.meta.last_epoch,
+            last_seq: self.meta.last_seq,
+            created_at: self.meta.created_at,
+            updated_at: self.meta.updated_at,
+        }
+    }
+
+    /// Writes the metadata and every role row that changed; returns the new record.
+    pub(crate) fn save(mut self, state: &mut dyn StateWrite, now: u64) -> StoreResult<GroupRecord> {
+        let group = self.meta.group_id.clone();
+        for (pk, old) in &self.before {
+            if !self.roles.contains_key(pk) && *old != 0 {
+                state.delete(&state::member_key(&group, pk))?;
+            }
+        }
+        for (pk, role) in &self.roles {
+            if self.before.get(pk) != Some(role) {
+                state.put(&state::member_key(&group, pk), &[b'0' + role])?;
+            }
+        }
+        self.meta.member_count = self.roles.values().filter(|r| *r & MEMBER != 0).count() as u64;
+        self.meta.admin_count = self.admin_count() as u64;
+        self.meta.updated_at = now;
+        put_json(state, &state::group_key(&group), &self.meta)?;
+        Ok(self.record())
+    }
+}
+
+pub(crate) fn load_record(state: &dyn StateRead, group: &str) -> StoreResult<Option<GroupRecord>> {
+    Ok(Group::load(state, group)?.map(|g| g.record()))
+}
+
+pub(crate) fn list(state: &dyn StateRead) -> StoreResult<Vec<GroupRecord>> {
+    let mut out = Vec::new();
+    for (k, v) in scan(state, b"g/")? {
+        let meta: GroupMeta = serde_json::from_slice(&v)
+            .map_err(|e| StoreError::Corrupt(format!("{}: {e}", String::from_utf8_lossy(&k))))?;
+        if let Some(rec) = load_record(state, &meta.group_id)? {
+            out.push(rec);
+        }
+    }
+    Ok(out)
+}
+
+/// The admin API's membership change: same registry path as a roster event, source `api`.
+pub(crate) fn apply_admin_change(
+    gw: &Gateway,
+    change: &MembershipChange,
+    now: u64,
+    state: &mut dyn StateWrite,
+) -> Result<GroupRecord, Rejection> {
+    if !gw.source_enabled(MembershipSource::Api) {
+        return Err(Rejection(
+            "restricted: the api membership source is disabled (membership_sources)".into(),
+        ));
+    }
+    validate_group_id(&change.group_id)?;
+    if let Some(name) = &change.display_name {
+        validate_name(name)?;
+    }
+    if change.op == RosterOp::Bootstrap {
+        return Err(Rejection(
+            "invalid: bootstrap is a roster (kind 450) operation; use add or promote".into(),
+        ));
+    }
+    if change.pubkeys.is_empty() && change.op != RosterOp::Replace {
+        return Err(Rejection(format!(
+            "invalid: {} needs at least one pubkey",
+            change.op.as_str()
+        )));
+    }
+    let mut group = match Group::load(state, &change.group_id).map_err(store_err)? {
+        Some(g) => g,
+        None if matches!(change.op, RosterOp::Remove | RosterOp::Demote) => {
+            return Err(Rejection(format!(
+                "invalid: unknown group {}",
+                short(&change.group_id)
+            )))
+        }
+        None => Group::create(&change.group_id, change.actor, now),
+    };
+    group.apply(change.op, None, &change.pubkeys);
+    if let Some(name) = &change.display_name {
+        group.meta.display_name = Some(name.clone());
+    }
+    group.save(state, now).map_err(store_err)
+}

@@ -1,0 +1,126 @@
+//! Kind 450: roster / policy events (Loxation), membership source `roster` (PROTOCOL §3, §4).
+//!
+//! Shape (see `dialect.rs`): `h` (one), `op` (bootstrap, add, remove, promote, demote,
+//! replace), `seq` (decimal), `p` targets (for `replace` the new full member list; for
+//! `bootstrap` the initial members besides the signer), optional `name` (display name).
+//!
+//! Accepted when: `seq` is strictly greater than the group's last (compared and stored in the
+//! same transaction: no replay, no reordering); signed by an admin of the group or a configured
+//! `admin_pubkeys` entry; `bootstrap` only for an unknown group, or by a configured admin (who
+//! thereby resets the roster); the change leaves the group at least one admin. The signature
+//! proves the signer; with auth on, the signer must also be authenticated on the connection.
+//! Served to the group's members and admins (and configured admins, who need the last `seq`).
+//! Kept while the group exists (NIP-40 `expiration` still applies).
+
+use crate::config::MembershipSource;
+use crate::dialect::{short, MlsEvent, RosterOp};
+use crate::registry::{self, Group, ADMIN};
+use crate::retention;
+use crate::state::store_err;
+use crate::Gateway;
+use mls_proto::Event;
+use mls_store::{Admitted, Publisher, Rejection, StateWrite};
+
+fn invalid(msg: impl std::fmt::Display) -> Rejection {
+    Rejection(format!("invalid: {msg}"))
+}
+
+pub(crate) fn admit(
+    gw: &Gateway,
+    ev: &Event,
+    m: &MlsEvent<'_>,
+    publisher: &Publisher,
+    received_at: u64,
+    state: &mut dyn StateWrite,
+) -> Result<Admitted, Rejection> {
+    if !gw.source_enabled(MembershipSource::Roster) {
+        return Err(Rejection(
+            "restricted: the roster membership source is disabled (membership_sources)".into(),
+        ));
+    }
+    let Some(fields) = &m.roster else {
+        return Err(invalid("kind 450 is not a roster event"));
+    };
+    let [group] = m.group_ids[..] else {
+        return Err(invalid("kind 450 must have exactly one h tag"));
+    };
+    registry::validate_group_id(group)?;
+    let Some(op) = fields.op else {
+        return Err(invalid(
+            "kind 450 must have an op tag (bootstrap, add, remove, promote, demote, replace)",
+        ));
+    };
+    let Some(seq) = fields.seq else {
+        return Err(invalid("kind 450 must have a seq tag"));
+    };
+    if let Some(name) = &fields.name {
+        registry::validate_name(name)?;
+    }
+    if op != RosterOp::Bootstrap && m.recipients.is_empty() {
+        return Err(invalid(format!(
+            "roster op {} needs at least one p tag",
+            op.as_str()
+        )));
+    }
+
+    let signer = ev.pubkey;
+    if gw.auth_enabled() && !publisher.authed.contains(&signer) {
+        return Err(Rejection(if publisher.authed.is_empty() {
+            "auth-required: roster events are accepted only from their authenticated signer".into()
+        } else {
+            "restricted: roster signer is not authenticated on this connection".into()
+        }));
+    }
+
+    let configured_admin = gw.is_admin(&signer);
+    let mut g = match (Group::load(state, group).map_err(store_err)?, op) {
+        (None, RosterOp::Bootstrap) => Group::create(group, Some(signer), received_at),
+        (None, _) => {
+            return Err(invalid(format!(
+                "unknown group {}: roster op {} needs a bootstrap first",
+                short(group),
+                op.as_str()
+            )))
+        }
+        (Some(g), RosterOp::Bootstrap) if configured_admin => g,
+        (Some(_), RosterOp::Bootstrap) => {
+            return Err(Rejection(format!(
+                "restricted: group {} already exists; only a configured admin may bootstrap it again",
+                short(group)
+            )))
+        }
+        (Some(g), _) if configured_admin || g.role(&signer) & ADMIN != 0 => g,
+        (Some(_), _) => {
+            return Err(Rejection(format!(
+                "restricted: roster signer is not an admin of group {}",
+                short(group)
+            )))
+        }
+    };
+    if let Some(last) = g.meta.last_seq {
+        if seq <= last {
+            return Err(Rejection(format!(
+                "blocked: roster seq must be greater than {last}"
+            )));
+        }
+    }
+
+    let bootstrap_signer = (op == RosterOp::Bootstrap).then_some(signer);
+    g.apply(op, bootstrap_signer, &m.recipients);
+    if g.admin_count() == 0 {
+        return Err(invalid(format!(
+            "roster op {} would leave group {} without an admin",
+            op.as_str(),
+            short(group)
+        )));
+    }
+    if let Some(name) = &fields.name {
+        g.meta.display_name = Some(name.clone());
+    }
+    g.meta.last_seq = Some(seq);
+    g.save(state, received_at).map_err(store_err)?;
+    Ok(Admitted {
+        expires_at: retention::default(m.nip40),
+        store: true,
+    })
+}

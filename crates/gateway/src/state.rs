@@ -1,0 +1,196 @@
+//! The gateway's key/value layout in the store's state, and small typed helpers over it.
+//!
+//! Everything the rules remember lives here, in the same backend and transaction as the
+//! events, so a rule and the state change it implies commit together (PROTOCOL §10).
+//!
+//! | key                                   | value                                              |
+//! |---------------------------------------|----------------------------------------------------|
+//! | `g/{hex(group)}`                      | group metadata JSON; its existence = group *gated* |
+//! | `m/{hex(group)}/{pubkey}`             | role: `1` member, `2` admin, `3` both              |
+//! | `kp/{owner}/{ref}`                    | one KeyPackage (by key reference) and its events   |
+//! | `kr/{ref}`                            | owner of a key reference (uniqueness across owners)|
+//! | `ka/{owner}/{d}`                      | current 30443 version of an address                |
+//! | `rg/{hex(group)}/{publisher}/{minute}`| 445 count in that minute (`publisher` = `anon` when unauthenticated) |
+//! | `rk/{owner}/{hour}`                   | new KeyPackages of that owner in that hour         |
+//! | `rf/{requester}/{owner}/{hour}`       | claimed fetches of that pair in that hour          |
+//!
+//! Group ids are arbitrary strings from `h` tags (they may contain `/`), so they are
+//! hex-encoded wherever they sit in the middle of a key; pubkeys are 64 hex characters.
+//! References without a `kpr`/`i` tag are stored as `id:{event id}`.
+//!
+//! Rate counters are fixed windows kept in the state (not in memory): they survive restarts,
+//! are shared by every instance on the same backend, and an increment made by a refused event
+//! is discarded with the rest of its transaction.
+
+use mls_proto::Hex32;
+use mls_store::{Rejection, StateRead, StateWrite, StoreError, StoreResult};
+use serde::{de::DeserializeOwned, Serialize};
+use std::collections::BTreeMap;
+
+pub(crate) fn group_key(group: &str) -> Vec<u8> {
+    format!("g/{}", hex::encode(group)).into_bytes()
+}
+
+pub(crate) fn member_prefix(group: &str) -> Vec<u8> {
+    format!("m/{}/", hex::encode(group)).into_bytes()
+}
+
+pub(crate) fn member_key(group: &str, pk: &Hex32) -> Vec<u8> {
+    format!("m/{}/{pk}", hex::encode(group)).into_bytes()
+}
+
+pub(crate) fn kp_prefix(owner: &Hex32) -> Vec<u8> {
+    format!("kp/{owner}/").into_bytes()
+}
+
+pub(crate) fn kp_key(owner: &Hex32, reference: &str) -> Vec<u8> {
+    format!("kp/{owner}/{reference}").into_bytes()
+}
+
+pub(crate) fn key_ref_key(reference: &str) -> Vec<u8> {
+    format!("kr/{reference}").into_bytes()
+}
+
+pub(crate) fn address_key(owner: &Hex32, d: &str) -> Vec<u8> {
+    format!("ka/{owner}/{d}").into_bytes()
+}
+
+pub(crate) fn group_rate_prefix(group: &str, publisher: Option<&Hex32>) -> Vec<u8> {
+    let who = publisher.map_or_else(|| "anon".to_string(), Hex32::to_hex);
+    format!("rg/{}/{who}/", hex::encode(group)).into_bytes()
+}
+
+pub(crate) fn keypackage_rate_prefix(owner: &Hex32) -> Vec<u8> {
+    format!("rk/{owner}/").into_bytes()
+}
+
+pub(crate) fn fetch_rate_prefix(requester: &Hex32, owner: &Hex32) -> Vec<u8> {
+    format!("rf/{requester}/{owner}/").into_bytes()
+}
+
+/// A storage failure inside a rule: refuse with `error:` (the client may retry).
+pub(crate) fn store_err(e: StoreError) -> Rejection {
+    Rejection(format!("error: {e}"))
+}
+
+pub(crate) fn get_json<T: DeserializeOwned>(
+    state: &dyn StateRead,
+    key: &[u8],
+) -> StoreResult<Option<T>> {
+    match state.get(key)? {
+        None => Ok(None),
+        Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            StoreError::Corrupt(format!("{}: {e}", String::from_utf8_lossy(key)))
+        }),
+    }
+}
+
+pub(crate) fn put_json<T: Serialize>(
+    state: &mut dyn StateWrite,
+    key: &[u8],
+    value: &T,
+) -> StoreResult<()> {
+    let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Backend(e.to_string()))?;
+    state.put(key, &bytes)
+}
+
+/// Every `(key, value)` under `prefix`, collected (so the caller may write afterwards).
+pub(crate) fn scan(state: &dyn StateRead, prefix: &[u8]) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut out = Vec::new();
+    state.scan_prefix(prefix, &mut |k, v| {
+        out.push((k.to_vec(), v.to_vec()));
+        true
+    })?;
+    Ok(out)
+}
+
+/// A fixed-window counter (`{prefix}{window}` → count), checked before any write and bumped
+/// only once the whole event has passed its rules.
+pub(crate) struct WindowCounter {
+    prefix: Vec<u8>,
+    window: u64,
+    current: u64,
+    stale: Vec<Vec<u8>>,
+}
+
+impl WindowCounter {
+    /// Reads the counter for the window containing `now` (`width` seconds wide).
+    pub(crate) fn read(
+        state: &dyn StateRead,
+        prefix: Vec<u8>,
+        now: u64,
+        width: u64,
+    ) -> StoreResult<WindowCounter> {
+        let window = now / width;
+        let mut current = 0;
+        let mut stale = Vec::new();
+        for (k, v) in scan(state, &prefix)? {
+            let suffix = std::str::from_utf8(&k[prefix.len()..]).ok();
+            if suffix.and_then(|s| s.parse::<u64>().ok()) == Some(window) {
+                current = std::str::from_utf8(&v)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+            } else {
+                stale.push(k);
+            }
+        }
+        Ok(WindowCounter {
+            prefix,
+            window,
+            current,
+            stale,
+        })
+    }
+
+    /// True when one more would exceed `limit` (0 = unlimited).
+    pub(crate) fn exhausted(&self, limit: u32) -> bool {
+        limit != 0 && self.current >= u64::from(limit)
+    }
+
+    /// Counts one more and drops the counters of past windows.
+    pub(crate) fn bump(self, state: &mut dyn StateWrite) -> StoreResult<()> {
+        for k in &self.stale {
+            state.delete(k)?;
+        }
+        let mut key = self.prefix;
+        key.extend_from_slice(self.window.to_string().as_bytes());
+        state.put(&key, (self.current + 1).to_string().as_bytes())
+    }
+}
+
+/// An in-memory [`StateWrite`] (a sorted map). Not a database: it is what the rule tests run
+/// on, and what a caller can use to exercise the rules without a backend.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemState(pub BTreeMap<Vec<u8>, Vec<u8>>);
+
+impl StateRead for MemState {
+    fn get(&self, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
+        Ok(self.0.get(key).cloned())
+    }
+
+    fn scan_prefix(
+        &self,
+        prefix: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> StoreResult<()> {
+        for (k, v) in self.0.range(prefix.to_vec()..) {
+            if !k.starts_with(prefix) || !f(k, v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl StateWrite for MemState {
+    fn put(&mut self, key: &[u8], value: &[u8]) -> StoreResult<()> {
+        self.0.insert(key.to_vec(), value.to_vec());
+        Ok(())
+    }
+
+    fn delete(&mut self, key: &[u8]) -> StoreResult<()> {
+        self.0.remove(key);
+        Ok(())
+    }
+}

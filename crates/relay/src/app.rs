@@ -1,0 +1,86 @@
+//! The relay's shared state, built once at start-up and handed to every connection.
+
+use crate::config::Config;
+use crate::subscriptions::SubscriptionIndex;
+use mls_gateway_rules::config::StorageBackend;
+use mls_gateway_rules::Gateway;
+use mls_proto::Hex32;
+use mls_store::embedded::{EmbeddedOptions, EmbeddedStore};
+use mls_store::EventStore;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::watch;
+
+pub struct App {
+    pub config: Config,
+    pub store: Arc<dyn EventStore>,
+    pub gateway: Arc<Gateway>,
+    pub subscriptions: SubscriptionIndex,
+    pub whitelist: Vec<Hex32>,
+    pub blacklist: Vec<Hex32>,
+    pub started: Instant,
+    /// Flips to true on SIGTERM/SIGINT: sessions close their sockets with a close frame.
+    pub shutdown: watch::Receiver<bool>,
+    next_connection_id: AtomicU64,
+}
+
+/// Opens the configured store. Backends not built into this binary are a clear error.
+pub fn open_store(config: &Config, gateway: Arc<Gateway>) -> Result<Arc<dyn EventStore>, String> {
+    match config.extensions.mls_gateway.storage_backend {
+        StorageBackend::Embedded => {
+            std::fs::create_dir_all(&config.data.path).map_err(|e| {
+                format!("data.path {}: cannot create: {e}", config.data.path.display())
+            })?;
+            let store = EmbeddedStore::open(&config.data.path, EmbeddedOptions::default(), gateway)
+                .map_err(|e| format!("data.path {}: {e}", config.data.path.display()))?;
+            Ok(store)
+        }
+        other => Err(format!(
+            "extensions.mls_gateway.storage_backend = \"{}\" is not available in this build; use \"embedded\"",
+            serde_json::to_value(other)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default()
+        )),
+    }
+}
+
+impl App {
+    pub fn new(
+        config: Config,
+        store: Arc<dyn EventStore>,
+        gateway: Arc<Gateway>,
+        shutdown: watch::Receiver<bool>,
+    ) -> App {
+        App {
+            whitelist: config.whitelist(),
+            blacklist: config.blacklist(),
+            config,
+            store,
+            gateway,
+            subscriptions: SubscriptionIndex::default(),
+            started: Instant::now(),
+            shutdown,
+            next_connection_id: AtomicU64::new(1),
+        }
+    }
+
+    pub fn next_connection_id(&self) -> u64 {
+        self.next_connection_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn auth_required(&self) -> bool {
+        self.config.auth.enabled
+    }
+
+    /// May this pubkey authenticate (NIP-42) here?
+    pub fn pubkey_allowed(&self, pk: &Hex32) -> bool {
+        !self.blacklist.contains(pk) && (self.whitelist.is_empty() || self.whitelist.contains(pk))
+    }
+}
+
+/// Resolves once the shutdown flag is set (or its sender is gone).
+pub async fn until_shutdown(flag: &mut watch::Receiver<bool>) {
+    let _ = flag.wait_for(|s| *s).await;
+}

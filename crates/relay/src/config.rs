@@ -1,0 +1,361 @@
+//! The relay's configuration (PROTOCOL.md §9): one TOML file, then environment overrides, then
+//! validation.
+//!
+//! The operators' existing file (`config/rnostr.toml`) loads as written. Every key has a default, so
+//! a missing file means a working local relay. Unknown keys are warnings, never errors (a typo must
+//! be visible, an old key must not stop a deploy); a value of the wrong type or out of range is an
+//! error that names the key. `config/example.toml` documents every key with its default.
+//!
+//! Order of use: [`Config::load`] → [`Config::apply_env`] → [`Config::validate`].
+
+mod env;
+mod mask;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+
+use mls_gateway_rules::GatewayConfig;
+use mls_proto::{parse_pubkey, Hex32};
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub info: InfoConfig,
+    pub data: DataConfig,
+    pub limitation: Limits,
+    pub auth: AuthConfig,
+    pub extensions: Extensions,
+}
+
+/// `[server]`: where to listen and how the HTTP side behaves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServerConfig {
+    pub host: String,
+    /// Env `PORT` (Cloud Run). 0 = any free port.
+    pub port: u16,
+    /// Tokio worker threads; unset = one per CPU.
+    pub workers: Option<usize>,
+    /// This relay's public URL, for the NIP-42 `relay` tag check; unset = the request's Host.
+    pub relay_url: Option<String>,
+    /// CORS origins for the HTTP API (env `ALLOWED_ORIGINS`, comma-separated). Empty = none;
+    /// `"*"` = any.
+    pub allowed_origins: Vec<String>,
+    /// Bearer token for `GET /metrics` (env `METRICS_TOKEN`); unset = open. A secret.
+    pub metrics_token: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            workers: None,
+            relay_url: None,
+            allowed_origins: Vec::new(),
+            metrics_token: None,
+        }
+    }
+}
+
+/// `[info]`: the NIP-11 relay information document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct InfoConfig {
+    pub name: String,
+    pub description: String,
+    /// The operator's pubkey (hex or npub).
+    pub pubkey: Option<String>,
+    pub contact: Option<String>,
+}
+
+impl Default for InfoConfig {
+    fn default() -> Self {
+        InfoConfig {
+            name: "MLS Gateway".into(),
+            description: "Nostr relay and MLS delivery service for end-to-end encrypted group \
+                          messaging"
+                .into(),
+            pubkey: None,
+            contact: None,
+        }
+    }
+}
+
+/// `[data]`: where the embedded store keeps its files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DataConfig {
+    pub path: PathBuf,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            path: PathBuf::from("./data"),
+        }
+    }
+}
+
+/// `[limitation]`: per-connection and per-message limits (the NIP-11 `limitation` names).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Limits {
+    /// Largest WebSocket message, bytes. MLS Welcomes are large, hence 1 MiB.
+    pub max_message_length: usize,
+    /// Open subscriptions per connection.
+    pub max_subscriptions: usize,
+    /// Filters per REQ / COUNT.
+    pub max_filters: usize,
+    /// Cap on a filter's `limit`, and the limit of a filter that has none.
+    pub max_limit: u64,
+    pub max_subid_length: usize,
+    pub max_event_tags: usize,
+    /// Largest event `content`, bytes.
+    pub max_content_length: usize,
+    /// 0 = no limit; else events with `created_at` older than now minus this are refused.
+    pub created_at_lower_limit: u64,
+    /// Events more than this many seconds in the future are refused.
+    pub created_at_upper_limit: u64,
+    /// Messages queued per connection before it is disconnected as a slow reader.
+    pub outbox_capacity: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_length: 1024 * 1024,
+            max_subscriptions: 50,
+            max_filters: 10,
+            max_limit: 500,
+            max_subid_length: 64,
+            max_event_tags: 2000,
+            max_content_length: 512 * 1024,
+            created_at_lower_limit: 0,
+            created_at_upper_limit: 900,
+            outbox_capacity: 1024,
+        }
+    }
+}
+
+/// `[auth]`: NIP-42 and the pubkey allow/deny lists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct AuthConfig {
+    /// Env `NOSTR_AUTH_REQUIRED`. true: nothing but AUTH is served before authentication.
+    pub enabled: bool,
+    /// Hex or npub; empty = everyone.
+    pub pubkey_whitelist: Vec<String>,
+    /// Hex or npub; always refused.
+    pub pubkey_blacklist: Vec<String>,
+}
+
+/// `[extensions]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct Extensions {
+    pub mls_gateway: GatewayConfig,
+}
+
+/// Why a configuration was refused. The text names the file or variable, the key, and the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not TOML at all; `message` carries the line and column.
+    #[error("{origin}: invalid TOML: {message}")]
+    Syntax { origin: String, message: String },
+    /// A key whose value has the wrong type or is out of range.
+    #[error("{origin}: {key}: {message}")]
+    Value {
+        origin: String,
+        key: String,
+        message: String,
+    },
+    /// An environment override that could not be applied.
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    /// A value that parsed but is not acceptable (see [`Config::validate`]); `message` starts
+    /// with or contains the key.
+    #[error("{message}")]
+    Invalid { key: String, message: String },
+    /// More than one [`ConfigError::Invalid`], one per line.
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    Many(Vec<ConfigError>),
+}
+
+impl ConfigError {
+    /// The dotted key (or variable name) the error is about, when there is one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Value { key, .. } | ConfigError::Invalid { key, .. } => Some(key),
+            ConfigError::Env { var, .. } => Some(var),
+            ConfigError::Many(all) => all.first().and_then(|e| e.key()),
+            ConfigError::Read { .. } | ConfigError::Syntax { .. } => None,
+        }
+    }
+}
+
+impl Config {
+    /// Reads the file at `path`; `None` → built-in defaults. Returns the config plus warnings
+    /// (unknown keys, by dotted name: "unknown key server.hots").
+    ///
+    /// A path that is given but cannot be read is an error, not defaults: a mistyped `--config`
+    /// must not silently start an open relay.
+    pub fn load(path: Option<&Path>) -> Result<(Config, Vec<String>), ConfigError> {
+        let Some(path) = path else {
+            return Ok((Config::default(), Vec::new()));
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// [`Config::load`] for text already in memory; `origin` names it in errors.
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<(Config, Vec<String>), ConfigError> {
+        Self::parse(text, origin)
+    }
+
+    fn parse(text: &str, origin: &str) -> Result<(Config, Vec<String>), ConfigError> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let syntax = |e: toml::de::Error| ConfigError::Syntax {
+            origin: origin.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        };
+        let mut table: toml::Table = text.parse().map_err(syntax)?;
+        let mut warnings = Vec::new();
+        // Sections that use `deny_unknown_fields` (owned elsewhere) turn an unknown key into an
+        // error; we want a warning, so drop the key and try again. Bounded: each round removes
+        // one key from a finite table.
+        loop {
+            let mut ignored = Vec::new();
+            let mut on_ignored =
+                |path: serde_ignored::Path| ignored.push(format!("unknown key {path}"));
+            let value = toml::Value::Table(table.clone());
+            let de = serde_ignored::Deserializer::new(value, &mut on_ignored);
+            match serde_path_to_error::deserialize::<_, Config>(de) {
+                Ok(config) => {
+                    warnings.extend(ignored);
+                    return Ok((config, warnings));
+                }
+                Err(err) => {
+                    let segments: Vec<String> = err
+                        .path()
+                        .iter()
+                        .map(|s| match s {
+                            serde_path_to_error::Segment::Seq { index } => format!("[{index}]"),
+                            other => other.to_string(),
+                        })
+                        .collect();
+                    let message = err.inner().message().trim_end().to_string();
+                    if let Some(field) = unknown_field_name(&message) {
+                        if let Some(parent) = unknown_field_parent(err.path(), field) {
+                            if remove_key(&mut table, &parent, field) {
+                                let mut dotted = parent.join(".");
+                                if !dotted.is_empty() {
+                                    dotted.push('.');
+                                }
+                                dotted.push_str(field);
+                                warnings.push(format!("unknown key {dotted}"));
+                                continue;
+                            }
+                        }
+                    }
+                    return Err(ConfigError::Value {
+                        origin: origin.to_string(),
+                        key: dotted_key(&segments),
+                        message,
+                    });
+                }
+            }
+        }
+    }
+
+    /// The effective listen address, `host:port` (an IPv6 host is bracketed).
+    pub fn listen_addr(&self) -> String {
+        let host = &self.server.host;
+        if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]:{}", self.server.port)
+        } else {
+            format!("{host}:{}", self.server.port)
+        }
+    }
+
+    /// `auth.pubkey_whitelist` parsed (entries that are not keys are skipped: see `validate`).
+    pub fn whitelist(&self) -> Vec<Hex32> {
+        parse_keys(&self.auth.pubkey_whitelist)
+    }
+
+    /// `auth.pubkey_blacklist` parsed (entries that are not keys are skipped: see `validate`).
+    pub fn blacklist(&self) -> Vec<Hex32> {
+        parse_keys(&self.auth.pubkey_blacklist)
+    }
+}
+
+fn parse_keys(list: &[String]) -> Vec<Hex32> {
+    let mut out: Vec<Hex32> = Vec::with_capacity(list.len());
+    for key in list.iter().filter_map(|s| parse_pubkey(s)) {
+        if !out.contains(&key) {
+            out.push(key);
+        }
+    }
+    out
+}
+
+/// `server.port`, `auth.pubkey_whitelist[1]`.
+fn dotted_key(segments: &[String]) -> String {
+    let mut out = String::new();
+    for s in segments {
+        if !out.is_empty() && !s.starts_with('[') {
+            out.push('.');
+        }
+        out.push_str(s);
+    }
+    out
+}
+
+/// serde's text for a key refused by `deny_unknown_fields`: "unknown field `x`, expected …".
+fn unknown_field_name(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    Some(&rest[..rest.find('`')?])
+}
+
+/// The table holding a key refused as unknown: the error's path, without the key itself when
+/// the path already ends with it. `None` when the path goes through anything but tables.
+fn unknown_field_parent(path: &serde_path_to_error::Path, field: &str) -> Option<Vec<String>> {
+    let mut keys = Vec::new();
+    for segment in path.iter() {
+        match segment {
+            serde_path_to_error::Segment::Map { key } => keys.push(key.clone()),
+            _ => return None,
+        }
+    }
+    if keys.last().is_some_and(|k| k == field) {
+        keys.pop();
+    }
+    Some(keys)
+}
+
+/// Removes `field` from the table at `parent`; false when there is no such table or key.
+fn remove_key(root: &mut toml::Table, parent: &[String], field: &str) -> bool {
+    let mut table = root;
+    for key in parent {
+        match table.get_mut(key) {
+            Some(toml::Value::Table(t)) => table = t,
+            _ => return false,
+        }
+    }
+    table.remove(field).is_some()
+}

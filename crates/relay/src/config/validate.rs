@@ -1,0 +1,223 @@
+//! Checks that the file cannot express by types alone: ranges, key formats and which backend
+//! needs which setting. Every message starts with (or contains) the dotted key.
+
+use mls_gateway_rules::config::StorageBackend;
+use mls_proto::parse_pubkey;
+
+use super::{Config, ConfigError};
+
+impl Config {
+    /// Checks values and cross-field rules. All problems are reported at once (one per line,
+    /// [`ConfigError::Many`]); a single problem is returned as itself.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errors = Vec::new();
+        let mut fail = |key: &str, message: String| {
+            errors.push(ConfigError::Invalid {
+                key: key.to_string(),
+                message,
+            })
+        };
+
+        // [server]
+        let server = &self.server;
+        if server.host.trim().is_empty() || server.host.contains(char::is_whitespace) {
+            fail(
+                "server.host",
+                format!(
+                    "server.host {:?} is not a host name or address",
+                    server.host
+                ),
+            );
+        }
+        if server.workers == Some(0) {
+            fail("server.workers", "server.workers must be at least 1".into());
+        }
+        if let Some(url) = &server.relay_url {
+            if url_host(url).is_none() {
+                fail(
+                    "server.relay_url",
+                    format!("server.relay_url {url:?} is not a relay URL (e.g. wss://relay.example.com)"),
+                );
+            }
+        }
+        for (i, origin) in server.allowed_origins.iter().enumerate() {
+            if origin != "*" && !is_origin(origin) {
+                fail(
+                    "server.allowed_origins",
+                    format!(
+                        "server.allowed_origins[{i}]: {origin:?} is not an origin \
+                         (\"*\" or scheme://host[:port], no path)"
+                    ),
+                );
+            }
+        }
+        if server
+            .metrics_token
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            fail(
+                "server.metrics_token",
+                "server.metrics_token must not be empty (remove the key to serve /metrics without a token)".into(),
+            );
+        }
+
+        // [info]
+        if let Some(pk) = &self.info.pubkey {
+            if parse_pubkey(pk).is_none() {
+                fail(
+                    "info.pubkey",
+                    "info.pubkey: not a hex or npub public key".into(),
+                );
+            }
+        }
+
+        // [limitation]
+        let l = &self.limitation;
+        let at_least_one = [
+            ("max_message_length", l.max_message_length as u64),
+            ("max_subscriptions", l.max_subscriptions as u64),
+            ("max_filters", l.max_filters as u64),
+            ("max_limit", l.max_limit),
+            ("max_subid_length", l.max_subid_length as u64),
+            ("max_event_tags", l.max_event_tags as u64),
+            ("max_content_length", l.max_content_length as u64),
+            ("outbox_capacity", l.outbox_capacity as u64),
+        ];
+        for (name, value) in at_least_one {
+            if value == 0 {
+                let key = format!("limitation.{name}");
+                fail(&key, format!("{key} must be at least 1"));
+            }
+        }
+
+        // [auth]
+        check_keys(
+            &mut fail,
+            "auth.pubkey_whitelist",
+            &self.auth.pubkey_whitelist,
+        );
+        check_keys(
+            &mut fail,
+            "auth.pubkey_blacklist",
+            &self.auth.pubkey_blacklist,
+        );
+
+        // [extensions.mls_gateway]
+        let g = &self.extensions.mls_gateway;
+        match g.storage_backend {
+            StorageBackend::Embedded => {
+                if self.data.path.as_os_str().is_empty() {
+                    fail(
+                        "data.path",
+                        "data.path must not be empty for the embedded backend".into(),
+                    );
+                }
+            }
+            StorageBackend::Firestore => {
+                if !is_set(&g.project_id) {
+                    // The seed's own text, with the key in front. Env: GOOGLE_CLOUD_PROJECT.
+                    fail(
+                        "extensions.mls_gateway.project_id",
+                        "extensions.mls_gateway.project_id required for Firestore backend".into(),
+                    );
+                }
+            }
+            StorageBackend::Cloudsql => {
+                if !is_set(&g.database_url) {
+                    // Env: DATABASE_URL.
+                    fail(
+                        "extensions.mls_gateway.database_url",
+                        "extensions.mls_gateway.database_url required for cloudsql backend".into(),
+                    );
+                }
+            }
+        }
+        if g.enable_api
+            && (!g.api_prefix.starts_with('/')
+                || (g.api_prefix.len() > 1 && g.api_prefix.ends_with('/')))
+        {
+            fail(
+                "extensions.mls_gateway.api_prefix",
+                format!(
+                    "extensions.mls_gateway.api_prefix {:?} must start with '/' and not end with '/' (e.g. \"/api/v1/mls\")",
+                    g.api_prefix
+                ),
+            );
+        }
+        check_keys(
+            &mut fail,
+            "extensions.mls_gateway.admin_pubkeys",
+            &g.admin_pubkeys,
+        );
+
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.pop().expect("one error")),
+            _ => Err(ConfigError::Many(errors)),
+        }
+    }
+
+    /// Settings that are valid but probably not what the operator meant. Call after
+    /// [`Config::apply_env`]; log each line as a warning.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.auth.enabled && !self.auth.pubkey_whitelist.is_empty() {
+            out.push(
+                "auth.pubkey_whitelist is set but auth.enabled = false: \
+                 clients are not required to authenticate"
+                    .to_string(),
+            );
+        }
+        let black = self.blacklist();
+        for key in self.whitelist().iter().filter(|k| black.contains(k)) {
+            out.push(format!(
+                "auth: {} is in both pubkey_whitelist and pubkey_blacklist (the blacklist wins)",
+                mls_proto::short_pubkey(key)
+            ));
+        }
+        let lower = self.limitation.created_at_lower_limit;
+        let backdate = self.extensions.mls_gateway.giftwrap_max_backdate;
+        if lower != 0 && lower < backdate {
+            out.push(format!(
+                "limitation.created_at_lower_limit = {lower} is less than \
+                 extensions.mls_gateway.giftwrap_max_backdate = {backdate}: \
+                 backdated gift wraps (Welcomes) will be refused"
+            ));
+        }
+        out
+    }
+}
+
+fn is_set(value: &Option<String>) -> bool {
+    value.as_deref().is_some_and(|v| !v.trim().is_empty())
+}
+
+fn check_keys(fail: &mut impl FnMut(&str, String), key: &str, list: &[String]) {
+    for (i, entry) in list.iter().enumerate() {
+        if parse_pubkey(entry).is_none() {
+            fail(key, format!("{key}[{i}]: not a hex or npub public key"));
+        }
+    }
+}
+
+/// The host of `wss://host[:port][/path]`; the scheme is optional, as the NIP-42 check ignores it.
+fn url_host(url: &str) -> Option<&str> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let host = rest.split(['/', '?', '#']).next()?;
+    (!host.is_empty() && !host.contains(char::is_whitespace)).then_some(host)
+}
+
+/// `scheme://host[:port]`, as browsers send in `Origin` (no path, no trailing slash).
+fn is_origin(s: &str) -> bool {
+    let Some((scheme, authority)) = s.split_once("://") else {
+        return false;
+    };
+    !scheme.is_empty()
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        && !authority.is_empty()
+        && !authority.contains(['/', '?', '#'])
+        && !authority.contains(char::is_whitespace)
+}

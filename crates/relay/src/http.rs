@@ -1,0 +1,125 @@
+//! The HTTP surface on the relay's port: WebSocket upgrade and NIP-11 at `/`, `/health`.
+
+use crate::app::App;
+use crate::session;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{State, WebSocketUpgrade};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use std::sync::Arc;
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/", get(root))
+        .route("/health", get(health))
+        .with_state(app)
+}
+
+/// `/` is the WebSocket endpoint, the NIP-11 document for `Accept: application/nostr+json`,
+/// and a short text page otherwise.
+async fn root(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    if let Ok(ws) = ws {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned);
+        // Let oversize messages through the transport so the session can answer them with a
+        // NOTICE or OK instead of dropping the connection; far larger ones still are.
+        let max = app
+            .config
+            .limitation
+            .max_message_length
+            .saturating_mul(4)
+            .max(64 * 1024);
+        return ws
+            .max_message_size(max)
+            .max_frame_size(max)
+            .on_upgrade(move |socket| session::run(app, socket, host));
+    }
+    let wants_nip11 = headers
+        .get(header::ACCEPT)
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(|a| a.contains("application/nostr+json"));
+    if wants_nip11 {
+        return (
+            [
+                (header::CONTENT_TYPE, "application/nostr+json"),
+                (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+                (header::ACCESS_CONTROL_ALLOW_HEADERS, "*"),
+                (header::ACCESS_CONTROL_ALLOW_METHODS, "GET"),
+            ],
+            nip11(&app).to_string(),
+        )
+            .into_response();
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "MLS Gateway: a Nostr relay. Connect with a WebSocket client.\n",
+    )
+        .into_response()
+}
+
+/// The NIP-11 relay information document.
+pub fn nip11(app: &App) -> serde_json::Value {
+    let c = &app.config;
+    let l = &c.limitation;
+    json!({
+        "name": c.info.name,
+        "description": c.info.description,
+        "pubkey": c.info.pubkey,
+        "contact": c.info.contact,
+        "supported_nips": [1, 9, 11, 40, 42, 45, 70],
+        "software": "mls-gateway",
+        "version": env!("CARGO_PKG_VERSION"),
+        "limitation": {
+            "max_message_length": l.max_message_length,
+            "max_subscriptions": l.max_subscriptions,
+            "max_filters": l.max_filters,
+            "max_limit": l.max_limit,
+            "default_limit": l.max_limit,
+            "max_subid_length": l.max_subid_length,
+            "max_event_tags": l.max_event_tags,
+            "max_content_length": l.max_content_length,
+            "min_pow_difficulty": 0,
+            "auth_required": c.auth.enabled,
+            "payment_required": false,
+            "restricted_writes": c.auth.enabled || !app.whitelist.is_empty(),
+            "created_at_lower_limit": l.created_at_lower_limit,
+            "created_at_upper_limit": l.created_at_upper_limit,
+        },
+        "mls": app.gateway.nip11_section(),
+    })
+}
+
+async fn health(State(app): State<Arc<App>>) -> Response {
+    let uptime = app.started.elapsed().as_secs();
+    match app.store.health().await {
+        Ok(()) => Json(json!({
+            "status": "healthy",
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_seconds": uptime,
+        }))
+        .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "health check: store unreachable");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({
+                    "status": "unhealthy",
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "uptime_seconds": uptime,
+                    "failing": "store",
+                    "error": e.to_string(),
+                })),
+            )
+                .into_response()
+        }
+    }
+}

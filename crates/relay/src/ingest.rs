@@ -1,0 +1,109 @@
+//! The relay-level checks every EVENT passes before the gateway rules and the store see it:
+//! signature, size limits, the `created_at` window, NIP-40, NIP-70, auth and allowlists.
+
+use crate::app::App;
+use mls_proto::{Event, Hex32};
+
+/// Ok, or the `OK false` message (with its prefix).
+pub fn check(app: &App, ev: &Event, authed: &[Hex32], now: u64) -> Result<(), String> {
+    let limits = &app.config.limitation;
+    if ev.tags.len() > limits.max_event_tags {
+        return Err(format!(
+            "invalid: {} tags, max_event_tags is {}",
+            ev.tags.len(),
+            limits.max_event_tags
+        ));
+    }
+    if ev.content.len() > limits.max_content_length {
+        return Err(format!(
+            "invalid: content is {} bytes, max_content_length is {}",
+            ev.content.len(),
+            limits.max_content_length
+        ));
+    }
+    if let Err(e) = ev.verify() {
+        return Err(format!("invalid: {e}"));
+    }
+    if app.auth_required() && authed.is_empty() {
+        return Err("auth-required: authenticate (NIP-42) before publishing".into());
+    }
+    if !app.auth_required() && app.blacklist.contains(&ev.pubkey) {
+        return Err("blocked: pubkey is not allowed to publish here".into());
+    }
+    if ev.kind == 22242 {
+        return Err("invalid: kind 22242 is only accepted in an AUTH message".into());
+    }
+    if limits.created_at_upper_limit > 0 && ev.created_at > now + limits.created_at_upper_limit {
+        return Err(format!(
+            "invalid: created_at is more than {} s in the future",
+            limits.created_at_upper_limit
+        ));
+    }
+    // Gift wraps are backdated on purpose; the gateway applies their own window.
+    if limits.created_at_lower_limit > 0
+        && ev.kind != 1059
+        && ev.created_at + limits.created_at_lower_limit < now
+    {
+        return Err(format!(
+            "invalid: created_at is more than {} s in the past",
+            limits.created_at_lower_limit
+        ));
+    }
+    if let Some(exp) = ev.expiration() {
+        if exp <= now {
+            return Err("invalid: event has expired (NIP-40)".into());
+        }
+    }
+    if ev.is_protected() {
+        if authed.is_empty() {
+            return Err(
+                "auth-required: protected event (NIP-70): authenticate as its author".into(),
+            );
+        }
+        if !authed.contains(&ev.pubkey) {
+            return Err(
+                "restricted: protected event (NIP-70) may only be published by its author".into(),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Finds the `"id":"<64 hex>"` of an EVENT too large to parse, so it can still get an `OK`.
+pub fn sniff_event_id(text: &str) -> Option<String> {
+    let head = text.get(..text.len().min(256))?;
+    if !head
+        .trim_start()
+        .trim_start_matches('[')
+        .trim_start()
+        .starts_with("\"EVENT\"")
+    {
+        return None;
+    }
+    let mut rest = text;
+    while let Some(pos) = rest.find("\"id\"") {
+        rest = &rest[pos + 4..];
+        let after = rest.trim_start().strip_prefix(':')?.trim_start();
+        if let Some(v) = after.strip_prefix('"') {
+            let cand = v.get(..64)?;
+            if v[64..].starts_with('"') && Hex32::from_hex(cand).is_some() {
+                return Some(cand.to_owned());
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sniffs_ids_of_oversize_events() {
+        let id = "ab".repeat(32);
+        let msg = format!(r#"["EVENT",{{"content":"xx","id" : "{id}","kind":1}}]"#);
+        assert_eq!(sniff_event_id(&msg), Some(id));
+        assert_eq!(sniff_event_id(r#"["REQ","x",{}]"#), None);
+        assert_eq!(sniff_event_id(r#"["EVENT",{"id":"short"}]"#), None);
+    }
+}

@@ -1,0 +1,413 @@
+//! One WebSocket connection: reads client messages in order, answers them, and owns the
+//! connection's outbox (a bounded queue drained by a writer task).
+//!
+//! EVENTs are written concurrently (so one connection's burst shares a group commit) but their
+//! writes are enqueued and answered in arrival order; a REQ or COUNT first waits for the
+//! connection's earlier EVENTs, so a client always reads its own writes.
+
+use crate::app::App;
+use crate::subscriptions::Subscription;
+use crate::{auth, fanout, ingest};
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::stream::FuturesOrdered;
+use futures_util::{SinkExt, StreamExt};
+use mls_gateway_rules::{ReadRefusal, Viewer};
+use mls_proto::{relay, unix_now, ClientMessage, Event, Filter, Hex32, KindClass, MessageError};
+use mls_store::{Publisher, WriteOutcome};
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use tokio::sync::{mpsc, Notify};
+
+/// EVENT writes one connection may have in flight before it stops reading.
+const MAX_IN_FLIGHT: usize = 256;
+
+/// What the rest of the relay holds of a connection: its outbox and who it is.
+pub struct ConnectionHandle {
+    pub id: u64,
+    outbox: mpsc::Sender<String>,
+    authed: RwLock<Vec<Hex32>>,
+    slow: AtomicBool,
+    kick: Notify,
+}
+
+impl ConnectionHandle {
+    /// Queues a message. A full outbox means the client is not reading: it is disconnected
+    /// rather than allowed to grow memory or stall the sender.
+    pub fn send(&self, msg: String) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.outbox.try_send(msg) {
+            if !self.slow.swap(true, Ordering::Relaxed) {
+                self.kick.notify_one();
+            }
+        }
+    }
+
+    pub fn authed(&self) -> Vec<Hex32> {
+        self.authed.read().expect("authed lock").clone()
+    }
+
+    pub fn viewer(&self) -> Viewer {
+        Viewer {
+            authed: self.authed(),
+        }
+    }
+
+    fn is_authed(&self) -> bool {
+        !self.authed.read().expect("authed lock").is_empty()
+    }
+
+    fn add_authed(&self, pk: Hex32) {
+        let mut list = self.authed.write().expect("authed lock");
+        if !list.contains(&pk) {
+            list.push(pk);
+        }
+    }
+}
+
+type WriteFuture = Pin<Box<dyn Future<Output = String> + Send>>;
+
+struct Session {
+    app: Arc<App>,
+    conn: Arc<ConnectionHandle>,
+    challenge: String,
+    /// The host the client connected to (Host header), for the NIP-42 `relay` tag check.
+    host: Option<String>,
+    subs: HashSet<Arc<str>>,
+    in_flight: FuturesOrdered<WriteFuture>,
+}
+
+pub async fn run(app: Arc<App>, socket: WebSocket, host: Option<String>) {
+    let (mut sink, mut stream) = socket.split();
+    let (tx, mut rx) = mpsc::channel::<String>(app.config.limitation.outbox_capacity.max(1));
+    let conn = Arc::new(ConnectionHandle {
+        id: app.next_connection_id(),
+        outbox: tx,
+        authed: RwLock::new(Vec::new()),
+        slow: AtomicBool::new(false),
+        kick: Notify::new(),
+    });
+    let mut shutdown = app.shutdown.clone();
+
+    // Writer: drains the outbox; on a kick (slow reader) or shutdown it says why and closes.
+    let writer_conn = conn.clone();
+    let mut writer_shutdown = app.shutdown.clone();
+    let writer = tokio::spawn(async move {
+        let close = |reason: &str| {
+            Message::Close(Some(CloseFrame {
+                code: 1001,
+                reason: reason.to_owned().into(),
+            }))
+        };
+        loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(text) => {
+                        if sink.send(Message::Text(text.into())).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => {
+                        let _ = sink.send(Message::Close(None)).await;
+                        break;
+                    }
+                },
+                _ = writer_conn.kick.notified() => {
+                    let _ = sink
+                        .send(Message::Text(relay::notice("error: outbox full, closing slow connection").into()))
+                        .await;
+                    let _ = sink.send(close("slow reader")).await;
+                    break;
+                }
+                _ = crate::app::until_shutdown(&mut writer_shutdown) => {
+                    let _ = sink.send(close("relay shutting down")).await;
+                    break;
+                }
+            }
+        }
+        let _ = sink.close().await;
+    });
+
+    let mut session = Session {
+        challenge: hex::encode(rand::random::<[u8; 16]>()),
+        app: app.clone(),
+        conn: conn.clone(),
+        host,
+        subs: HashSet::new(),
+        in_flight: FuturesOrdered::new(),
+    };
+    tracing::debug!(conn = conn.id, "connection opened");
+    session.conn.send(relay::auth(&session.challenge));
+
+    loop {
+        tokio::select! {
+            _ = crate::app::until_shutdown(&mut shutdown) => break,
+            _ = conn.kick.notified(), if conn.slow.load(Ordering::Relaxed) => break,
+            Some(ok) = session.in_flight.next(), if !session.in_flight.is_empty() => {
+                session.conn.send(ok);
+            }
+            frame = stream.next(), if session.in_flight.len() < MAX_IN_FLIGHT => match frame {
+                Some(Ok(Message::Text(text))) => session.handle_text(text.as_str()).await,
+                Some(Ok(Message::Binary(_))) => session
+                    .conn
+                    .send(relay::notice("invalid: binary frames are not supported, send JSON text")),
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {} // ping/pong are answered by the WebSocket layer
+            },
+        }
+    }
+    // Answer what was already accepted for writing before going away.
+    while let Some(ok) = session.in_flight.next().await {
+        session.conn.send(ok);
+    }
+    app.subscriptions.remove_connection(conn.id);
+    drop(session);
+    drop(conn);
+    let _ = writer.await;
+}
+
+impl Session {
+    async fn handle_text(&mut self, text: &str) {
+        let limits = &self.app.config.limitation;
+        if text.len() > limits.max_message_length {
+            let msg = format!(
+                "invalid: message is {} bytes, max_message_length is {}",
+                text.len(),
+                limits.max_message_length
+            );
+            match ingest::sniff_event_id(text) {
+                Some(id) => self.conn.send(relay::ok(&id, false, &msg)),
+                None => self.conn.send(relay::notice(&msg)),
+            }
+            return;
+        }
+        match ClientMessage::parse(text) {
+            Ok(ClientMessage::Event(ev)) => self.on_event(*ev).await,
+            Ok(ClientMessage::Req { sub_id, filters }) => self.on_req(sub_id, filters).await,
+            Ok(ClientMessage::Count { sub_id, filters }) => self.on_count(sub_id, filters).await,
+            Ok(ClientMessage::Close(sub_id)) => {
+                if let Some(sub) = self.subs.take(sub_id.as_str()) {
+                    self.app.subscriptions.remove(self.conn.id, &sub);
+                }
+            }
+            Ok(ClientMessage::Auth(ev)) => self.on_auth(*ev),
+            Err(MessageError::BadEvent {
+                id: Some(id),
+                reason,
+            }) => self
+                .conn
+                .send(relay::ok(&id, false, &format!("invalid: {reason}"))),
+            Err(MessageError::BadFilter { sub_id, reason }) => self
+                .conn
+                .send(relay::closed(&sub_id, &format!("invalid: {reason}"))),
+            Err(e) => self.conn.send(relay::notice(&e.to_string())),
+        }
+    }
+
+    async fn on_event(&mut self, ev: Event) {
+        let id = ev.id.to_hex();
+        let authed = self.conn.authed();
+        if let Err(reason) = ingest::check(&self.app, &ev, &authed, unix_now()) {
+            self.conn.send(relay::ok(&id, false, &reason));
+            return;
+        }
+        let app = self.app.clone();
+        if ev.class() == KindClass::Ephemeral {
+            // Delivered live, never stored: nothing to commit before the OK.
+            fanout::publish(&app, &ev).await;
+            self.conn.send(relay::ok(&id, true, ""));
+            return;
+        }
+        let write = app.store.write(ev.clone(), Publisher { authed });
+        self.in_flight.push_back(Box::pin(async move {
+            match write.await {
+                Ok(WriteOutcome::Accepted) => {
+                    fanout::publish(&app, &ev).await;
+                    relay::ok(&id, true, "")
+                }
+                Ok(WriteOutcome::Duplicate) => {
+                    relay::ok(&id, true, "duplicate: already have this event")
+                }
+                Ok(WriteOutcome::Rejected(reason)) => relay::ok(&id, false, &reason),
+                Err(e) => {
+                    tracing::error!(error = %e, "event write failed");
+                    relay::ok(&id, false, "error: could not store the event")
+                }
+            }
+        }));
+    }
+
+    /// Waits for this connection's pending EVENT writes (read-your-writes for REQ/COUNT).
+    async fn settle_writes(&mut self) {
+        while let Some(ok) = self.in_flight.next().await {
+            self.conn.send(ok);
+        }
+    }
+
+    /// The checks REQ and COUNT share. On refusal the CLOSED has been sent.
+    async fn admit_read(&mut self, sub_id: &str, filters: &[Filter]) -> bool {
+        let limits = &self.app.config.limitation;
+        let refusal = if sub_id.chars().count() > limits.max_subid_length {
+            Some(format!(
+                "invalid: subscription id longer than max_subid_length ({})",
+                limits.max_subid_length
+            ))
+        } else if filters.len() > limits.max_filters {
+            Some(format!(
+                "invalid: {} filters, max_filters is {}",
+                filters.len(),
+                limits.max_filters
+            ))
+        } else if self.app.auth_required() && !self.conn.is_authed() {
+            Some("auth-required: this relay serves authenticated clients only".to_owned())
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            self.refuse_read(sub_id, &reason);
+            return false;
+        }
+        self.settle_writes().await;
+        let viewer = self.conn.viewer();
+        let gateway = self.app.gateway.clone();
+        let mut verdict = Ok(());
+        let read = self
+            .app
+            .store
+            .read_state(&mut |state| {
+                verdict = gateway.check_read(&viewer, filters, state);
+                Ok(())
+            })
+            .await;
+        let reason = match (read, verdict) {
+            (Err(e), _) => {
+                tracing::error!(error = %e, "state read failed");
+                "error: could not read relay state".to_owned()
+            }
+            (Ok(()), Ok(())) => return true,
+            (Ok(()), Err(ReadRefusal::AuthRequired(m) | ReadRefusal::Restricted(m))) => m,
+        };
+        self.refuse_read(sub_id, &reason);
+        false
+    }
+
+    fn refuse_read(&self, sub_id: &str, reason: &str) {
+        if reason.starts_with("auth-required:") {
+            self.conn.send(relay::auth(&self.challenge));
+        }
+        self.conn.send(relay::closed(sub_id, reason));
+    }
+
+    async fn on_req(&mut self, sub_id: String, filters: Vec<Filter>) {
+        let limits = &self.app.config.limitation;
+        if !self.subs.contains(sub_id.as_str()) && self.subs.len() >= limits.max_subscriptions {
+            let reason = format!(
+                "rate-limited: {} open subscriptions, max_subscriptions is {}",
+                self.subs.len(),
+                limits.max_subscriptions
+            );
+            self.conn.send(relay::closed(&sub_id, &reason));
+            return;
+        }
+        if !self.admit_read(&sub_id, &filters).await {
+            // A refused REQ that reuses an id ends the old subscription too.
+            if let Some(old) = self.subs.take(sub_id.as_str()) {
+                self.app.subscriptions.remove(self.conn.id, &old);
+            }
+            return;
+        }
+        let sub_id: Arc<str> = Arc::from(sub_id);
+        // Registered before the query so nothing committed meanwhile is missed; live events
+        // are held back until EOSE.
+        let sub = Arc::new(Subscription::new(
+            sub_id.clone(),
+            filters,
+            self.conn.clone(),
+        ));
+        self.app.subscriptions.insert(sub.clone());
+        self.subs.insert(sub_id.clone());
+
+        let results = match self.stored_results(&sub.filters).await {
+            Ok(r) => r,
+            Err(reason) => {
+                self.app.subscriptions.remove(self.conn.id, &sub_id);
+                self.subs.remove(&sub_id);
+                self.conn.send(relay::closed(&sub_id, &reason));
+                return;
+            }
+        };
+        let mut sent = HashSet::with_capacity(results.len());
+        for (id, json) in results {
+            self.conn.send(relay::event(&sub_id, &json));
+            sent.insert(id);
+        }
+        self.conn.send(relay::eose(&sub_id));
+        sub.release_pending(&sent);
+    }
+
+    /// Stored events for a REQ, visible to this connection, newest first, with KeyPackage
+    /// claims applied.
+    async fn stored_results(&self, filters: &[Filter]) -> Result<Vec<(Hex32, Arc<str>)>, String> {
+        if filters.iter().all(|f| f.limit == Some(0)) {
+            return Ok(Vec::new());
+        }
+        let viewer = self.conn.viewer();
+        let gateway = self.app.gateway.clone();
+        let visible =
+            move |ev: &Event, state: &dyn mls_store::StateRead| gateway.may_see(&viewer, ev, state);
+        let now = unix_now();
+        let found = self
+            .app
+            .store
+            .query(filters, self.app.config.limitation.max_limit, now, &visible)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "query failed");
+                "error: could not run the query".to_owned()
+            })?;
+        let served = crate::claims::apply(&self.app, &self.conn.viewer(), &found, now).await?;
+        Ok(found
+            .into_iter()
+            .filter(|s| served.as_ref().is_none_or(|ids| ids.contains(&s.event.id)))
+            .map(|s| (s.event.id, s.json))
+            .collect())
+    }
+
+    async fn on_count(&mut self, sub_id: String, filters: Vec<Filter>) {
+        if !self.admit_read(&sub_id, &filters).await {
+            return;
+        }
+        let viewer = self.conn.viewer();
+        let gateway = self.app.gateway.clone();
+        let visible =
+            move |ev: &Event, state: &dyn mls_store::StateRead| gateway.may_see(&viewer, ev, state);
+        match self.app.store.count(&filters, unix_now(), &visible).await {
+            Ok(n) => self.conn.send(relay::count(&sub_id, n)),
+            Err(e) => {
+                tracing::error!(error = %e, "count failed");
+                self.conn
+                    .send(relay::closed(&sub_id, "error: could not count"));
+            }
+        }
+    }
+
+    fn on_auth(&mut self, ev: Event) {
+        let id = ev.id.to_hex();
+        let result = auth::verify(
+            &self.app,
+            &ev,
+            &self.challenge,
+            self.host.as_deref(),
+            unix_now(),
+        );
+        match result {
+            Ok(pk) => {
+                self.conn.add_authed(pk);
+                tracing::info!(conn = self.conn.id, pubkey = %mls_proto::short_pubkey(&pk), "authenticated");
+                self.conn.send(relay::ok(&id, true, ""));
+            }
+            Err(reason) => self.conn.send(relay::ok(&id, false, &reason)),
+        }
+    }
+}

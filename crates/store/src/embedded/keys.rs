@@ -1,0 +1,305 @@
+//! Byte layouts of the LMDB keys and records.
+//!
+//! Every time-ordered index key ends with the same 40-byte suffix: `u64::MAX - created_at`
+//! (big-endian) then the event id. LMDB sorts keys bytewise, so a forward cursor walks newest
+//! first and ties come out lowest id first — the order NIP-01 results must have — and merging
+//! several cursors only needs to compare suffixes.
+
+use mls_proto::{Event, Hex32, KindClass};
+use sha2::{Digest, Sha256};
+
+pub(super) const ID_LEN: usize = 32;
+/// `rev(created_at) ++ id`.
+pub(super) const SUFFIX_LEN: usize = 8 + ID_LEN;
+/// Value of every time-ordered index entry: `kind ++ pubkey`, so a query can reject a
+/// candidate on kind or author without reading (and parsing) the event record.
+pub(super) const META_LEN: usize = 2 + 32;
+
+/// Tag values up to this many bytes are stored in the key as they are; longer ones are
+/// replaced by their sha256 (keys must stay under LMDB's 511-byte limit).
+const TAG_INLINE_MAX: usize = 200;
+/// Length byte marking a hashed tag value (never a real inline length).
+const TAG_HASHED: u8 = 0xff;
+/// `d` values up to this many bytes are stored in the address key as they are.
+const D_INLINE_MAX: usize = 300;
+
+pub(super) fn rev(ts: u64) -> [u8; 8] {
+    (u64::MAX - ts).to_be_bytes()
+}
+
+pub(super) fn suffix(created_at: u64, id: &Hex32) -> [u8; SUFFIX_LEN] {
+    let mut out = [0u8; SUFFIX_LEN];
+    out[..8].copy_from_slice(&rev(created_at));
+    out[8..].copy_from_slice(&id.0);
+    out
+}
+
+/// `created_at` and id back from the last [`SUFFIX_LEN`] bytes of an index key.
+pub(super) fn split_suffix(key: &[u8]) -> Option<(u64, Hex32)> {
+    let s = key.get(key.len().checked_sub(SUFFIX_LEN)?..)?;
+    let mut ts = [0u8; 8];
+    ts.copy_from_slice(&s[..8]);
+    let mut id = [0u8; ID_LEN];
+    id.copy_from_slice(&s[8..]);
+    Some((u64::MAX - u64::from_be_bytes(ts), Hex32(id)))
+}
+
+pub(super) fn meta(ev: &Event) -> [u8; META_LEN] {
+    let mut out = [0u8; META_LEN];
+    out[..2].copy_from_slice(&ev.kind.to_be_bytes());
+    out[2..].copy_from_slice(&ev.pubkey.0);
+    out
+}
+
+pub(super) fn split_meta(value: &[u8]) -> Option<(u16, &[u8])> {
+    if value.len() != META_LEN {
+        return None;
+    }
+    Some((u16::from_be_bytes([value[0], value[1]]), &value[2..]))
+}
+
+fn with_suffix(prefix: &[u8], created_at: u64, id: &Hex32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + SUFFIX_LEN);
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(&suffix(created_at, id));
+    k
+}
+
+pub(super) fn author_prefix(pubkey: &Hex32) -> Vec<u8> {
+    pubkey.0.to_vec()
+}
+
+pub(super) fn kind_prefix(kind: u16) -> Vec<u8> {
+    kind.to_be_bytes().to_vec()
+}
+
+pub(super) fn author_kind_prefix(pubkey: &Hex32, kind: u16) -> Vec<u8> {
+    let mut k = Vec::with_capacity(34);
+    k.extend_from_slice(&pubkey.0);
+    k.extend_from_slice(&kind.to_be_bytes());
+    k
+}
+
+/// `letter ++ len ++ value`, or `letter ++ 0xff ++ sha256(value)` for long values. The length
+/// byte makes the prefix exact: value "ab" never matches an entry for "abc".
+pub(super) fn tag_prefix(letter: u8, value: &str) -> Vec<u8> {
+    let v = value.as_bytes();
+    let mut k = Vec::with_capacity(2 + v.len().min(TAG_INLINE_MAX.max(32)));
+    k.push(letter);
+    if v.len() <= TAG_INLINE_MAX {
+        k.push(v.len() as u8);
+        k.extend_from_slice(v);
+    } else {
+        k.push(TAG_HASHED);
+        k.extend_from_slice(&Sha256::digest(v));
+    }
+    k
+}
+
+/// The single-letter tags an event is indexed under (NIP-01 indexes only those), without
+/// repeats.
+pub(super) fn indexed_tags(ev: &Event) -> Vec<(u8, &str)> {
+    let mut out: Vec<(u8, &str)> = ev
+        .tags
+        .iter()
+        .filter_map(|t| {
+            let name = t.first()?.as_bytes();
+            let value = t.get(1)?;
+            (name.len() == 1 && name[0].is_ascii_alphabetic()).then(|| (name[0], value.as_str()))
+        })
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// Every time-ordered index key of `ev`, as (index, key).
+pub(super) fn index_keys(ev: &Event) -> Vec<(Index, Vec<u8>)> {
+    let (ca, id) = (ev.created_at, &ev.id);
+    let mut keys = vec![
+        (Index::Created, suffix(ca, id).to_vec()),
+        (Index::Author, with_suffix(&author_prefix(&ev.pubkey), ca, id)),
+        (Index::Kind, with_suffix(&kind_prefix(ev.kind), ca, id)),
+        (
+            Index::AuthorKind,
+            with_suffix(&author_kind_prefix(&ev.pubkey, ev.kind), ca, id),
+        ),
+    ];
+    for (letter, value) in indexed_tags(ev) {
+        keys.push((Index::Tag, with_suffix(&tag_prefix(letter, value), ca, id)));
+    }
+    keys
+}
+
+/// The time-ordered indexes (all keyed `prefix ++ rev(created_at) ++ id`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Index {
+    Created,
+    Author,
+    Kind,
+    AuthorKind,
+    Tag,
+}
+
+/// `expires_at ++ id`: oldest expiry first, so a purge walks from the start up to `now`.
+pub(super) fn expiry_key(expires_at: u64, id: &Hex32) -> [u8; 8 + ID_LEN] {
+    let mut k = [0u8; 8 + ID_LEN];
+    k[..8].copy_from_slice(&expires_at.to_be_bytes());
+    k[8..].copy_from_slice(&id.0);
+    k
+}
+
+/// `kind ++ pubkey ++ (0x00 ++ d | 0x01 ++ sha256(d))`. Replaceable kinds always use an
+/// empty `d` (their address is kind:pubkey).
+pub(super) fn addr_key(kind: u16, pubkey: &Hex32, d: &str) -> Vec<u8> {
+    let d = if KindClass::of(kind) == KindClass::Addressable {
+        d.as_bytes()
+    } else {
+        b""
+    };
+    let mut k = Vec::with_capacity(35 + d.len().min(D_INLINE_MAX));
+    k.extend_from_slice(&kind.to_be_bytes());
+    k.extend_from_slice(&pubkey.0);
+    if d.len() <= D_INLINE_MAX {
+        k.push(0);
+        k.extend_from_slice(d);
+    } else {
+        k.push(1);
+        k.extend_from_slice(&Sha256::digest(d));
+    }
+    k
+}
+
+/// The address key of a replaceable or addressable event.
+pub(super) fn event_addr_key(ev: &Event) -> Option<Vec<u8>> {
+    match ev.class() {
+        KindClass::Replaceable | KindClass::Addressable => {
+            Some(addr_key(ev.kind, &ev.pubkey, ev.d_tag()))
+        }
+        _ => None,
+    }
+}
+
+/// Parses an `a` tag value `kind:pubkey:d` into an address key (`None` for anything that is
+/// not a replaceable or addressable address).
+pub(super) fn parse_a_tag(value: &str) -> Option<(Hex32, Vec<u8>)> {
+    let mut parts = value.splitn(3, ':');
+    let kind: u16 = parts.next()?.parse().ok()?;
+    let pubkey = Hex32::from_hex(parts.next()?)?;
+    let d = parts.next().unwrap_or("");
+    match KindClass::of(kind) {
+        KindClass::Replaceable | KindClass::Addressable => {
+            Some((pubkey, addr_key(kind, &pubkey, d)))
+        }
+        _ => None,
+    }
+}
+
+/// Value of the address table: `created_at ++ id` of the stored version, so a newer/older
+/// decision needs no record read.
+pub(super) fn addr_value(created_at: u64, id: &Hex32) -> [u8; 8 + ID_LEN] {
+    expiry_key(created_at, id)
+}
+
+pub(super) fn split_addr_value(v: &[u8]) -> Option<(u64, Hex32)> {
+    if v.len() != 8 + ID_LEN {
+        return None;
+    }
+    let mut ts = [0u8; 8];
+    ts.copy_from_slice(&v[..8]);
+    let mut id = [0u8; ID_LEN];
+    id.copy_from_slice(&v[8..]);
+    Some((u64::from_be_bytes(ts), Hex32(id)))
+}
+
+/// `id ++ deleter`: one id may be tombstoned by several deleters, and whether a tombstone
+/// blocks a later submission depends on who wrote it.
+pub(super) fn tomb_id_key(id: &Hex32, deleter: &Hex32) -> [u8; 64] {
+    let mut k = [0u8; 64];
+    k[..32].copy_from_slice(&id.0);
+    k[32..].copy_from_slice(&deleter.0);
+    k
+}
+
+const RECORD_VERSION: u8 = 1;
+const HEADER_LEN: usize = 1 + 1 + 8 + 8;
+
+/// An event record: `version ++ flags ++ received_at ++ expires_at ++ json`. The JSON is
+/// the event serialised once at write time and served as is.
+pub(super) fn encode_record(received_at: u64, expires_at: Option<u64>, json: &str) -> Vec<u8> {
+    let mut r = Vec::with_capacity(HEADER_LEN + json.len());
+    r.push(RECORD_VERSION);
+    r.push(u8::from(expires_at.is_some()));
+    r.extend_from_slice(&received_at.to_be_bytes());
+    r.extend_from_slice(&expires_at.unwrap_or(0).to_be_bytes());
+    r.extend_from_slice(json.as_bytes());
+    r
+}
+
+/// A record read in place, JSON not yet parsed.
+pub(super) struct RawRecord<'a> {
+    pub received_at: u64,
+    pub expires_at: Option<u64>,
+    pub json: &'a str,
+}
+
+pub(super) fn decode_record(bytes: &[u8]) -> Result<RawRecord<'_>, String> {
+    if bytes.len() < HEADER_LEN || bytes[0] != RECORD_VERSION {
+        return Err("event record header".into());
+    }
+    let u64_at = |i: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&bytes[i..i + 8]);
+        u64::from_be_bytes(b)
+    };
+    let json = std::str::from_utf8(&bytes[HEADER_LEN..])
+        .map_err(|_| "event record JSON is not UTF-8".to_string())?;
+    Ok(RawRecord {
+        received_at: u64_at(2),
+        expires_at: (bytes[1] & 1 == 1).then(|| u64_at(10)),
+        json,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suffix_orders_newest_first_then_lowest_id() {
+        let a = suffix(10, &Hex32([1; 32]));
+        let b = suffix(10, &Hex32([2; 32]));
+        let c = suffix(11, &Hex32([9; 32]));
+        assert!(c < a && a < b);
+        assert_eq!(split_suffix(&a), Some((10, Hex32([1; 32]))));
+    }
+
+    #[test]
+    fn tag_prefixes_are_exact_and_long_values_hashed() {
+        let ab = tag_prefix(b'h', "ab");
+        let abc = tag_prefix(b'h', "abc");
+        assert!(!abc.starts_with(&ab));
+        let long = "x".repeat(1000);
+        assert_eq!(tag_prefix(b'h', &long).len(), 2 + 32);
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let r = encode_record(5, Some(7), "{}");
+        let d = decode_record(&r).unwrap();
+        assert_eq!((d.received_at, d.expires_at, d.json), (5, Some(7), "{}"));
+        let r = encode_record(5, None, "{}");
+        assert_eq!(decode_record(&r).unwrap().expires_at, None);
+    }
+
+    #[test]
+    fn a_tags_parse_only_addresses() {
+        let pk = Hex32([3; 32]);
+        let (p, k) = parse_a_tag(&format!("30000:{pk}:x:y")).unwrap();
+        assert_eq!(p, pk);
+        assert_eq!(k, addr_key(30000, &pk, "x:y"));
+        assert_eq!(parse_a_tag(&format!("10002:{pk}:")).unwrap().1, addr_key(10002, &pk, ""));
+        assert!(parse_a_tag(&format!("1:{pk}:")).is_none());
+        assert!(parse_a_tag("30000:zz:x").is_none());
+    }
+}

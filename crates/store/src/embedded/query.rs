@@ -1,0 +1,323 @@
+//! Reads: REQ queries, COUNT and export, each in one read transaction.
+//!
+//! A filter is answered from the most selective index it allows; the index entries carry
+//! kind and author, so candidates are mostly rejected before their record is read, and the
+//! event JSON is parsed only for candidates that passed the index.
+
+use super::keys::{self, decode_record, Index, META_LEN, SUFFIX_LEN};
+use super::state::TxnState;
+use super::{backend, Bytes, Dbs};
+use crate::{StoreError, StoreResult, StoredEvent, Visible};
+use heed::{Env, RoRange, RoTxn, WithoutTls};
+use mls_proto::{Event, Filter, Hex32};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::ops::Bound;
+use std::sync::Arc;
+
+/// Most index prefixes (authors × kinds, tag values, …) walked in parallel for one filter.
+const MAX_PREFIXES: usize = 256;
+
+pub(super) fn query(
+    env: &Env<WithoutTls>,
+    dbs: &Dbs,
+    filters: &[Filter],
+    max_limit: u64,
+    now: u64,
+    visible: Visible<'_>,
+) -> StoreResult<Vec<StoredEvent>> {
+    let txn = env.read_txn().map_err(backend("begin read transaction"))?;
+    let state = TxnState {
+        txn: &txn,
+        db: dbs.state,
+    };
+    let mut found: HashMap<Hex32, StoredEvent> = HashMap::new();
+    for filter in filters {
+        let limit = filter.limit.unwrap_or(max_limit).min(max_limit);
+        if limit == 0 || filter.is_empty_match() {
+            continue;
+        }
+        let mut taken = 0u64;
+        walk(&txn, dbs, filter, now, &mut |stored| {
+            if !visible(&stored.event, &state) {
+                return true;
+            }
+            taken += 1;
+            found.entry(stored.event.id).or_insert(stored);
+            taken < limit
+        })?;
+    }
+    let mut events: Vec<StoredEvent> = found.into_values().collect();
+    sort_newest_first(&mut events);
+    Ok(events)
+}
+
+pub(super) fn count(
+    env: &Env<WithoutTls>,
+    dbs: &Dbs,
+    filters: &[Filter],
+    now: u64,
+    visible: Visible<'_>,
+) -> StoreResult<u64> {
+    let txn = env.read_txn().map_err(backend("begin read transaction"))?;
+    let state = TxnState {
+        txn: &txn,
+        db: dbs.state,
+    };
+    let mut ids = HashSet::new();
+    for filter in filters {
+        if filter.is_empty_match() {
+            continue;
+        }
+        walk(&txn, dbs, filter, now, &mut |stored| {
+            if visible(&stored.event, &state) {
+                ids.insert(stored.event.id);
+            }
+            true
+        })?;
+    }
+    Ok(ids.len() as u64)
+}
+
+/// Every stored event, oldest first (the created_at index walked backwards).
+pub(super) fn export(
+    env: &Env<WithoutTls>,
+    dbs: &Dbs,
+    f: &mut (dyn FnMut(&StoredEvent) + Send),
+) -> StoreResult<()> {
+    let txn = env.read_txn().map_err(backend("begin read transaction"))?;
+    for entry in dbs
+        .created
+        .rev_iter(&txn)
+        .map_err(backend("walk created_at index"))?
+    {
+        let (key, _) = entry.map_err(backend("walk created_at index"))?;
+        let Some((_, id)) = keys::split_suffix(key) else {
+            return Err(StoreError::Corrupt("created_at index key".into()));
+        };
+        if let Some(stored) = load(&txn, dbs, &id)? {
+            f(&stored);
+        }
+    }
+    Ok(())
+}
+
+fn sort_newest_first(events: &mut [StoredEvent]) {
+    events.sort_unstable_by(|a, b| {
+        (Reverse(a.event.created_at), a.event.id).cmp(&(Reverse(b.event.created_at), b.event.id))
+    });
+}
+
+/// How one filter is answered.
+enum Plan {
+    Ids(Vec<Hex32>),
+    Index(Index, Vec<Vec<u8>>),
+}
+
+/// Picks the most selective index the filter allows: author+kind, a tag, kind, author,
+/// else everything by created_at.
+fn plan(filter: &Filter) -> Plan {
+    if let Some(ids) = &filter.ids {
+        return Plan::Ids(ids.clone());
+    }
+    if let (Some(authors), Some(kinds)) = (&filter.authors, &filter.kinds) {
+        if authors.len() * kinds.len() <= MAX_PREFIXES {
+            let prefixes = authors
+                .iter()
+                .flat_map(|a| kinds.iter().map(|k| keys::author_kind_prefix(a, *k)))
+                .collect();
+            return Plan::Index(Index::AuthorKind, prefixes);
+        }
+    }
+    let tag = filter
+        .tags
+        .iter()
+        .filter(|(letter, values)| letter.is_ascii_alphabetic() && values.len() <= MAX_PREFIXES)
+        .min_by_key(|(_, values)| values.len());
+    if let Some((letter, values)) = tag {
+        let prefixes = values
+            .iter()
+            .map(|v| keys::tag_prefix(*letter as u8, v))
+            .collect();
+        return Plan::Index(Index::Tag, prefixes);
+    }
+    if let Some(kinds) = &filter.kinds {
+        return Plan::Index(Index::Kind, kinds.iter().map(|k| keys::kind_prefix(*k)).collect());
+    }
+    if let Some(authors) = filter.authors.as_ref().filter(|a| a.len() <= MAX_PREFIXES) {
+        return Plan::Index(
+            Index::Author,
+            authors.iter().map(keys::author_prefix).collect(),
+        );
+    }
+    Plan::Index(Index::Created, vec![Vec::new()])
+}
+
+/// Calls `f` with each event matching `filter` and not expired at `now`, newest first (ties:
+/// lowest id first), until it returns false.
+fn walk(
+    txn: &RoTxn,
+    dbs: &Dbs,
+    filter: &Filter,
+    now: u64,
+    f: &mut dyn FnMut(StoredEvent) -> bool,
+) -> StoreResult<()> {
+    let (index, prefixes) = match plan(filter) {
+        Plan::Ids(mut ids) => {
+            ids.sort_unstable();
+            ids.dedup();
+            let mut events = Vec::with_capacity(ids.len());
+            for id in &ids {
+                if let Some(stored) = load_matching(txn, dbs, id, filter, now)? {
+                    events.push(stored);
+                }
+            }
+            sort_newest_first(&mut events);
+            for stored in events {
+                if !f(stored) {
+                    break;
+                }
+            }
+            return Ok(());
+        }
+        Plan::Index(index, prefixes) => (index, prefixes),
+    };
+
+    // since/until become the bounds of each prefix's range.
+    let newest = keys::rev(filter.until.unwrap_or(u64::MAX));
+    let oldest = keys::rev(filter.since.unwrap_or(0));
+    let bounds: Vec<(Vec<u8>, Vec<u8>)> = prefixes
+        .into_iter()
+        .map(|prefix| {
+            let mut start = prefix.clone();
+            start.extend_from_slice(&newest);
+            start.extend_from_slice(&[0u8; 32]);
+            let mut end = prefix;
+            end.extend_from_slice(&oldest);
+            end.extend_from_slice(&[0xffu8; 32]);
+            (start, end)
+        })
+        .collect();
+    let db = dbs.index(index);
+    let mut cursors: Vec<RoRange<'_, Bytes, Bytes>> = Vec::with_capacity(bounds.len());
+    for (start, end) in &bounds {
+        cursors.push(
+            db.range(
+                txn,
+                &(
+                    Bound::Included(start.as_slice()),
+                    Bound::Included(end.as_slice()),
+                ),
+            )
+            .map_err(backend("walk index"))?,
+        );
+    }
+
+    // Merge the cursors by suffix (newest first), dropping repeats (an event can sit under
+    // several of the filter's tag values).
+    type Head = Reverse<([u8; SUFFIX_LEN], usize, [u8; META_LEN])>;
+    let mut heads: BinaryHeap<Head> = BinaryHeap::with_capacity(cursors.len());
+    for (i, cursor) in cursors.iter_mut().enumerate() {
+        if let Some(head) = next_head(cursor, i)? {
+            heads.push(head);
+        }
+    }
+    let mut last: Option<[u8; SUFFIX_LEN]> = None;
+    while let Some(Reverse((suffix, i, meta))) = heads.pop() {
+        if let Some(head) = next_head(&mut cursors[i], i)? {
+            heads.push(head);
+        }
+        if last == Some(suffix) {
+            continue;
+        }
+        last = Some(suffix);
+        let Some((kind, pubkey)) = keys::split_meta(&meta) else {
+            continue;
+        };
+        if filter.kinds.as_ref().is_some_and(|k| !k.contains(&kind))
+            || filter
+                .authors
+                .as_ref()
+                .is_some_and(|a| !a.iter().any(|a| a.0 == pubkey))
+        {
+            continue;
+        }
+        let Some((_, id)) = keys::split_suffix(&suffix) else {
+            continue;
+        };
+        if let Some(stored) = load_matching(txn, dbs, &id, filter, now)? {
+            if !f(stored) {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+type HeadEntry = Reverse<([u8; SUFFIX_LEN], usize, [u8; META_LEN])>;
+
+fn next_head(cursor: &mut RoRange<'_, Bytes, Bytes>, i: usize) -> StoreResult<Option<HeadEntry>> {
+    let Some((key, value)) = cursor
+        .next()
+        .transpose()
+        .map_err(backend("walk index"))?
+    else {
+        return Ok(None);
+    };
+    let suffix = key
+        .get(key.len().saturating_sub(SUFFIX_LEN)..)
+        .and_then(|s| <[u8; SUFFIX_LEN]>::try_from(s).ok())
+        .ok_or_else(|| StoreError::Corrupt("index key too short".into()))?;
+    let meta = <[u8; META_LEN]>::try_from(value)
+        .map_err(|_| StoreError::Corrupt("index entry value".into()))?;
+    Ok(Some(Reverse((suffix, i, meta))))
+}
+
+/// The stored event `id` if it matches `filter` and has not expired at `now`.
+fn load_matching(
+    txn: &RoTxn,
+    dbs: &Dbs,
+    id: &Hex32,
+    filter: &Filter,
+    now: u64,
+) -> StoreResult<Option<StoredEvent>> {
+    // The record header answers expiry before the JSON is parsed.
+    let Some(bytes) = dbs.events.get(txn, &id.0).map_err(backend("read event"))? else {
+        return Ok(None); // deleted meanwhile, or a stale entry left by a corrupt record
+    };
+    let header = decode_record(bytes).map_err(|e| StoreError::Corrupt(format!("{id}: {e}")))?;
+    if header.expires_at.is_some_and(|t| t <= now) {
+        return Ok(None);
+    }
+    let stored = parse(id, header.received_at, header.expires_at, header.json)?;
+    let ev = &stored.event;
+    if !filter.matches(ev) || ev.expiration().is_some_and(|t| t <= now) {
+        return Ok(None);
+    }
+    Ok(Some(stored))
+}
+
+/// The stored event `id`, expired or not.
+fn load(txn: &RoTxn, dbs: &Dbs, id: &Hex32) -> StoreResult<Option<StoredEvent>> {
+    let Some(bytes) = dbs.events.get(txn, &id.0).map_err(backend("read event"))? else {
+        return Ok(None);
+    };
+    let record = decode_record(bytes).map_err(|e| StoreError::Corrupt(format!("{id}: {e}")))?;
+    parse(id, record.received_at, record.expires_at, record.json).map(Some)
+}
+
+fn parse(
+    id: &Hex32,
+    received_at: u64,
+    expires_at: Option<u64>,
+    json: &str,
+) -> StoreResult<StoredEvent> {
+    let event: Event = serde_json::from_str(json)
+        .map_err(|e| StoreError::Corrupt(format!("{id}: event JSON: {e}")))?;
+    Ok(StoredEvent {
+        event,
+        json: Arc::from(json),
+        received_at,
+        expires_at,
+    })
+}

@@ -1,0 +1,964 @@
+//! Storage conformance suite: what every backend of [`EventStore`] must do, written once
+//! against the interface. A backend runs it with
+//! `#[macro_use] mod suite; conformance_tests!(MyHarness::new());`, which makes one
+//! `#[tokio::test]` per behaviour below.
+#![allow(dead_code)]
+
+use mls_proto::{Event, Filter, Hex32};
+use mls_store::{
+    Admission, Admitted, EventStore, Publisher, Rejection, StateRead, StateWrite, StoredEvent,
+    WriteOutcome,
+};
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// How the suite gets at a backend.
+#[async_trait::async_trait]
+pub trait Harness: Send + Sync {
+    /// Opens the store over this harness's data (empty the first time) with `rules`.
+    async fn open(&self, rules: Arc<dyn Admission>) -> Arc<dyn EventStore>;
+    /// Shuts down `store` (its last reference) so the same data can be opened again.
+    async fn close(&self, store: Arc<dyn EventStore>);
+}
+
+/// Generates one test per conformance behaviour for the harness built by `$harness`.
+macro_rules! conformance_tests {
+    ($harness:expr) => {
+        conformance_tests!(@each $harness;
+            indexes_answer_each_filter_shape,
+            newest_first_with_lowest_id_on_ties,
+            limit_per_filter_and_max_limit,
+            limit_zero_returns_nothing,
+            filters_merge_without_duplicates,
+            since_and_until_bound_results,
+            ids_lookup_is_newest_first,
+            duplicate_is_reported,
+            replaceable_keeps_the_newest,
+            addressable_versions_by_d_tag,
+            deletion_by_e_tag_and_tombstone,
+            deletion_by_a_tag_bounded_by_created_at,
+            strangers_cannot_delete,
+            deleting_a_deletion_does_nothing,
+            expired_events_hidden_then_purged,
+            visibility_applies_before_limit,
+            count_is_distinct_and_visible_only,
+            refused_event_leaves_no_state_and_batchmates_commit,
+            state_put_get_and_prefix_scan,
+            unstored_events_commit_their_state,
+            reopen_keeps_data,
+            concurrent_writers_all_answered_and_stored,
+            long_tag_values_are_indexed,
+            ephemeral_events_are_not_stored,
+            export_is_oldest_first,
+            health_is_ok,
+        );
+    };
+    (@each $harness:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                let harness = $harness;
+                suite::$name(&harness).await;
+            }
+        )*
+    };
+}
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------
+
+pub fn keys() -> secp256k1::Keypair {
+    secp256k1::Keypair::new(secp256k1::SECP256K1, &mut secp256k1::rand::thread_rng())
+}
+
+pub fn pk(k: &secp256k1::Keypair) -> Hex32 {
+    Hex32(k.x_only_public_key().0.serialize())
+}
+
+pub fn ev(k: &secp256k1::Keypair, created_at: u64, kind: u16, tags: &[&[&str]], content: &str) -> Event {
+    let tags = tags
+        .iter()
+        .map(|t| t.iter().map(|s| s.to_string()).collect())
+        .collect();
+    Event::sign(k, created_at, kind, tags, content)
+}
+
+pub fn filter(v: Value) -> Filter {
+    Filter::from_value(&v).expect("valid filter")
+}
+
+pub fn now() -> u64 {
+    mls_proto::unix_now()
+}
+
+/// Shows everything.
+pub fn everyone(_: &Event, _: &dyn StateRead) -> bool {
+    true
+}
+
+/// Hides events listed under `hide:<id>` in the state (exercises the state view of reads).
+pub fn unless_hidden(ev: &Event, state: &dyn StateRead) -> bool {
+    state
+        .get(format!("hide:{}", ev.id).as_bytes())
+        .expect("state read")
+        .is_none()
+}
+
+/// Rules for the suite:
+/// - every `["put", key, value]` tag is written to the state, and a per-author counter
+///   `n:<pubkey>` is incremented — before deciding, so a refusal must discard them;
+/// - content `reject` is refused with `restricted: test rule`;
+/// - `["nostore"]`: accepted but not stored;
+/// - `["retain", secs]`: expires `secs` after receipt (like a retention rule);
+/// - may_delete: the author, or whoever `["deleter", pubkey]` names (like a gift-wrap
+///   recipient).
+pub struct TestRules;
+
+impl Admission for TestRules {
+    fn admit(
+        &self,
+        ev: &Event,
+        _: &Publisher,
+        received_at: u64,
+        state: &mut dyn StateWrite,
+    ) -> Result<Admitted, Rejection> {
+        let fail = |e: mls_store::StoreError| Rejection(format!("error: {e}"));
+        for t in ev.tags.iter().filter(|t| t.len() >= 3 && t[0] == "put") {
+            state.put(t[1].as_bytes(), t[2].as_bytes()).map_err(fail)?;
+        }
+        let counter = format!("n:{}", ev.pubkey);
+        let n = state
+            .get(counter.as_bytes())
+            .map_err(fail)?
+            .map(|v| String::from_utf8(v).unwrap().parse::<u64>().unwrap())
+            .unwrap_or(0);
+        state
+            .put(counter.as_bytes(), (n + 1).to_string().as_bytes())
+            .map_err(fail)?;
+        if ev.content == "reject" {
+            return Err(Rejection("restricted: test rule".into()));
+        }
+        let retain = ev
+            .tag_value("retain")
+            .and_then(|s| s.parse::<u64>().ok())
+            .map(|s| received_at + s);
+        Ok(Admitted {
+            expires_at: match (retain, ev.expiration()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+            store: !ev.has_tag("nostore"),
+        })
+    }
+
+    fn may_delete(&self, deleter: &Hex32, target: &Event) -> bool {
+        *deleter == target.pubkey || target.tag_value("deleter") == Some(&deleter.to_hex())
+    }
+}
+
+async fn open(h: &dyn Harness) -> Arc<dyn EventStore> {
+    h.open(Arc::new(TestRules)).await
+}
+
+async fn put(store: &dyn EventStore, e: &Event) -> WriteOutcome {
+    store
+        .write(e.clone(), Publisher::default())
+        .await
+        .expect("write")
+}
+
+async fn accept(store: &dyn EventStore, e: &Event) {
+    assert_eq!(put(store, e).await, WriteOutcome::Accepted, "writing {}", e.id);
+}
+
+async fn query_with(
+    store: &dyn EventStore,
+    filters: &[Value],
+    max_limit: u64,
+    now: u64,
+    visible: &(dyn Fn(&Event, &dyn StateRead) -> bool + Send + Sync),
+) -> Vec<StoredEvent> {
+    let filters: Vec<Filter> = filters.iter().cloned().map(filter).collect();
+    store
+        .query(&filters, max_limit, now, visible)
+        .await
+        .expect("query")
+}
+
+/// Ids returned for `filters` (max_limit 500, everything visible, real clock).
+async fn ids(store: &dyn EventStore, filters: &[Value]) -> Vec<Hex32> {
+    query_with(store, filters, 500, now(), &everyone)
+        .await
+        .into_iter()
+        .map(|s| s.event.id)
+        .collect()
+}
+
+async fn count(store: &dyn EventStore, filters: &[Value]) -> u64 {
+    let filters: Vec<Filter> = filters.iter().cloned().map(filter).collect();
+    store.count(&filters, now(), &everyone).await.expect("count")
+}
+
+async fn state_get(store: &dyn EventStore, key: &str) -> Option<String> {
+    let mut out = None;
+    store
+        .read_state(&mut |s| {
+            out = s.get(key.as_bytes())?.map(|v| String::from_utf8(v).unwrap());
+            Ok(())
+        })
+        .await
+        .expect("read_state");
+    out
+}
+
+async fn hide(store: &dyn EventStore, id: Hex32) {
+    store
+        .update_state(Box::new(move |s| {
+            s.put(format!("hide:{id}").as_bytes(), b"1")
+                .map_err(|e| Rejection(e.to_string()))
+        }))
+        .await
+        .expect("update_state")
+        .expect("accepted");
+}
+
+/// `events` sorted the way results must come: newest first, ties lowest id first.
+fn newest_first(events: &[&Event]) -> Vec<Hex32> {
+    let mut v: Vec<&Event> = events.to_vec();
+    v.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
+    v.into_iter().map(|e| e.id).collect()
+}
+
+fn deleted() -> WriteOutcome {
+    WriteOutcome::Rejected("blocked: event was deleted".into())
+}
+
+fn newer_stored() -> WriteOutcome {
+    WriteOutcome::Rejected("invalid: a newer version of this event is already stored".into())
+}
+
+// ---------------------------------------------------------------------------------------
+// Behaviours
+// ---------------------------------------------------------------------------------------
+
+pub async fn indexes_answer_each_filter_shape(h: &dyn Harness) {
+    let store = open(h).await;
+    let s = &*store;
+    let (alice, bob) = (keys(), keys());
+    let (a, b) = (pk(&alice).to_hex(), pk(&bob).to_hex());
+    let a1 = ev(&alice, 100, 1, &[&["t", "x"]], "a1");
+    let a2 = ev(&alice, 101, 7, &[&["p", &b]], "a2");
+    let b1 = ev(&bob, 102, 1, &[&["t", "y"], &["t", "x"]], "b1");
+    let b2 = ev(&bob, 103, 445, &[&["h", "g1"]], "b2");
+    for e in [&a1, &a2, &b1, &b2] {
+        accept(s, e).await;
+    }
+    let cases: Vec<(Value, Vec<&Event>)> = vec![
+        (json!({}), vec![&b2, &b1, &a2, &a1]),
+        (json!({"authors": [a]}), vec![&a2, &a1]),
+        (json!({"kinds": [1]}), vec![&b1, &a1]),
+        (json!({"authors": [b], "kinds": [1]}), vec![&b1]),
+        (json!({"authors": [a, b], "kinds": [1, 7]}), vec![&b1, &a2, &a1]),
+        (json!({"#t": ["x"]}), vec![&b1, &a1]),
+        (json!({"#t": ["x"], "authors": [a]}), vec![&a1]),
+        (json!({"#t": ["x", "y"]}), vec![&b1, &a1]),
+        (json!({"#p": [b]}), vec![&a2]),
+        (json!({"#h": ["g1"], "kinds": [445]}), vec![&b2]),
+        (json!({"#h": ["g1"], "kinds": [1]}), vec![]),
+        (json!({"#h": ["g2"]}), vec![]),
+        (json!({"kinds": [1], "#t": ["y"]}), vec![&b1]),
+        (json!({"ids": [a1.id.to_hex()]}), vec![&a1]),
+    ];
+    for (f, want) in cases {
+        let want: Vec<Hex32> = want.iter().map(|e| e.id).collect();
+        assert_eq!(ids(s, &[f.clone()]).await, want, "filter {f}");
+    }
+    // Served as signed: the event and its JSON are unchanged.
+    let got = query_with(s, &[json!({"ids": [b1.id.to_hex()]})], 10, now(), &everyone).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].event, b1);
+    assert_eq!(&*got[0].json, b1.to_json());
+    assert_eq!(serde_json::from_str::<Event>(&got[0].json).unwrap(), b1);
+}
+
+pub async fn newest_first_with_lowest_id_on_ties(h: &dyn Harness) {
+    let store = open(h).await;
+    let k = keys();
+    let mut all = Vec::new();
+    for i in 0..8u64 {
+        let created = if i < 5 { 200 } else { 201 };
+        let e = ev(&k, created, 1, &[&["t", "tie"]], &format!("e{i}"));
+        accept(&*store, &e).await;
+        all.push(e);
+    }
+    let want = newest_first(&all.iter().collect::<Vec<_>>());
+    let author = pk(&k).to_hex();
+    for f in [
+        json!({}),
+        json!({"kinds": [1]}),
+        json!({"authors": [author]}),
+        json!({"authors": [author], "kinds": [1]}),
+        json!({"#t": ["tie"]}),
+        json!({"ids": all.iter().map(|e| e.id.to_hex()).collect::<Vec<_>>()}),
+    ] {
+        assert_eq!(ids(&*store, &[f.clone()]).await, want, "filter {f}");
+    }
+    // With a limit the cut also follows that order.
+    assert_eq!(ids(&*store, &[json!({"limit": 4})]).await, want[..4].to_vec());
+}
+
+pub async fn limit_per_filter_and_max_limit(h: &dyn Harness) {
+    let store = open(h).await;
+    let s = &*store;
+    let (k, other) = (keys(), keys());
+    let mut mine = Vec::new();
+    for t in 1..=10 {
+        let e = ev(&k, t, 1, &[], "");
+        accept(s, &e).await;
+        mine.push(e);
+    }
+    let theirs: Vec<Event> = (1..=3).map(|t| ev(&other, 100 + t, 7, &[], "")).collect();
+    for e in &theirs {
+        accept(s, e).await;
+    }
+    let newest_mine: Vec<Hex32> = mine.iter().rev().map(|e| e.id).collect();
+    let q = |f: Vec<Value>, max: u64| async move {
+        query_with(s, &f, max, now(), &everyone)
+            .await
+            .into_iter()
+            .map(|e| e.event.id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(q(vec![json!({"kinds": [1], "limit": 3})], 500).await, newest_mine[..3]);
+    assert_eq!(q(vec![json!({"kinds": [1]})], 4).await, newest_mine[..4]);
+    assert_eq!(q(vec![json!({"kinds": [1], "limit": 100})], 5).await, newest_mine[..5]);
+    // Each filter gets its own limit.
+    let got = q(
+        vec![json!({"kinds": [1], "limit": 2}), json!({"kinds": [7], "limit": 1})],
+        500,
+    )
+    .await;
+    assert_eq!(got, vec![theirs[2].id, newest_mine[0], newest_mine[1]]);
+}
+
+pub async fn limit_zero_returns_nothing(h: &dyn Harness) {
+    let store = open(h).await;
+    let k = keys();
+    let e = ev(&k, 10, 1, &[], "");
+    accept(&*store, &e).await;
+    assert!(ids(&*store, &[json!({"limit": 0})]).await.is_empty());
+    assert!(ids(&*store, &[json!({"ids": [e.id.to_hex()], "limit": 0})]).await.is_empty());
+    assert!(ids(&*store, &[json!({"kinds": []})]).await.is_empty());
+    assert!(ids(&*store, &[json!({"since": 11, "until": 10})]).await.is_empty());
+    // Another filter of the same REQ is unaffected.
+    assert_eq!(
+        ids(&*store, &[json!({"limit": 0}), json!({"kinds": [1]})]).await,
+        vec![e.id]
+    );
+    let none = query_with(&*store, &[json!({})], 0, now(), &everyone).await;
+    assert!(none.is_empty(), "max_limit 0");
+}
+
+pub async fn filters_merge_without_duplicates(h: &dyn Harness) {
+    let store = open(h).await;
+    let k = keys();
+    let a = ev(&k, 1, 1, &[&["t", "x"]], "");
+    let b = ev(&k, 2, 1, &[&["t", "y"]], "");
+    let c = ev(&k, 3, 7, &[&["t", "x"]], "");
+    for e in [&a, &b, &c] {
+        accept(&*store, e).await;
+    }
+    let got = ids(
+        &*store,
+        &[
+            json!({"kinds": [1]}),
+            json!({"#t": ["x"]}),
+            json!({"authors": [pk(&k).to_hex()]}),
+            json!({"ids": [a.id.to_hex(), c.id.to_hex()]}),
+        ],
+    )
+    .await;
+    assert_eq!(got, vec![c.id, b.id, a.id]);
+}
+
+pub async fn since_and_until_bound_results(h: &dyn Harness) {
+    let store = open(h).await;
+    let k = keys();
+    let mut all = Vec::new();
+    for t in 10..=20 {
+        let e = ev(&k, t, 1, &[&["t", "x"]], "");
+        accept(&*store, &e).await;
+        all.push(e);
+    }
+    let range = |lo: u64, hi: u64| -> Vec<Hex32> {
+        all.iter()
+            .rev()
+            .filter(|e| e.created_at >= lo && e.created_at <= hi)
+            .map(|e| e.id)
+            .collect()
+    };
+    let author = pk(&k).to_hex();
+    for base in [
+        json!({}),
+        json!({"kinds": [1]}),
+        json!({"#t": ["x"]}),
+        json!({"authors": [author]}),
+        json!({"authors": [author], "kinds": [1]}),
+    ] {
+        let with = |extra: Value| {
+            let mut f = base.clone();
+            for (k, v) in extra.as_object().unwrap() {
+                f[k] = v.clone();
+            }
+            f
+        };
+        assert_eq!(ids(&*store, &[with(json!({"since": 12, "until": 15}))]).await, range(12, 15));
+        assert_eq!(ids(&*store, &[with(json!({"since": 18}))]).await, range(18, 20));
+        assert_eq!(ids(&*store, &[with(json!({"until": 11}))]).await, range(10, 11));
+        assert_eq!(ids(&*store, &[with(json!({"since": 15, "until": 15}))]).await, range(15, 15));
+        assert!(ids(&*store, &[with(json!({"since": 21}))]).await.is_empty());
+    }
+}
+
+pub async fn ids_lookup_is_newest_first(h: &dyn Harness) {
+    let store = open(h).await;
+    let k = keys();
+    let old = ev(&k, 1, 1, &[], "old");
+    let mid = ev(&k, 2, 7, &[], "mid");
+    let new = ev(&k, 3, 1, &[], "new");
+    for e in [&old, &mid, &new] {
+        accept(&*store, e).await;
+    }
+    let unknown = Hex32([7; 32]).to_hex();
+    let asked = vec![old.id.to_hex(), unknown, new.id.to_hex(), mid.id.to_hex(), old.id.to_hex()];
+    assert_eq!(
+        ids(&*store, &[json!({"ids": asked})]).await,
+        vec![new.id, mid.id, old.id]
+    );
+    assert_eq!(
+        ids(&*store, &[json!({"ids": asked, "limit": 2})]).await,
+        vec![new.id, mid.id]
+    );
+    assert_eq!(
+        ids(&*store, &[json!({"ids": asked, "kinds": [1]})]).await,
+        vec![new.id, old.id]
+    );
+}
+
+pub async fn duplicate_is_reported(h: &dyn Harness) {
+    let store = open(h).await;
+    let e = ev(&keys(), 5, 1, &[], "once");
+    accept(&*store, &e).await;
+    assert_eq!(put(&*store, &e).await, WriteOutcome::Duplicate);
+    assert_eq!(count(&*store, &[json!({})]).await, 1);
+}
+
+pub async fn replaceable_keeps_the_newest(h: &dyn Harness) {
+    let store = open(h).await;
+    let s = &*store;
+    let k = keys();
+    let author = pk(&k).to_hex();
+    let v100 = ev(&k, 100, 0, &[&["t", "p"]], "v100");
+    accept(s, &v100).await;
+    assert_eq!(put(s, &ev(&k, 90, 0, &[], "older")).await, newer_stored());
+    let v110 = ev(&k, 110, 0, &[&["t", "p"]], "v110");
+    accept(s, &v110).await;
+    // The replaced version vanished from every path.
+    for f in [
+        json!({}),
+        json!({"kinds": [0]}),
+        json!({"authors": [author]}),
+        json!({"authors": [author], "kinds": [0]}),
+        json!({"#t": ["p"]}),
+        json!({"ids": [v100.id.to_hex(), v110.id.to_hex()]}),
+    ] {
+        assert_eq!(ids(s, &[f.clone()]).await, vec![v110.id], "filter {f}");
+    }
+    assert_eq!(count(s, &[json!({"kinds": [0]})]).await, 1);
+
+    // Equal created_at: the lowest id wins, whatever the arrival order.
+    let mut tie: Vec<Event> = (0..2).map(|i| ev(&k, 120, 0, &[], &format!("tie{i}"))).collect();
+    tie.sort_by_key(|e| e.id);
+    let (low, high) = (&tie[0], &tie[1]);
+    accept(s, high).await;
+    accept(s, low).await;
+    assert_eq!(put(s, high).await, newer_stored());
+    assert_eq!(ids(s, &[json!({"kinds": [0]})]).await, vec![low.id]);
+
+    // Replaceable kinds ignore `d`: one address per kind and author.
+    let r1 = ev(&k, 1, 10002, &[&["d", "a"]], "");
+    let r2 = ev(&k, 2, 10002, &[&["d", "b"]], "");
+    accept(s, &r1).await;
+    accept(s, &r2).await;
+    assert_eq!(ids(s, &[json!({"kinds": [10002]})]).await, vec![r2.id]);
+    // Another author's version is another address.
+    let other = ev(&keys(), 1, 0, &[], "");
+    accept(s, &other).await;
+    assert_eq!(ids(s, &[json!({"kinds": [0]})]).await, vec![low.id, other.id]);
+}
+
+pub async fn addressable_versions_by_d_tag(h: &dyn Harness) {
+    let store = open(h).await;
+    let s = &*store;
+    let k = keys();
+    let a100 = ev(&k, 100, 30000, &[&["d", "a"]], "");
+    let b100 = ev(&k, 100, 30000, &[&["d", "b"]], "");
+    let nod = ev(&k, 100, 30000, &[], "no d tag");
+    for e in [&a100, &b100, &nod] {
+        accept(s, e).await;
+    }
+    let a101 = ev(&k, 101, 30000, &[&["d", "a"]], "");
+    accept(s, &a101).await;
+    assert_eq!(put(s, &ev(&k, 99, 30000, &[&["d", "a"]], "")).await, newer_stored());
+    // An empty `d` is the same address as no `d`.
+    assert_eq!(put(s, &ev(&k, 50, 30000, &[&["d", ""]], "")).await, newer_stored());
+    assert_eq!(ids(s, &[json!({"#d": ["a"]})]).await, vec![a101.id]);
+    let mut want = vec![a101.id];
+    want.extend(newest_first(&[&b100, &nod]));
+    assert_eq!(ids(s, &[json!({"kinds": [30000]})]).await, want);
+    // Same d, other kind: another address.
+    accept(s, &ev(&k, 1, 30001, &[&["d", "a"]], "")).await;
+}
+
+pub async fn deletion_by_e_tag_and_tombstone(h: &dyn Harness) {
+    let store = open(h).await;
+    let s = &*store;
+    let alice = keys();
+    let a1 = ev(&alice, 100, 1, &[&["t", "x"]], "a1");
+    let keep = ev(&alice, 101, 1, &[&["t", "x"]], "keep");
+    accept(s, &a1).await;
+    accept(s, &keep).await;
+    // A deletion naming a stored event and one not seen yet.
+    let later = ev(&alice, 102, 1, &[], "arrives after its deletion");
+    let del = ev(
+        &alice,
+        200,
+        5,
+        &[&["e", &a1.id.to_hex()], &["e", &later.id.to_hex()]],
+        "",
+    );
+    accept(s, &del).await;
+    let author = pk(&alice).to_hex();
+    for f in [
+        json!({"ids": [a1.id.to_hex()]}),
+        json!({"kinds": [1]}),
+        json!({"#t": ["x"]}),
+        json!({"authors": [author], "kinds": [1]}),
+    ] {
+        assert!(!ids(s, &[f.clone()]).await.contains(&a1.id), "filter {f}");
+    }
+    assert_eq!(ids(s, &[json!({"kinds": [1]})]).await, vec![keep.id]);
+    // The kind 5 itself is stored like any regular event.
+    assert_eq!(ids(s, &[json!({"kinds": [5]})]).await, vec![del.id]);
+    // Tombstones refuse re-submission.
+    assert_eq!(put(s, &a1).await, deleted());
+    assert_eq!(put(s, &later).await, deleted());
+    assert_eq!(count(s, &[json!({})]).await, 2);
+}
+
+pub async fn deletion_by_a_tag_bounded_by_created_at(h: &dyn Harness) {
+    let store = open(h).await;
+    let s = &*store;
+    let alice = keys();
+    let a = pk(&alice).to_hex();
+    let x100 = ev(&alice, 100, 30000, &[&["d", "x"]], "");
+    let y200 = ev(&alice, 200, 30000, &[&["d", "y"]], "");
+    let p100 = ev(&alice, 100, 10002, &[], "");
+    for e in [&x100, &y200, &p100] {
+        accept(s, e).await;
+    }
+    let del = ev(
+        &alice,
+        150,
+        5,
+        &[
+            &["a", &format!("30000:{a}:x")],
+            &["a", &format!("30000:{a}:y")],
+            &["a", &format!("10002:{a}:")],
+        ],
+        "",
+    );
+    accept(s, &del).await;
+    // x100 and p100 are covered (created before the deletion), y200 is not.
+    assert_eq!(ids(s, &[json!({"kinds": [30000, 10002]})]).await, vec![y200.id]);
+    // Versions up to the deletion's created_at are refused, later ones accepted.
+    assert_eq!(put(s, &ev(&alice, 140, 30000, &[&["d", "x"]], "")).await, deleted());
+    assert_eq!(put(s, &ev(&alice, 150, 30000, &[&["d", "x"]], "")).await, deleted());
+    assert_eq!(put(s, &ev(&alice, 150, 10002, &[], "")).await, deleted());
+    let x160 = ev(&alice, 160, 30000, &[&["d", "x"]], "");
+    accept(s, &x160).await;
+    accept(s, &ev(&alice, 151, 10002, &[], "")).await;
+    // The y address is tombstoned up to 150 too, but y200 stays the stored version.
+    assert_eq!(put(s, &ev(&alice, 120, 30000, &[&["d", "y"]], "")).await, deleted());
+    assert_eq!(ids(s, &[json!({"#d": ["y"]})]).await, vec![y200.id]);
+}
+
+pub async fn strangers_cannot_delete(h: &dyn Harness) {
+    let store = open(h).await;
+    let s = &*store;
+    let (alice, mallory, bob) = (keys(), keys(), keys());
+    let a = pk(&alice).to_hex();
+    let a1 = ev(&alice, 100, 1, &[], "a1");
+    let ax = ev(&alice, 100, 30000, &[&["d", "x"]], "");
+    accept(s, &a1).await;
+    accept(s, &ax).await;
+    // Mallory's deletion is stored (it is a valid event) but deletes nothing ...
+    let future = ev(&alice, 101, 1, &[], "not yet published");
+    let del = ev(
+        &mallory,
+        200,
+        5,
+        &[
+            &["e", &a1.id.to_hex()],
+            &["e", &future.id.to_hex()],
+            &["a", &format!("30000:{a}:x")],
+            &["a", &format!("30000:{a}:z")],
+        ],
+        "",
+    );
+    accept(s, &del).await;
+    assert_eq!(
+        ids(s, &[json!({"authors": [a]})]).await,
+        newest_first(&[&a1, &ax])
+    );
+    // ... and blocks nothing: her tombstones do not count against Alice's events.
+    accept(s, &future).await;
+    accept(s, &ev(&alice, 150, 30000, &[&["d", "z"]], "")).await;
+    // The rules may let someone else delete (e.g. a gift wrap's recipient).
+    let b = pk(&bob).to_hex();
+    let wrap = ev(&alice, 300, 1059, &[&["deleter", &b]], "");
+    accept(s, &wrap).await;
+    accept(s, &ev(&bob, 301, 5, &[&["e", &wrap.id.to_hex()]], "")).await;
+    assert!(ids(s, &[json!({"kinds": [1059]})]).await.is_empty());
+    assert_eq!(put(s, &wrap).await, deleted());
+}
+
+pub async fn deleting_a_deletion_does_nothing(h: &dyn Harness) {
+    let store = open(h).await;
+    let s = &*store;
+    let alice = keys();
+    let a1 = ev(&alice, 100, 1, &[], "a1");
+    accept(s, &a1).await;
+    let d1 = ev(&alice, 101, 5, &[&["e", &a1.id.to_hex()]], "");
+    accept(s, &d1).await;
+    let d2 = ev(&alice, 102, 5, &[&["e", &d1.id.to_hex()]], "");
+    accept(s, &d2).await;
+    assert_eq!(ids(s, &[json!({"kinds": [5]})]).await, vec![d2.id, d1.id]);
+    assert_eq!(put(s, &a1).await, deleted());
+}
+
+pub async fn expired_events_hidden_then_purged(h: &dyn Harness) {
+    let store = open(h).await;
+    let s = &*store;
+    let k = keys();
+    let t = now();
+    let nip40 = ev(&k, 1, 1, &[&["expiration", &(t + 100).to_string()]], "nip40");
+    let retained = ev(&k, 2, 1, &[&["retain", "200"]], "retention rule");
+    let forever = ev(&k, 3, 1, &[], "forever");
+    for e in [&nip40, &retained, &forever] {
+        accept(s, e).await;
+    }
+    let at = |when: u64| async move {
+        query_with(s, &[json!({})], 500, when, &everyone)
+            .await
+            .into_iter()
+            .map(|e| e.event.id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(at(t).await, vec![forever.id, retained.id, nip40.id]);
+    assert_eq!(at(t + 100).await, vec![forever.id, retained.id], "expiration <= now is hidden");
+    assert!(at(t + 10_000).await == vec![forever.id]);
+    let filters = vec![filter(json!({}))];
+    assert_eq!(s.count(&filters, t + 100, &everyone).await.unwrap(), 2);
+
+    assert_eq!(s.purge_expired(t + 50).await.unwrap(), 0);
+    assert_eq!(s.purge_expired(t + 100).await.unwrap(), 1);
+    assert_eq!(at(t).await, vec![forever.id, retained.id], "purged for good");
+    assert_eq!(s.purge_expired(t + 10_000).await.unwrap(), 1);
+    assert_eq!(s.purge_expired(t + 10_000).await.unwrap(), 0);
+    assert_eq!(ids(s, &[json!({"kinds": [1]})]).await, vec![forever.id]);
+    let mut exported = Vec::new();
+    s.export(&mut |e| exported.push(e.event.id)).await.unwrap();
+    assert_eq!(exported, vec![forever.id]);
+}
+
+pub async fn visibility_applies_before_limit(h: &dyn Harness) {
+    let store = open(h).await;
+    let s = &*store;
+    let k = keys();
+    let all: Vec<Event> = (1..=5).map(|t| ev(&k, t, 1, &[&["t", "x"]], "")).collect();
+    for e in &all {
+        accept(s, e).await;
+    }
+    hide(s, all[4].id).await;
+    hide(s, all[3].id).await;
+    for f in [json!({"limit": 2}), json!({"kinds": [1], "limit": 2}), json!({"#t": ["x"], "limit": 2})] {
+        let got: Vec<Hex32> = query_with(s, &[f.clone()], 500, now(), &unless_hidden)
+            .await
+            .into_iter()
+            .map(|e| e.event.id)
+            .collect();
+        assert_eq!(got, vec![all[2].id, all[1].id], "filter {f}");
+    }
+    let ids_filter = json!({"ids": all.iter().map(|e| e.id.to_hex()).collect::<Vec<_>>(), "limit": 2});
+    let got: Vec<Hex32> = query_with(s, &[ids_filter], 500, now(), &unless_hidden)
+        .await
+        .into_iter()
+        .map(|e| e.event.id)
+        .collect();
+    assert_eq!(got, vec![all[2].id, all[1].id]);
+    let filters = vec![filter(json!({}))];
+    assert_eq!(s.count(&filters, now(), &unless_hidden).await.unwrap(), 3);
+}
+
+pub async fn count_is_distinct_and_visible_only(h: &dyn Harness) {
+    let store = open(h).await;
+    let s = &*store;
+    let k = keys();
+    let a = ev(&k, 1, 1, &[&["t", "x"]], "");
+    let b = ev(&k, 2, 1, &[], "");
+    let c = ev(&k, 3, 7, &[&["t", "x"]], "");
+    for e in [&a, &b, &c] {
+        accept(s, e).await;
+    }
+    assert_eq!(count(s, &[json!({"kinds": [1]}), json!({"#t": ["x"]})]).await, 3);
+    assert_eq!(count(s, &[json!({"kinds": [1], "limit": 1})]).await, 2, "limit is ignored");
+    assert_eq!(count(s, &[json!({"kinds": [9]})]).await, 0);
+    assert_eq!(count(s, &[json!({"ids": [a.id.to_hex(), a.id.to_hex()]})]).await, 1);
+    hide(s, c.id).await;
+    let filters = vec![filter(json!({"#t": ["x"]}))];
+    assert_eq!(s.count(&filters, now(), &unless_hidden).await.unwrap(), 1);
+}
+
+pub async fn refused_event_leaves_no_state_and_batchmates_commit(h: &dyn Harness) {
+    let store = open(h).await;
+    let k = keys();
+    let author = pk(&k);
+    // Fired together so that they share group commits.
+    let mut tasks = Vec::new();
+    let mut events = Vec::new();
+    for i in 0..60u64 {
+        let key = format!("k{i:02}");
+        let content = if i % 3 == 0 { "reject" } else { "ok" };
+        let e = ev(&k, 1000 + i, 1, &[&["put", &key, "v"]], content);
+        events.push(e.clone());
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store.write(e, Publisher::default()).await
+        }));
+    }
+    for (i, task) in tasks.into_iter().enumerate() {
+        let outcome = task.await.unwrap().unwrap();
+        if i % 3 == 0 {
+            assert_eq!(outcome, WriteOutcome::Rejected("restricted: test rule".into()));
+        } else {
+            assert_eq!(outcome, WriteOutcome::Accepted);
+        }
+    }
+    let mut keys_found = Vec::new();
+    store
+        .read_state(&mut |s| {
+            s.scan_prefix(b"k", &mut |k, _| {
+                keys_found.push(String::from_utf8(k.to_vec()).unwrap());
+                true
+            })
+        })
+        .await
+        .unwrap();
+    let want: Vec<String> = (0..60).filter(|i| i % 3 != 0).map(|i| format!("k{i:02}")).collect();
+    assert_eq!(keys_found, want);
+    // The per-author counter saw exactly the accepted events, in order, across batches.
+    assert_eq!(state_get(&*store, &format!("n:{author}")).await.as_deref(), Some("40"));
+    let stored: HashSet<Hex32> = ids(&*store, &[json!({})]).await.into_iter().collect();
+    let accepted: HashSet<Hex32> = events
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 3 != 0)
+        .map(|(_, e)| e.id)
+        .collect();
+    assert_eq!(stored, accepted);
+}
+
+pub async fn state_put_get_and_prefix_scan(h: &dyn Harness) {
+    let store = open(h).await;
+    let s = &*store;
+    let r = s
+        .update_state(Box::new(|st| {
+            let put = |st: &mut dyn StateWrite, k: &str, v: &str| {
+                st.put(k.as_bytes(), v.as_bytes()).map_err(|e| Rejection(e.to_string()))
+            };
+            for (k, v) in [("g/b", "2"), ("g/a", "1"), ("g/c", "3"), ("h/a", "x"), ("g", "0")] {
+                put(st, k, v)?;
+            }
+            st.delete(b"g/c").map_err(|e| Rejection(e.to_string()))?;
+            // Reads inside the change see the change.
+            assert_eq!(st.get(b"g/a").unwrap().as_deref(), Some(&b"1"[..]));
+            assert_eq!(st.get(b"g/c").unwrap(), None);
+            Ok(())
+        }))
+        .await
+        .unwrap();
+    assert_eq!(r, Ok(()));
+    // A refused change leaves nothing behind.
+    let r = s
+        .update_state(Box::new(|st| {
+            st.put(b"g/z", b"no").unwrap();
+            st.delete(b"g/a").unwrap();
+            Err(Rejection("restricted: nope".into()))
+        }))
+        .await
+        .unwrap();
+    assert_eq!(r, Err(Rejection("restricted: nope".into())));
+
+    let mut seen = Vec::new();
+    let mut first = Vec::new();
+    let mut all = Vec::new();
+    s.read_state(&mut |st| {
+        assert_eq!(st.get(b"g/a")?.as_deref(), Some(&b"1"[..]));
+        assert_eq!(st.get(b"g/z")?, None);
+        assert_eq!(st.get(b"missing")?, None);
+        st.scan_prefix(b"g/", &mut |k, v| {
+            seen.push((k.to_vec(), v.to_vec()));
+            true
+        })?;
+        st.scan_prefix(b"g/", &mut |k, _| {
+            first.push(k.to_vec());
+            false
+        })?;
+        st.scan_prefix(b"", &mut |k, _| {
+            all.push(k.to_vec());
+            true
+        })
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        seen,
+        vec![(b"g/a".to_vec(), b"1".to_vec()), (b"g/b".to_vec(), b"2".to_vec())]
+    );
+    assert_eq!(first, vec![b"g/a".to_vec()]);
+    let all: Vec<String> = all.into_iter().map(|k| String::from_utf8(k).unwrap()).collect();
+    assert_eq!(all, vec!["g", "g/a", "g/b", "h/a"]);
+
+    // The overlay's scan merges buffered changes over stored ones, in key order.
+    let r = s
+        .update_state(Box::new(|st| {
+            st.put(b"g/0", b"new").unwrap();
+            st.put(b"g/b", b"changed").unwrap();
+            st.delete(b"g/a").unwrap();
+            let mut got = Vec::new();
+            st.scan_prefix(b"g/", &mut |k, v| {
+                got.push(format!(
+                    "{}={}",
+                    String::from_utf8_lossy(k),
+                    String::from_utf8_lossy(v)
+                ));
+                true
+            })
+            .unwrap();
+            assert_eq!(got, vec!["g/0=new", "g/b=changed"]);
+            Ok(())
+        }))
+        .await
+        .unwrap();
+    assert_eq!(r, Ok(()));
+    assert_eq!(state_get(s, "g/b").await.as_deref(), Some("changed"));
+    assert_eq!(state_get(s, "g/a").await, None);
+}
+
+pub async fn unstored_events_commit_their_state(h: &dyn Harness) {
+    let store = open(h).await;
+    let s = &*store;
+    let e = ev(&keys(), 1, 445, &[&["nostore"], &["put", "live", "yes"]], "");
+    accept(s, &e).await;
+    assert!(ids(s, &[json!({})]).await.is_empty());
+    assert_eq!(state_get(s, "live").await.as_deref(), Some("yes"));
+}
+
+pub async fn reopen_keeps_data(h: &dyn Harness) {
+    let store = open(h).await;
+    let alice = keys();
+    let a1 = ev(&alice, 1, 1, &[&["t", "x"]], "a1");
+    let a2 = ev(&alice, 2, 1, &[&["put", "kept", "1"]], "a2");
+    let gone = ev(&alice, 3, 1, &[], "deleted");
+    for e in [&a1, &a2, &gone] {
+        accept(&*store, e).await;
+    }
+    accept(&*store, &ev(&alice, 4, 5, &[&["e", &gone.id.to_hex()]], "")).await;
+    h.close(store).await;
+
+    let store = open(h).await;
+    assert_eq!(ids(&*store, &[json!({"kinds": [1]})]).await, vec![a2.id, a1.id]);
+    assert_eq!(ids(&*store, &[json!({"#t": ["x"]})]).await, vec![a1.id]);
+    assert_eq!(state_get(&*store, "kept").await.as_deref(), Some("1"));
+    assert_eq!(put(&*store, &a1).await, WriteOutcome::Duplicate);
+    assert_eq!(put(&*store, &gone).await, deleted());
+    store.health().await.unwrap();
+}
+
+pub async fn concurrent_writers_all_answered_and_stored(h: &dyn Harness) {
+    let store = open(h).await;
+    let authors: Vec<secp256k1::Keypair> = (0..20).map(|_| keys()).collect();
+    let mut tasks = Vec::new();
+    for i in 0..200u64 {
+        let e = ev(&authors[(i % 20) as usize], 1000 + i, 1, &[&["t", "load"]], &i.to_string());
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store.write(e, Publisher::default()).await
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap().unwrap(), WriteOutcome::Accepted);
+    }
+    assert_eq!(count(&*store, &[json!({"#t": ["load"]})]).await, 200);
+    assert_eq!(ids(&*store, &[json!({"kinds": [1]})]).await.len(), 200);
+    for k in &authors {
+        assert_eq!(
+            state_get(&*store, &format!("n:{}", pk(k))).await.as_deref(),
+            Some("10")
+        );
+    }
+}
+
+pub async fn long_tag_values_are_indexed(h: &dyn Harness) {
+    let store = open(h).await;
+    let long = "v".repeat(1000);
+    let longer = "v".repeat(1001);
+    let e = ev(&keys(), 1, 1, &[&["r", &long]], "");
+    let f = ev(&keys(), 2, 1, &[&["r", &longer]], "");
+    accept(&*store, &e).await;
+    accept(&*store, &f).await;
+    assert_eq!(ids(&*store, &[json!({"#r": [long]})]).await, vec![e.id]);
+    assert_eq!(ids(&*store, &[json!({"#r": [longer]})]).await, vec![f.id]);
+    assert!(ids(&*store, &[json!({"#r": ["v".repeat(999)]})]).await.is_empty());
+}
+
+pub async fn ephemeral_events_are_not_stored(h: &dyn Harness) {
+    let store = open(h).await;
+    accept(&*store, &ev(&keys(), 1, 20001, &[], "live only")).await;
+    assert!(ids(&*store, &[json!({})]).await.is_empty());
+}
+
+pub async fn export_is_oldest_first(h: &dyn Harness) {
+    let store = open(h).await;
+    let k = keys();
+    let events: Vec<Event> = [3u64, 1, 2].iter().map(|t| ev(&k, *t, 1, &[], "")).collect();
+    for e in &events {
+        accept(&*store, e).await;
+    }
+    let mut got = Vec::new();
+    store
+        .export(&mut |s| got.push((s.event.created_at, s.json.to_string())))
+        .await
+        .unwrap();
+    let mut want: Vec<(u64, String)> = events.iter().map(|e| (e.created_at, e.to_json())).collect();
+    want.sort();
+    assert_eq!(got, want);
+}
+
+pub async fn health_is_ok(h: &dyn Harness) {
+    let store = open(h).await;
+    store.health().await.unwrap();
+}
