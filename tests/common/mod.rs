@@ -174,6 +174,14 @@ impl RelayBuilder {
     }
 
     pub async fn start(self) -> Relay {
+        let mut relay = self.prepare();
+        relay.spawn().await;
+        relay
+    }
+
+    /// Writes the config and creates the data directory's parent, without starting the relay
+    /// (for CLI tests that use the config first; `spawn` starts it later).
+    pub fn prepare(self) -> Relay {
         let dir = tempfile::Builder::new()
             .prefix("mls-gw-e2e-")
             .tempdir()
@@ -186,7 +194,8 @@ impl RelayBuilder {
             env: self.env,
             starts: 0,
         };
-        relay.spawn().await;
+        relay.port = free_port();
+        std::fs::write(relay.config_path(), relay.render_config(relay.port)).unwrap();
         relay
     }
 }

@@ -28,7 +28,10 @@ pub enum Dialect {
 pub const CIPHERSUITES: [(u16, &str); 7] = [
     (0x0001, "MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519"),
     (0x0002, "MLS_128_DHKEMP256_AES128GCM_SHA256_P256"),
-    (0x0003, "MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519"),
+    (
+        0x0003,
+        "MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519",
+    ),
     (0x0004, "MLS_256_DHKEMX448_AES256GCM_SHA512_Ed448"),
     (0x0005, "MLS_256_DHKEMP521_AES256GCM_SHA512_P521"),
     (0x0006, "MLS_256_DHKEMX448_CHACHA20POLY1305_SHA512_Ed448"),
@@ -160,7 +163,10 @@ fn number(ev: &Event, name: &str) -> Result<Option<u64>, Rejection> {
 
 fn pubkeys(ev: &Event) -> Result<Vec<Hex32>, Rejection> {
     ev.tag_values("p")
-        .map(|v| Hex32::from_hex(v).ok_or_else(|| invalid("p tag must be a 64-character lowercase hex pubkey")))
+        .map(|v| {
+            Hex32::from_hex(v)
+                .ok_or_else(|| invalid("p tag must be a 64-character lowercase hex pubkey"))
+        })
         .collect()
 }
 
@@ -279,7 +285,10 @@ mod tests {
             assert_eq!(ciphersuite_id(&format!("0x{id:04x}")), Some(id));
             assert_eq!(ciphersuite_id(&format!("0x{id:04X}")), Some(id));
         }
-        assert_eq!(ciphersuite_id("0x0001"), ciphersuite_id("MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519"));
+        assert_eq!(
+            ciphersuite_id("0x0001"),
+            ciphersuite_id("MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519")
+        );
         assert_eq!(ciphersuite_id("0x004a"), Some(0x4a));
         assert!(!ciphersuite_known(0x4a));
         assert_eq!(ciphersuite_id("MLS_FAKE"), None);

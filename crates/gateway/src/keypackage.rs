@@ -223,9 +223,10 @@ pub(crate) fn admit(
         if row.events.iter().any(|e| e.id == ev.id) {
             return Ok(admitted);
         }
-        let clash = row.events.iter().any(|e| {
-            e.kind == ev.kind && replaced.as_ref().map_or(true, |r| r.id != e.id)
-        });
+        let clash = row
+            .events
+            .iter()
+            .any(|e| e.kind == ev.kind && !matches!(&replaced, Some(r) if r.id == e.id));
         if clash {
             return Err(invalid(format!(
                 "key reference {} is already used by another event",
@@ -236,8 +237,13 @@ pub(crate) fn admit(
 
     // Per-owner hourly cap, counted in new KeyPackages (a dual-published one counts once).
     let counter = if existing.is_none() {
-        let c = WindowCounter::read(state, state::keypackage_rate_prefix(&owner), received_at, 3600)
-            .map_err(store_err)?;
+        let c = WindowCounter::read(
+            state,
+            state::keypackage_rate_prefix(&owner),
+            received_at,
+            3600,
+        )
+        .map_err(store_err)?;
         if c.exhausted(cfg.rate_limits.max_keypackages_per_hour) {
             return Err(Rejection(format!(
                 "rate-limited: max_keypackages_per_hour reached ({})",
@@ -390,7 +396,10 @@ pub(crate) fn rows_of(
         let row: KpRow = serde_json::from_slice(&v)
             .map_err(|e| StoreError::Corrupt(format!("{}: {e}", String::from_utf8_lossy(&k))))?;
         if row.live(now) {
-            rows.push((String::from_utf8_lossy(&k[prefix.len()..]).into_owned(), row));
+            rows.push((
+                String::from_utf8_lossy(&k[prefix.len()..]).into_owned(),
+                row,
+            ));
         }
     }
     rows.sort_by(|a, b| b.1.created_at().cmp(&a.1.created_at()).then(a.0.cmp(&b.0)));
@@ -421,7 +430,11 @@ pub(crate) fn entries_of(
                 .collect::<Vec<_>>()
         })
         .collect();
-    out.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.event_id.cmp(&b.event_id)));
+    out.sort_by(|a, b| {
+        b.created_at
+            .cmp(&a.created_at)
+            .then(a.event_id.cmp(&b.event_id))
+    });
     Ok(out)
 }
 

@@ -21,6 +21,27 @@
 //! | `visibility.rs`    | the one visibility rule and the REQ pre-check                |
 //! | `retention.rs`     | how long each kind is kept                                   |
 //! | `state.rs`         | the key layout of the gateway's state                        |
+//!
+//! Decisions where PROTOCOL.md is silent:
+//! - 450 shape: `h`, `op`, `seq` (one each), `p` targets, optional `name`; `bootstrap` by a
+//!   configured admin on an existing group resets its roster; `remove` takes every role,
+//!   `promote` makes admin + member, `demote` keeps membership, `replace` sets the member list
+//!   and keeps admin roles; a roster change may not leave a group without an admin.
+//! - Group admins may publish and read a gated group's 445 like members; configured admins
+//!   may read 450s (they need the last `seq`) but not 445s of groups they are not in.
+//! - A gift wrap with `h` to a *known* group changes membership only when its publisher is a
+//!   member (else `restricted:`); for an unknown group the publisher becomes owner + admin.
+//! - Key references: one per owner, carried by at most one 443 and one 30443 address (MDK's
+//!   dual publish); an expired KeyPackage's reference is free again. The hourly cap counts
+//!   new KeyPackages (references), not events. A missing reference uses the event id.
+//! - Rate counters (445 per minute per group + publisher, KeyPackages per hour per owner,
+//!   claimed fetches per hour per pair) are fixed windows in the state: shared by instances,
+//!   kept across restarts, rolled back with a refused event. `0` = unlimited, also for
+//!   `max_keypackage_fetches_per_hour` and `message_archive_ttl_days` (no archive limit).
+//! - Claims are per key reference; a requester gets its own earlier claims back; an owner's
+//!   last unclaimed KeyPackage is served but never claimed; a pair over its fetch limit makes
+//!   the whole call `rate-limited:`.
+//! - NIP-70 (`["-"]`) is also enforced here, so no write path can skip it.
 
 pub mod config;
 pub mod dialect;
@@ -106,7 +127,9 @@ impl Gateway {
         let mut admins = Vec::with_capacity(config.admin_pubkeys.len());
         for entry in &config.admin_pubkeys {
             let pk = parse_pubkey(entry).ok_or_else(|| {
-                format!("admin_pubkeys: invalid pubkey {entry:?} (expected 64 hex characters or npub)")
+                format!(
+                    "admin_pubkeys: invalid pubkey {entry:?} (expected 64 hex characters or npub)"
+                )
             })?;
             admins.push(pk);
         }
@@ -215,9 +238,10 @@ impl Gateway {
         let Some(rec) = registry::load_record(state, group_id)? else {
             return Ok(None);
         };
-        let allowed = viewer.authed.iter().any(|pk| {
-            self.is_admin(pk) || rec.members.contains(pk) || rec.admins.contains(pk)
-        });
+        let allowed = viewer
+            .authed
+            .iter()
+            .any(|pk| self.is_admin(pk) || rec.members.contains(pk) || rec.admins.contains(pk));
         Ok(allowed.then_some(rec))
     }
 
@@ -258,7 +282,7 @@ impl Gateway {
                     .next()
                     .and_then(|w| std::str::from_utf8(w).ok())
                     .and_then(|w| w.parse::<u64>().ok());
-                if window.map_or(true, |w| w < now / width) {
+                if !matches!(window, Some(w) if w >= now / width) {
                     state.delete(&k)?;
                     n += 1;
                 }

@@ -165,10 +165,10 @@ impl Group {
             let pk = std::str::from_utf8(&k[prefix.len()..])
                 .ok()
                 .and_then(Hex32::from_hex)
-                .ok_or_else(|| {
-                    StoreError::Corrupt(format!("{}", String::from_utf8_lossy(&k)))
-                })?;
-            let role = v.first().map_or(0, |b| b.wrapping_sub(b'0') & (MEMBER | ADMIN));
+                .ok_or_else(|| StoreError::Corrupt(format!("{}", String::from_utf8_lossy(&k))))?;
+            let role = v
+                .first()
+                .map_or(0, |b| b.wrapping_sub(b'0') & (MEMBER | ADMIN));
             if role != 0 {
                 roles.insert(pk, role);
             }

@@ -31,7 +31,10 @@ pub(crate) fn giftwrap(cfg: &GatewayConfig, received_at: u64, nip40: Option<u64>
 pub(crate) fn archive(cfg: &GatewayConfig, received_at: u64, nip40: Option<u64>) -> Option<u64> {
     match cfg.message_archive_ttl_days {
         0 => nip40,
-        days => earliest(received_at.saturating_add(days.saturating_mul(86_400)), nip40),
+        days => earliest(
+            received_at.saturating_add(days.saturating_mul(86_400)),
+            nip40,
+        ),
     }
 }
 

@@ -85,9 +85,9 @@ pub(crate) fn admit(
         (Some(g), RosterOp::Bootstrap) if configured_admin => g,
         (Some(_), RosterOp::Bootstrap) => {
             return Err(Rejection(format!(
-                "restricted: group {} already exists; only a configured admin may bootstrap it again",
-                short(group)
-            )))
+            "restricted: group {} already exists; only a configured admin may bootstrap it again",
+            short(group)
+        )))
         }
         (Some(g), _) if configured_admin || g.role(&signer) & ADMIN != 0 => g,
         (Some(_), _) => {

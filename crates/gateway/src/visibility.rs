@@ -57,8 +57,9 @@ pub(crate) fn may_see(gw: &Gateway, viewer: &Viewer, ev: &Event, state: &dyn Sta
                 return false;
             };
             match registry::is_gated(state, group) {
-                Ok(true) => registry::participant(state, group, &viewer.authed)
-                    .is_ok_and(|p| p.is_some()),
+                Ok(true) => {
+                    registry::participant(state, group, &viewer.authed).is_ok_and(|p| p.is_some())
+                }
                 Ok(false) => any_reader(gw, viewer),
                 Err(_) => false,
             }
@@ -95,7 +96,12 @@ pub(crate) fn check_read(
 }
 
 /// `Some(reason)` when `f` can only match events this viewer may never see.
-fn filter_refusal(gw: &Gateway, viewer: &Viewer, f: &Filter, state: &dyn StateRead) -> Option<String> {
+fn filter_refusal(
+    gw: &Gateway,
+    viewer: &Viewer,
+    f: &Filter,
+    state: &dyn StateRead,
+) -> Option<String> {
     if f.is_empty_match() {
         return None;
     }
@@ -123,11 +129,13 @@ fn kind_refusal(
     let authed = !viewer.authed.is_empty();
     match kind {
         1059 => {
-            let refused = !authed || tag('p').is_some_and(|ps| !names_viewer(viewer, ps.iter().map(String::as_str)));
+            let refused = !authed
+                || tag('p').is_some_and(|ps| !names_viewer(viewer, ps.iter().map(String::as_str)));
             refused.then(|| "kind 1059 is only served to its recipients".to_string())
         }
         446 => {
-            let p_others = tag('p').is_some_and(|ps| !names_viewer(viewer, ps.iter().map(String::as_str)));
+            let p_others =
+                tag('p').is_some_and(|ps| !names_viewer(viewer, ps.iter().map(String::as_str)));
             let authors_others = f
                 .authors
                 .as_ref()
@@ -141,7 +149,9 @@ fn kind_refusal(
                 match registry::is_gated(state, g) {
                     Ok(false) | Err(_) => return None,
                     Ok(true) => {
-                        if registry::participant(state, g, &viewer.authed).is_ok_and(|p| p.is_some()) {
+                        if registry::participant(state, g, &viewer.authed)
+                            .is_ok_and(|p| p.is_some())
+                        {
                             return None;
                         }
                     }
@@ -155,7 +165,8 @@ fn kind_refusal(
         }
         450 => {
             let Some(groups) = tag('h') else {
-                return (!authed).then(|| "kind 450 is only served to group members and admins".to_string());
+                return (!authed)
+                    .then(|| "kind 450 is only served to group members and admins".to_string());
             };
             for g in groups {
                 match registry::is_gated(state, g) {

@@ -313,10 +313,7 @@ impl EventStore for EmbeddedStore {
             .map_err(backend("begin read transaction"))
     }
 
-    async fn export(
-        &self,
-        f: &mut (dyn for<'e> FnMut(&'e StoredEvent) + Send),
-    ) -> StoreResult<()> {
+    async fn export(&self, f: &mut (dyn for<'e> FnMut(&'e StoredEvent) + Send)) -> StoreResult<()> {
         blocking(|| query::export(&self.env, &self.dbs, f))
     }
 }

@@ -46,8 +46,8 @@ conformance_tests!(Embedded::new());
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_drains_then_refuses_writes() {
     let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), Arc::new(AcceptAll))
-        .unwrap();
+    let store =
+        EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), Arc::new(AcceptAll)).unwrap();
     let k = suite::keys();
     let queued: Vec<_> = (0..50)
         .map(|i| {
@@ -79,10 +79,14 @@ async fn throughput_concurrent_writes() {
     let n: usize = std::env::var("THROUGHPUT_EVENTS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
+        .unwrap_or(if cfg!(debug_assertions) {
+            2_000
+        } else {
+            10_000
+        });
     let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), Arc::new(AcceptAll))
-        .unwrap();
+    let store =
+        EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), Arc::new(AcceptAll)).unwrap();
     let authors: Vec<_> = (0..50).map(|_| suite::keys()).collect();
     let events: Vec<Event> = (0..n)
         .map(|i| {
@@ -91,7 +95,13 @@ async fn throughput_concurrent_writes() {
                 &authors[i % authors.len()],
                 1_700_000_000 + i as u64,
                 445,
-                &[&["h", &group], &["p", &authors[(i + 1) % 50].x_only_public_key().0.to_string()]],
+                &[
+                    &["h", &group],
+                    &[
+                        "p",
+                        &authors[(i + 1) % 50].x_only_public_key().0.to_string(),
+                    ],
+                ],
                 &"x".repeat(300),
             )
         })

@@ -57,7 +57,8 @@ fn seed_file_loads_as_written() {
     assert_eq!(config.server.port, 8080);
     assert_eq!(config.server.workers, Some(2));
     assert!(config.auth.enabled);
-    assert_eq!(config.auth.pubkey_whitelist, vec!["…", "…"]);
+    assert_eq!(config.auth.pubkey_whitelist.len(), 2);
+    assert_eq!(config.whitelist().len(), 2, "hex and npub entries both parse");
     let g = &config.extensions.mls_gateway;
     assert_eq!(g.storage_backend, StorageBackend::Firestore);
     assert_eq!(g.project_id.as_deref(), Some("your-gcp-project"));
@@ -75,19 +76,7 @@ fn seed_file_loads_as_written() {
     assert_eq!(config.data, DataConfig::default());
     assert_eq!(config.listen_addr(), "0.0.0.0:8080");
 
-    // The "…" are the document's elisions of real keys: validation names them...
-    assert_eq!(
-        invalid_messages(&config),
-        vec![
-            "auth.pubkey_whitelist[0]: not a hex or npub public key",
-            "auth.pubkey_whitelist[1]: not a hex or npub public key",
-        ]
-    );
-    // ...and with real keys in their place the seed's file is a valid configuration.
-    let mut real = config.clone();
-    real.auth.pubkey_whitelist = vec![HEX.into(), NPUB.into()];
-    real.validate()
-        .expect("seed config with real keys validates");
+    config.validate().expect("the seed file is a valid configuration");
 }
 
 #[test]

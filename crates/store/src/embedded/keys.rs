@@ -118,7 +118,10 @@ pub(super) fn index_keys(ev: &Event) -> Vec<(Index, Vec<u8>)> {
     let (ca, id) = (ev.created_at, &ev.id);
     let mut keys = vec![
         (Index::Created, suffix(ca, id).to_vec()),
-        (Index::Author, with_suffix(&author_prefix(&ev.pubkey), ca, id)),
+        (
+            Index::Author,
+            with_suffix(&author_prefix(&ev.pubkey), ca, id),
+        ),
         (Index::Kind, with_suffix(&kind_prefix(ev.kind), ca, id)),
         (
             Index::AuthorKind,
@@ -298,7 +301,10 @@ mod tests {
         let (p, k) = parse_a_tag(&format!("30000:{pk}:x:y")).unwrap();
         assert_eq!(p, pk);
         assert_eq!(k, addr_key(30000, &pk, "x:y"));
-        assert_eq!(parse_a_tag(&format!("10002:{pk}:")).unwrap().1, addr_key(10002, &pk, ""));
+        assert_eq!(
+            parse_a_tag(&format!("10002:{pk}:")).unwrap().1,
+            addr_key(10002, &pk, "")
+        );
         assert!(parse_a_tag(&format!("1:{pk}:")).is_none());
         assert!(parse_a_tag("30000:zz:x").is_none());
     }

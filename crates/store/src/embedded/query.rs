@@ -15,8 +15,9 @@ use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::Arc;
 
-/// Most index prefixes (authors × kinds, tag values, …) walked in parallel for one filter.
-const MAX_PREFIXES: usize = 256;
+/// Most author × kind pairs walked in parallel on the author+kind index; a larger product
+/// falls back to a one-dimension index (still far better than scanning everything).
+const MAX_PAIRS: usize = 1024;
 
 pub(super) fn query(
     env: &Env<WithoutTls>,
@@ -121,7 +122,7 @@ fn plan(filter: &Filter) -> Plan {
         return Plan::Ids(ids.clone());
     }
     if let (Some(authors), Some(kinds)) = (&filter.authors, &filter.kinds) {
-        if authors.len() * kinds.len() <= MAX_PREFIXES {
+        if authors.len().saturating_mul(kinds.len()) <= MAX_PAIRS {
             let prefixes = authors
                 .iter()
                 .flat_map(|a| kinds.iter().map(|k| keys::author_kind_prefix(a, *k)))
@@ -132,7 +133,7 @@ fn plan(filter: &Filter) -> Plan {
     let tag = filter
         .tags
         .iter()
-        .filter(|(letter, values)| letter.is_ascii_alphabetic() && values.len() <= MAX_PREFIXES)
+        .filter(|(letter, _)| letter.is_ascii_alphabetic())
         .min_by_key(|(_, values)| values.len());
     if let Some((letter, values)) = tag {
         let prefixes = values
@@ -142,9 +143,12 @@ fn plan(filter: &Filter) -> Plan {
         return Plan::Index(Index::Tag, prefixes);
     }
     if let Some(kinds) = &filter.kinds {
-        return Plan::Index(Index::Kind, kinds.iter().map(|k| keys::kind_prefix(*k)).collect());
+        return Plan::Index(
+            Index::Kind,
+            kinds.iter().map(|k| keys::kind_prefix(*k)).collect(),
+        );
     }
-    if let Some(authors) = filter.authors.as_ref().filter(|a| a.len() <= MAX_PREFIXES) {
+    if let Some(authors) = &filter.authors {
         return Plan::Index(
             Index::Author,
             authors.iter().map(keys::author_prefix).collect(),
@@ -215,13 +219,18 @@ fn walk(
 
     // Merge the cursors by suffix (newest first), dropping repeats (an event can sit under
     // several of the filter's tag values).
-    type Head = Reverse<([u8; SUFFIX_LEN], usize, [u8; META_LEN])>;
     let mut heads: BinaryHeap<Head> = BinaryHeap::with_capacity(cursors.len());
     for (i, cursor) in cursors.iter_mut().enumerate() {
         if let Some(head) = next_head(cursor, i)? {
             heads.push(head);
         }
     }
+    // Sets, so that long author lists cost nothing per candidate.
+    let kinds: Option<HashSet<u16>> = filter.kinds.as_ref().map(|k| k.iter().copied().collect());
+    let authors: Option<HashSet<&[u8]>> = filter
+        .authors
+        .as_ref()
+        .map(|a| a.iter().map(|a| &a.0[..]).collect());
     let mut last: Option<[u8; SUFFIX_LEN]> = None;
     while let Some(Reverse((suffix, i, meta))) = heads.pop() {
         if let Some(head) = next_head(&mut cursors[i], i)? {
@@ -234,11 +243,8 @@ fn walk(
         let Some((kind, pubkey)) = keys::split_meta(&meta) else {
             continue;
         };
-        if filter.kinds.as_ref().is_some_and(|k| !k.contains(&kind))
-            || filter
-                .authors
-                .as_ref()
-                .is_some_and(|a| !a.iter().any(|a| a.0 == pubkey))
+        if kinds.as_ref().is_some_and(|k| !k.contains(&kind))
+            || authors.as_ref().is_some_and(|a| !a.contains(pubkey))
         {
             continue;
         }
@@ -254,14 +260,12 @@ fn walk(
     Ok(())
 }
 
-type HeadEntry = Reverse<([u8; SUFFIX_LEN], usize, [u8; META_LEN])>;
+/// A cursor's current entry in the merge: (key suffix, cursor index, kind ++ pubkey), with
+/// `Reverse` turning the max-heap into "smallest suffix (newest) first".
+type Head = Reverse<([u8; SUFFIX_LEN], usize, [u8; META_LEN])>;
 
-fn next_head(cursor: &mut RoRange<'_, Bytes, Bytes>, i: usize) -> StoreResult<Option<HeadEntry>> {
-    let Some((key, value)) = cursor
-        .next()
-        .transpose()
-        .map_err(backend("walk index"))?
-    else {
+fn next_head(cursor: &mut RoRange<'_, Bytes, Bytes>, i: usize) -> StoreResult<Option<Head>> {
+    let Some((key, value)) = cursor.next().transpose().map_err(backend("walk index"))? else {
         return Ok(None);
     };
     let suffix = key

@@ -62,7 +62,10 @@ fn scan(
         .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
         .take_while(|(k, _)| k.starts_with(prefix));
 
-    let mut next_stored = stored_iter.next().transpose().map_err(backend("scan state"))?;
+    let mut next_stored = stored_iter
+        .next()
+        .transpose()
+        .map_err(backend("scan state"))?;
     let mut next_buffered = buffered.next();
     loop {
         let take_buffered = match (next_stored, next_buffered) {
@@ -76,7 +79,10 @@ fn scan(
                 return Ok(());
             };
             if next_stored.is_some_and(|(sk, _)| sk == bk.as_slice()) {
-                next_stored = stored_iter.next().transpose().map_err(backend("scan state"))?;
+                next_stored = stored_iter
+                    .next()
+                    .transpose()
+                    .map_err(backend("scan state"))?;
             }
             next_buffered = buffered.next();
             if let Some(v) = bv {
@@ -88,7 +94,10 @@ fn scan(
             let Some((sk, sv)) = next_stored else {
                 return Ok(());
             };
-            next_stored = stored_iter.next().transpose().map_err(backend("scan state"))?;
+            next_stored = stored_iter
+                .next()
+                .transpose()
+                .map_err(backend("scan state"))?;
             if !f(sk, sv) {
                 return Ok(());
             }

@@ -59,10 +59,7 @@ impl Request {
         match (self, outcome) {
             (Request::Write { reply, .. }, Outcome::Write(o)) => drop(reply.send(Ok(o))),
             (Request::State { reply, .. }, Outcome::State(o)) => drop(reply.send(Ok(o))),
-            (
-                Request::Purge { now, purged, reply },
-                Outcome::Purge { removed, more },
-            ) => {
+            (Request::Purge { now, purged, reply }, Outcome::Purge { removed, more }) => {
                 if more {
                     carry.push_back(Request::Purge {
                         now,
@@ -127,8 +124,14 @@ impl Writer {
     }
 
     fn run_batch(&self, mut batch: Vec<Request>, carry: &mut VecDeque<Request>) {
+        let started = std::time::Instant::now();
         match self.commit_batch(&mut batch) {
             Ok(outcomes) => {
+                tracing::trace!(
+                    size = batch.len(),
+                    micros = started.elapsed().as_micros() as u64,
+                    "store batch committed"
+                );
                 for (request, outcome) in batch.into_iter().zip(outcomes) {
                     request.answer(outcome, carry);
                 }
@@ -226,7 +229,11 @@ impl Writer {
                     return Ok(deleted());
                 }
             }
-            if let Some(stored) = dbs.addr.get(txn, addr).map_err(backend("look up address"))? {
+            if let Some(stored) = dbs
+                .addr
+                .get(txn, addr)
+                .map_err(backend("look up address"))?
+            {
                 let (created_at, id) = keys::split_addr_value(stored)
                     .ok_or_else(|| StoreError::Corrupt("address entry".into()))?;
                 if created_at > ev.created_at || (created_at == ev.created_at && id < ev.id) {
@@ -280,7 +287,9 @@ impl Writer {
         };
         let decision = decision.unwrap_or_else(|_| {
             tracing::error!(id = %ev.id, kind = ev.kind, "admission rules panicked");
-            Err(Rejection("error: internal error while checking the event".into()))
+            Err(Rejection(
+                "error: internal error while checking the event".into(),
+            ))
         });
         if decision.is_ok() {
             state::apply(txn, self.dbs.state, changes)?;
@@ -311,20 +320,20 @@ impl Writer {
     /// Is `ev` refused by a tombstone? Only a tombstone written by someone allowed to delete
     /// `ev` counts: a stranger cannot block an event by "deleting" its id in advance.
     fn id_tombstoned(&self, txn: &RwTxn, ev: &Event) -> StoreResult<bool> {
-        let deleters: Vec<Hex32> = self
-            .dbs
-            .tomb_ids
-            .prefix_iter(txn, &ev.id.0)
-            .map_err(backend("read id tombstones"))?
-            .map(|entry| {
-                let (key, _) = entry.map_err(backend("read id tombstones"))?;
-                let mut deleter = [0u8; 32];
-                deleter.copy_from_slice(key.get(32..64).ok_or_else(|| {
-                    StoreError::Corrupt(format!("tombstone key for {}", ev.id))
-                })?);
-                Ok(Hex32(deleter))
-            })
-            .collect::<StoreResult<_>>()?;
+        let deleters: Vec<Hex32> =
+            self.dbs
+                .tomb_ids
+                .prefix_iter(txn, &ev.id.0)
+                .map_err(backend("read id tombstones"))?
+                .map(|entry| {
+                    let (key, _) = entry.map_err(backend("read id tombstones"))?;
+                    let mut deleter = [0u8; 32];
+                    deleter.copy_from_slice(key.get(32..64).ok_or_else(|| {
+                        StoreError::Corrupt(format!("tombstone key for {}", ev.id))
+                    })?);
+                    Ok(Hex32(deleter))
+                })
+                .collect::<StoreResult<_>>()?;
         Ok(deleters.iter().any(|d| self.may_delete(d, ev)))
     }
 
@@ -390,10 +399,7 @@ impl Writer {
         let end = keys::expiry_key(now, &Hex32([0xff; 32]));
         let mut expired: Vec<Vec<u8>> = dbs
             .expiry
-            .range(
-                txn,
-                &(Bound::Unbounded, Bound::Included(end.as_slice())),
-            )
+            .range(txn, &(Bound::Unbounded, Bound::Included(end.as_slice())))
             .map_err(backend("walk expiry index"))?
             .take(PURGE_CHUNK + 1)
             .map(|entry| entry.map(|(k, _)| k.to_vec()))
@@ -446,7 +452,11 @@ fn store_event(
 ) -> StoreResult<()> {
     let json = ev.to_json();
     dbs.events
-        .put(txn, &ev.id.0, &encode_record(received_at, expires_at, &json))
+        .put(
+            txn,
+            &ev.id.0,
+            &encode_record(received_at, expires_at, &json),
+        )
         .map_err(backend("write event record"))?;
     let meta = keys::meta(ev);
     for (index, key) in keys::index_keys(ev) {

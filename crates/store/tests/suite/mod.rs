@@ -77,7 +77,13 @@ pub fn pk(k: &secp256k1::Keypair) -> Hex32 {
     Hex32(k.x_only_public_key().0.serialize())
 }
 
-pub fn ev(k: &secp256k1::Keypair, created_at: u64, kind: u16, tags: &[&[&str]], content: &str) -> Event {
+pub fn ev(
+    k: &secp256k1::Keypair,
+    created_at: u64,
+    kind: u16,
+    tags: &[&[&str]],
+    content: &str,
+) -> Event {
     let tags = tags
         .iter()
         .map(|t| t.iter().map(|s| s.to_string()).collect())
@@ -170,7 +176,12 @@ async fn put(store: &dyn EventStore, e: &Event) -> WriteOutcome {
 }
 
 async fn accept(store: &dyn EventStore, e: &Event) {
-    assert_eq!(put(store, e).await, WriteOutcome::Accepted, "writing {}", e.id);
+    assert_eq!(
+        put(store, e).await,
+        WriteOutcome::Accepted,
+        "writing {}",
+        e.id
+    );
 }
 
 async fn query_with(
@@ -198,14 +209,19 @@ async fn ids(store: &dyn EventStore, filters: &[Value]) -> Vec<Hex32> {
 
 async fn count(store: &dyn EventStore, filters: &[Value]) -> u64 {
     let filters: Vec<Filter> = filters.iter().cloned().map(filter).collect();
-    store.count(&filters, now(), &everyone).await.expect("count")
+    store
+        .count(&filters, now(), &everyone)
+        .await
+        .expect("count")
 }
 
 async fn state_get(store: &dyn EventStore, key: &str) -> Option<String> {
     let mut out = None;
     store
         .read_state(&mut |s| {
-            out = s.get(key.as_bytes())?.map(|v| String::from_utf8(v).unwrap());
+            out = s
+                .get(key.as_bytes())?
+                .map(|v| String::from_utf8(v).unwrap());
             Ok(())
         })
         .await
@@ -260,7 +276,10 @@ pub async fn indexes_answer_each_filter_shape(h: &dyn Harness) {
         (json!({"authors": [a]}), vec![&a2, &a1]),
         (json!({"kinds": [1]}), vec![&b1, &a1]),
         (json!({"authors": [b], "kinds": [1]}), vec![&b1]),
-        (json!({"authors": [a, b], "kinds": [1, 7]}), vec![&b1, &a2, &a1]),
+        (
+            json!({"authors": [a, b], "kinds": [1, 7]}),
+            vec![&b1, &a2, &a1],
+        ),
         (json!({"#t": ["x"]}), vec![&b1, &a1]),
         (json!({"#t": ["x"], "authors": [a]}), vec![&a1]),
         (json!({"#t": ["x", "y"]}), vec![&b1, &a1]),
@@ -273,7 +292,7 @@ pub async fn indexes_answer_each_filter_shape(h: &dyn Harness) {
     ];
     for (f, want) in cases {
         let want: Vec<Hex32> = want.iter().map(|e| e.id).collect();
-        assert_eq!(ids(s, &[f.clone()]).await, want, "filter {f}");
+        assert_eq!(ids(s, std::slice::from_ref(&f)).await, want, "filter {f}");
     }
     // Served as signed: the event and its JSON are unchanged.
     let got = query_with(s, &[json!({"ids": [b1.id.to_hex()]})], 10, now(), &everyone).await;
@@ -303,10 +322,17 @@ pub async fn newest_first_with_lowest_id_on_ties(h: &dyn Harness) {
         json!({"#t": ["tie"]}),
         json!({"ids": all.iter().map(|e| e.id.to_hex()).collect::<Vec<_>>()}),
     ] {
-        assert_eq!(ids(&*store, &[f.clone()]).await, want, "filter {f}");
+        assert_eq!(
+            ids(&*store, std::slice::from_ref(&f)).await,
+            want,
+            "filter {f}"
+        );
     }
     // With a limit the cut also follows that order.
-    assert_eq!(ids(&*store, &[json!({"limit": 4})]).await, want[..4].to_vec());
+    assert_eq!(
+        ids(&*store, &[json!({"limit": 4})]).await,
+        want[..4].to_vec()
+    );
 }
 
 pub async fn limit_per_filter_and_max_limit(h: &dyn Harness) {
@@ -331,12 +357,21 @@ pub async fn limit_per_filter_and_max_limit(h: &dyn Harness) {
             .map(|e| e.event.id)
             .collect::<Vec<_>>()
     };
-    assert_eq!(q(vec![json!({"kinds": [1], "limit": 3})], 500).await, newest_mine[..3]);
+    assert_eq!(
+        q(vec![json!({"kinds": [1], "limit": 3})], 500).await,
+        newest_mine[..3]
+    );
     assert_eq!(q(vec![json!({"kinds": [1]})], 4).await, newest_mine[..4]);
-    assert_eq!(q(vec![json!({"kinds": [1], "limit": 100})], 5).await, newest_mine[..5]);
+    assert_eq!(
+        q(vec![json!({"kinds": [1], "limit": 100})], 5).await,
+        newest_mine[..5]
+    );
     // Each filter gets its own limit.
     let got = q(
-        vec![json!({"kinds": [1], "limit": 2}), json!({"kinds": [7], "limit": 1})],
+        vec![
+            json!({"kinds": [1], "limit": 2}),
+            json!({"kinds": [7], "limit": 1}),
+        ],
         500,
     )
     .await;
@@ -349,9 +384,13 @@ pub async fn limit_zero_returns_nothing(h: &dyn Harness) {
     let e = ev(&k, 10, 1, &[], "");
     accept(&*store, &e).await;
     assert!(ids(&*store, &[json!({"limit": 0})]).await.is_empty());
-    assert!(ids(&*store, &[json!({"ids": [e.id.to_hex()], "limit": 0})]).await.is_empty());
+    assert!(ids(&*store, &[json!({"ids": [e.id.to_hex()], "limit": 0})])
+        .await
+        .is_empty());
     assert!(ids(&*store, &[json!({"kinds": []})]).await.is_empty());
-    assert!(ids(&*store, &[json!({"since": 11, "until": 10})]).await.is_empty());
+    assert!(ids(&*store, &[json!({"since": 11, "until": 10})])
+        .await
+        .is_empty());
     // Another filter of the same REQ is unaffected.
     assert_eq!(
         ids(&*store, &[json!({"limit": 0}), json!({"kinds": [1]})]).await,
@@ -414,10 +453,22 @@ pub async fn since_and_until_bound_results(h: &dyn Harness) {
             }
             f
         };
-        assert_eq!(ids(&*store, &[with(json!({"since": 12, "until": 15}))]).await, range(12, 15));
-        assert_eq!(ids(&*store, &[with(json!({"since": 18}))]).await, range(18, 20));
-        assert_eq!(ids(&*store, &[with(json!({"until": 11}))]).await, range(10, 11));
-        assert_eq!(ids(&*store, &[with(json!({"since": 15, "until": 15}))]).await, range(15, 15));
+        assert_eq!(
+            ids(&*store, &[with(json!({"since": 12, "until": 15}))]).await,
+            range(12, 15)
+        );
+        assert_eq!(
+            ids(&*store, &[with(json!({"since": 18}))]).await,
+            range(18, 20)
+        );
+        assert_eq!(
+            ids(&*store, &[with(json!({"until": 11}))]).await,
+            range(10, 11)
+        );
+        assert_eq!(
+            ids(&*store, &[with(json!({"since": 15, "until": 15}))]).await,
+            range(15, 15)
+        );
         assert!(ids(&*store, &[with(json!({"since": 21}))]).await.is_empty());
     }
 }
@@ -432,7 +483,13 @@ pub async fn ids_lookup_is_newest_first(h: &dyn Harness) {
         accept(&*store, e).await;
     }
     let unknown = Hex32([7; 32]).to_hex();
-    let asked = vec![old.id.to_hex(), unknown, new.id.to_hex(), mid.id.to_hex(), old.id.to_hex()];
+    let asked = vec![
+        old.id.to_hex(),
+        unknown,
+        new.id.to_hex(),
+        mid.id.to_hex(),
+        old.id.to_hex(),
+    ];
     assert_eq!(
         ids(&*store, &[json!({"ids": asked})]).await,
         vec![new.id, mid.id, old.id]
@@ -474,12 +531,18 @@ pub async fn replaceable_keeps_the_newest(h: &dyn Harness) {
         json!({"#t": ["p"]}),
         json!({"ids": [v100.id.to_hex(), v110.id.to_hex()]}),
     ] {
-        assert_eq!(ids(s, &[f.clone()]).await, vec![v110.id], "filter {f}");
+        assert_eq!(
+            ids(s, std::slice::from_ref(&f)).await,
+            vec![v110.id],
+            "filter {f}"
+        );
     }
     assert_eq!(count(s, &[json!({"kinds": [0]})]).await, 1);
 
     // Equal created_at: the lowest id wins, whatever the arrival order.
-    let mut tie: Vec<Event> = (0..2).map(|i| ev(&k, 120, 0, &[], &format!("tie{i}"))).collect();
+    let mut tie: Vec<Event> = (0..2)
+        .map(|i| ev(&k, 120, 0, &[], &format!("tie{i}")))
+        .collect();
     tie.sort_by_key(|e| e.id);
     let (low, high) = (&tie[0], &tie[1]);
     accept(s, high).await;
@@ -496,7 +559,10 @@ pub async fn replaceable_keeps_the_newest(h: &dyn Harness) {
     // Another author's version is another address.
     let other = ev(&keys(), 1, 0, &[], "");
     accept(s, &other).await;
-    assert_eq!(ids(s, &[json!({"kinds": [0]})]).await, vec![low.id, other.id]);
+    assert_eq!(
+        ids(s, &[json!({"kinds": [0]})]).await,
+        vec![low.id, other.id]
+    );
 }
 
 pub async fn addressable_versions_by_d_tag(h: &dyn Harness) {
@@ -511,9 +577,15 @@ pub async fn addressable_versions_by_d_tag(h: &dyn Harness) {
     }
     let a101 = ev(&k, 101, 30000, &[&["d", "a"]], "");
     accept(s, &a101).await;
-    assert_eq!(put(s, &ev(&k, 99, 30000, &[&["d", "a"]], "")).await, newer_stored());
+    assert_eq!(
+        put(s, &ev(&k, 99, 30000, &[&["d", "a"]], "")).await,
+        newer_stored()
+    );
     // An empty `d` is the same address as no `d`.
-    assert_eq!(put(s, &ev(&k, 50, 30000, &[&["d", ""]], "")).await, newer_stored());
+    assert_eq!(
+        put(s, &ev(&k, 50, 30000, &[&["d", ""]], "")).await,
+        newer_stored()
+    );
     assert_eq!(ids(s, &[json!({"#d": ["a"]})]).await, vec![a101.id]);
     let mut want = vec![a101.id];
     want.extend(newest_first(&[&b100, &nod]));
@@ -547,7 +619,10 @@ pub async fn deletion_by_e_tag_and_tombstone(h: &dyn Harness) {
         json!({"#t": ["x"]}),
         json!({"authors": [author], "kinds": [1]}),
     ] {
-        assert!(!ids(s, &[f.clone()]).await.contains(&a1.id), "filter {f}");
+        assert!(
+            !ids(s, std::slice::from_ref(&f)).await.contains(&a1.id),
+            "filter {f}"
+        );
     }
     assert_eq!(ids(s, &[json!({"kinds": [1]})]).await, vec![keep.id]);
     // The kind 5 itself is stored like any regular event.
@@ -582,16 +657,28 @@ pub async fn deletion_by_a_tag_bounded_by_created_at(h: &dyn Harness) {
     );
     accept(s, &del).await;
     // x100 and p100 are covered (created before the deletion), y200 is not.
-    assert_eq!(ids(s, &[json!({"kinds": [30000, 10002]})]).await, vec![y200.id]);
+    assert_eq!(
+        ids(s, &[json!({"kinds": [30000, 10002]})]).await,
+        vec![y200.id]
+    );
     // Versions up to the deletion's created_at are refused, later ones accepted.
-    assert_eq!(put(s, &ev(&alice, 140, 30000, &[&["d", "x"]], "")).await, deleted());
-    assert_eq!(put(s, &ev(&alice, 150, 30000, &[&["d", "x"]], "")).await, deleted());
+    assert_eq!(
+        put(s, &ev(&alice, 140, 30000, &[&["d", "x"]], "")).await,
+        deleted()
+    );
+    assert_eq!(
+        put(s, &ev(&alice, 150, 30000, &[&["d", "x"]], "")).await,
+        deleted()
+    );
     assert_eq!(put(s, &ev(&alice, 150, 10002, &[], "")).await, deleted());
     let x160 = ev(&alice, 160, 30000, &[&["d", "x"]], "");
     accept(s, &x160).await;
     accept(s, &ev(&alice, 151, 10002, &[], "")).await;
     // The y address is tombstoned up to 150 too, but y200 stays the stored version.
-    assert_eq!(put(s, &ev(&alice, 120, 30000, &[&["d", "y"]], "")).await, deleted());
+    assert_eq!(
+        put(s, &ev(&alice, 120, 30000, &[&["d", "y"]], "")).await,
+        deleted()
+    );
     assert_eq!(ids(s, &[json!({"#d": ["y"]})]).await, vec![y200.id]);
 }
 
@@ -654,7 +741,13 @@ pub async fn expired_events_hidden_then_purged(h: &dyn Harness) {
     let s = &*store;
     let k = keys();
     let t = now();
-    let nip40 = ev(&k, 1, 1, &[&["expiration", &(t + 100).to_string()]], "nip40");
+    let nip40 = ev(
+        &k,
+        1,
+        1,
+        &[&["expiration", &(t + 100).to_string()]],
+        "nip40",
+    );
     let retained = ev(&k, 2, 1, &[&["retain", "200"]], "retention rule");
     let forever = ev(&k, 3, 1, &[], "forever");
     for e in [&nip40, &retained, &forever] {
@@ -668,14 +761,22 @@ pub async fn expired_events_hidden_then_purged(h: &dyn Harness) {
             .collect::<Vec<_>>()
     };
     assert_eq!(at(t).await, vec![forever.id, retained.id, nip40.id]);
-    assert_eq!(at(t + 100).await, vec![forever.id, retained.id], "expiration <= now is hidden");
+    assert_eq!(
+        at(t + 100).await,
+        vec![forever.id, retained.id],
+        "expiration <= now is hidden"
+    );
     assert!(at(t + 10_000).await == vec![forever.id]);
     let filters = vec![filter(json!({}))];
     assert_eq!(s.count(&filters, t + 100, &everyone).await.unwrap(), 2);
 
     assert_eq!(s.purge_expired(t + 50).await.unwrap(), 0);
     assert_eq!(s.purge_expired(t + 100).await.unwrap(), 1);
-    assert_eq!(at(t).await, vec![forever.id, retained.id], "purged for good");
+    assert_eq!(
+        at(t).await,
+        vec![forever.id, retained.id],
+        "purged for good"
+    );
     assert_eq!(s.purge_expired(t + 10_000).await.unwrap(), 1);
     assert_eq!(s.purge_expired(t + 10_000).await.unwrap(), 0);
     assert_eq!(ids(s, &[json!({"kinds": [1]})]).await, vec![forever.id]);
@@ -694,15 +795,20 @@ pub async fn visibility_applies_before_limit(h: &dyn Harness) {
     }
     hide(s, all[4].id).await;
     hide(s, all[3].id).await;
-    for f in [json!({"limit": 2}), json!({"kinds": [1], "limit": 2}), json!({"#t": ["x"], "limit": 2})] {
-        let got: Vec<Hex32> = query_with(s, &[f.clone()], 500, now(), &unless_hidden)
+    for f in [
+        json!({"limit": 2}),
+        json!({"kinds": [1], "limit": 2}),
+        json!({"#t": ["x"], "limit": 2}),
+    ] {
+        let got: Vec<Hex32> = query_with(s, std::slice::from_ref(&f), 500, now(), &unless_hidden)
             .await
             .into_iter()
             .map(|e| e.event.id)
             .collect();
         assert_eq!(got, vec![all[2].id, all[1].id], "filter {f}");
     }
-    let ids_filter = json!({"ids": all.iter().map(|e| e.id.to_hex()).collect::<Vec<_>>(), "limit": 2});
+    let ids_filter =
+        json!({"ids": all.iter().map(|e| e.id.to_hex()).collect::<Vec<_>>(), "limit": 2});
     let got: Vec<Hex32> = query_with(s, &[ids_filter], 500, now(), &unless_hidden)
         .await
         .into_iter()
@@ -723,10 +829,20 @@ pub async fn count_is_distinct_and_visible_only(h: &dyn Harness) {
     for e in [&a, &b, &c] {
         accept(s, e).await;
     }
-    assert_eq!(count(s, &[json!({"kinds": [1]}), json!({"#t": ["x"]})]).await, 3);
-    assert_eq!(count(s, &[json!({"kinds": [1], "limit": 1})]).await, 2, "limit is ignored");
+    assert_eq!(
+        count(s, &[json!({"kinds": [1]}), json!({"#t": ["x"]})]).await,
+        3
+    );
+    assert_eq!(
+        count(s, &[json!({"kinds": [1], "limit": 1})]).await,
+        2,
+        "limit is ignored"
+    );
     assert_eq!(count(s, &[json!({"kinds": [9]})]).await, 0);
-    assert_eq!(count(s, &[json!({"ids": [a.id.to_hex(), a.id.to_hex()]})]).await, 1);
+    assert_eq!(
+        count(s, &[json!({"ids": [a.id.to_hex(), a.id.to_hex()]})]).await,
+        1
+    );
     hide(s, c.id).await;
     let filters = vec![filter(json!({"#t": ["x"]}))];
     assert_eq!(s.count(&filters, now(), &unless_hidden).await.unwrap(), 1);
@@ -752,7 +868,10 @@ pub async fn refused_event_leaves_no_state_and_batchmates_commit(h: &dyn Harness
     for (i, task) in tasks.into_iter().enumerate() {
         let outcome = task.await.unwrap().unwrap();
         if i % 3 == 0 {
-            assert_eq!(outcome, WriteOutcome::Rejected("restricted: test rule".into()));
+            assert_eq!(
+                outcome,
+                WriteOutcome::Rejected("restricted: test rule".into())
+            );
         } else {
             assert_eq!(outcome, WriteOutcome::Accepted);
         }
@@ -767,10 +886,16 @@ pub async fn refused_event_leaves_no_state_and_batchmates_commit(h: &dyn Harness
         })
         .await
         .unwrap();
-    let want: Vec<String> = (0..60).filter(|i| i % 3 != 0).map(|i| format!("k{i:02}")).collect();
+    let want: Vec<String> = (0..60)
+        .filter(|i| i % 3 != 0)
+        .map(|i| format!("k{i:02}"))
+        .collect();
     assert_eq!(keys_found, want);
     // The per-author counter saw exactly the accepted events, in order, across batches.
-    assert_eq!(state_get(&*store, &format!("n:{author}")).await.as_deref(), Some("40"));
+    assert_eq!(
+        state_get(&*store, &format!("n:{author}")).await.as_deref(),
+        Some("40")
+    );
     let stored: HashSet<Hex32> = ids(&*store, &[json!({})]).await.into_iter().collect();
     let accepted: HashSet<Hex32> = events
         .iter()
@@ -787,9 +912,16 @@ pub async fn state_put_get_and_prefix_scan(h: &dyn Harness) {
     let r = s
         .update_state(Box::new(|st| {
             let put = |st: &mut dyn StateWrite, k: &str, v: &str| {
-                st.put(k.as_bytes(), v.as_bytes()).map_err(|e| Rejection(e.to_string()))
+                st.put(k.as_bytes(), v.as_bytes())
+                    .map_err(|e| Rejection(e.to_string()))
             };
-            for (k, v) in [("g/b", "2"), ("g/a", "1"), ("g/c", "3"), ("h/a", "x"), ("g", "0")] {
+            for (k, v) in [
+                ("g/b", "2"),
+                ("g/a", "1"),
+                ("g/c", "3"),
+                ("h/a", "x"),
+                ("g", "0"),
+            ] {
                 put(st, k, v)?;
             }
             st.delete(b"g/c").map_err(|e| Rejection(e.to_string()))?;
@@ -836,10 +968,16 @@ pub async fn state_put_get_and_prefix_scan(h: &dyn Harness) {
     .unwrap();
     assert_eq!(
         seen,
-        vec![(b"g/a".to_vec(), b"1".to_vec()), (b"g/b".to_vec(), b"2".to_vec())]
+        vec![
+            (b"g/a".to_vec(), b"1".to_vec()),
+            (b"g/b".to_vec(), b"2".to_vec())
+        ]
     );
     assert_eq!(first, vec![b"g/a".to_vec()]);
-    let all: Vec<String> = all.into_iter().map(|k| String::from_utf8(k).unwrap()).collect();
+    let all: Vec<String> = all
+        .into_iter()
+        .map(|k| String::from_utf8(k).unwrap())
+        .collect();
     assert_eq!(all, vec!["g", "g/a", "g/b", "h/a"]);
 
     // The overlay's scan merges buffered changes over stored ones, in key order.
@@ -871,7 +1009,13 @@ pub async fn state_put_get_and_prefix_scan(h: &dyn Harness) {
 pub async fn unstored_events_commit_their_state(h: &dyn Harness) {
     let store = open(h).await;
     let s = &*store;
-    let e = ev(&keys(), 1, 445, &[&["nostore"], &["put", "live", "yes"]], "");
+    let e = ev(
+        &keys(),
+        1,
+        445,
+        &[&["nostore"], &["put", "live", "yes"]],
+        "",
+    );
     accept(s, &e).await;
     assert!(ids(s, &[json!({})]).await.is_empty());
     assert_eq!(state_get(s, "live").await.as_deref(), Some("yes"));
@@ -890,7 +1034,10 @@ pub async fn reopen_keeps_data(h: &dyn Harness) {
     h.close(store).await;
 
     let store = open(h).await;
-    assert_eq!(ids(&*store, &[json!({"kinds": [1]})]).await, vec![a2.id, a1.id]);
+    assert_eq!(
+        ids(&*store, &[json!({"kinds": [1]})]).await,
+        vec![a2.id, a1.id]
+    );
     assert_eq!(ids(&*store, &[json!({"#t": ["x"]})]).await, vec![a1.id]);
     assert_eq!(state_get(&*store, "kept").await.as_deref(), Some("1"));
     assert_eq!(put(&*store, &a1).await, WriteOutcome::Duplicate);
@@ -903,7 +1050,13 @@ pub async fn concurrent_writers_all_answered_and_stored(h: &dyn Harness) {
     let authors: Vec<secp256k1::Keypair> = (0..20).map(|_| keys()).collect();
     let mut tasks = Vec::new();
     for i in 0..200u64 {
-        let e = ev(&authors[(i % 20) as usize], 1000 + i, 1, &[&["t", "load"]], &i.to_string());
+        let e = ev(
+            &authors[(i % 20) as usize],
+            1000 + i,
+            1,
+            &[&["t", "load"]],
+            &i.to_string(),
+        );
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
             store.write(e, Publisher::default()).await
@@ -932,7 +1085,9 @@ pub async fn long_tag_values_are_indexed(h: &dyn Harness) {
     accept(&*store, &f).await;
     assert_eq!(ids(&*store, &[json!({"#r": [long]})]).await, vec![e.id]);
     assert_eq!(ids(&*store, &[json!({"#r": [longer]})]).await, vec![f.id]);
-    assert!(ids(&*store, &[json!({"#r": ["v".repeat(999)]})]).await.is_empty());
+    assert!(ids(&*store, &[json!({"#r": ["v".repeat(999)]})])
+        .await
+        .is_empty());
 }
 
 pub async fn ephemeral_events_are_not_stored(h: &dyn Harness) {
@@ -944,7 +1099,10 @@ pub async fn ephemeral_events_are_not_stored(h: &dyn Harness) {
 pub async fn export_is_oldest_first(h: &dyn Harness) {
     let store = open(h).await;
     let k = keys();
-    let events: Vec<Event> = [3u64, 1, 2].iter().map(|t| ev(&k, *t, 1, &[], "")).collect();
+    let events: Vec<Event> = [3u64, 1, 2]
+        .iter()
+        .map(|t| ev(&k, *t, 1, &[], ""))
+        .collect();
     for e in &events {
         accept(&*store, e).await;
     }

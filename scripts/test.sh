@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The project's one test command (README): installs and starts whatever the tests need, then
+# runs every test of the workspace. CI runs it through .ci/run.
+#
+#   bash scripts/test.sh            # everything
+#   bash scripts/test.sh --test nip01   # extra arguments go to `cargo test`
+#
+# Services are started on loopback only, with stdin/stdout/stderr redirected so that nothing
+# waits on a pipe, and stopped again when the script exits.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT="$(pwd)"
+SERVICES_DIR="${SERVICES_DIR:-$ROOT/target/test-services}"
+mkdir -p "$SERVICES_DIR"
+
+log() { printf '[test.sh] %s\n' "$*" >&2; }
+
+# Cleanup hooks registered by the service sections below, run in reverse order on exit.
+CLEANUP=()
+cleanup() {
+    local i
+    for ((i = ${#CLEANUP[@]} - 1; i >= 0; i--)); do
+        eval "${CLEANUP[$i]}" </dev/null >/dev/null 2>&1 || true
+    done
+}
+trap cleanup EXIT
+
+# ---------------------------------------------------------------------------------------------
+# Toolchain
+# ---------------------------------------------------------------------------------------------
+if ! command -v cargo >/dev/null 2>&1; then
+    log "cargo not found on PATH"
+    exit 1
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Services (none needed yet)
+#
+# Later issues add their setup here, each guarded so it is skipped when already running:
+#   - PostgreSQL (Debian `postgresql`): start a throwaway cluster, export DATABASE_URL
+#   - Redis (Debian `redis-server`): --save '' --appendonly no --daemonize yes, bind 127.0.0.1
+#   - Firestore emulator (npm `@firestore-emulator/server@0.3.15`): bind loopback,
+#     export FIRESTORE_EMULATOR_HOST
+# Pattern:
+#   start_x </dev/null >"$SERVICES_DIR/x.log" 2>&1 &
+#   CLEANUP+=("kill $! ")
+#   wait_for_port 127.0.0.1 PORT
+# ---------------------------------------------------------------------------------------------
+wait_for_port() { # host port [seconds]
+    local host="$1" port="$2" secs="${3:-30}" i
+    for ((i = 0; i < secs * 10; i++)); do
+        if (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    log "nothing listening on $host:$port after ${secs}s"
+    return 1
+}
+
+# ---------------------------------------------------------------------------------------------
+# Tests
+# ---------------------------------------------------------------------------------------------
+# The end-to-end tests each start their own relay; on 2 cores a few at a time is plenty.
+export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
+
+log "cargo test --workspace --all-targets $*"
+cargo test --workspace --all-targets "$@" </dev/null
+
+if [ "$#" -eq 0 ]; then
+    log "cargo test --workspace --doc"
+    cargo test --workspace --doc </dev/null
+fi

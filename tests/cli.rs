@@ -1,0 +1,356 @@
+//! The binary's other commands: `check-config` (seed file, errors naming the key, unknown-key
+//! warnings, env overrides, masking), startup errors, and `export` / `import`.
+
+mod common;
+
+use common::*;
+use mls_proto::Event;
+use serde_json::json;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+fn write_config(text: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("config.toml");
+    std::fs::write(&p, text).unwrap();
+    let s = p.to_str().unwrap().to_owned();
+    (dir, s)
+}
+
+fn check_config(text: &str, env: &[(&str, &str)]) -> CliOutput {
+    let (_dir, path) = write_config(text);
+    run_cli(&["check-config", "-c", &path], None, env)
+}
+
+#[track_caller]
+fn printed(out: &CliOutput) -> toml::Table {
+    assert!(out.success(), "check-config failed: {out:?}");
+    out.stdout
+        .parse::<toml::Table>()
+        .unwrap_or_else(|e| panic!("check-config output is not TOML ({e}): {}", out.stdout))
+}
+
+fn get<'a>(t: &'a toml::Table, path: &str) -> Option<&'a toml::Value> {
+    let mut cur: Option<&toml::Value> = None;
+    let mut table = t;
+    for part in path.split('.') {
+        let v = table.get(part)?;
+        cur = Some(v);
+        if let toml::Value::Table(next) = v {
+            table = next;
+        }
+    }
+    cur
+}
+
+/// The seed's file, as PROTOCOL.md §9 shows it (with real keys for the whitelist).
+fn seed_text() -> String {
+    format!(
+        r#"
+[server]
+host = "0.0.0.0"
+port = 8080
+workers = 2
+[auth]
+enabled = true
+pubkey_whitelist = ["{}", "{}"]
+[extensions.mls_gateway]
+storage_backend = "firestore"      # or "cloudsql" (PostgreSQL, database_url); default: embedded
+project_id = "your-gcp-project"
+keypackage_ttl = 86400
+welcome_ttl = 3600
+enable_api = true
+api_prefix = "/api/v1/mls"
+enable_message_archive = true
+message_archive_ttl_days = 30
+[extensions.mls_gateway.rate_limits]
+max_events_per_minute = 100
+max_keypackages_per_hour = 10
+max_group_messages_per_minute = 50
+"#,
+        pk_hex(&keys()),
+        npub(&keys())
+    )
+}
+
+#[test]
+fn seed_config_file_in_the_repo_parses() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/rnostr.toml");
+    assert!(
+        std::path::Path::new(path).exists(),
+        "config/rnostr.toml (the seed's file) is missing"
+    );
+    let out = run_cli(&["check-config", "-c", path], None, &[]);
+    let t = printed(&out);
+    assert!(get(&t, "server.port").is_some(), "{}", out.stdout);
+}
+
+#[test]
+fn seed_config_as_written_in_the_protocol_parses() {
+    let out = check_config(&seed_text(), &[]);
+    let t = printed(&out);
+    assert_eq!(get(&t, "server.port").and_then(|v| v.as_integer()), Some(8080));
+    assert_eq!(get(&t, "auth.enabled").and_then(|v| v.as_bool()), Some(true));
+    assert_eq!(
+        get(&t, "extensions.mls_gateway.storage_backend").and_then(|v| v.as_str()),
+        Some("firestore")
+    );
+    assert_eq!(
+        get(&t, "extensions.mls_gateway.rate_limits.max_keypackages_per_hour")
+            .and_then(|v| v.as_integer()),
+        Some(10)
+    );
+    assert_eq!(
+        get(&t, "extensions.mls_gateway.welcome_ttl").and_then(|v| v.as_integer()),
+        Some(3600)
+    );
+    // What it prints is itself a valid config.
+    let again = check_config(&out.stdout, &[]);
+    assert!(again.success(), "printed config does not load back: {again:?}");
+}
+
+#[test]
+fn secrets_are_masked_when_printed() {
+    let out = check_config(
+        r#"
+[extensions.mls_gateway]
+storage_backend = "cloudsql"
+database_url = "postgres://gw:hunter2secret@db.internal:5432/gw"
+"#,
+        &[],
+    );
+    assert!(out.success(), "{out:?}");
+    assert!(
+        !out.stdout.contains("hunter2secret") && !out.stderr.contains("hunter2secret"),
+        "database password printed: {out:?}"
+    );
+}
+
+#[test]
+fn invalid_values_exit_non_zero_naming_the_key() {
+    let cases = [
+        ("[server]\nport = \"eighty\"\n", "port"),
+        ("[server]\nport = 70000\n", "port"),
+        ("[limitation]\nmax_subscriptions = -5\n", "max_subscriptions"),
+        ("[limitation]\nmax_message_length = \"big\"\n", "max_message_length"),
+        ("[auth]\nenabled = \"yes\"\n", "enabled"),
+        ("[auth]\npubkey_whitelist = [\"not-a-key\"]\n", "pubkey_whitelist"),
+        (
+            "[extensions.mls_gateway]\nstorage_backend = \"mongodb\"\n",
+            "storage_backend",
+        ),
+        (
+            "[extensions.mls_gateway]\nunknown_groups = \"maybe\"\n",
+            "unknown_groups",
+        ),
+        (
+            "[extensions.mls_gateway.rate_limits]\nmax_events_per_minute = \"lots\"\n",
+            "max_events_per_minute",
+        ),
+    ];
+    for (text, key) in cases {
+        let out = check_config(text, &[]);
+        assert!(
+            !out.success() && out.code.is_some(),
+            "invalid config accepted:\n{text}\n{out:?}"
+        );
+        assert!(
+            out.stderr.contains(key),
+            "error does not name {key:?}:\n{text}\nstderr: {}",
+            out.stderr
+        );
+    }
+    let out = check_config("[server\nport = 1\n", &[]);
+    assert!(!out.success(), "TOML syntax error accepted: {out:?}");
+    assert!(!out.stderr.trim().is_empty());
+}
+
+#[test]
+fn unknown_keys_are_warned_about_by_name() {
+    let out = check_config(
+        "[server]\nport = 8081\nbogus_setting = 1\n[extensions.mls_gateway]\nmystery_knob = true\n",
+        &[],
+    );
+    assert!(out.success(), "unknown keys must warn, not fail: {out:?}");
+    assert!(out.stderr.contains("bogus_setting"), "{}", out.stderr);
+    assert!(out.stderr.contains("mystery_knob"), "{}", out.stderr);
+}
+
+#[test]
+fn missing_file_means_built_in_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("does-not-exist.toml");
+    let out = run_cli(&["check-config", "-c", p.to_str().unwrap()], None, &[]);
+    let t = printed(&out);
+    assert_eq!(get(&t, "server.port").and_then(|v| v.as_integer()), Some(8080));
+    assert_eq!(
+        get(&t, "server.host").and_then(|v| v.as_str()),
+        Some("127.0.0.1")
+    );
+    assert_eq!(get(&t, "auth.enabled").and_then(|v| v.as_bool()), Some(false));
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let out = check_config(
+        "[server]\nport = 8081\n[auth]\nenabled = false\n",
+        &[
+            ("PORT", "9911"),
+            ("NOSTR_AUTH_REQUIRED", "true"),
+            ("GOOGLE_CLOUD_PROJECT", "env-project"),
+        ],
+    );
+    let t = printed(&out);
+    assert_eq!(get(&t, "server.port").and_then(|v| v.as_integer()), Some(9911));
+    assert_eq!(get(&t, "auth.enabled").and_then(|v| v.as_bool()), Some(true));
+    assert_eq!(
+        get(&t, "extensions.mls_gateway.project_id").and_then(|v| v.as_str()),
+        Some("env-project")
+    );
+}
+
+#[test]
+fn firestore_backend_without_project_id_is_a_clear_startup_error() {
+    let data = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[server]\nhost = \"127.0.0.1\"\nport = {}\n[data]\npath = {:?}\n[extensions.mls_gateway]\nstorage_backend = \"firestore\"\n",
+        free_port(),
+        data.path().join("data").to_string_lossy()
+    );
+    let (_dir, path) = write_config(&text);
+    let out = run_cli_timeout(&["relay", "-c", &path], None, &[], Duration::from_secs(60));
+    assert!(!out.success() && out.code.is_some(), "{out:?}");
+    assert!(
+        out.stderr.contains("project_id required for Firestore backend"),
+        "stderr: {}",
+        out.stderr
+    );
+}
+
+#[test]
+fn firestore_backend_in_relay_mode_is_a_clear_startup_error() {
+    let data = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[server]\nhost = \"127.0.0.1\"\nport = {}\n[data]\npath = {:?}\n[extensions.mls_gateway]\nstorage_backend = \"firestore\"\nproject_id = \"your-gcp-project\"\n",
+        free_port(),
+        data.path().join("data").to_string_lossy()
+    );
+    let (_dir, path) = write_config(&text);
+    let out = run_cli_timeout(&["relay", "-c", &path], None, &[], Duration::from_secs(60));
+    assert!(
+        !out.success() && out.code.is_some(),
+        "relay with an unreachable Firestore did not exit non-zero: {out:?}"
+    );
+    assert!(
+        out.stderr.to_ascii_lowercase().contains("firestore"),
+        "error does not say what failed: {}",
+        out.stderr
+    );
+}
+
+fn export_ids(relay: &Relay) -> (Vec<String>, BTreeSet<String>) {
+    let out = relay.cli(&["export"], None);
+    assert!(out.success(), "export failed: {out:?}");
+    let lines: Vec<String> = out
+        .stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect();
+    let mut ids = BTreeSet::new();
+    for l in &lines {
+        let e: Event = serde_json::from_str(l)
+            .unwrap_or_else(|err| panic!("export line is not an event ({err}): {l}"));
+        assert_eq!(e.verify(), Ok(()), "exported event does not verify: {l}");
+        assert!(ids.insert(e.id.to_hex()), "event exported twice: {l}");
+    }
+    (lines, ids)
+}
+
+#[tokio::test]
+async fn export_import_round_trip_through_a_second_data_dir() {
+    let mut a = Relay::start().await;
+    let k = keys();
+    let t = now() - 1000;
+    let mut ws = a.connect().await;
+    let regular: Vec<Event> = (0..3)
+        .map(|i| ev_at(&k, t + i, 1, &[&["t", "x"]], &format!("note {i} ✓")))
+        .collect();
+    for e in &regular {
+        ws.publish_ok(e).await;
+    }
+    let meta_old = ev_at(&k, t, 0, &[], "{\"name\":\"old\"}");
+    let meta_new = ev_at(&k, t + 5, 0, &[], "{\"name\":\"new\"}");
+    ws.publish_ok(&meta_old).await;
+    ws.publish_ok(&meta_new).await;
+    let art = ev_at(&k, t, 30023, &[&["d", "a"]], "article");
+    ws.publish_ok(&art).await;
+    let doomed = ev_at(&k, t, 1, &[], "deleted");
+    ws.publish_ok(&doomed).await;
+    let del = ev_at(&k, t + 10, 5, &[&["e", &id_hex(&doomed)]], "");
+    ws.publish_ok(&del).await;
+    drop(ws);
+    a.kill();
+
+    let (lines, ids) = export_ids(&a);
+    let mut want: BTreeSet<String> = regular.iter().map(id_hex).collect();
+    want.extend([id_hex(&meta_new), id_hex(&art), id_hex(&del)]);
+    assert_eq!(ids, want, "exported set differs from the stored set");
+
+    let mut b = Relay::builder().prepare();
+    let input = lines.join("\n") + "\n";
+    let out = b.cli(&["import"], Some(input.as_bytes()));
+    assert!(out.success(), "import failed: {out:?}");
+    assert!(
+        !(out.stdout.trim().is_empty() && out.stderr.trim().is_empty()),
+        "import printed no summary"
+    );
+    let (_, ids_b) = export_ids(&b);
+    assert_eq!(ids_b, want, "import lost or added events");
+
+    b.spawn().await;
+    let mut ws = b.connect().await;
+    let mut served = ws.query(&[json!({"authors": [pk_hex(&k)]})]).await;
+    let mut expected: Vec<serde_json::Value> = regular.iter().map(event_value).collect();
+    expected.extend([event_value(&meta_new), event_value(&art), event_value(&del)]);
+    let key = |v: &serde_json::Value| v["id"].as_str().unwrap().to_owned();
+    served.sort_by_key(key);
+    expected.sort_by_key(key);
+    assert_eq!(served, expected, "imported events not served unchanged");
+
+    // The deletion came along as a deletion: the deleted id stays refused.
+    let (ok, msg) = ws.publish(&doomed).await;
+    assert!(!ok, "deleted event accepted after import");
+    assert_prefix(&msg, "blocked:");
+    // And the replaced metadata stays replaced.
+    let (ok, _) = ws.publish(&meta_old).await;
+    assert!(!ok, "older metadata accepted after import");
+}
+
+#[tokio::test]
+async fn import_refuses_a_tampered_event() {
+    let relay = Relay::builder().prepare();
+    let k = keys();
+    let good = ev(&k, 1, &[], "good");
+    let mut tampered = ev(&k, 1, &[], "signed text");
+    tampered.content = "changed text".into();
+    let mut bad_sig = ev(&k, 1, &[], "bad sig");
+    bad_sig.sig.0[0] ^= 1;
+    let input = format!(
+        "{}\n{}\nthis is not json\n{}\n",
+        tampered.to_json(),
+        good.to_json(),
+        bad_sig.to_json()
+    );
+    let out = relay.cli(&["import"], Some(input.as_bytes()));
+    assert!(out.code.is_some(), "{out:?}");
+    assert!(
+        !(out.stdout.trim().is_empty() && out.stderr.trim().is_empty()),
+        "import printed no summary"
+    );
+    let (_, ids) = export_ids(&relay);
+    assert!(ids.contains(&id_hex(&good)), "valid event not imported: {out:?}");
+    assert!(!ids.contains(&id_hex(&tampered)), "tampered event imported");
+    assert!(!ids.contains(&id_hex(&bad_sig)), "badly signed event imported");
+    assert_eq!(ids.len(), 1);
+}

@@ -1,0 +1,108 @@
+//! HTTP surface of the relay core: `/health` and the NIP-11 document.
+
+mod common;
+
+use common::*;
+
+#[tokio::test]
+async fn health_reports_healthy_version_and_uptime() {
+    let relay = Relay::start().await;
+    let r = relay.get("/health").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["status"], "healthy", "{v}");
+    assert!(
+        v["version"].as_str().is_some_and(|s| !s.is_empty()),
+        "version missing: {v}"
+    );
+    assert!(v["uptime_seconds"].is_u64(), "uptime_seconds missing: {v}");
+    assert!(
+        r.header("content-type")
+            .is_some_and(|c| c.contains("application/json")),
+        "{:?}",
+        r.headers
+    );
+}
+
+#[tokio::test]
+async fn health_is_served_when_auth_is_required() {
+    let relay = Relay::builder()
+        .config("[auth]\nenabled = true\n")
+        .start()
+        .await;
+    let r = relay.get("/health").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["status"], "healthy");
+}
+
+#[tokio::test]
+async fn nip11_document_with_limitation_and_mls_section() {
+    let relay = Relay::builder()
+        .config(
+            r#"
+[limitation]
+max_message_length = 65536
+max_subscriptions = 7
+max_filters = 4
+max_limit = 123
+max_subid_length = 40
+max_event_tags = 99
+"#,
+        )
+        .start()
+        .await;
+    let r = relay
+        .get_with("/", &[("Accept", "application/nostr+json")])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.header("content-type")
+            .is_some_and(|c| c.contains("application/nostr+json") || c.contains("application/json")),
+        "content-type: {:?}",
+        r.header("content-type")
+    );
+    assert!(
+        r.header("access-control-allow-origin").is_some(),
+        "NIP-11 requires CORS headers: {:?}",
+        r.headers
+    );
+    let v = r.json();
+    let lim = &v["limitation"];
+    assert!(lim.is_object(), "limitation missing: {v}");
+    assert_eq!(lim["max_message_length"], 65536, "{lim}");
+    assert_eq!(lim["max_subscriptions"], 7, "{lim}");
+    assert_eq!(lim["max_limit"], 123, "{lim}");
+    assert_eq!(lim["max_subid_length"], 40, "{lim}");
+    assert_eq!(lim["max_event_tags"], 99, "{lim}");
+    assert_eq!(lim["auth_required"], false, "{lim}");
+    let nips: Vec<u64> = v["supported_nips"]
+        .as_array()
+        .unwrap_or_else(|| panic!("supported_nips missing: {v}"))
+        .iter()
+        .filter_map(|n| n.as_u64())
+        .collect();
+    for nip in [1, 9, 11, 40, 42, 45, 70] {
+        assert!(nips.contains(&nip), "supported_nips lacks {nip}: {nips:?}");
+    }
+    assert!(v["mls"].is_object(), "mls section missing: {v}");
+}
+
+#[tokio::test]
+async fn nip11_reports_auth_required_when_enabled() {
+    let relay = Relay::builder()
+        .config("[auth]\nenabled = true\n")
+        .start()
+        .await;
+    let r = relay
+        .get_with("/", &[("Accept", "application/nostr+json")])
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["limitation"]["auth_required"], true);
+}
+
+#[tokio::test]
+async fn unknown_path_is_404() {
+    let relay = Relay::start().await;
+    let r = relay.get("/definitely/not/here").await;
+    assert_eq!(r.status, 404);
+}
