@@ -70,7 +70,7 @@ fn main() -> ExitCode {
         }),
         Command::Export(common) => load(&common).and_then(|config| {
             let n = runtime(Some(1))?.block_on(async {
-                let mut out = std::io::stdout().lock();
+                let mut out = std::io::BufWriter::new(std::io::stdout());
                 mls_relay::tools::export(&config, &mut out).await
             })?;
             eprintln!("exported {n} events");

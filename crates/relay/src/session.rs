@@ -219,9 +219,9 @@ impl Session {
             self.conn.send(relay::ok(&id, true, ""));
             return;
         }
-        let write = app.store.write(ev.clone(), Publisher { authed });
+        // Polled first in push order, so writes reach the store writer in arrival order.
         self.in_flight.push_back(Box::pin(async move {
-            match write.await {
+            match app.store.write(ev.clone(), Publisher { authed }).await {
                 Ok(WriteOutcome::Accepted) => {
                     fanout::publish(&app, &ev).await;
                     relay::ok(&id, true, "")
@@ -348,7 +348,7 @@ impl Session {
 
     /// Stored events for a REQ, visible to this connection, newest first, with KeyPackage
     /// claims applied.
-    async fn stored_results(&self, filters: &[Filter]) -> Result<Vec<(Hex32, Arc<str>)>, String> {
+    async fn stored_results(&mut self, filters: &[Filter]) -> Result<Vec<(Hex32, Arc<str>)>, String> {
         if filters.iter().all(|f| f.limit == Some(0)) {
             return Ok(Vec::new());
         }

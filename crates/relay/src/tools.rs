@@ -31,6 +31,9 @@ pub async fn export(config: &Config, out: &mut (dyn Write + Send)) -> Result<u64
         .await
         .map_err(|e| e.to_string())?;
     store.close().await;
+    if let Err(e) = out.flush() {
+        failed.get_or_insert(e.to_string());
+    }
     match failed {
         Some(e) => Err(format!("export: write failed: {e}")),
         None => Ok(n),
@@ -55,7 +58,7 @@ pub async fn import(
         if line.trim().is_empty() {
             continue;
         }
-        let refuse = |summary: &mut ImportSummary, why: &str| {
+        let mut refuse = |summary: &mut ImportSummary, why: &str| {
             summary.rejected += 1;
             let _ = writeln!(report, "line {}: {why}", n + 1);
         };
