@@ -80,7 +80,7 @@ impl App {
     }
 }
 
-/// Resolves once the shutdown flag is set (or its sender is gone).
-pub async fn until_shutdown(flag: &mut watch::Receiver<bool>) {
+/// Resolves once a flag (shutdown, slow connection) is set, or its sender is gone.
+pub async fn until_set(flag: &mut watch::Receiver<bool>) {
     let _ = flag.wait_for(|s| *s).await;
 }

@@ -44,28 +44,12 @@ pub async fn run(config: Config) -> Result<(), String> {
     let local = listener.local_addr().map_err(|e| e.to_string())?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let app = Arc::new(App::new(
-        config,
+    let purger = tokio::spawn(purge_loop(
         store.clone(),
-        gateway,
+        gateway.clone(),
         shutdown_rx.clone(),
     ));
-
-    let purge_store = store.clone();
-    let mut purge_shutdown = shutdown_rx.clone();
-    let purger = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(PURGE_INTERVAL);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => match purge_store.purge_expired(mls_proto::unix_now()).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(purged = n, "expired events purged"),
-                    Err(e) => tracing::error!(error = %e, "purge failed"),
-                },
-                _ = app::until_shutdown(&mut purge_shutdown) => break,
-            }
-        }
-    });
+    let app = Arc::new(App::new(config, store.clone(), gateway, shutdown_rx.clone()));
 
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -76,7 +60,7 @@ pub async fn run(config: Config) -> Result<(), String> {
     tracing::info!(address = %local, "listening on {local}");
     let mut server_shutdown = shutdown_rx.clone();
     axum::serve(listener, http::router(app.clone()))
-        .with_graceful_shutdown(async move { app::until_shutdown(&mut server_shutdown).await })
+        .with_graceful_shutdown(async move { app::until_set(&mut server_shutdown).await })
         .await
         .map_err(|e| format!("server error: {e}"))?;
 
@@ -84,6 +68,42 @@ pub async fn run(config: Config) -> Result<(), String> {
     store.close().await;
     tracing::info!("relay stopped");
     Ok(())
+}
+
+/// Drops expired events and the gateway's stale bookkeeping (expired KeyPackage records, rate
+/// counters of past windows) every `PURGE_INTERVAL`.
+async fn purge_loop(
+    store: Arc<dyn mls_store::EventStore>,
+    gateway: Arc<Gateway>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(PURGE_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = app::until_set(&mut shutdown) => break,
+        }
+        let now = mls_proto::unix_now();
+        match store.purge_expired(now).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(purged = n, "expired events purged"),
+            Err(e) => tracing::error!(error = %e, "event purge failed"),
+        }
+        let gateway = gateway.clone();
+        let state_purge = store
+            .update_state(Box::new(move |state| {
+                gateway
+                    .purge_state(now, state)
+                    .map(|_| ())
+                    .map_err(|e| mls_store::Rejection(format!("error: {e}")))
+            }))
+            .await;
+        match state_purge {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e.0, "gateway state purge failed"),
+            Err(e) => tracing::error!(error = %e, "gateway state purge failed"),
+        }
+    }
 }
 
 async fn shutdown_signal() {

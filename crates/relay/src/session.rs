@@ -17,9 +17,8 @@ use mls_store::{Publisher, WriteOutcome};
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch};
 
 /// EVENT writes one connection may have in flight before it stops reading.
 const MAX_IN_FLIGHT: usize = 256;
@@ -29,8 +28,8 @@ pub struct ConnectionHandle {
     pub id: u64,
     outbox: mpsc::Sender<String>,
     authed: RwLock<Vec<Hex32>>,
-    slow: AtomicBool,
-    kick: Notify,
+    /// Set once when the outbox overflows: the writer says why and closes, the reader stops.
+    slow: watch::Sender<bool>,
 }
 
 impl ConnectionHandle {
@@ -38,10 +37,16 @@ impl ConnectionHandle {
     /// rather than allowed to grow memory or stall the sender.
     pub fn send(&self, msg: String) {
         if let Err(mpsc::error::TrySendError::Full(_)) = self.outbox.try_send(msg) {
-            if !self.slow.swap(true, Ordering::Relaxed) {
-                self.kick.notify_one();
-            }
+            self.mark_slow();
         }
+    }
+
+    pub fn outbox_capacity(&self) -> usize {
+        self.outbox.max_capacity()
+    }
+
+    pub fn mark_slow(&self) {
+        self.slow.send_if_modified(|slow| !std::mem::replace(slow, true));
     }
 
     pub fn authed(&self) -> Vec<Hex32> {
@@ -85,13 +90,13 @@ pub async fn run(app: Arc<App>, socket: WebSocket, host: Option<String>) {
         id: app.next_connection_id(),
         outbox: tx,
         authed: RwLock::new(Vec::new()),
-        slow: AtomicBool::new(false),
-        kick: Notify::new(),
+        slow: watch::channel(false).0,
     });
     let mut shutdown = app.shutdown.clone();
 
     // Writer: drains the outbox; on a kick (slow reader) or shutdown it says why and closes.
-    let writer_conn = conn.clone();
+    let mut writer_slow = conn.slow.subscribe();
+    let mut reader_slow = conn.slow.subscribe();
     let mut writer_shutdown = app.shutdown.clone();
     let writer = tokio::spawn(async move {
         let close = |reason: &str| {
@@ -113,14 +118,14 @@ pub async fn run(app: Arc<App>, socket: WebSocket, host: Option<String>) {
                         break;
                     }
                 },
-                _ = writer_conn.kick.notified() => {
+                _ = crate::app::until_set(&mut writer_slow) => {
                     let _ = sink
                         .send(Message::Text(relay::notice("error: outbox full, closing slow connection").into()))
                         .await;
                     let _ = sink.send(close("slow reader")).await;
                     break;
                 }
-                _ = crate::app::until_shutdown(&mut writer_shutdown) => {
+                _ = crate::app::until_set(&mut writer_shutdown) => {
                     let _ = sink.send(close("relay shutting down")).await;
                     break;
                 }
@@ -142,8 +147,8 @@ pub async fn run(app: Arc<App>, socket: WebSocket, host: Option<String>) {
 
     loop {
         tokio::select! {
-            _ = crate::app::until_shutdown(&mut shutdown) => break,
-            _ = conn.kick.notified(), if conn.slow.load(Ordering::Relaxed) => break,
+            _ = crate::app::until_set(&mut shutdown) => break,
+            _ = crate::app::until_set(&mut reader_slow) => break,
             Some(ok) = session.in_flight.next(), if !session.in_flight.is_empty() => {
                 session.conn.send(ok);
             }

@@ -90,6 +90,9 @@ impl Subscription {
     pub fn deliver(&self, id: Hex32, json: &Arc<str>) {
         let mut pending = self.pending.lock().expect("pending lock");
         match pending.as_mut() {
+            // Bounded like the outbox: a REQ whose stored part takes long enough to hold
+            // back more than that is a connection that cannot keep up.
+            Some(held) if held.len() >= self.conn.outbox_capacity() => self.conn.mark_slow(),
             Some(held) => held.push((id, json.clone())),
             None => {
                 drop(pending);
