@@ -28,6 +28,9 @@ pub(crate) fn refuse_rumor() -> Rejection {
     Rejection("invalid: kind 444 must be gift-wrapped".into())
 }
 
+/// Seconds of slack on `giftwrap_max_backdate` for clock skew and transit time.
+pub const GIFTWRAP_CLOCK_GRACE: u64 = 600;
+
 pub(crate) fn admit(
     gw: &Gateway,
     ev: &Event,
@@ -42,7 +45,9 @@ pub(crate) fn admit(
             "invalid: kind 1059 must have at least one p tag".into(),
         ));
     }
-    if ev.created_at < received_at.saturating_sub(cfg.giftwrap_max_backdate) {
+    // The grace covers clock skew and transit: clients backdate up to exactly the maximum.
+    let oldest = received_at.saturating_sub(cfg.giftwrap_max_backdate + GIFTWRAP_CLOCK_GRACE);
+    if ev.created_at < oldest {
         return Err(Rejection(format!(
             "invalid: gift wrap created_at is more than giftwrap_max_backdate ({}s) in the past",
             cfg.giftwrap_max_backdate

@@ -708,10 +708,16 @@ fn giftwrap_and_welcome_rules() {
             Ok(()),
         ),
         row(
-            "marmot 1059 backdated 2 days minus a second",
+            "marmot 1059 backdated 2 days plus clock grace",
             |w| {
                 (
-                    ev(&w.eph, 1059, T - 2 * 86400 + 1, &[&["p", &hx(&w.bob)]], "x"),
+                    ev(
+                        &w.eph,
+                        1059,
+                        T - 2 * 86400 - crate::giftwrap::GIFTWRAP_CLOCK_GRACE,
+                        &[&["p", &hx(&w.bob)]],
+                        "x",
+                    ),
                     vec![],
                 )
             },
@@ -721,7 +727,13 @@ fn giftwrap_and_welcome_rules() {
             "marmot 1059 backdated beyond giftwrap_max_backdate",
             |w| {
                 (
-                    ev(&w.eph, 1059, T - 2 * 86400 - 1, &[&["p", &hx(&w.bob)]], "x"),
+                    ev(
+                        &w.eph,
+                        1059,
+                        T - 2 * 86400 - crate::giftwrap::GIFTWRAP_CLOCK_GRACE - 1,
+                        &[&["p", &hx(&w.bob)]],
+                        "x",
+                    ),
                     vec![],
                 )
             },
