@@ -89,15 +89,24 @@ fn seed_config_file_in_the_repo_parses() {
 fn seed_config_as_written_in_the_protocol_parses() {
     let out = check_config(&seed_text(), &[]);
     let t = printed(&out);
-    assert_eq!(get(&t, "server.port").and_then(|v| v.as_integer()), Some(8080));
-    assert_eq!(get(&t, "auth.enabled").and_then(|v| v.as_bool()), Some(true));
+    assert_eq!(
+        get(&t, "server.port").and_then(|v| v.as_integer()),
+        Some(8080)
+    );
+    assert_eq!(
+        get(&t, "auth.enabled").and_then(|v| v.as_bool()),
+        Some(true)
+    );
     assert_eq!(
         get(&t, "extensions.mls_gateway.storage_backend").and_then(|v| v.as_str()),
         Some("firestore")
     );
     assert_eq!(
-        get(&t, "extensions.mls_gateway.rate_limits.max_keypackages_per_hour")
-            .and_then(|v| v.as_integer()),
+        get(
+            &t,
+            "extensions.mls_gateway.rate_limits.max_keypackages_per_hour"
+        )
+        .and_then(|v| v.as_integer()),
         Some(10)
     );
     assert_eq!(
@@ -106,7 +115,10 @@ fn seed_config_as_written_in_the_protocol_parses() {
     );
     // What it prints is itself a valid config.
     let again = check_config(&out.stdout, &[]);
-    assert!(again.success(), "printed config does not load back: {again:?}");
+    assert!(
+        again.success(),
+        "printed config does not load back: {again:?}"
+    );
 }
 
 #[test]
@@ -131,10 +143,19 @@ fn invalid_values_exit_non_zero_naming_the_key() {
     let cases = [
         ("[server]\nport = \"eighty\"\n", "port"),
         ("[server]\nport = 70000\n", "port"),
-        ("[limitation]\nmax_subscriptions = -5\n", "max_subscriptions"),
-        ("[limitation]\nmax_message_length = \"big\"\n", "max_message_length"),
+        (
+            "[limitation]\nmax_subscriptions = -5\n",
+            "max_subscriptions",
+        ),
+        (
+            "[limitation]\nmax_message_length = \"big\"\n",
+            "max_message_length",
+        ),
         ("[auth]\nenabled = \"yes\"\n", "enabled"),
-        ("[auth]\npubkey_whitelist = [\"not-a-key\"]\n", "pubkey_whitelist"),
+        (
+            "[auth]\npubkey_whitelist = [\"not-a-key\"]\n",
+            "pubkey_whitelist",
+        ),
         (
             "[extensions.mls_gateway]\nstorage_backend = \"mongodb\"\n",
             "storage_backend",
@@ -177,17 +198,28 @@ fn unknown_keys_are_warned_about_by_name() {
 }
 
 #[test]
-fn missing_file_means_built_in_defaults() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("does-not-exist.toml");
-    let out = run_cli(&["check-config", "-c", p.to_str().unwrap()], None, &[]);
+fn no_config_file_means_built_in_defaults() {
+    // Without `-c` (and without MLS_GATEWAY_CONFIG, which the harness removes) the built-in
+    // defaults apply. (An explicit `-c` naming a file that does not exist is an error: a typo
+    // in a path must not silently start a relay with defaults.)
+    let out = run_cli(&["check-config"], None, &[]);
     let t = printed(&out);
-    assert_eq!(get(&t, "server.port").and_then(|v| v.as_integer()), Some(8080));
+    assert_eq!(
+        get(&t, "server.port").and_then(|v| v.as_integer()),
+        Some(8080)
+    );
     assert_eq!(
         get(&t, "server.host").and_then(|v| v.as_str()),
         Some("127.0.0.1")
     );
-    assert_eq!(get(&t, "auth.enabled").and_then(|v| v.as_bool()), Some(false));
+    assert_eq!(
+        get(&t, "auth.enabled").and_then(|v| v.as_bool()),
+        Some(false)
+    );
+    assert_eq!(
+        get(&t, "extensions.mls_gateway.storage_backend").and_then(|v| v.as_str()),
+        Some("embedded")
+    );
 }
 
 #[test]
@@ -201,8 +233,14 @@ fn environment_overrides_the_file() {
         ],
     );
     let t = printed(&out);
-    assert_eq!(get(&t, "server.port").and_then(|v| v.as_integer()), Some(9911));
-    assert_eq!(get(&t, "auth.enabled").and_then(|v| v.as_bool()), Some(true));
+    assert_eq!(
+        get(&t, "server.port").and_then(|v| v.as_integer()),
+        Some(9911)
+    );
+    assert_eq!(
+        get(&t, "auth.enabled").and_then(|v| v.as_bool()),
+        Some(true)
+    );
     assert_eq!(
         get(&t, "extensions.mls_gateway.project_id").and_then(|v| v.as_str()),
         Some("env-project")
@@ -221,7 +259,8 @@ fn firestore_backend_without_project_id_is_a_clear_startup_error() {
     let out = run_cli_timeout(&["relay", "-c", &path], None, &[], Duration::from_secs(60));
     assert!(!out.success() && out.code.is_some(), "{out:?}");
     assert!(
-        out.stderr.contains("project_id required for Firestore backend"),
+        out.stderr
+            .contains("project_id required for Firestore backend"),
         "stderr: {}",
         out.stderr
     );
@@ -349,8 +388,14 @@ async fn import_refuses_a_tampered_event() {
         "import printed no summary"
     );
     let (_, ids) = export_ids(&relay);
-    assert!(ids.contains(&id_hex(&good)), "valid event not imported: {out:?}");
+    assert!(
+        ids.contains(&id_hex(&good)),
+        "valid event not imported: {out:?}"
+    );
     assert!(!ids.contains(&id_hex(&tampered)), "tampered event imported");
-    assert!(!ids.contains(&id_hex(&bad_sig)), "badly signed event imported");
+    assert!(
+        !ids.contains(&id_hex(&bad_sig)),
+        "badly signed event imported"
+    );
     assert_eq!(ids.len(), 1);
 }

@@ -60,7 +60,10 @@ async fn acknowledged_events_survive_sigkill() {
                         continue;
                     }
                     if v[2] == true {
-                        acked.lock().unwrap().push(v[1].as_str().unwrap().to_owned());
+                        acked
+                            .lock()
+                            .unwrap()
+                            .push(v[1].as_str().unwrap().to_owned());
                     } else {
                         refused.lock().unwrap().push(v);
                     }
@@ -88,7 +91,10 @@ async fn acknowledged_events_survive_sigkill() {
             "round {round}: events refused during the burst: {:?}",
             &refused[..refused.len().min(5)]
         );
-        assert!(!acked.is_empty(), "round {round}: no event acknowledged before the kill");
+        assert!(
+            !acked.is_empty(),
+            "round {round}: no event acknowledged before the kill"
+        );
         eprintln!(
             "round {round}: {} acknowledged of {} sent before SIGKILL",
             acked.len(),

@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
+use std::time::Duration;
 
 const LIMITS: &str = r#"
 [limitation]
@@ -55,7 +56,9 @@ async fn sub_id_too_long_is_closed_invalid() {
 async fn default_limits_for_sub_id_and_filters() {
     let relay = Relay::start().await;
     let mut ws = relay.connect().await;
-    let m = ws.req_closed(&"a".repeat(65), &[json!({"kinds": [1]})]).await;
+    let m = ws
+        .req_closed(&"a".repeat(65), &[json!({"kinds": [1]})])
+        .await;
     assert_prefix(&m, "invalid:");
     ws.req(&"b".repeat(64), &[json!({"kinds": [1]})]).await;
     let m = ws.req_closed("many", &filters(11)).await;
@@ -78,12 +81,15 @@ async fn bad_filters_are_closed_invalid_and_connection_stays_usable() {
     ];
     for (i, f) in bad.iter().enumerate() {
         let sub = format!("bad{i}");
-        let m = ws.req_closed(&sub, &[f.clone()]).await;
+        let m = ws.req_closed(&sub, std::slice::from_ref(f)).await;
         assert_prefix(&m, "invalid:");
     }
     let e = ev(&keys(), 1, &[], "usable");
     ws.publish_ok(&e).await;
-    assert_eq!(ws.query_ids(&[json!({"ids": [id_hex(&e)]})]).await, vec![id_hex(&e)]);
+    assert_eq!(
+        ws.query_ids(&[json!({"ids": [id_hex(&e)]})]).await,
+        vec![id_hex(&e)]
+    );
 }
 
 #[tokio::test]
@@ -160,13 +166,18 @@ async fn created_at_outside_the_window_is_refused_invalid() {
     let mut ws = relay.connect().await;
     let k = keys();
     let (ok, msg) = ws.publish(&ev_at(&k, now() + 3600, 1, &[], "future")).await;
-    assert!(!ok, "event an hour in the future accepted (upper limit 900 s)");
+    assert!(
+        !ok,
+        "event an hour in the future accepted (upper limit 900 s)"
+    );
     assert_prefix(&msg, "invalid:");
     let (ok, msg) = ws.publish(&ev_at(&k, now() - 7200, 1, &[], "past")).await;
     assert!(!ok, "event two hours old accepted (lower limit 3600 s)");
     assert_prefix(&msg, "invalid:");
-    ws.publish_ok(&ev_at(&k, now() + 60, 1, &[], "near future")).await;
-    ws.publish_ok(&ev_at(&k, now() - 600, 1, &[], "recent past")).await;
+    ws.publish_ok(&ev_at(&k, now() + 60, 1, &[], "near future"))
+        .await;
+    ws.publish_ok(&ev_at(&k, now() - 600, 1, &[], "recent past"))
+        .await;
 }
 
 #[tokio::test]
@@ -175,10 +186,14 @@ async fn created_at_upper_limit_applies_by_default() {
     let mut ws = relay.connect().await;
     let k = keys();
     let (ok, msg) = ws.publish(&ev_at(&k, now() + 3600, 1, &[], "future")).await;
-    assert!(!ok, "event an hour in the future accepted (default upper limit 900 s)");
+    assert!(
+        !ok,
+        "event an hour in the future accepted (default upper limit 900 s)"
+    );
     assert_prefix(&msg, "invalid:");
     // Lower limit is off by default.
-    ws.publish_ok(&ev_at(&k, 1_000_000_000, 1, &[], "old")).await;
+    ws.publish_ok(&ev_at(&k, 1_000_000_000, 1, &[], "old"))
+        .await;
 }
 
 #[tokio::test]
@@ -200,7 +215,10 @@ async fn oversize_message_is_answered_and_not_stored() {
         assert_any_prefix(m[1].as_str().unwrap(), STANDARD_PREFIXES);
     }
     let mut other = relay.connect().await;
-    assert!(other.query(&[json!({"ids": [id_hex(&e)]})]).await.is_empty());
+    assert!(other
+        .query(&[json!({"ids": [id_hex(&e)]})])
+        .await
+        .is_empty());
 }
 
 #[tokio::test]
@@ -222,4 +240,97 @@ async fn events_per_minute_rate_limit() {
     let (i, msg) = refused.expect("10 events in a row accepted with max_events_per_minute = 3");
     assert!(i >= 3, "refused after only {i} events: {msg}");
     assert_prefix(&msg, "rate-limited:");
+}
+
+#[tokio::test]
+async fn default_max_message_length_is_one_mib_and_connection_stays_usable() {
+    let relay = Relay::builder()
+        .config("[limitation]\nmax_content_length = 4194304\n")
+        .start()
+        .await;
+    let mut ws = relay.connect().await;
+    let k = keys();
+    // Just under 1 MiB: accepted.
+    let fits = ev(&k, 1, &[], &"a".repeat(1_000_000));
+    ws.publish_ok(&fits).await;
+    // Over 1 MiB: refused with an answer, and the connection goes on.
+    let big = ev(&k, 1, &[], &"b".repeat(1_100_000));
+    ws.send(&json!(["EVENT", big])).await;
+    let m = ws
+        .wait_for("NOTICE or OK for an oversize message", |m| {
+            m[0] == "NOTICE" || m[0] == "OK"
+        })
+        .await;
+    if m[0] == "OK" {
+        assert_eq!(m[2], false, "oversize event accepted");
+        assert_any_prefix(m[3].as_str().unwrap(), STANDARD_PREFIXES);
+    } else {
+        assert_any_prefix(m[1].as_str().unwrap(), STANDARD_PREFIXES);
+    }
+    let small = ev(&k, 1, &[], "small");
+    ws.publish_ok(&small).await;
+    assert!(ws.query(&[json!({"ids": [id_hex(&big)]})]).await.is_empty());
+}
+
+#[tokio::test]
+async fn slow_reader_is_disconnected_with_a_notice_and_others_go_on() {
+    let relay = Relay::builder()
+        .config("[limitation]\noutbox_capacity = 16\nmax_content_length = 262144\n")
+        .start()
+        .await;
+    let k = keys();
+    // Subscribes to everything, then does not read.
+    let mut slow = relay.connect().await;
+    slow.req("all", &[json!({"kinds": [1]})]).await;
+
+    // Enough live traffic to fill the kernel's socket buffers and then the outbox:
+    // 400 × 100 KiB = 40 MiB, in pipelined batches (smaller than the outbox, so the
+    // publisher's own OKs never overflow it). The publisher is never held up.
+    let mut publisher = relay.connect().await;
+    let body = "p".repeat(100 * 1024);
+    for batch in 0..40 {
+        let evs: Vec<_> = (0..10)
+            .map(|i| ev(&k, 1, &[], &format!("{batch}-{i} {body}")))
+            .collect();
+        for e in &evs {
+            publisher.send(&json!(["EVENT", e])).await;
+        }
+        for e in &evs {
+            let (ok, msg) = publisher.wait_ok(&id_hex(e)).await;
+            assert!(ok, "publisher refused while a reader is slow: {msg}");
+        }
+    }
+
+    // The slow reader now reads: a NOTICE, then the end of the connection.
+    let mut notices = Vec::new();
+    let mut events = 0usize;
+    while let Some(m) = slow.recv_until_closed(Duration::from_secs(30)).await {
+        match m[0].as_str() {
+            Some("NOTICE") => notices.push(m[1].as_str().unwrap_or_default().to_owned()),
+            Some("EVENT") => events += 1,
+            _ => {}
+        }
+        assert!(
+            events <= 400,
+            "slow reader got every event: it was never disconnected"
+        );
+    }
+    assert!(
+        events < 400,
+        "slow reader got every event: never disconnected"
+    );
+    assert!(
+        !notices.is_empty(),
+        "slow reader disconnected without a NOTICE"
+    );
+    assert_any_prefix(notices.last().unwrap(), STANDARD_PREFIXES);
+
+    // The relay is fine and others are served.
+    let mut other = relay.connect().await;
+    let e = ev(&k, 1, &[], "after the slow reader");
+    other.publish_ok(&e).await;
+    assert_eq!(
+        other.query_ids(&[json!({"ids": [id_hex(&e)]})]).await,
+        vec![id_hex(&e)]
+    );
 }

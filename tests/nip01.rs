@@ -48,7 +48,8 @@ async fn answers_have_the_nip01_shapes() {
     assert_eq!(ok, json!(["OK", id_hex(&e), true, ok[3].clone()]));
     assert!(ok[3].is_string());
 
-    ws.send(&json!(["REQ", "shape-sub", {"ids": [id_hex(&e)]}])).await;
+    ws.send(&json!(["REQ", "shape-sub", {"ids": [id_hex(&e)]}]))
+        .await;
     let m = ws.recv().await;
     assert_eq!(m, json!(["EVENT", "shape-sub", event_value(&e)]));
     let m = ws.recv().await;
@@ -99,7 +100,10 @@ async fn bad_id_is_refused_invalid_and_not_stored() {
     let (ok, msg) = ws.publish(&e).await;
     assert!(!ok, "event whose id does not match accepted");
     assert_prefix(&msg, "invalid:");
-    assert!(ws.query(&[json!({"authors": [pk_hex(&k)]})]).await.is_empty());
+    assert!(ws
+        .query(&[json!({"authors": [pk_hex(&k)]})])
+        .await
+        .is_empty());
 
     // Signature of another event reused under a different id.
     let a = ev(&k, 1, &[], "a");
@@ -128,7 +132,9 @@ async fn malformed_event_with_readable_id_gets_ok_false_invalid() {
     ws.send(&json!(["EVENT", v])).await;
     // Either an OK false for the (uppercase) id or a NOTICE; never acceptance.
     let m = ws
-        .wait_for("answer to uppercase id", |m| m[0] == "OK" || m[0] == "NOTICE")
+        .wait_for("answer to uppercase id", |m| {
+            m[0] == "OK" || m[0] == "NOTICE"
+        })
         .await;
     if m[0] == "OK" {
         assert_eq!(m[2], false, "{m}");
@@ -151,6 +157,8 @@ async fn malformed_json_gets_notice_and_connection_stays_usable() {
         "[\"REQ\"]",
         "[\"CLOSE\"]",
         "[\"EVENT\", ",
+        "[\"REQ\", 1, {}]",
+        "[\"REQ\", \"\", {}]",
     ] {
         ws.send_text(bad).await;
         let n = ws.notice().await;
@@ -226,7 +234,11 @@ async fn results_are_newest_first_with_ties_lowest_id_first() {
     assert_eq!(limited, expected[..3].to_vec(), "limit keeps the newest");
 
     let limited_ids = ws.query_ids(&[json!({"ids": asked, "limit": 2})]).await;
-    assert_eq!(limited_ids, expected[..2].to_vec(), "limit on ids keeps the newest");
+    assert_eq!(
+        limited_ids,
+        expected[..2].to_vec(),
+        "limit on ids keeps the newest"
+    );
 }
 
 #[tokio::test]
@@ -269,7 +281,10 @@ async fn limit_is_per_filter_and_several_filters_are_a_union() {
     let mut want: Vec<String> = a_evs.iter().map(id_hex).collect();
     want.push(id_hex(&b_evs[3]));
     want.sort();
-    assert_eq!(got_sorted, want, "union of filters, each event once: {got:?}");
+    assert_eq!(
+        got_sorted, want,
+        "union of filters, each event once: {got:?}"
+    );
 }
 
 #[tokio::test]
@@ -287,7 +302,8 @@ async fn filters_match_kinds_tags_since_until() {
     }
     let me = pk_hex(&k);
     assert_eq!(
-        ws.query_ids(&[json!({"authors": [me], "kinds": [7]})]).await,
+        ws.query_ids(&[json!({"authors": [me], "kinds": [7]})])
+            .await,
         vec![id_hex(&e2)]
     );
     assert_eq!(
@@ -296,7 +312,8 @@ async fn filters_match_kinds_tags_since_until() {
         vec![id_hex(&e1)]
     );
     assert_eq!(
-        ws.query_ids(&[json!({"authors": [me], "#p": [other]})]).await,
+        ws.query_ids(&[json!({"authors": [me], "#p": [other]})])
+            .await,
         vec![id_hex(&e3), id_hex(&e2)]
     );
     assert_eq!(
@@ -330,7 +347,11 @@ async fn limit_zero_gives_eose_at_once_then_live_events() {
     ws.send_req("live", &[json!({"authors": [pk_hex(&k)], "limit": 0})])
         .await;
     let first = ws.recv().await;
-    assert_eq!(first, json!(["EOSE", "live"]), "limit:0 must not serve stored events");
+    assert_eq!(
+        first,
+        json!(["EOSE", "live"]),
+        "limit:0 must not serve stored events"
+    );
 
     let mut pub_ws = relay.connect().await;
     let e = ev(&k, 1, &[], "live one");
@@ -360,7 +381,9 @@ async fn live_delivery_matches_filters_only() {
     sub.expect_silence(500).await;
 
     // Several subscriptions on one connection: each gets its own copy under its own id.
-    let _ = sub.req("s2", &[json!({"kinds": [1], "authors": [pk_hex(&a)]})]).await;
+    let _ = sub
+        .req("s2", &[json!({"kinds": [1], "authors": [pk_hex(&a)]})])
+        .await;
     let e = ev(&a, 1, &[], "two subs");
     publisher.publish_ok(&e).await;
     assert_eq!(sub.next_event("s1").await, event_value(&e));
@@ -402,7 +425,11 @@ async fn req_with_existing_sub_id_replaces_it() {
     let nb = ev(&b, 1, &[], "new b");
     publisher.publish_ok(&nb).await;
     let got = ws.next_event("same").await;
-    assert_eq!(got, event_value(&nb), "old filter still active after replacement");
+    assert_eq!(
+        got,
+        event_value(&nb),
+        "old filter still active after replacement"
+    );
     ws.expect_silence(500).await;
 }
 
@@ -443,7 +470,8 @@ async fn count_returns_the_number_of_matches() {
     let me = pk_hex(&k);
     assert_eq!(ws.count("c1", &[json!({"authors": [me]})]).await, Ok(4));
     assert_eq!(
-        ws.count("c2", &[json!({"authors": [me], "kinds": [1]})]).await,
+        ws.count("c2", &[json!({"authors": [me], "kinds": [1]})])
+            .await,
         Ok(3)
     );
     assert_eq!(
@@ -460,7 +488,10 @@ async fn count_returns_the_number_of_matches() {
     assert_eq!(
         ws.count(
             "c5",
-            &[json!({"authors": [me], "kinds": [1]}), json!({"authors": [me], "kinds": [7]})]
+            &[
+                json!({"authors": [me], "kinds": [1]}),
+                json!({"authors": [me], "kinds": [7]})
+            ]
         )
         .await,
         Ok(4)
@@ -483,7 +514,9 @@ async fn replaceable_kinds_keep_only_the_newest() {
             .await;
         assert_eq!(got, vec![id_hex(&newer)], "kind {kind}");
         assert!(
-            ws.query(&[json!({"ids": [id_hex(&older)]})]).await.is_empty(),
+            ws.query(&[json!({"ids": [id_hex(&older)]})])
+                .await
+                .is_empty(),
             "kind {kind}: replaced version still served by id"
         );
 
@@ -628,10 +661,7 @@ async fn auth_event_kind_22242_is_never_stored_or_served() {
     let k = keys();
     let mut ws = relay.connect_authed(&k).await;
     let mut other = relay.connect().await;
-    assert!(other
-        .query(&[json!({"kinds": [22242]})])
-        .await
-        .is_empty());
+    assert!(other.query(&[json!({"kinds": [22242]})]).await.is_empty());
     // Published as a plain EVENT, 22242 is ephemeral-range: never served afterwards either.
     let c = ws.challenge().await;
     let e = auth_event(&k, &c, &relay.ws_url());
@@ -643,4 +673,58 @@ async fn auth_event_kind_22242_is_never_stored_or_served() {
         .query(&[json!({"kinds": [22242], "authors": [pk_hex(&k)]})])
         .await
         .is_empty());
+}
+
+#[tokio::test]
+async fn refused_and_duplicate_events_are_not_delivered_live() {
+    let relay = Relay::start().await;
+    let k = keys();
+    let me = pk_hex(&k);
+    let mut sub = relay.connect().await;
+    sub.req("watch", &[json!({"authors": [me]})]).await;
+    let mut publisher = relay.connect().await;
+    let t = now() - 100;
+
+    let newer = ev_at(&k, t + 10, 0, &[], "{\"name\":\"newer\"}");
+    publisher.publish_ok(&newer).await;
+    assert_eq!(sub.next_event("watch").await, event_value(&newer));
+
+    // Older replaceable (OK false), duplicate (OK true duplicate:), bad signature (OK false),
+    // already expired (OK false), deleted then re-submitted (OK false): none goes out live.
+    let older = ev_at(&k, t, 0, &[], "{\"name\":\"older\"}");
+    let (ok, _) = publisher.publish(&older).await;
+    assert!(!ok);
+    let (ok, msg) = publisher.publish(&newer).await;
+    assert!(ok);
+    assert_prefix(&msg, "duplicate:");
+    let mut bad = ev(&k, 1, &[], "bad sig");
+    bad.sig.0[1] ^= 1;
+    let (ok, _) = publisher.publish(&bad).await;
+    assert!(!ok);
+    let expired = ev(
+        &k,
+        1,
+        &[&["expiration", &(now() - 5).to_string()]],
+        "expired",
+    );
+    let (ok, _) = publisher.publish(&expired).await;
+    assert!(!ok);
+    let doomed = ev(&k, 1, &[], "doomed");
+    publisher.publish_ok(&doomed).await;
+    assert_eq!(sub.next_event("watch").await, event_value(&doomed));
+    let del = ev(&k, 5, &[&["e", &id_hex(&doomed)]], "");
+    publisher.publish_ok(&del).await;
+    assert_eq!(sub.next_event("watch").await, event_value(&del));
+    let (ok, _) = publisher.publish(&doomed).await;
+    assert!(!ok);
+
+    // A final accepted event marks the end: it must be the next thing the subscriber sees.
+    let last = ev(&k, 1, &[], "last");
+    publisher.publish_ok(&last).await;
+    assert_eq!(
+        sub.next_event("watch").await,
+        event_value(&last),
+        "a refused or duplicate event was delivered live"
+    );
+    sub.expect_silence(300).await;
 }

@@ -75,7 +75,10 @@ async fn delete_by_e_of_someone_elses_event_has_no_effect() {
     let pre = ev(&attacker, 5, &[&["e", &id_hex(&future)]], "");
     let (_ok, _msg) = ws.publish(&pre).await;
     let (ok, msg) = ws.publish(&future).await;
-    assert!(ok, "foreign deletion tombstoned another author's event: {msg}");
+    assert!(
+        ok,
+        "foreign deletion tombstoned another author's event: {msg}"
+    );
     assert_eq!(
         ws.query(&[json!({"ids": [id_hex(&future)]})]).await.len(),
         1
@@ -118,11 +121,20 @@ async fn delete_by_a_covers_versions_up_to_the_deletion_created_at() {
     assert_prefix(&msg, "blocked:");
 
     // Another version older than the deletion: refused, not served.
-    let v_old = ev_at(&k, t + 50, 30023, &[&["d", "article"]], "older than deletion");
+    let v_old = ev_at(
+        &k,
+        t + 50,
+        30023,
+        &[&["d", "article"]],
+        "older than deletion",
+    );
     let (ok, msg) = ws.publish(&v_old).await;
     assert!(!ok, "version older than the `a` deletion accepted");
     assert_any_prefix(&msg, &["blocked:", "invalid:"]);
-    assert!(ws.query(&[json!({"ids": [id_hex(&v_old)]})]).await.is_empty());
+    assert!(ws
+        .query(&[json!({"ids": [id_hex(&v_old)]})])
+        .await
+        .is_empty());
 
     // A version newer than the deletion is a new life of the address.
     let v_new = ev_at(&k, t + 200, 30023, &[&["d", "article"]], "after deletion");
@@ -191,15 +203,50 @@ async fn gift_wrap_recipient_may_delete_it() {
     );
     let mut publisher = relay.connect().await;
     publisher.publish_ok(&gw).await;
+    // Recipient-only (PROTOCOL.md §3): not served to the unauthenticated publisher. By id it
+    // is simply not there (answering CLOSED would reveal that the id exists); a filter that can
+    // only match the recipient's gift wraps is answered `CLOSED auth-required:`.
+    publisher
+        .send_req("gw-id", &[json!({"ids": [id_hex(&gw)]})])
+        .await;
+    match publisher.collect("gw-id").await {
+        Ok(evs) => assert!(
+            evs.is_empty(),
+            "gift wrap served to an unauthenticated connection"
+        ),
+        Err(m) => assert_any_prefix(&m, &["auth-required:", "restricted:"]),
+    }
+    let only_theirs = json!({"kinds": [1059], "#p": [pk_hex(&recipient)]});
+    let m = publisher
+        .req_closed("gw-anon", std::slice::from_ref(&only_theirs))
+        .await;
+    assert_prefix(&m, "auth-required:");
 
     let mut r = relay.connect_authed(&recipient).await;
-    assert_eq!(r.query_ids(&[json!({"ids": [id_hex(&gw)]})]).await, vec![id_hex(&gw)]);
+    assert_eq!(
+        r.query_ids(&[json!({"ids": [id_hex(&gw)]})]).await,
+        vec![id_hex(&gw)]
+    );
 
-    // A stranger cannot delete it.
+    // A stranger can neither read it ...
     let mut s = relay.connect_authed(&stranger).await;
+    let m = s
+        .req_closed("gw-stranger", std::slice::from_ref(&only_theirs))
+        .await;
+    assert_prefix(&m, "restricted:");
+    s.send_req("gw-stranger-id", &[json!({"ids": [id_hex(&gw)]})])
+        .await;
+    match s.collect("gw-stranger-id").await {
+        Ok(evs) => assert!(evs.is_empty(), "gift wrap served to a stranger"),
+        Err(m) => assert_any_prefix(&m, &["auth-required:", "restricted:"]),
+    }
+    // ... nor delete it.
     let del = ev(&stranger, 5, &[&["e", &id_hex(&gw)], &["k", "1059"]], "");
     let _ = s.publish(&del).await;
-    assert_eq!(r.query_ids(&[json!({"ids": [id_hex(&gw)]})]).await, vec![id_hex(&gw)]);
+    assert_eq!(
+        r.query_ids(&[json!({"ids": [id_hex(&gw)]})]).await,
+        vec![id_hex(&gw)]
+    );
 
     // The recipient can.
     let del = ev(&recipient, 5, &[&["e", &id_hex(&gw)], &["k", "1059"]], "");
@@ -231,7 +278,12 @@ async fn event_that_expires_while_stored_is_no_longer_served() {
     let k = keys();
     let exp = now() + 4;
     let e = ev(&k, 1, &[&["expiration", &exp.to_string()]], "short-lived");
-    let keep = ev(&k, 1, &[&["expiration", &(now() + 86400).to_string()]], "long-lived");
+    let keep = ev(
+        &k,
+        1,
+        &[&["expiration", &(now() + 86400).to_string()]],
+        "long-lived",
+    );
     ws.publish_ok(&e).await;
     ws.publish_ok(&keep).await;
     if now() + 1 < exp {
@@ -257,5 +309,43 @@ async fn event_that_expires_while_stored_is_no_longer_served() {
         ws.count("c", &[json!({"authors": [pk_hex(&k)]})]).await,
         Ok(1),
         "expired event counted"
+    );
+}
+
+#[tokio::test]
+async fn tombstones_and_replacements_survive_a_restart() {
+    let mut relay = Relay::start().await;
+    let k = keys();
+    let t = now() - 100;
+    let mut ws = relay.connect().await;
+    let doomed = ev(&k, 1, &[], "deleted before restart");
+    ws.publish_ok(&doomed).await;
+    ws.publish_ok(&ev(&k, 5, &[&["e", &id_hex(&doomed)]], ""))
+        .await;
+    let art = ev_at(&k, t, 30023, &[&["d", "x"]], "v1");
+    ws.publish_ok(&art).await;
+    let addr = format!("30023:{}:x", pk_hex(&k));
+    ws.publish_ok(&ev_at(&k, t + 10, 5, &[&["a", &addr]], ""))
+        .await;
+    let meta_old = ev_at(&k, t, 0, &[], "{}");
+    let meta_new = ev_at(&k, t + 1, 0, &[], "{\"name\":\"n\"}");
+    ws.publish_ok(&meta_old).await;
+    ws.publish_ok(&meta_new).await;
+    drop(ws);
+
+    relay.restart().await;
+    let mut ws = relay.connect().await;
+    let (ok, msg) = ws.publish(&doomed).await;
+    assert!(!ok, "deleted id accepted after restart");
+    assert_prefix(&msg, "blocked:");
+    let (ok, _) = ws.publish(&art).await;
+    assert!(!ok, "address-deleted version accepted after restart");
+    let (ok, msg) = ws.publish(&meta_old).await;
+    assert!(!ok, "replaced version accepted after restart");
+    assert_prefix(&msg, "invalid:");
+    assert_eq!(
+        ws.query_ids(&[json!({"authors": [pk_hex(&k)], "kinds": [0, 1, 30023]})])
+            .await,
+        vec![id_hex(&meta_new)]
     );
 }

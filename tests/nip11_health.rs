@@ -106,3 +106,59 @@ async fn unknown_path_is_404() {
     let r = relay.get("/definitely/not/here").await;
     assert_eq!(r.status, 404);
 }
+
+/// PROTOCOL.md §8: structured JSON logs with a Cloud Logging `severity`; never event content,
+/// never a full pubkey — also at debug level for the relay's own crates.
+#[tokio::test]
+async fn logs_are_json_lines_without_content_or_full_pubkeys() {
+    let relay = Relay::builder()
+        .env(
+            "RUST_LOG",
+            "debug,hyper=info,h2=info,tungstenite=info,tokio_tungstenite=info,axum=info,tower=info,heed=info",
+        )
+        .start()
+        .await;
+    let k = keys();
+    let secret = "very-secret-content-7f3a91";
+    let mut ws = relay.connect_authed(&k).await;
+    let e = ev(&k, 1, &[&["t", "log-test"]], secret);
+    ws.publish_ok(&e).await;
+    let mut bad = ev(&k, 1, &[], "another-secret-c0ffee");
+    bad.sig.0[0] ^= 1;
+    let (ok, _) = ws.publish(&bad).await;
+    assert!(!ok);
+    let _ = ws
+        .query(&[serde_json::json!({"authors": [pk_hex(&k)]})])
+        .await;
+    ws.send_text("garbage that is not json").await;
+    let _ = ws.notice().await;
+    drop(ws);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+
+    let log = relay.log();
+    let complete = match log.rfind('\n') {
+        Some(i) => &log[..i],
+        None => "",
+    };
+    let lines: Vec<&str> = complete.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "the relay logged nothing to stderr");
+    for l in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("log line is not JSON ({e}): {l}"));
+        assert!(v.is_object(), "{l}");
+        assert!(
+            v.get("severity").is_some(),
+            "log line without severity: {l}"
+        );
+        assert!(
+            v.get("timestamp").is_some() || v.get("time").is_some(),
+            "no timestamp: {l}"
+        );
+    }
+    assert!(!log.contains(secret), "event content logged");
+    assert!(
+        !log.contains("another-secret-c0ffee"),
+        "refused event content logged"
+    );
+    assert!(!log.contains(&pk_hex(&k)), "full pubkey logged");
+}

@@ -16,7 +16,10 @@ async fn challenge_is_sent_on_connect_and_differs_per_connection() {
     let ca = a.challenge().await;
     let cb = b.challenge().await;
     assert!(!ca.is_empty());
-    assert!(ca.len() >= 8, "challenge too short to be unguessable: {ca:?}");
+    assert!(
+        ca.len() >= 8,
+        "challenge too short to be unguessable: {ca:?}"
+    );
     assert_ne!(ca, cb, "two connections got the same challenge");
 }
 
@@ -71,7 +74,10 @@ async fn configured_relay_url_is_the_one_to_name() {
     }
     let mut ws = relay.connect().await;
     let (ok, msg) = ws.auth(&keys(), &relay.ws_url()).await;
-    assert!(!ok, "AUTH naming the socket address accepted although relay_url is set");
+    assert!(
+        !ok,
+        "AUTH naming the socket address accepted although relay_url is set"
+    );
     assert_any_prefix(&msg, REFUSED_AUTH);
     let mut ws = relay.connect().await;
     let (ok, msg) = ws.auth(&keys(), "wss://evil.example.com").await;
@@ -130,7 +136,10 @@ async fn wrong_relay_is_refused() {
     assert_any_prefix(&msg, REFUSED_AUTH);
     let mut ws = relay.connect().await;
     let (ok, msg) = ws
-        .auth(&keys(), &format!("ws://127.0.0.1:{}", relay.port.wrapping_add(1)))
+        .auth(
+            &keys(),
+            &format!("ws://127.0.0.1:{}", relay.port.wrapping_add(1)),
+        )
         .await;
     assert!(!ok, "AUTH for another port accepted");
     assert_any_prefix(&msg, REFUSED_AUTH);
@@ -139,7 +148,12 @@ async fn wrong_relay_is_refused() {
 #[tokio::test]
 async fn auth_created_at_must_be_within_ten_minutes() {
     let relay = Relay::start().await;
-    for (delta, accept) in [(-11 * 60, false), (11 * 60, false), (-9 * 60, true), (9 * 60, true)] {
+    for (delta, accept) in [
+        (-11 * 60, false),
+        (11 * 60, false),
+        (-9 * 60, true),
+        (9 * 60, true),
+    ] {
         let mut ws = relay.connect().await;
         let c = ws.challenge().await;
         let at = (now() as i64 + delta) as u64;
@@ -244,7 +258,10 @@ async fn nostr_auth_required_env_turns_auth_on() {
         .await;
     let mut ws = relay.connect().await;
     let (ok, msg) = ws.publish(&ev(&keys(), 1, &[], "env")).await;
-    assert!(!ok, "EVENT accepted before AUTH with NOSTR_AUTH_REQUIRED=true");
+    assert!(
+        !ok,
+        "EVENT accepted before AUTH with NOSTR_AUTH_REQUIRED=true"
+    );
     assert_prefix(&msg, "auth-required:");
     let m = ws.req_closed("r", &[json!({"kinds": [1]})]).await;
     assert_prefix(&m, "auth-required:");
@@ -287,12 +304,18 @@ async fn protected_event_needs_its_author_authenticated() {
 
     let mut anon = relay.connect().await;
     let (ok, msg) = anon.publish(&e).await;
-    assert!(!ok, "protected event accepted from an unauthenticated connection");
+    assert!(
+        !ok,
+        "protected event accepted from an unauthenticated connection"
+    );
     assert_prefix(&msg, "auth-required:");
 
     let mut as_other = relay.connect_authed(&other).await;
     let (ok, msg) = as_other.publish(&e).await;
-    assert!(!ok, "protected event accepted from a connection authed as someone else");
+    assert!(
+        !ok,
+        "protected event accepted from a connection authed as someone else"
+    );
     assert_prefix(&msg, "restricted:");
 
     assert!(anon.query(&[json!({"ids": [id_hex(&e)]})]).await.is_empty());

@@ -5,7 +5,7 @@
 //! Every test starts its own relay ([`Relay::start`] / [`Relay::builder`]); the relay is killed
 //! when the handle is dropped. Waits use generous timeouts and never assert durations.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::result_large_err)]
 
 use futures_util::{SinkExt, StreamExt};
 use mls_proto::Event;
@@ -41,6 +41,8 @@ const RELAY_ENV: &[&str] = &[
     "LOG_LEVEL",
     "RUST_LOG",
     "REDIS_URL",
+    "MLS_GATEWAY_CONFIG",
+    "LOG_FORMAT",
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -156,15 +158,15 @@ pub fn free_port() -> u16 {
 }
 
 pub struct RelayBuilder {
-    config: String,
+    /// TOML fragments, each deep-merged over the base config in order.
+    config: Vec<String>,
     env: Vec<(String, String)>,
 }
 
 impl RelayBuilder {
-    /// TOML merged over the harness's base config (deep merge, later wins).
+    /// TOML merged over the harness's base config (deep merge, later calls win).
     pub fn config(mut self, toml_text: &str) -> Self {
-        self.config.push('\n');
-        self.config.push_str(toml_text);
+        self.config.push(toml_text.to_owned());
         self
     }
 
@@ -204,7 +206,7 @@ pub struct Relay {
     pub port: u16,
     pub dir: tempfile::TempDir,
     child: Option<Child>,
-    overrides: String,
+    overrides: Vec<String>,
     env: Vec<(String, String)>,
     starts: u32,
 }
@@ -216,7 +218,7 @@ impl Relay {
 
     pub fn builder() -> RelayBuilder {
         RelayBuilder {
-            config: String::new(),
+            config: Vec::new(),
             env: Vec::new(),
         }
     }
@@ -245,28 +247,51 @@ impl Relay {
 host = "127.0.0.1"
 port = {port}
 
+[info]
+name = "{name}"
+
 [data]
 path = {data:?}
+
+# Tests open many connections and REQs from one address; the per-IP limits are tested
+# explicitly where they matter.
+[limitation]
+max_connections_per_ip = 0
+max_reqs_per_minute = 0
 
 [extensions.mls_gateway.rate_limits]
 max_events_per_minute = 0
 max_keypackages_per_hour = 0
 max_group_messages_per_minute = 0
 "#,
-            data = self.data_path().to_string_lossy()
+            data = self.data_path().to_string_lossy(),
+            name = self.name()
         );
         let mut table: toml::Table = base.parse().expect("base config parses");
-        let over: toml::Table = self
-            .overrides
-            .parse()
-            .unwrap_or_else(|e| panic!("test config override does not parse: {e}"));
-        merge_toml(&mut table, over);
+        for text in &self.overrides {
+            let over: toml::Table = text
+                .parse()
+                .unwrap_or_else(|e| panic!("test config override does not parse ({e}):\n{text}"));
+            merge_toml(&mut table, over);
+        }
         toml::to_string(&table).unwrap()
     }
 
     /// Writes the config (on a new free port) and starts the binary; waits for `/health`.
+    /// Retries on a fresh port if the port turned out to be taken (another test's relay
+    /// grabbed it between `free_port` and the bind).
     pub async fn spawn(&mut self) {
         assert!(self.child.is_none(), "relay already running");
+        for attempt in 0..3 {
+            match self.try_spawn().await {
+                Ok(()) => return,
+                Err(log) if attempt < 2 && looks_like_port_in_use(&log) => continue,
+                Err(log) => panic!("{log}"),
+            }
+        }
+    }
+
+    async fn try_spawn(&mut self) -> Result<(), String> {
         self.starts += 1;
         self.port = free_port();
         std::fs::write(self.config_path(), self.render_config(self.port)).unwrap();
@@ -288,33 +313,68 @@ max_group_messages_per_minute = 0
             cmd.env(k, v);
         }
         self.child = Some(cmd.spawn().expect("spawn mls-gateway"));
-        self.wait_healthy().await;
+        self.wait_healthy().await
     }
 
-    async fn wait_healthy(&mut self) {
+    /// `/health` answers 200 and the NIP-11 name is this relay's own (not another test's
+    /// relay on a reused port).
+    async fn wait_healthy(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
+        let name = self.name();
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 self.child = None;
-                panic!(
+                return Err(format!(
                     "mls-gateway exited during startup ({status}); log tail:\n{}",
                     self.log_tail(40)
-                );
+                ));
             }
-            if let Ok(resp) = http_get_timeout(self.port, "/health", &[], Duration::from_secs(2)).await {
+            let short = Duration::from_secs(2);
+            if let Ok(resp) = http_get_timeout(self.port, "/health", &[], short).await {
                 if resp.status == 200 {
-                    return;
+                    let info = http_get_timeout(
+                        self.port,
+                        "/",
+                        &[("Accept", "application/nostr+json")],
+                        short,
+                    )
+                    .await;
+                    let ours = match info {
+                        Ok(r) => match serde_json::from_slice::<Value>(&r.body) {
+                            Ok(v) => v["name"] == name.as_str() || v["name"].is_null(),
+                            Err(_) => true,
+                        },
+                        Err(_) => false,
+                    };
+                    if ours {
+                        return Ok(());
+                    }
                 }
             }
             if Instant::now() > deadline {
-                panic!(
+                let _ = self.child.as_mut().map(|c| c.kill());
+                self.child = None;
+                return Err(format!(
                     "mls-gateway did not answer GET /health with 200 within {:?}; log tail:\n{}",
                     STARTUP_TIMEOUT,
                     self.log_tail(40)
-                );
+                ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// The NIP-11 name this test relay runs with (unique per relay).
+    fn name(&self) -> String {
+        format!(
+            "e2e-{}",
+            self.dir
+                .path()
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .trim_start_matches("mls-gw-e2e-")
+        )
     }
 
     /// SIGKILL (no chance to flush anything) and reap.
@@ -376,6 +436,11 @@ max_group_messages_per_minute = 0
         all.push(cfg.to_str().unwrap());
         run_cli(&all, input, &[])
     }
+}
+
+fn looks_like_port_in_use(log: &str) -> bool {
+    let l = log.to_ascii_lowercase();
+    l.contains("address already in use") || l.contains("addrinuse") || l.contains("os error 98")
 }
 
 impl Drop for Relay {
@@ -503,12 +568,15 @@ pub async fn http_get_timeout(
         let mut s = TcpStream::connect(("127.0.0.1", port))
             .await
             .map_err(|e| e.to_string())?;
-        let mut req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+        let mut req =
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
         req.push_str("\r\n");
-        s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
         parse_http_response(&buf)
@@ -641,6 +709,16 @@ impl Ws {
     /// Next frame from the socket as JSON (AUTH recorded and skipped). `Err` on timeout,
     /// `Ok(None)` when the connection closed.
     async fn read_frame(&mut self, timeout: Duration) -> Result<Option<Value>, ()> {
+        self.read_frame_inner(timeout, false).await
+    }
+
+    /// Like `read_frame`, but `stop_on_auth` returns `Ok(Some(Null))` right after recording an
+    /// AUTH challenge.
+    async fn read_frame_inner(
+        &mut self,
+        timeout: Duration,
+        stop_on_auth: bool,
+    ) -> Result<Option<Value>, ()> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let next = tokio::time::timeout_at(deadline, self.stream.next())
@@ -658,6 +736,9 @@ impl Ws {
                             .to_owned();
                         self.challenge = Some(c.clone());
                         self.challenges.push(c);
+                        if stop_on_auth {
+                            return Ok(Some(Value::Null));
+                        }
                         continue;
                     }
                     return Ok(Some(v));
@@ -681,6 +762,18 @@ impl Ws {
             Ok(Some(v)) => Some(v),
             Ok(None) => panic!("relay closed the connection"),
             Err(()) => None,
+        }
+    }
+
+    /// The next message, or `None` once the relay has closed the connection. Panics if
+    /// nothing at all happens within `timeout`.
+    pub async fn recv_until_closed(&mut self, timeout: Duration) -> Option<Value> {
+        if let Some(v) = self.pending.pop_front() {
+            return Some(v);
+        }
+        match self.read_frame(timeout).await {
+            Ok(v) => v,
+            Err(()) => panic!("connection neither sent anything nor closed within {timeout:?}"),
         }
     }
 
@@ -744,7 +837,8 @@ impl Ws {
         let deadline = tokio::time::Instant::now() + RECV_TIMEOUT;
         while self.challenge.is_none() {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.read_frame(left).await {
+            match self.read_frame_inner(left, true).await {
+                Ok(Some(Value::Null)) => {}
                 Ok(Some(v)) => self.pending.push_back(v),
                 Ok(None) => panic!("connection closed before an AUTH challenge"),
                 Err(()) => panic!("no AUTH challenge within {RECV_TIMEOUT:?}"),
@@ -778,7 +872,11 @@ impl Ws {
         let v = self
             .wait_for(&format!("OK for {id}"), |v| v[0] == "OK" && v[1] == id)
             .await;
-        assert_eq!(v.as_array().unwrap().len(), 4, "OK must have 4 elements: {v}");
+        assert_eq!(
+            v.as_array().unwrap().len(),
+            4,
+            "OK must have 4 elements: {v}"
+        );
         let ok = v[2]
             .as_bool()
             .unwrap_or_else(|| panic!("OK status not a bool: {v}"));
@@ -856,7 +954,9 @@ impl Ws {
     pub async fn req_closed(&mut self, sub: &str, filters: &[Value]) -> String {
         self.send_req(sub, filters).await;
         match self.collect(sub).await {
-            Ok(evs) => panic!("REQ {sub} {filters:?} was answered with EOSE ({evs:?}), expected CLOSED"),
+            Ok(evs) => {
+                panic!("REQ {sub} {filters:?} was answered with EOSE ({evs:?}), expected CLOSED")
+            }
             Err(m) => m,
         }
     }

@@ -1,6 +1,8 @@
 //! The relay's shared state, built once at start-up and handed to every connection.
 
+use crate::api::nip98::SeenTokens;
 use crate::config::Config;
+use crate::ratelimit::RateLimiters;
 use crate::subscriptions::SubscriptionIndex;
 use mls_gateway_rules::config::StorageBackend;
 use mls_gateway_rules::Gateway;
@@ -22,6 +24,10 @@ pub struct App {
     pub started: Instant,
     /// Flips to true on SIGTERM/SIGINT: sessions close their sockets with a close frame.
     pub shutdown: watch::Receiver<bool>,
+    /// Events / REQs per minute and connections per IP (`ratelimit`).
+    pub rate_limits: RateLimiters,
+    /// NIP-98 tokens already used for a state-changing API call (replay protection).
+    pub nip98_seen: SeenTokens,
     next_connection_id: AtomicU64,
 }
 
@@ -56,12 +62,14 @@ impl App {
         App {
             whitelist: config.whitelist(),
             blacklist: config.blacklist(),
+            rate_limits: RateLimiters::new(&config),
             config,
             store,
             gateway,
             subscriptions: SubscriptionIndex::default(),
             started: Instant::now(),
             shutdown,
+            nip98_seen: SeenTokens::default(),
             next_connection_id: AtomicU64::new(1),
         }
     }

@@ -49,6 +49,9 @@ pub struct ServerConfig {
     pub allowed_origins: Vec<String>,
     /// Bearer token for `GET /metrics` (env `METRICS_TOKEN`); unset = open. A secret.
     pub metrics_token: Option<String>,
+    /// Take the client IP (rate limits, logs) from the last `X-Forwarded-For` entry instead of
+    /// the socket. Only behind a proxy that sets it (Cloud Run, a load balancer).
+    pub trust_forwarded_for: bool,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +63,7 @@ impl Default for ServerConfig {
             relay_url: None,
             allowed_origins: Vec::new(),
             metrics_token: None,
+            trust_forwarded_for: false,
         }
     }
 }
@@ -125,6 +129,11 @@ pub struct Limits {
     pub created_at_upper_limit: u64,
     /// Messages queued per connection before it is disconnected as a slow reader.
     pub outbox_capacity: usize,
+    /// Open WebSocket connections per client IP (IPv6: per /64). 0 = unlimited.
+    pub max_connections_per_ip: u32,
+    /// REQ and COUNT messages (and REST API requests) per minute per authenticated pubkey,
+    /// else per client IP. 0 = unlimited.
+    pub max_reqs_per_minute: u32,
 }
 
 impl Default for Limits {
@@ -140,6 +149,8 @@ impl Default for Limits {
             created_at_lower_limit: 0,
             created_at_upper_limit: 900,
             outbox_capacity: 1024,
+            max_connections_per_ip: 100,
+            max_reqs_per_minute: 600,
         }
     }
 }

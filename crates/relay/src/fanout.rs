@@ -10,6 +10,7 @@ pub async fn publish(app: &App, ev: &Event) {
     if candidates.is_empty() {
         return;
     }
+    let _timer = crate::metrics::FanoutTimer::start();
     let mut visible = Vec::with_capacity(candidates.len());
     let read = app
         .store

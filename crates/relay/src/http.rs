@@ -1,7 +1,10 @@
-//! The HTTP surface on the relay's port: WebSocket upgrade and NIP-11 at `/`, `/health`.
+//! The HTTP surface on the relay's port: WebSocket upgrade and NIP-11 at `/`, `/health`,
+//! `/metrics`, and the API under `api_prefix` (`api`).
 
 use crate::app::App;
-use crate::session;
+use crate::config::Config;
+use crate::ratelimit::ClientIp;
+use crate::{api, session};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -12,20 +15,61 @@ use serde_json::json;
 use std::sync::Arc;
 
 pub fn router(app: Arc<App>) -> Router {
+    let gateway = &app.config.extensions.mls_gateway;
+    let mut http = Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(crate::metrics::endpoint));
+    if gateway.enable_api {
+        http = http.merge(api::router(&gateway.api_prefix));
+    }
+    // The 405 fallback goes in before the CORS layer, so that preflights (OPTIONS) of these
+    // routes reach the layer.
+    let http = http
+        .method_not_allowed_fallback(api::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(app.clone(), api::cors));
     Router::new()
         .route("/", get(root))
-        .route("/health", get(health))
+        .merge(http)
+        .fallback(api::unknown_endpoint)
         .with_state(app)
+}
+
+/// `(method, path)` of every HTTP route but the WebSocket / NIP-11 root: what
+/// `docs/openapi.json` must describe.
+pub fn routes(config: &Config) -> Vec<(&'static str, String)> {
+    let mut out = vec![
+        ("GET", "/health".to_owned()),
+        ("GET", "/metrics".to_owned()),
+    ];
+    let gateway = &config.extensions.mls_gateway;
+    if gateway.enable_api {
+        out.extend(api::routes(&gateway.api_prefix));
+    }
+    out
 }
 
 /// `/` is the WebSocket endpoint, the NIP-11 document for `Accept: application/nostr+json`,
 /// and a short text page otherwise.
 async fn root(
     State(app): State<Arc<App>>,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     if let Ok(ws) = ws {
+        let Some(permit) = app.rate_limits.connections.try_open(ip) else {
+            crate::metrics::rate_limited("connections");
+            tracing::info!(ip = %ip, "connection refused: max_connections_per_ip reached");
+            return api::ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "rate-limited: more than {} open connections from this address",
+                    app.rate_limits.connections.max()
+                ),
+            )
+            .into_response();
+        };
         let host = headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
@@ -41,7 +85,10 @@ async fn root(
         return ws
             .max_message_size(max)
             .max_frame_size(max)
-            .on_upgrade(move |socket| session::run(app, socket, host));
+            .on_upgrade(move |socket| async move {
+                session::run(app, socket, host, ip).await;
+                drop(permit);
+            });
     }
     let wants_nip11 = headers
         .get(header::ACCEPT)

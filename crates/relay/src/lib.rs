@@ -3,6 +3,7 @@
 //! storage (`mls-store`) together; the path of one event is
 //! `session` → `ingest` (relay checks) → store writer (gateway rules, commit) → `fanout`.
 
+pub mod api;
 pub mod app;
 mod auth;
 mod claims;
@@ -11,6 +12,8 @@ mod fanout;
 pub mod http;
 mod ingest;
 pub mod logging;
+pub mod metrics;
+pub mod ratelimit;
 mod session;
 mod subscriptions;
 pub mod tools;
@@ -36,7 +39,7 @@ pub fn gateway(config: &Config) -> Result<Arc<Gateway>, String> {
 /// sockets with a close frame, let the writer commit what it acknowledged.
 pub async fn run(config: Config) -> Result<(), String> {
     let gateway = gateway(&config)?;
-    let store = app::open_store(&config, gateway.clone())?;
+    let store = metrics::MeteredStore::wrap(app::open_store(&config, gateway.clone())?);
     let addr = config.listen_addr();
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
@@ -59,7 +62,9 @@ pub async fn run(config: Config) -> Result<(), String> {
 
     tracing::info!(address = %local, "listening on {local}");
     let mut server_shutdown = shutdown_rx.clone();
-    axum::serve(listener, http::router(app.clone()))
+    let service =
+        http::router(app.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, service)
         .with_graceful_shutdown(async move { app::until_set(&mut server_shutdown).await })
         .await
         .map_err(|e| format!("server error: {e}"))?;

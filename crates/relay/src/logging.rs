@@ -145,3 +145,46 @@ mod tests {
         );
     }
 }
+
+/// Makes a client-influenced text safe for a log line: runs of 64 or more hex digits (full
+/// pubkeys, ids) are cut to their first 8, and the whole is capped at 200 characters.
+pub fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(220));
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        if run.len() >= 64 {
+            out.push_str(&run[..8]);
+            out.push('…');
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_hexdigit() {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    match out.char_indices().nth(200) {
+        Some((i, _)) => format!("{}…", &out[..i]),
+        None => out,
+    }
+}
+
+#[cfg(test)]
+mod redact_tests {
+    #[test]
+    fn long_hex_runs_are_shortened() {
+        let pk = "ab".repeat(32);
+        assert_eq!(
+            super::redact(&format!("restricted: {pk} is not a member")),
+            "restricted: abababab… is not a member"
+        );
+        assert_eq!(super::redact("invalid: 0x0001"), "invalid: 0x0001");
+        assert_eq!(super::redact(&"x".repeat(500)).chars().count(), 201);
+    }
+}

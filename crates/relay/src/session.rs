@@ -16,6 +16,7 @@ use mls_proto::{relay, unix_now, ClientMessage, Event, Filter, Hex32, KindClass,
 use mls_store::{Publisher, WriteOutcome};
 use std::collections::HashSet;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use tokio::sync::{mpsc, watch};
@@ -79,11 +80,13 @@ struct Session {
     challenge: String,
     /// The host the client connected to (Host header), for the NIP-42 `relay` tag check.
     host: Option<String>,
+    /// The client's address (rate limits, logs).
+    ip: IpAddr,
     subs: HashSet<Arc<str>>,
     in_flight: FuturesOrdered<WriteFuture>,
 }
 
-pub async fn run(app: Arc<App>, socket: WebSocket, host: Option<String>) {
+pub async fn run(app: Arc<App>, socket: WebSocket, host: Option<String>, ip: IpAddr) {
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::channel::<String>(app.config.limitation.outbox_capacity.max(1));
     let conn = Arc::new(ConnectionHandle {
@@ -109,6 +112,7 @@ pub async fn run(app: Arc<App>, socket: WebSocket, host: Option<String>) {
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(text) => {
+                        crate::metrics::message_out(&text);
                         if sink.send(Message::Text(text.into())).await.is_err() {
                             break;
                         }
@@ -139,16 +143,17 @@ pub async fn run(app: Arc<App>, socket: WebSocket, host: Option<String>) {
         app: app.clone(),
         conn: conn.clone(),
         host,
+        ip,
         subs: HashSet::new(),
         in_flight: FuturesOrdered::new(),
     };
-    tracing::debug!(conn = conn.id, "connection opened");
+    tracing::info!(conn = conn.id, ip = %ip, "connection opened");
     session.conn.send(relay::auth(&session.challenge));
 
-    loop {
+    let reason = loop {
         tokio::select! {
-            _ = crate::app::until_set(&mut shutdown) => break,
-            _ = crate::app::until_set(&mut reader_slow) => break,
+            _ = crate::app::until_set(&mut shutdown) => break "relay shutting down",
+            _ = crate::app::until_set(&mut reader_slow) => break "slow reader",
             Some(ok) = session.in_flight.next(), if !session.in_flight.is_empty() => {
                 session.conn.send(ok);
             }
@@ -157,11 +162,13 @@ pub async fn run(app: Arc<App>, socket: WebSocket, host: Option<String>) {
                 Some(Ok(Message::Binary(_))) => session
                     .conn
                     .send(relay::notice("invalid: binary frames are not supported, send JSON text")),
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(Message::Close(_))) | None => break "client closed",
+                Some(Err(_)) => break "transport error",
                 Some(Ok(_)) => {} // ping/pong are answered by the WebSocket layer
             },
         }
-    }
+    };
+    tracing::info!(conn = conn.id, ip = %ip, reason, "connection closed");
     // Answer what was already accepted for writing before going away.
     while let Some(ok) = session.in_flight.next().await {
         session.conn.send(ok);
@@ -174,6 +181,7 @@ pub async fn run(app: Arc<App>, socket: WebSocket, host: Option<String>) {
 
 impl Session {
     async fn handle_text(&mut self, text: &str) {
+        crate::metrics::message_in(text);
         let limits = &self.app.config.limitation;
         if text.len() > limits.max_message_length {
             let msg = format!(
@@ -213,7 +221,10 @@ impl Session {
     async fn on_event(&mut self, ev: Event) {
         let id = ev.id.to_hex();
         let authed = self.conn.authed();
-        if let Err(reason) = ingest::check(&self.app, &ev, &authed, unix_now()) {
+        if let Err(reason) = ingest::check(&self.app, &ev, &authed, unix_now())
+            .and_then(|()| self.app.rate_limits.check_event(&authed, self.ip))
+        {
+            crate::metrics::event_refused(&ev, &reason);
             self.conn.send(relay::ok(&id, false, &reason));
             return;
         }
@@ -267,7 +278,10 @@ impl Session {
         } else if self.app.auth_required() && !self.conn.is_authed() {
             Some("auth-required: this relay serves authenticated clients only".to_owned())
         } else {
-            None
+            self.app
+                .rate_limits
+                .check_req(&self.conn.authed(), self.ip)
+                .err()
         };
         if let Some(reason) = refusal {
             self.refuse_read(sub_id, &reason);

@@ -62,6 +62,9 @@ fn event_keys(ev: &Event) -> impl Iterator<Item = IndexKey> + '_ {
 
 type SubKey = (u64, Arc<str>);
 
+/// A live event held back until EOSE: its id (to skip it if the stored results had it) and JSON.
+type HeldEvent = (Hex32, Arc<str>);
+
 /// One live subscription of one connection.
 pub struct Subscription {
     pub sub_id: Arc<str>,
@@ -69,7 +72,7 @@ pub struct Subscription {
     pub conn: Arc<ConnectionHandle>,
     /// Events that arrived between registration and EOSE: held back so the stored results
     /// and EOSE go first. `None` once EOSE was sent.
-    pending: Mutex<Option<Vec<(Hex32, Arc<str>)>>>,
+    pending: Mutex<Option<Vec<HeldEvent>>>,
 }
 
 impl Subscription {

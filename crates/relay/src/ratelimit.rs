@@ -1,0 +1,378 @@
+//! The relay's own rate limits (the gateway's per-owner and per-group ones live in its rules,
+//! in the store): events and REQs per minute, keyed by authenticated pubkey else client IP,
+//! and open connections per IP.
+//!
+//! Token buckets in memory, per process: a key may spend a burst of its whole per-minute
+//! allowance, which refills evenly over the minute, so a client that was refused is served
+//! again as soon as it slows down. Buckets that have refilled completely are forgotten, so a
+//! stream of new IPs cannot grow memory without bound.
+//!
+//! IPv6 clients are keyed by their /64 (one customer's allocation), not by address: otherwise
+//! one host could walk through its prefix and never be limited.
+
+use crate::config::Config;
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::HeaderMap;
+use mls_proto::Hex32;
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Who a limit is counted against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RateKey {
+    Pubkey(Hex32),
+    Ip(IpAddr),
+}
+
+impl RateKey {
+    /// The first authenticated pubkey, else the client's IP (IPv6: its /64).
+    pub fn of(authed: &[Hex32], ip: IpAddr) -> RateKey {
+        match authed.first() {
+            Some(pk) => RateKey::Pubkey(*pk),
+            None => RateKey::Ip(ip_key(ip)),
+        }
+    }
+}
+
+/// The address a limit counts against: IPv4 as is, IPv6 cut to its /64.
+pub fn ip_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+const SHARDS: usize = 16;
+/// A shard of at least this many buckets sweeps out the full ones when it has doubled since
+/// its last sweep, or a minute after it (by then every idle bucket is full again).
+const SWEEP_AT: usize = 1024;
+
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+#[derive(Default)]
+struct Shard {
+    buckets: HashMap<RateKey, Bucket>,
+    next_sweep: usize,
+    last_sweep: Option<Instant>,
+}
+
+/// A token bucket per key: `per_minute` tokens, refilled at `per_minute / 60` per second.
+pub struct KeyedLimiter {
+    per_minute: u32,
+    shards: Vec<Mutex<Shard>>,
+}
+
+impl KeyedLimiter {
+    /// `per_minute = 0`: unlimited.
+    pub fn new(per_minute: u32) -> KeyedLimiter {
+        KeyedLimiter {
+            per_minute,
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    pub fn per_minute(&self) -> u32 {
+        self.per_minute
+    }
+
+    /// Takes one token for `key`. `Err(wait)`: refused, a token is back after `wait`.
+    pub fn check(&self, key: RateKey) -> Result<(), Duration> {
+        self.check_at(key, Instant::now())
+    }
+
+    fn check_at(&self, key: RateKey, now: Instant) -> Result<(), Duration> {
+        if self.per_minute == 0 {
+            return Ok(());
+        }
+        let capacity = f64::from(self.per_minute);
+        let per_sec = capacity / 60.0;
+        let mut h = DefaultHasher::new();
+        key.hash(&mut h);
+        let mut shard = self.shards[h.finish() as usize % SHARDS]
+            .lock()
+            .expect("rate limit shard");
+        let len = shard.buckets.len();
+        let stale = shard
+            .last_sweep
+            .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(60));
+        if len >= SWEEP_AT && (len >= shard.next_sweep || stale) {
+            shard.buckets.retain(|_, b| {
+                b.tokens + now.saturating_duration_since(b.updated).as_secs_f64() * per_sec
+                    < capacity
+            });
+            shard.next_sweep = shard.buckets.len() * 2;
+            shard.last_sweep = Some(now);
+        }
+        let bucket = shard.buckets.entry(key).or_insert(Bucket {
+            tokens: capacity,
+            updated: now,
+        });
+        let refill = now.saturating_duration_since(bucket.updated).as_secs_f64() * per_sec;
+        bucket.tokens = (bucket.tokens + refill).min(capacity);
+        bucket.updated = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / per_sec))
+        }
+    }
+}
+
+/// Open connections per IP; also keeps the connections gauge.
+pub struct ConnectionLimiter {
+    max: u32,
+    open: Mutex<HashMap<IpAddr, u32>>,
+}
+
+/// One open connection; released (and the gauge lowered) when dropped.
+pub struct ConnectionPermit {
+    limiter: Arc<ConnectionLimiter>,
+    key: IpAddr,
+}
+
+impl ConnectionLimiter {
+    /// `max = 0`: unlimited.
+    pub fn new(max: u32) -> Arc<ConnectionLimiter> {
+        Arc::new(ConnectionLimiter {
+            max,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A permit for one more connection from `ip`, or `None` when it has `max` open.
+    pub fn try_open(self: &Arc<Self>, ip: IpAddr) -> Option<ConnectionPermit> {
+        let key = ip_key(ip);
+        let mut open = self.open.lock().expect("connection counts");
+        let n = open.entry(key).or_insert(0);
+        if self.max != 0 && *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        drop(open);
+        let m = crate::metrics::global();
+        m.connections.fetch_add(1, Ordering::Relaxed);
+        m.connections_opened.fetch_add(1, Ordering::Relaxed);
+        Some(ConnectionPermit {
+            limiter: self.clone(),
+            key,
+        })
+    }
+
+    pub fn max(&self) -> u32 {
+        self.max
+    }
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        let mut open = self.limiter.open.lock().expect("connection counts");
+        if let Some(n) = open.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
+        crate::metrics::global()
+            .connections
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Every relay-level limiter, built from `[limitation]` and `[extensions.mls_gateway.rate_limits]`.
+pub struct RateLimiters {
+    /// EVENT messages (`max_events_per_minute`).
+    pub events: KeyedLimiter,
+    /// REQ / COUNT messages and REST API requests (`max_reqs_per_minute`).
+    pub reqs: KeyedLimiter,
+    pub connections: Arc<ConnectionLimiter>,
+}
+
+impl RateLimiters {
+    pub fn new(config: &Config) -> RateLimiters {
+        RateLimiters {
+            events: KeyedLimiter::new(
+                config
+                    .extensions
+                    .mls_gateway
+                    .rate_limits
+                    .max_events_per_minute,
+            ),
+            reqs: KeyedLimiter::new(config.limitation.max_reqs_per_minute),
+            connections: ConnectionLimiter::new(config.limitation.max_connections_per_ip),
+        }
+    }
+
+    /// Hook for EVENT: the `OK false` message when over `max_events_per_minute`.
+    pub fn check_event(&self, authed: &[Hex32], ip: IpAddr) -> Result<(), String> {
+        self.events.check(RateKey::of(authed, ip)).map_err(|wait| {
+            crate::metrics::rate_limited("events");
+            format!(
+                "rate-limited: more than {} events per minute, retry in {} s",
+                self.events.per_minute(),
+                wait.as_secs().max(1)
+            )
+        })
+    }
+
+    /// Hook for REQ / COUNT: the `CLOSED` message when over `max_reqs_per_minute`.
+    pub fn check_req(&self, authed: &[Hex32], ip: IpAddr) -> Result<(), String> {
+        self.reqs.check(RateKey::of(authed, ip)).map_err(|wait| {
+            crate::metrics::rate_limited("reqs");
+            format!(
+                "rate-limited: more than {} REQ/COUNT per minute, retry in {} s",
+                self.reqs.per_minute(),
+                wait.as_secs().max(1)
+            )
+        })
+    }
+}
+
+/// The client's IP: the socket's peer, or — with `server.trust_forwarded_for` — the last
+/// `X-Forwarded-For` entry (the one the proxy in front of us appended; entries before it are
+/// whatever the client sent and prove nothing).
+pub fn client_ip(config: &Config, peer: Option<SocketAddr>, headers: &HeaderMap) -> IpAddr {
+    let socket = peer.map_or(IpAddr::from([0, 0, 0, 0]), |p| p.ip());
+    if !config.server.trust_forwarded_for {
+        return canonical(socket);
+    }
+    let forwarded = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .next_back()
+        .and_then(parse_forwarded);
+    canonical(forwarded.unwrap_or(socket))
+}
+
+/// `203.0.113.7`, `2001:db8::1`, `[2001:db8::1]:443`, `203.0.113.7:5000`.
+fn parse_forwarded(entry: &str) -> Option<IpAddr> {
+    let s = entry.trim();
+    if let Ok(ip) = s.parse() {
+        return Some(ip);
+    }
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        return Some(sa.ip());
+    }
+    s.strip_prefix('[')
+        .and_then(|r| r.split(']').next())
+        .and_then(|r| r.parse().ok())
+}
+
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Extractor: the client IP of a request (see [`client_ip`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub IpAddr);
+
+impl FromRequestParts<Arc<crate::app::App>> for ClientIp {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &Arc<crate::app::App>,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0);
+        Ok(ClientIp(client_ip(&app.config, peer, &parts.headers)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn bucket_refuses_then_refills() {
+        let l = KeyedLimiter::new(60); // one per second, burst 60
+        let key = RateKey::Ip(ip("192.0.2.1"));
+        let t0 = Instant::now();
+        for _ in 0..60 {
+            assert!(l.check_at(key, t0).is_ok());
+        }
+        let wait = l.check_at(key, t0).unwrap_err();
+        assert!(wait <= Duration::from_secs(1), "{wait:?}");
+        // Another key is not affected.
+        assert!(l.check_at(RateKey::Ip(ip("192.0.2.2")), t0).is_ok());
+        assert!(l.check_at(key, t0 + Duration::from_millis(1100)).is_ok());
+        assert!(l.check_at(key, t0 + Duration::from_millis(1100)).is_err());
+        assert!(KeyedLimiter::new(0).check_at(key, t0).is_ok());
+    }
+
+    #[test]
+    fn full_buckets_are_swept() {
+        let l = KeyedLimiter::new(600);
+        let t0 = Instant::now();
+        for i in 0..(SWEEP_AT * SHARDS * 2) as u32 {
+            let _ = l.check_at(RateKey::Ip(IpAddr::from(i.to_be_bytes())), t0);
+        }
+        let later = t0 + Duration::from_secs(120);
+        let _ = l.check_at(RateKey::Ip(ip("198.51.100.1")), later);
+        let total: usize = l
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap().buckets.len())
+            .sum();
+        assert!(total < SWEEP_AT * SHARDS * 2, "{total}");
+    }
+
+    #[test]
+    fn ipv6_is_keyed_by_its_64() {
+        assert_eq!(ip_key(ip("2001:db8:1:2:3:4:5:6")), ip("2001:db8:1:2::"));
+        assert_eq!(ip_key(ip("::ffff:192.0.2.9")), ip("192.0.2.9"));
+    }
+
+    #[test]
+    fn forwarded_for_only_when_trusted() {
+        let mut config = Config::default();
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", "10.9.9.9, 203.0.113.7".parse().unwrap());
+        let peer = Some("127.0.0.1:5555".parse().unwrap());
+        assert_eq!(client_ip(&config, peer, &headers), ip("127.0.0.1"));
+        config.server.trust_forwarded_for = true;
+        assert_eq!(client_ip(&config, peer, &headers), ip("203.0.113.7"));
+        headers.insert("x-forwarded-for", "[2001:db8::1]:443".parse().unwrap());
+        assert_eq!(client_ip(&config, peer, &headers), ip("2001:db8::1"));
+        headers.insert("x-forwarded-for", "garbage".parse().unwrap());
+        assert_eq!(client_ip(&config, peer, &headers), ip("127.0.0.1"));
+    }
+
+    #[test]
+    fn connection_permits_count_per_ip() {
+        let l = ConnectionLimiter::new(2);
+        let a = l.try_open(ip("192.0.2.1")).unwrap();
+        let _b = l.try_open(ip("192.0.2.1")).unwrap();
+        assert!(l.try_open(ip("192.0.2.1")).is_none());
+        assert!(l.try_open(ip("192.0.2.2")).is_some());
+        drop(a);
+        assert!(l.try_open(ip("192.0.2.1")).is_some());
+    }
+}
