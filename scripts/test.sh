@@ -62,11 +62,13 @@ wait_for_port() { # host port [seconds]
 # ---------------------------------------------------------------------------------------------
 # Tests
 # ---------------------------------------------------------------------------------------------
-# The end-to-end tests each start their own relay; on 2 cores a few at a time is plenty.
+# The end-to-end tests (tests/) each start their own relay binary on a free loopback port
+# with a temporary data directory; nothing else to set up for them.
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 
-log "cargo test --workspace --all-targets $*"
-cargo test --workspace --all-targets "$@" </dev/null
+# --no-fail-fast: one run reports every failing target, not just the first.
+log "cargo test --workspace --all-targets --no-fail-fast $*"
+cargo test --workspace --all-targets --no-fail-fast "$@" </dev/null
 
 if [ "$#" -eq 0 ]; then
     log "cargo test --workspace --doc"

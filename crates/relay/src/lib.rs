@@ -52,7 +52,12 @@ pub async fn run(config: Config) -> Result<(), String> {
         gateway.clone(),
         shutdown_rx.clone(),
     ));
-    let app = Arc::new(App::new(config, store.clone(), gateway, shutdown_rx.clone()));
+    let app = Arc::new(App::new(
+        config,
+        store.clone(),
+        gateway,
+        shutdown_rx.clone(),
+    ));
 
     tokio::spawn(async move {
         shutdown_signal().await;

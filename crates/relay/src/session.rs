@@ -18,10 +18,12 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use tokio::sync::{mpsc, watch};
 
-/// EVENT writes one connection may have in flight before it stops reading.
+/// EVENT writes one connection may have in flight before it stops reading (and at most half
+/// its outbox, so a burst of OKs to a client that is reading never overflows it).
 const MAX_IN_FLIGHT: usize = 256;
 
 /// What the rest of the relay holds of a connection: its outbox and who it is.
@@ -47,7 +49,8 @@ impl ConnectionHandle {
     }
 
     pub fn mark_slow(&self) {
-        self.slow.send_if_modified(|slow| !std::mem::replace(slow, true));
+        self.slow
+            .send_if_modified(|slow| !std::mem::replace(slow, true));
     }
 
     pub fn authed(&self) -> Vec<Hex32> {
@@ -96,6 +99,9 @@ pub async fn run(app: Arc<App>, socket: WebSocket, host: Option<String>, ip: IpA
         slow: watch::channel(false).0,
     });
     let mut shutdown = app.shutdown.clone();
+    let max_in_flight = MAX_IN_FLIGHT
+        .min(app.config.limitation.outbox_capacity / 2)
+        .max(1);
 
     // Writer: drains the outbox; on a kick (slow reader) or shutdown it says why and closes.
     let mut writer_slow = conn.slow.subscribe();
@@ -157,7 +163,7 @@ pub async fn run(app: Arc<App>, socket: WebSocket, host: Option<String>, ip: IpA
             Some(ok) = session.in_flight.next(), if !session.in_flight.is_empty() => {
                 session.conn.send(ok);
             }
-            frame = stream.next(), if session.in_flight.len() < MAX_IN_FLIGHT => match frame {
+            frame = stream.next(), if session.in_flight.len() < max_in_flight => match frame {
                 Some(Ok(Message::Text(text))) => session.handle_text(text.as_str()).await,
                 Some(Ok(Message::Binary(_))) => session
                     .conn
@@ -352,7 +358,7 @@ impl Session {
             Err(reason) => {
                 self.app.subscriptions.remove(self.conn.id, &sub_id);
                 self.subs.remove(&sub_id);
-                self.conn.send(relay::closed(&sub_id, &reason));
+                self.refuse_read(&sub_id, &reason);
                 return;
             }
         };
@@ -367,14 +373,23 @@ impl Session {
 
     /// Stored events for a REQ, visible to this connection, newest first, with KeyPackage
     /// claims applied.
-    async fn stored_results(&mut self, filters: &[Filter]) -> Result<Vec<(Hex32, Arc<str>)>, String> {
+    async fn stored_results(
+        &mut self,
+        filters: &[Filter],
+    ) -> Result<Vec<(Hex32, Arc<str>)>, String> {
         if filters.iter().all(|f| f.limit == Some(0)) {
             return Ok(Vec::new());
         }
         let viewer = self.conn.viewer();
         let gateway = self.app.gateway.clone();
-        let visible =
-            move |ev: &Event, state: &dyn mls_store::StateRead| gateway.may_see(&viewer, ev, state);
+        let hidden = AtomicBool::new(false);
+        let visible = |ev: &Event, state: &dyn mls_store::StateRead| {
+            let seen = gateway.may_see(&viewer, ev, state);
+            if !seen {
+                hidden.store(true, Ordering::Relaxed);
+            }
+            seen
+        };
         let now = unix_now();
         let found = self
             .app
@@ -385,7 +400,16 @@ impl Session {
                 tracing::error!(error = %e, "query failed");
                 "error: could not run the query".to_owned()
             })?;
-        let served = crate::claims::apply(&self.app, &self.conn.viewer(), &found, now).await?;
+        // Asked by id for events that exist but are not this connection's to see: say so
+        // (PROTOCOL §3: never silence) rather than an empty EOSE.
+        if found.is_empty() && hidden.into_inner() && filters.iter().all(|f| f.ids.is_some()) {
+            return Err(if viewer.authed.is_empty() {
+                "auth-required: the requested events are only served to authenticated recipients or members".to_owned()
+            } else {
+                "restricted: the requested events are not served to this pubkey".to_owned()
+            });
+        }
+        let served = crate::claims::apply(&self.app, &viewer, &found, now).await?;
         Ok(found
             .into_iter()
             .filter(|s| served.as_ref().is_none_or(|ids| ids.contains(&s.event.id)))

@@ -58,7 +58,11 @@ fn seed_file_loads_as_written() {
     assert_eq!(config.server.workers, Some(2));
     assert!(config.auth.enabled);
     assert_eq!(config.auth.pubkey_whitelist.len(), 2);
-    assert_eq!(config.whitelist().len(), 2, "hex and npub entries both parse");
+    assert_eq!(
+        config.whitelist().len(),
+        2,
+        "hex and npub entries both parse"
+    );
     let g = &config.extensions.mls_gateway;
     assert_eq!(g.storage_backend, StorageBackend::Firestore);
     assert_eq!(g.project_id.as_deref(), Some("your-gcp-project"));
@@ -76,7 +80,9 @@ fn seed_file_loads_as_written() {
     assert_eq!(config.data, DataConfig::default());
     assert_eq!(config.listen_addr(), "0.0.0.0:8080");
 
-    config.validate().expect("the seed file is a valid configuration");
+    config
+        .validate()
+        .expect("the seed file is a valid configuration");
 }
 
 #[test]
