@@ -183,7 +183,26 @@ impl Gateway {
         filters: &[Filter],
         state: &dyn StateRead,
     ) -> Result<(), ReadRefusal> {
-        visibility::check_read(self, viewer, filters, state)
+        visibility::check_read(self, viewer, filters, state, visibility::Evidence::Filters)
+    }
+
+    /// After a REQ's query matched events but none visible: `Err` when every filter asked for
+    /// them by `ids` (or is refused by `check_read`), so the client hears why instead of an
+    /// empty EOSE. Broad filters pass: their live part may still deliver the viewer's own
+    /// events later.
+    pub fn check_hidden_result(
+        &self,
+        viewer: &Viewer,
+        filters: &[Filter],
+        state: &dyn StateRead,
+    ) -> Result<(), ReadRefusal> {
+        visibility::check_read(
+            self,
+            viewer,
+            filters,
+            state,
+            visibility::Evidence::FoundOnlyHidden,
+        )
     }
 
     /// KeyPackage claims (§5): of the KeyPackage events a REQ returned (already visible), the

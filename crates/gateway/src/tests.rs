@@ -1667,6 +1667,11 @@ fn check_read_refusals() {
             (vec![pk(&w.carol)], json!([{"kinds":[450],"#h":[OPEN]}]), Ok),
             (
                 vec![],
+                json!([{"kinds":[450],"#h":[OPEN]}]),
+                Auth("auth-required: kind 450"),
+            ),
+            (
+                vec![],
                 json!([{"kinds":[450]}]),
                 Auth("auth-required: kind 450"),
             ),
@@ -1686,6 +1691,49 @@ fn check_read_refusals() {
                 (Auth(p), Err(ReadRefusal::AuthRequired(m))) if m.starts_with(p) => {}
                 (Restricted(p), Err(ReadRefusal::Restricted(m))) if m.starts_with(p) => {}
                 _ => panic!("case {i} (auth {auth}) {f}: got {got:?}"),
+            }
+        }
+        // After a query that found only hidden events, targeted filters are refused too.
+        let hidden_cases: Vec<(Vec<Hex32>, serde_json::Value, Want)> = vec![
+            (
+                vec![pk(&w.carol)],
+                json!([{"kinds":[1059],"#p":[bob]}]),
+                Restricted("restricted: kind 1059 is only served to its recipients"),
+            ),
+            (
+                vec![pk(&w.carol)],
+                json!([{"kinds":[446],"#p":[bob],"authors":[alice]}]),
+                Restricted("restricted: kind 446"),
+            ),
+            (
+                vec![pk(&w.carol)],
+                json!([{"ids":["00".repeat(32)]}]),
+                Restricted("restricted: the requested events"),
+            ),
+            (
+                vec![],
+                json!([{"ids":["00".repeat(32)]}]),
+                Auth("auth-required: the requested events"),
+            ),
+            (vec![pk(&w.carol)], json!([{"kinds":[1059]}]), Ok),
+            (vec![pk(&w.bob)], json!([{"kinds":[1059],"#p":[bob]}]), Ok),
+            (
+                vec![pk(&w.carol)],
+                json!([{"kinds":[446],"#p":[bob],"authors":[carol]}]),
+                Ok,
+            ),
+        ];
+        for (i, (who, f, want)) in hidden_cases.into_iter().enumerate() {
+            let got = e.gw.check_hidden_result(
+                &Viewer::authenticated_as(who),
+                &filters(f.clone()),
+                &e.st,
+            );
+            match (&want, &got) {
+                (Ok, Result::Ok(())) => {}
+                (Auth(p), Err(ReadRefusal::AuthRequired(m))) if m.starts_with(p) => {}
+                (Restricted(p), Err(ReadRefusal::Restricted(m))) if m.starts_with(p) => {}
+                _ => panic!("hidden case {i} (auth {auth}) {f}: got {got:?}"),
             }
         }
         let kp_anon = e.gw.check_read(

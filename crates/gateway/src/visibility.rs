@@ -71,15 +71,26 @@ pub(crate) fn may_see(gw: &Gateway, viewer: &Viewer, ev: &Event, state: &dyn Sta
     }
 }
 
+/// What a read refusal may rest on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Evidence {
+    /// The filters alone, before any query: only refusals that hold whatever is stored.
+    Filters,
+    /// A query that found matching events, none of them visible: also refuse filters that
+    /// asked for them by `ids` (before the query, an id says nothing about whose event it is).
+    FoundOnlyHidden,
+}
+
 pub(crate) fn check_read(
     gw: &Gateway,
     viewer: &Viewer,
     filters: &[Filter],
     state: &dyn StateRead,
+    evidence: Evidence,
 ) -> Result<(), ReadRefusal> {
     let mut reason = None;
     for f in filters {
-        match filter_refusal(gw, viewer, f, state) {
+        match filter_refusal(gw, viewer, f, state, evidence) {
             None => return Ok(()),
             Some(r) => {
                 reason.get_or_insert(r);
@@ -101,9 +112,13 @@ fn filter_refusal(
     viewer: &Viewer,
     f: &Filter,
     state: &dyn StateRead,
+    evidence: Evidence,
 ) -> Option<String> {
     if f.is_empty_match() {
         return None;
+    }
+    if evidence == Evidence::FoundOnlyHidden && f.ids.is_some() {
+        return Some("the requested events are not served to this connection".into());
     }
     let kinds = f.kinds.as_ref()?;
     let mut reason = None;
@@ -129,6 +144,8 @@ fn kind_refusal(
     let authed = !viewer.authed.is_empty();
     match kind {
         1059 => {
+            // A `#p` naming only others is refused even though a multi-recipient wrap could
+            // also name the viewer: a reader asks for its own mailbox, not someone else's.
             let refused = !authed
                 || tag('p').is_some_and(|ps| !names_viewer(viewer, ps.iter().map(String::as_str)));
             refused.then(|| "kind 1059 is only served to its recipients".to_string())
@@ -164,10 +181,10 @@ fn kind_refusal(
             ))
         }
         450 => {
-            let Some(groups) = tag('h') else {
-                return (!authed)
-                    .then(|| "kind 450 is only served to group members and admins".to_string());
-            };
+            if !authed {
+                return Some("kind 450 is only served to group members and admins".to_string());
+            }
+            let groups = tag('h')?;
             for g in groups {
                 match registry::is_gated(state, g) {
                     // Unknown yet: a bootstrap may create it while the subscription is live.

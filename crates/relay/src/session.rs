@@ -400,14 +400,23 @@ impl Session {
                 tracing::error!(error = %e, "query failed");
                 "error: could not run the query".to_owned()
             })?;
-        // Asked by id for events that exist but are not this connection's to see: say so
-        // (PROTOCOL §3: never silence) rather than an empty EOSE.
-        if found.is_empty() && hidden.into_inner() && filters.iter().all(|f| f.ids.is_some()) {
-            return Err(if viewer.authed.is_empty() {
-                "auth-required: the requested events are only served to authenticated recipients or members".to_owned()
-            } else {
-                "restricted: the requested events are not served to this pubkey".to_owned()
-            });
+        // Matching events exist but none is this connection's to see: when the filters were
+        // aimed at them (by id, or at other recipients), say so rather than an empty EOSE.
+        if found.is_empty() && hidden.into_inner() {
+            let gateway = self.app.gateway.clone();
+            let mut verdict = Ok(());
+            self.app
+                .store
+                .read_state(&mut |state| {
+                    verdict = gateway.check_hidden_result(&viewer, filters, state);
+                    Ok(())
+                })
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "state read failed");
+                    "error: could not read relay state".to_owned()
+                })?;
+            verdict.map_err(|(ReadRefusal::AuthRequired(m) | ReadRefusal::Restricted(m))| m)?;
         }
         let served = crate::claims::apply(&self.app, &viewer, &found, now).await?;
         Ok(found
