@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "mls-gateway", version, about = "Nostr relay and MLS delivery service")]
+#[command(
+    name = "mls-gateway",
+    version,
+    about = "Nostr relay and MLS delivery service"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -35,7 +39,8 @@ struct Common {
 }
 
 fn load(common: &Common) -> Result<Config, String> {
-    let (mut config, warnings) = Config::load(common.config.as_deref()).map_err(|e| e.to_string())?;
+    let (mut config, warnings) =
+        Config::load(common.config.as_deref()).map_err(|e| e.to_string())?;
     for w in &warnings {
         tracing::warn!("{w}");
         eprintln!("warning: {w}");
@@ -63,7 +68,8 @@ fn main() -> ExitCode {
     let result = match command {
         Command::Relay(common) => {
             mls_relay::logging::init(common.log_format != "text");
-            load(&common).and_then(|config| runtime(config.server.workers)?.block_on(mls_relay::run(config)))
+            load(&common)
+                .and_then(|config| runtime(config.server.workers)?.block_on(mls_relay::run(config)))
         }
         Command::CheckConfig(common) => load(&common).map(|config| {
             print!("{}", config.to_masked_toml());

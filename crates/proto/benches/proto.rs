@@ -1,0 +1,153 @@
+//! Microbenchmarks of the wire model: decoding a client message, verifying an event (id +
+//! BIP-340 signature), matching filters, and encoding what the relay sends.
+//!
+//! `cargo bench -p mls-proto` (divan; `-- --help` for options, e.g. `-- verify`).
+
+use divan::counter::BytesCount;
+use divan::{black_box, Bencher};
+use mls_proto::{relay, ClientMessage, Event, Filter};
+use serde_json::json;
+use std::time::Duration;
+
+fn main() {
+    divan::Divan::default()
+        .max_time(Duration::from_millis(500))
+        .config_with_args()
+        .main();
+}
+
+fn keys() -> secp256k1::Keypair {
+    secp256k1::Keypair::new(secp256k1::SECP256K1, &mut secp256k1::rand::thread_rng())
+}
+
+fn tags(t: &[&[&str]]) -> Vec<Vec<String>> {
+    t.iter()
+        .map(|tag| tag.iter().map(|s| s.to_string()).collect())
+        .collect()
+}
+
+const GROUP: &str = "737da1f77cf73c5cc9030ea66f9da87aa0d087b44715655ef43d56751a60195e";
+
+/// A kind-445 group message as MDK sends it, with `content_len` bytes of base64.
+fn group_message(content_len: usize) -> Event {
+    let content: String = "AAEAASAURJVF/FQ/rTE4PIurJe04BwwIYHiDw4sXWd0hU1Z9dSCLc9hWz+XYfv8G"
+        .chars()
+        .cycle()
+        .take(content_len)
+        .collect();
+    Event::sign(
+        &keys(),
+        1_700_000_000,
+        445,
+        tags(&[&["h", GROUP], &["encoding", "base64"]]),
+        content,
+    )
+}
+
+/// `["EVENT", <kind 445>]` decoded into an [`Event`]: a typical MLS message (~512 bytes of
+/// content, as in the MDK vectors) and one with 1 KiB of content.
+#[divan::bench(args = [512, 1024])]
+fn decode_event_445(bencher: Bencher, content: usize) {
+    let text = format!("[\"EVENT\",{}]", group_message(content).to_json());
+    bencher
+        .counter(BytesCount::of_str(&text))
+        .bench(|| ClientMessage::parse(black_box(&text)).unwrap());
+}
+
+#[divan::bench]
+fn decode_req(bencher: Bencher) {
+    let text = format!(r##"["REQ","sub-1",{{"kinds":[445],"#h":["{GROUP}"],"limit":10}}]"##);
+    bencher.bench(|| ClientMessage::parse(black_box(&text)).unwrap());
+}
+
+/// Id (sha256 of the canonical form) and BIP-340 signature: the full check every EVENT gets.
+#[divan::bench(args = [512, 1024])]
+fn verify_id_and_sig(bencher: Bencher, content: usize) {
+    let ev = group_message(content);
+    bencher.bench(|| black_box(&ev).verify().unwrap());
+}
+
+/// The id alone (canonical serialisation + sha256).
+#[divan::bench(args = [512, 1024])]
+fn compute_id(bencher: Bencher, content: usize) {
+    let ev = group_message(content);
+    bencher.bench(|| {
+        Event::compute_id(
+            black_box(&ev.pubkey),
+            ev.created_at,
+            ev.kind,
+            &ev.tags,
+            &ev.content,
+        )
+    });
+}
+
+/// The Schnorr verification alone (libsecp256k1).
+#[divan::bench]
+fn schnorr_only(bencher: Bencher) {
+    let ev = group_message(512);
+    let pk = secp256k1::XOnlyPublicKey::from_slice(&ev.pubkey.0).unwrap();
+    let sig = secp256k1::schnorr::Signature::from_slice(&ev.sig.0).unwrap();
+    bencher.bench(|| {
+        secp256k1::SECP256K1
+            .verify_schnorr(black_box(&sig), &ev.id.0, &pk)
+            .unwrap()
+    });
+}
+
+/// What fan-out pays per event (serialise once) and per subscriber (wrap in `["EVENT",sub,…]`).
+#[divan::bench]
+fn encode_event_json(bencher: Bencher) {
+    let ev = group_message(512);
+    bencher.bench(|| black_box(&ev).to_json());
+}
+
+#[divan::bench]
+fn encode_event_frame(bencher: Bencher) {
+    let json = group_message(512).to_json();
+    bencher.bench(|| relay::event(black_box("sub-1"), &json));
+}
+
+mod filter_match {
+    use super::*;
+
+    fn filter(v: serde_json::Value) -> Filter {
+        Filter::from_value(&v).unwrap()
+    }
+
+    /// The subscription every group member holds, against a message of its group.
+    #[divan::bench]
+    fn kind_and_h_hit(bencher: Bencher) {
+        let ev = group_message(512);
+        let f = filter(json!({"kinds":[445],"#h":[GROUP]}));
+        bencher.bench(|| black_box(&f).matches(&ev));
+    }
+
+    /// The same subscription against another group's message (tag compared, no match).
+    #[divan::bench]
+    fn kind_and_h_miss(bencher: Bencher) {
+        let ev = group_message(512);
+        let f = filter(json!({"kinds":[445],"#h":["00".repeat(32)]}));
+        bencher.bench(|| black_box(&f).matches(&ev));
+    }
+
+    /// A follow-list style filter: 100 authors, none of them the event's.
+    #[divan::bench]
+    fn authors_100_miss(bencher: Bencher) {
+        let ev = group_message(512);
+        let authors: Vec<String> = (0..100).map(|i| format!("{i:064x}")).collect();
+        let f = filter(json!({"authors": authors, "kinds":[1, 445]}));
+        bencher.bench(|| black_box(&f).matches(&ev));
+    }
+
+    /// One event against N group-member filters of N different groups (what a relay without
+    /// an index would do for every event).
+    #[divan::bench(args = [1_000, 10_000])]
+    fn scan_n_filters(bencher: Bencher, n: usize) {
+        let ev = group_message(512);
+        let filters: Vec<Filter> = (0..n)
+            .map(|i| filter(json!({"kinds":[445],"#h":[format!("{i:064x}")]})))
+            .collect();
+        bencher.bench(|| filters.iter().filter(|f| f.matches(black_box(&ev))).count());
+    }
+}

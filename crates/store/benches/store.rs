@@ -1,0 +1,173 @@
+//! Microbenchmarks of the embedded (LMDB) store: a batch of N concurrent `write()`s (one group
+//! commit with its fsync, as under load), and the typical REQ queries (by kind, by author, by
+//! `#h` tag, each `limit` 10) on a pre-filled store.
+//!
+//! `cargo bench -p mls-store` (divan). The store lives in a temporary directory on the same
+//! disk as the relay's data; write figures include the fsync of every commit.
+
+use divan::{black_box, Bencher};
+use mls_proto::{Event, Filter, Hex32, Hex64};
+use mls_store::embedded::{EmbeddedOptions, EmbeddedStore};
+use mls_store::{AcceptAll, EventStore, Publisher, WriteOutcome};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+fn main() {
+    divan::Divan::default()
+        .max_time(Duration::from_secs(1))
+        .sample_count(20)
+        .config_with_args()
+        .main();
+}
+
+/// `cargo test --all-targets` runs every benchmark once: keep the pre-filled store small then.
+fn bench_mode() -> bool {
+    std::env::args().any(|a| a == "--bench")
+}
+
+const NOW: u64 = 1_700_000_000;
+const AUTHORS: u64 = 1000;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn hex32(n: u64, salt: u8) -> Hex32 {
+    let mut b = [salt; 32];
+    b[..8].copy_from_slice(&n.to_be_bytes());
+    Hex32(b)
+}
+
+fn group(g: u64) -> String {
+    format!("{g:064x}")
+}
+
+/// Event `n` of the data set: alternately a kind-445 message of one of `n/200` groups and a
+/// kind-1 note, from 1000 authors, one second apart. The store does not verify signatures,
+/// so ids are unique counters and signatures zero (the bytes stored are the same size).
+fn event(n: u64, groups: u64) -> Event {
+    let (kind, tags) = if n.is_multiple_of(2) {
+        (
+            445,
+            vec![
+                vec!["h".to_owned(), group((n / 2) % groups)],
+                vec!["encoding".to_owned(), "base64".to_owned()],
+            ],
+        )
+    } else {
+        (1, vec![vec!["t".to_owned(), "bench".to_owned()]])
+    };
+    Event {
+        id: hex32(n, 0xee),
+        pubkey: hex32(n % AUTHORS, 0xaa),
+        created_at: NOW + n,
+        kind,
+        tags,
+        content: "A".repeat(512),
+        sig: Hex64([0; 64]),
+    }
+}
+
+fn open(dir: &std::path::Path) -> Arc<EmbeddedStore> {
+    EmbeddedStore::open(dir, EmbeddedOptions::default(), Arc::new(AcceptAll)).unwrap()
+}
+
+async fn write_all(store: &Arc<EmbeddedStore>, events: Vec<Event>) {
+    let writes = events
+        .into_iter()
+        .map(|ev| store.write(ev, Publisher::default()));
+    for outcome in futures_util::future::join_all(writes).await {
+        assert_eq!(outcome.unwrap(), WriteOutcome::Accepted);
+    }
+}
+
+/// N concurrent writes of new events: they share one or a few group commits. Time per batch;
+/// divide by N for the cost per event.
+#[divan::bench(args = [1, 100, 1000])]
+fn write_batch(bencher: Bencher, n: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let rt = runtime();
+    static NEXT: AtomicU64 = AtomicU64::new(1 << 40);
+    bencher
+        .counter(divan::counter::ItemsCount::new(n))
+        .with_inputs(|| {
+            let start = NEXT.fetch_add(n as u64, Ordering::Relaxed);
+            (start..start + n as u64)
+                .map(|i| event(i, 1000))
+                .collect::<Vec<_>>()
+        })
+        .bench_local_values(|events| rt.block_on(write_all(&store, events)));
+}
+
+struct Filled {
+    _dir: tempfile::TempDir,
+    store: Arc<EmbeddedStore>,
+    groups: u64,
+}
+
+/// A store of 100k events (1k under `cargo test`), filled once for all query benches.
+fn filled() -> &'static Filled {
+    static FILLED: OnceLock<Filled> = OnceLock::new();
+    FILLED.get_or_init(|| {
+        let n: u64 = if bench_mode() { 100_000 } else { 1_000 };
+        let groups = (n / 200).max(1);
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let rt = runtime();
+        for chunk in (0..n).collect::<Vec<_>>().chunks(10_000) {
+            let events = chunk.iter().map(|&i| event(i, groups)).collect();
+            rt.block_on(write_all(&store, events));
+        }
+        Filled {
+            _dir: dir,
+            store,
+            groups,
+        }
+    })
+}
+
+fn query(bencher: Bencher, make: impl Fn(u64, &Filled) -> serde_json::Value) {
+    let f = filled();
+    let rt = runtime();
+    let everyone = |_: &Event, _: &dyn mls_store::StateRead| true;
+    let mut i = 0u64;
+    bencher.bench_local(|| {
+        i += 1;
+        let filter = Filter::from_value(&make(i, f)).unwrap();
+        let found = rt
+            .block_on(f.store.query(&[filter], 500, NOW, &everyone))
+            .unwrap();
+        // The small store of `cargo test` has fewer than 10 events per author.
+        assert!(found.len() == 10 || (!bench_mode() && !found.is_empty()));
+        black_box(found)
+    });
+}
+
+/// `{"kinds":[1],"limit":10}`: the newest notes.
+#[divan::bench]
+fn query_kind_limit_10(bencher: Bencher) {
+    query(bencher, |_, _| serde_json::json!({"kinds":[1],"limit":10}));
+}
+
+/// `{"authors":[A],"limit":10}` over 1000 authors.
+#[divan::bench]
+fn query_author_limit_10(bencher: Bencher) {
+    query(
+        bencher,
+        |i, _| serde_json::json!({"authors":[hex32(i % AUTHORS, 0xaa)],"limit":10}),
+    );
+}
+
+/// `{"kinds":[445],"#h":[G],"limit":10}`: one group's latest messages.
+#[divan::bench]
+fn query_group_tag_limit_10(bencher: Bencher) {
+    query(
+        bencher,
+        |i, f| serde_json::json!({"kinds":[445],"#h":[group(i % f.groups)],"limit":10}),
+    );
+}
