@@ -70,22 +70,24 @@ pub(crate) fn admit(
         }
     };
 
-    let counter = WindowCounter::read(
-        state,
-        state::group_rate_prefix(group, speaker.as_ref()),
-        received_at,
-        60,
-    )
-    .map_err(store_err)?;
-    if counter.exhausted(cfg.rate_limits.max_group_messages_per_minute) {
-        return Err(Rejection(format!(
-            "rate-limited: max_group_messages_per_minute reached ({}) in group {}",
-            cfg.rate_limits.max_group_messages_per_minute,
-            short(group)
-        )));
+    let limit = cfg.rate_limits.max_group_messages_per_minute;
+    // 0 = unlimited: no counter to read or write on the hottest path.
+    if limit > 0 {
+        let counter = WindowCounter::read(
+            state,
+            state::group_rate_prefix(group, speaker.as_ref()),
+            received_at,
+            60,
+        )
+        .map_err(store_err)?;
+        if counter.exhausted(limit) {
+            return Err(Rejection(format!(
+                "rate-limited: max_group_messages_per_minute reached ({limit}) in group {}",
+                short(group)
+            )));
+        }
+        counter.bump(state).map_err(store_err)?;
     }
-
-    counter.bump(state).map_err(store_err)?;
     if let (Some(meta), Some(epoch)) = (meta, m.epoch) {
         registry::record_epoch(state, meta, epoch, received_at).map_err(store_err)?;
     }

@@ -17,7 +17,7 @@ pub async fn publish(app: &App, ev: &Event) {
         .read_state(&mut |state| {
             visible.clear();
             for sub in &candidates {
-                if app.gateway.may_see(&sub.conn.viewer(), ev, state) {
+                if sub.conn.with_viewer(|v| app.gateway.may_see(v, ev, state)) {
                     visible.push(sub.clone());
                 }
             }

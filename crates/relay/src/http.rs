@@ -82,7 +82,10 @@ async fn root(
             .max_message_length
             .saturating_mul(4)
             .max(64 * 1024);
+        // A small read buffer: tungstenite's default 128 KiB per connection dominates the
+        // memory of idle connections; larger messages still arrive, in more reads.
         return ws
+            .read_buffer_size(4096)
             .max_message_size(max)
             .max_frame_size(max)
             .on_upgrade(move |socket| async move {

@@ -69,6 +69,11 @@ pub async fn run(config: Config) -> Result<(), String> {
     let mut server_shutdown = shutdown_rx.clone();
     let service =
         http::router(app.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    // Without TCP_NODELAY, a REQ's second small frame waits for the client's delayed ACK
+    // (~40 ms per REQ, measured in docs/PERFORMANCE.md).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, service)
         .with_graceful_shutdown(async move { app::until_set(&mut server_shutdown).await })
         .await

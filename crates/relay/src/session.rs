@@ -30,7 +30,8 @@ const MAX_IN_FLIGHT: usize = 256;
 pub struct ConnectionHandle {
     pub id: u64,
     outbox: mpsc::Sender<String>,
-    authed: RwLock<Vec<Hex32>>,
+    /// The pubkeys this connection authenticated as (NIP-42), as the gateway's viewer.
+    authed: RwLock<Viewer>,
     /// Set once when the outbox overflows: the writer says why and closes, the reader stops.
     slow: watch::Sender<bool>,
 }
@@ -54,21 +55,25 @@ impl ConnectionHandle {
     }
 
     pub fn authed(&self) -> Vec<Hex32> {
-        self.authed.read().expect("authed lock").clone()
+        self.authed.read().expect("authed lock").authed.clone()
     }
 
     pub fn viewer(&self) -> Viewer {
-        Viewer {
-            authed: self.authed(),
-        }
+        self.authed.read().expect("authed lock").clone()
+    }
+
+    /// Runs `f` with this connection's viewer, without copying it (fan-out calls this once
+    /// per matching subscription).
+    pub fn with_viewer<R>(&self, f: impl FnOnce(&Viewer) -> R) -> R {
+        f(&self.authed.read().expect("authed lock"))
     }
 
     fn is_authed(&self) -> bool {
-        !self.authed.read().expect("authed lock").is_empty()
+        !self.authed.read().expect("authed lock").authed.is_empty()
     }
 
     fn add_authed(&self, pk: Hex32) {
-        let mut list = self.authed.write().expect("authed lock");
+        let list = &mut self.authed.write().expect("authed lock").authed;
         if !list.contains(&pk) {
             list.push(pk);
         }
@@ -95,7 +100,7 @@ pub async fn run(app: Arc<App>, socket: WebSocket, host: Option<String>, ip: IpA
     let conn = Arc::new(ConnectionHandle {
         id: app.next_connection_id(),
         outbox: tx,
-        authed: RwLock::new(Vec::new()),
+        authed: RwLock::new(Viewer { authed: Vec::new() }),
         slow: watch::channel(false).0,
     });
     let mut shutdown = app.shutdown.clone();
@@ -118,8 +123,19 @@ pub async fn run(app: Arc<App>, socket: WebSocket, host: Option<String>, ip: IpA
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(text) => {
-                        crate::metrics::message_out(&text);
-                        if sink.send(Message::Text(text.into())).await.is_err() {
+                        // Everything already queued goes out with one flush (one syscall for
+                        // a REQ's events and EOSE, not one each).
+                        let mut batch = Some(text);
+                        let mut failed = false;
+                        while let Some(text) = batch.take() {
+                            crate::metrics::message_out(&text);
+                            if sink.feed(Message::Text(text.into())).await.is_err() {
+                                failed = true;
+                                break;
+                            }
+                            batch = rx.try_recv().ok();
+                        }
+                        if failed || sink.flush().await.is_err() {
                             break;
                         }
                     }

@@ -120,6 +120,8 @@ impl Subscription {
 struct Inner {
     subs: HashMap<SubKey, (Arc<Subscription>, Vec<IndexKey>)>,
     index: HashMap<IndexKey, HashSet<SubKey>>,
+    /// Subscription ids per connection, so a disconnect does not scan every subscription.
+    by_conn: HashMap<u64, HashSet<Arc<str>>>,
 }
 
 /// All live subscriptions of this process.
@@ -154,14 +156,8 @@ impl SubscriptionIndex {
 
     pub fn remove_connection(&self, conn_id: u64) {
         let mut inner = self.inner.write().expect("index lock");
-        let keys: Vec<SubKey> = inner
-            .subs
-            .keys()
-            .filter(|(c, _)| *c == conn_id)
-            .cloned()
-            .collect();
-        for k in keys {
-            inner.remove(&k);
+        for sub_id in inner.by_conn.remove(&conn_id).unwrap_or_default() {
+            inner.remove(&(conn_id, sub_id));
         }
     }
 
@@ -200,6 +196,12 @@ impl Inner {
         let Some((_, keys)) = self.subs.remove(key) else {
             return false;
         };
+        if let Some(ids) = self.by_conn.get_mut(&key.0) {
+            ids.remove(&key.1);
+            if ids.is_empty() {
+                self.by_conn.remove(&key.0);
+            }
+        }
         for k in keys {
             if let Some(set) = self.index.get_mut(&k) {
                 set.remove(key);
