@@ -86,6 +86,21 @@ fn seed_config_file_in_the_repo_parses() {
 }
 
 #[test]
+fn container_config_is_valid_and_uses_the_embedded_store() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/config.toml");
+    let out = run_cli(&["check-config", "-c", path], None, &[]);
+    let t = printed(&out);
+    assert_eq!(
+        get(&t, "server.host").and_then(|v| v.as_str()),
+        Some("0.0.0.0")
+    );
+    assert_eq!(
+        get(&t, "extensions.mls_gateway.storage_backend").and_then(|v| v.as_str()),
+        Some("embedded")
+    );
+}
+
+#[test]
 fn seed_config_as_written_in_the_protocol_parses() {
     let out = check_config(&seed_text(), &[]);
     let t = printed(&out);

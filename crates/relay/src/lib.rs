@@ -16,6 +16,8 @@ pub mod metrics;
 pub mod ratelimit;
 mod session;
 mod subscriptions;
+#[cfg(test)]
+mod subscriptions_tests;
 pub mod tools;
 
 use app::App;

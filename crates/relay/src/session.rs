@@ -45,6 +45,19 @@ impl ConnectionHandle {
         }
     }
 
+    /// A handle with no socket behind it, and the receiving end of its outbox (tests).
+    #[cfg(test)]
+    pub(crate) fn detached(id: u64, capacity: usize) -> (Self, mpsc::Receiver<String>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let handle = ConnectionHandle {
+            id,
+            outbox: tx,
+            authed: RwLock::new(Viewer { authed: Vec::new() }),
+            slow: watch::channel(false).0,
+        };
+        (handle, rx)
+    }
+
     pub fn outbox_capacity(&self) -> usize {
         self.outbox.max_capacity()
     }

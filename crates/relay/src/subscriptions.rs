@@ -146,6 +146,11 @@ impl SubscriptionIndex {
                 .or_default()
                 .insert(key.clone());
         }
+        inner
+            .by_conn
+            .entry(key.0)
+            .or_default()
+            .insert(key.1.clone());
         inner.subs.insert(key, (sub, keys));
     }
 
