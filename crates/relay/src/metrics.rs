@@ -243,7 +243,14 @@ pub fn message_out(text: &str) {
     let m = global();
     let command = command_of(text);
     m.messages_out.inc(command);
+    // Only refusals are parsed: an accepting OK (the common case) never contains `,false,`.
+    let refusal = match command {
+        "OK" => text.contains(",false,"),
+        "CLOSED" => true,
+        _ => false,
+    };
     let reason = match command {
+        _ if !refusal => None,
         "OK" | "CLOSED" => serde_json::from_str::<serde_json::Value>(text)
             .ok()
             .and_then(|v| match command {
