@@ -208,7 +208,7 @@ pub async fn run(app: Arc<App>, socket: WebSocket, host: Option<String>, ip: IpA
     while let Some(ok) = session.in_flight.next().await {
         session.conn.send(ok);
     }
-    app.subscriptions.remove_connection(conn.id);
+    app.subscriptions.remove_connection(conn.id, &session.subs);
     drop(session);
     drop(conn);
     let _ = writer.await;

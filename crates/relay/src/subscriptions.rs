@@ -120,8 +120,6 @@ impl Subscription {
 struct Inner {
     subs: HashMap<SubKey, (Arc<Subscription>, Vec<IndexKey>)>,
     index: HashMap<IndexKey, HashSet<SubKey>>,
-    /// Subscription ids per connection, so a disconnect does not scan every subscription.
-    by_conn: HashMap<u64, HashSet<Arc<str>>>,
 }
 
 /// All live subscriptions of this process.
@@ -146,11 +144,6 @@ impl SubscriptionIndex {
                 .or_default()
                 .insert(key.clone());
         }
-        inner
-            .by_conn
-            .entry(key.0)
-            .or_default()
-            .insert(key.1.clone());
         inner.subs.insert(key, (sub, keys));
     }
 
@@ -159,10 +152,16 @@ impl SubscriptionIndex {
         self.inner.write().expect("index lock").remove(&key)
     }
 
-    pub fn remove_connection(&self, conn_id: u64) {
+    /// Removes a closed connection's subscriptions (the session knows their ids, so nothing
+    /// is scanned).
+    pub fn remove_connection<'a>(
+        &self,
+        conn_id: u64,
+        sub_ids: impl IntoIterator<Item = &'a Arc<str>>,
+    ) {
         let mut inner = self.inner.write().expect("index lock");
-        for sub_id in inner.by_conn.remove(&conn_id).unwrap_or_default() {
-            inner.remove(&(conn_id, sub_id));
+        for sub_id in sub_ids {
+            inner.remove(&(conn_id, sub_id.clone()));
         }
     }
 
@@ -201,12 +200,6 @@ impl Inner {
         let Some((_, keys)) = self.subs.remove(key) else {
             return false;
         };
-        if let Some(ids) = self.by_conn.get_mut(&key.0) {
-            ids.remove(&key.1);
-            if ids.is_empty() {
-                self.by_conn.remove(&key.0);
-            }
-        }
         for k in keys {
             if let Some(set) = self.index.get_mut(&k) {
                 set.remove(key);

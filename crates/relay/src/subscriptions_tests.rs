@@ -47,11 +47,13 @@ fn matches_through_each_index_and_forgets_closed_connections() {
     // Replacing a subscription id keeps one entry; closing a connection drops all of its.
     index.insert(sub(&a, "by-kind", json!({"kinds": [1]})));
     assert_eq!(index.len(), 6);
-    index.remove_connection(1);
+    let ids_of_a: Vec<Arc<str>> = ["by-tag", "by-kind", "other-kind"].map(Arc::from).into();
+    index.remove_connection(1, &ids_of_a);
     assert_eq!(index.len(), 3);
     assert!(index.matching(&ev).iter().all(|s| s.conn.id == 2));
     assert!(index.remove(2, "all"));
-    index.remove_connection(2);
+    let ids_of_b: Vec<Arc<str>> = ["by-id", "by-author"].map(Arc::from).into();
+    index.remove_connection(2, &ids_of_b);
     assert!(index.is_empty());
     // No subscription keeps a connection alive once it is gone from the index.
     assert_eq!(Arc::strong_count(&a), 1);
