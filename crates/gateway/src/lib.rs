@@ -65,6 +65,7 @@ pub use dialect::{normalize, Dialect, MlsEvent, RosterOp};
 pub use keypackage::KeyPackageEntry;
 pub use registry::{GroupRecord, MembershipChange};
 pub use state::MemState;
+pub use visibility::Audience;
 
 use mls_proto::{parse_pubkey, Event, Filter, Hex32};
 use mls_store::{Admission, Admitted, Publisher, Rejection, StateRead, StateWrite, StoreError};
@@ -173,6 +174,12 @@ impl Gateway {
     /// THE visibility rule (see `visibility.rs`), for stored REQ, live fan-out, COUNT and REST.
     pub fn may_see(&self, viewer: &Viewer, event: &Event, state: &dyn StateRead) -> bool {
         visibility::may_see(self, viewer, event, state)
+    }
+
+    /// The same rule split in two for fan-out: the event's part once, then
+    /// [`Audience::admits`] per viewer (`may_see` is exactly `audience(..).admits(..)`).
+    pub fn audience<'a>(&'a self, event: &'a Event, state: &dyn StateRead) -> Audience<'a> {
+        visibility::audience(self, event, state)
     }
 
     /// Before a REQ / COUNT runs: `Err` when the filters can only match events this viewer may

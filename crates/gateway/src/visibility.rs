@@ -43,32 +43,93 @@ fn only_h(ev: &Event) -> Option<&str> {
     }
 }
 
+/// Who may see one event, decided once per event: live fan-out asks it for every matching
+/// subscriber, so the event's own part of the rule (its tags, whether its group is gated) is
+/// not worked out again per viewer.
+pub struct Audience<'a> {
+    gw: &'a Gateway,
+    who: Who<'a>,
+}
+
+enum Who<'a> {
+    Anyone,
+    Nobody,
+    /// Any authenticated viewer when auth is on; anyone when it is off.
+    Readers,
+    /// Viewers authenticated as one of these pubkeys.
+    Pubkeys(Vec<Hex32>),
+    /// Members and admins of the group (and, for rosters, configured admins).
+    Members {
+        group: &'a str,
+        configured_admins: bool,
+    },
+}
+
+impl Audience<'_> {
+    pub fn admits(&self, viewer: &Viewer, state: &dyn StateRead) -> bool {
+        match &self.who {
+            Who::Anyone => true,
+            Who::Nobody => false,
+            Who::Readers => any_reader(self.gw, viewer),
+            Who::Pubkeys(list) => viewer.authed.iter().any(|pk| list.contains(pk)),
+            Who::Members {
+                group,
+                configured_admins,
+            } => {
+                (*configured_admins && viewer.authed.iter().any(|pk| self.gw.is_admin(pk)))
+                    || registry::participant(state, group, &viewer.authed)
+                        .is_ok_and(|p| p.is_some())
+            }
+        }
+    }
+}
+
+fn pubkeys<'e>(values: impl Iterator<Item = &'e str>) -> Vec<Hex32> {
+    values.filter_map(Hex32::from_hex).collect()
+}
+
+pub(crate) fn audience<'a>(gw: &'a Gateway, ev: &'a Event, state: &dyn StateRead) -> Audience<'a> {
+    let who = match ev.kind {
+        1059 => Who::Pubkeys(pubkeys(ev.tag_values("p"))),
+        446 => {
+            let mut list = pubkeys(ev.tag_values("p"));
+            list.push(ev.pubkey);
+            Who::Pubkeys(list)
+        }
+        445 => match only_h(ev).map(|g| (g, registry::is_gated(state, g))) {
+            Some((group, Ok(true))) => Who::Members {
+                group,
+                configured_admins: false,
+            },
+            Some((_, Ok(false))) => Who::Readers,
+            // No single group, or its state unreadable: fail closed.
+            None | Some((_, Err(_))) => Who::Nobody,
+        },
+        450 => match only_h(ev) {
+            Some(group) => Who::Members {
+                group,
+                configured_admins: true,
+            },
+            None => Who::Nobody,
+        },
+        443 | 30443 => Who::Readers,
+        444 => Who::Nobody,
+        _ => Who::Anyone,
+    };
+    Audience { gw, who }
+}
+
+/// A roster reader: a member or admin of `group`, or a configured admin.
 fn group_participant(gw: &Gateway, viewer: &Viewer, group: &str, state: &dyn StateRead) -> bool {
-    viewer.authed.iter().any(|pk| gw.is_admin(pk))
-        || registry::participant(state, group, &viewer.authed).is_ok_and(|p| p.is_some())
+    let who = Who::Members {
+        group,
+        configured_admins: true,
+    };
+    Audience { gw, who }.admits(viewer, state)
 }
 
 pub(crate) fn may_see(gw: &Gateway, viewer: &Viewer, ev: &Event, state: &dyn StateRead) -> bool {
-    match ev.kind {
-        1059 => names_viewer(viewer, ev.tag_values("p")),
-        446 => viewer.authed.contains(&ev.pubkey) || names_viewer(viewer, ev.tag_values("p")),
-        445 => {
-            let Some(group) = only_h(ev) else {
-                return false;
-            };
-            match registry::is_gated(state, group) {
-                Ok(true) => {
-                    registry::participant(state, group, &viewer.authed).is_ok_and(|p| p.is_some())
-                }
-                Ok(false) => any_reader(gw, viewer),
-                Err(_) => false,
-            }
-        }
-        450 => only_h(ev).is_some_and(|g| group_participant(gw, viewer, g, state)),
-        443 | 30443 => any_reader(gw, viewer),
-        444 => false,
-        _ => true,
-    }
+    audience(gw, ev, state).admits(viewer, state)
 }
 
 /// What a read refusal may rest on.

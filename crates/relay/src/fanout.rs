@@ -1,5 +1,6 @@
 //! Live delivery of an accepted event: the subscription index narrows the candidates, the
-//! gateway's visibility rule decides for each, and matching subscriptions get it once.
+//! gateway's visibility rule decides (the event's part once, then per subscriber), and matching
+//! subscriptions get it once.
 
 use crate::app::App;
 use mls_proto::Event;
@@ -16,8 +17,9 @@ pub async fn publish(app: &App, ev: &Event) {
         .store
         .read_state(&mut |state| {
             visible.clear();
+            let audience = app.gateway.audience(ev, state);
             for sub in &candidates {
-                if sub.conn.with_viewer(|v| app.gateway.may_see(v, ev, state)) {
+                if sub.conn.with_viewer(|v| audience.admits(v, state)) {
                     visible.push(sub.clone());
                 }
             }
