@@ -385,6 +385,28 @@ max_group_messages_per_minute = 0
         }
     }
 
+    /// SIGTERM (what Cloud Run sends), then waits up to `timeout` for the process to exit.
+    /// Returns its exit status, or `None` if it was still running (it is then killed).
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let pid = child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(
+            sent.is_ok_and(|s| s.success()),
+            "could not send SIGTERM to {pid}"
+        );
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
     /// SIGKILL, then start again on the same data directory (new port).
     pub async fn restart(&mut self) {
         self.kill();
