@@ -381,6 +381,68 @@ async fn export_import_round_trip_through_a_second_data_dir() {
     assert!(!ok, "older metadata accepted after import");
 }
 
+/// A gated group's traffic, exported and imported: the 445s were accepted because their
+/// (throwaway-key) publisher's connection was a member, which an import cannot re-check; the
+/// operator's replay takes them, and the replayed roster gates the group again.
+#[tokio::test]
+async fn import_replays_a_gated_groups_messages() {
+    let mut a = Relay::builder()
+        .config("[auth]\nenabled = true\n")
+        .start()
+        .await;
+    let (admin, member, stranger, throwaway) = (keys(), keys(), keys(), keys());
+    let group = "ab".repeat(32);
+    let mut adm = a.connect_authed(&admin).await;
+    let roster = ev(
+        &admin,
+        450,
+        &[
+            &["h", &group],
+            &["op", "bootstrap"],
+            &["seq", "1"],
+            &["p", &pk_hex(&member)],
+        ],
+        "",
+    );
+    adm.publish_ok(&roster).await;
+    let mut mem = a.connect_authed(&member).await;
+    let message = ev(
+        &throwaway,
+        445,
+        &[&["h", &group], &["k", "1"]],
+        "ciphertext",
+    );
+    mem.publish_ok(&message).await;
+    drop((adm, mem));
+    a.kill();
+
+    let (lines, ids) = export_ids(&a);
+    assert!(ids.contains(&id_hex(&message)) && ids.contains(&id_hex(&roster)));
+    let mut b = Relay::builder()
+        .config("[auth]\nenabled = true\n")
+        .prepare();
+    let out = b.cli(&["import"], Some((lines.join("\n") + "\n").as_bytes()));
+    assert!(out.success(), "import failed: {out:?}");
+    assert!(
+        out.stderr
+            .contains("imported 2 events (0 duplicates, 0 rejected)"),
+        "{out:?}"
+    );
+
+    b.spawn().await;
+    let filter = [json!({"kinds": [445], "#h": [group]})];
+    let mut mem = b.connect_authed(&member).await;
+    let got = mem.query(&filter).await;
+    assert_eq!(
+        got,
+        vec![event_value(&message)],
+        "the member reads the imported 445"
+    );
+    let mut other = b.connect_authed(&stranger).await;
+    let closed = other.req_closed("s", &filter).await;
+    assert_prefix(&closed, "restricted:");
+}
+
 #[tokio::test]
 async fn import_refuses_a_tampered_event() {
     let relay = Relay::builder().prepare();

@@ -103,6 +103,7 @@ pub async fn fill_store(dir: &Path, data: &DataSet) -> Result<u64, String> {
                 let store = store.clone();
                 let publisher = Publisher {
                     authed: vec![ev.pubkey],
+                    operator: false,
                 };
                 async move { store.write(ev, publisher).await }
             })

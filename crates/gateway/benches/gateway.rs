@@ -77,6 +77,7 @@ fn fixture(members: usize) -> Fixture {
     let roster = Event::sign(&admin, NOW, 450, t, "");
     let publisher = Publisher {
         authed: vec![pk(&admin)],
+        operator: false,
     };
     gw.admit(&roster, &publisher, NOW, &mut state)
         .expect("roster accepted");
@@ -100,6 +101,7 @@ mod admit {
         let ev = group_message(&"cd".repeat(32));
         let publisher = Publisher {
             authed: vec![pk(&keys())],
+            operator: false,
         };
         bencher.bench_local(|| {
             gw.admit(black_box(&ev), &publisher, NOW, &mut state)
@@ -114,6 +116,7 @@ mod admit {
         let ev = group_message(&f.group);
         let publisher = Publisher {
             authed: vec![f.member],
+            operator: false,
         };
         bencher.bench_local(|| {
             f.gw.admit(black_box(&ev), &publisher, NOW, &mut f.state)
@@ -128,6 +131,7 @@ mod admit {
         let ev = group_message(&f.group);
         let publisher = Publisher {
             authed: vec![f.stranger],
+            operator: false,
         };
         bencher.bench_local(|| {
             f.gw.admit(black_box(&ev), &publisher, NOW, &mut f.state)

@@ -42,6 +42,7 @@ pub(crate) fn admit(
     let meta = registry::load_meta(state, group).map_err(store_err)?;
     // Which authenticated pubkey speaks for the publisher (for the rate counter).
     let speaker: Option<Hex32> = match &meta {
+        Some(_) if publisher.operator => None,
         Some(_) => {
             if publisher.authed.is_empty() {
                 return Err(Rejection(format!(

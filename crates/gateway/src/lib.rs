@@ -319,7 +319,7 @@ impl Gateway {
 
     /// NIP-70: a protected event only from a connection authenticated as its author.
     fn check_protected(event: &Event, publisher: &Publisher) -> Result<(), Rejection> {
-        if !event.is_protected() || publisher.authed.contains(&event.pubkey) {
+        if !event.is_protected() || publisher.operator || publisher.authed.contains(&event.pubkey) {
             return Ok(());
         }
         Err(Rejection(if publisher.authed.is_empty() {

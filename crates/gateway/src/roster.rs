@@ -64,7 +64,7 @@ pub(crate) fn admit(
     }
 
     let signer = ev.pubkey;
-    if gw.auth_enabled() && !publisher.authed.contains(&signer) {
+    if gw.auth_enabled() && !publisher.operator && !publisher.authed.contains(&signer) {
         return Err(Rejection(if publisher.authed.is_empty() {
             "auth-required: roster events are accepted only from their authenticated signer".into()
         } else {

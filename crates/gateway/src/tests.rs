@@ -90,6 +90,7 @@ impl Env {
         let before = self.st.clone();
         let p = Publisher {
             authed: publisher.to_vec(),
+            operator: false,
         };
         let r = self.gw.admit(e, &p, at, &mut self.st);
         if r.is_err() {

@@ -272,7 +272,17 @@ impl Session {
         }
         // Polled first in push order, so writes reach the store writer in arrival order.
         self.in_flight.push_back(Box::pin(async move {
-            match app.store.write(ev.clone(), Publisher { authed }).await {
+            match app
+                .store
+                .write(
+                    ev.clone(),
+                    Publisher {
+                        authed,
+                        operator: false,
+                    },
+                )
+                .await
+            {
                 Ok(WriteOutcome::Accepted) => {
                     fanout::publish(&app, &ev).await;
                     relay::ok(&id, true, "")

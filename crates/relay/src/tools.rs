@@ -40,9 +40,11 @@ pub async fn export(config: &Config, out: &mut (dyn Write + Send)) -> Result<u64
     }
 }
 
-/// Reads JSON lines and stores each event through the same checks as the socket path (the
-/// operator stands in for the author, as if authenticated as each event's pubkey). Refusals
-/// are reported on `report` and counted; they do not stop the import.
+/// Reads JSON lines and stores each event through the same checks as the socket path, with
+/// the operator standing in for the publishing connection (authenticated as each event's
+/// pubkey, and `Publisher::operator`: checks that belonged to the original connection, such as
+/// group membership of a 445's sender, are not re-run, and gift wraps grant no membership).
+/// Refusals are reported on `report` and counted; they do not stop the import.
 pub async fn import(
     config: &Config,
     input: &mut dyn BufRead,
@@ -78,7 +80,11 @@ pub async fn import(
             refuse(&mut summary, "invalid: ephemeral events are not stored");
             continue;
         }
-        match store.write(ev, Publisher { authed }).await {
+        let publisher = Publisher {
+            authed,
+            operator: true,
+        };
+        match store.write(ev, publisher).await {
             Ok(WriteOutcome::Accepted) => summary.accepted += 1,
             Ok(WriteOutcome::Duplicate) => summary.duplicate += 1,
             Ok(WriteOutcome::Rejected(why)) => refuse(&mut summary, &why),

@@ -250,7 +250,7 @@ impl EventStore for EmbeddedStore {
     async fn write(&self, event: Event, publisher: Publisher) -> StoreResult<WriteOutcome> {
         let (reply, answered) = oneshot::channel();
         self.submit(writer::Request::Write {
-            event,
+            event: Box::new(event),
             publisher,
             reply,
         })?;

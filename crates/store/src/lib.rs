@@ -49,6 +49,11 @@ pub trait StateWrite: StateRead {
 pub struct Publisher {
     /// Pubkeys the connection has authenticated as (NIP-42). Empty when unauthenticated.
     pub authed: Vec<Hex32>,
+    /// The relay's operator replaying stored events (`import`): the checks that depend on the
+    /// original publishing connection (its authentication, its group membership) cannot be
+    /// re-run and are skipped, and the event grants no membership; everything the event
+    /// itself must satisfy (shape, uniqueness, roster order, expiry) still applies.
+    pub operator: bool,
 }
 
 /// What the rules decided for an accepted event.

@@ -27,7 +27,7 @@ const PURGE_CHUNK: usize = 10_000;
 
 pub(super) enum Request {
     Write {
-        event: Event,
+        event: Box<Event>,
         publisher: Publisher,
         reply: oneshot::Sender<StoreResult<WriteOutcome>>,
     },
