@@ -25,6 +25,23 @@ async fn health_reports_healthy_version_and_uptime() {
 }
 
 #[tokio::test]
+async fn health_is_503_naming_the_store_when_its_files_vanish() {
+    let relay = Relay::start().await;
+    assert_eq!(relay.get("/health").await.status, 200);
+    // What an unmounted volume looks like from inside: the store's directory is gone.
+    std::fs::remove_dir_all(relay.data_path()).unwrap();
+    let r = relay.get("/health").await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["status"], "unhealthy", "{v}");
+    assert_eq!(v["failing"], "store", "{v}");
+    assert!(
+        v["version"].is_string() && v["uptime_seconds"].is_u64(),
+        "{v}"
+    );
+}
+
+#[tokio::test]
 async fn health_is_served_when_auth_is_required() {
     let relay = Relay::builder()
         .config("[auth]\nenabled = true\n")

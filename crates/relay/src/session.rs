@@ -9,7 +9,7 @@ use crate::app::App;
 use crate::subscriptions::Subscription;
 use crate::{auth, fanout, ingest};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures_util::stream::FuturesOrdered;
+use futures_util::stream::{FuturesOrdered, SplitSink};
 use futures_util::{SinkExt, StreamExt};
 use mls_gateway_rules::{ReadRefusal, Viewer};
 use mls_proto::{relay, unix_now, ClientMessage, Event, Filter, Hex32, KindClass, MessageError};
@@ -108,8 +108,8 @@ struct Session {
 }
 
 pub async fn run(app: Arc<App>, socket: WebSocket, host: Option<String>, ip: IpAddr) {
-    let (mut sink, mut stream) = socket.split();
-    let (tx, mut rx) = mpsc::channel::<String>(app.config.limitation.outbox_capacity.max(1));
+    let (sink, mut stream) = socket.split();
+    let (tx, rx) = mpsc::channel::<String>(app.config.limitation.outbox_capacity.max(1));
     let conn = Arc::new(ConnectionHandle {
         id: app.next_connection_id(),
         outbox: tx,
@@ -121,57 +121,13 @@ pub async fn run(app: Arc<App>, socket: WebSocket, host: Option<String>, ip: IpA
         .min(app.config.limitation.outbox_capacity / 2)
         .max(1);
 
-    // Writer: drains the outbox; on a kick (slow reader) or shutdown it says why and closes.
-    let mut writer_slow = conn.slow.subscribe();
     let mut reader_slow = conn.slow.subscribe();
-    let mut writer_shutdown = app.shutdown.clone();
-    let writer = tokio::spawn(async move {
-        let close = |reason: &str| {
-            Message::Close(Some(CloseFrame {
-                code: 1001,
-                reason: reason.to_owned().into(),
-            }))
-        };
-        loop {
-            tokio::select! {
-                msg = rx.recv() => match msg {
-                    Some(text) => {
-                        // Everything already queued goes out with one flush (one syscall for
-                        // a REQ's events and EOSE, not one each).
-                        let mut batch = Some(text);
-                        let mut failed = false;
-                        while let Some(text) = batch.take() {
-                            crate::metrics::message_out(&text);
-                            if sink.feed(Message::Text(text.into())).await.is_err() {
-                                failed = true;
-                                break;
-                            }
-                            batch = rx.try_recv().ok();
-                        }
-                        if failed || sink.flush().await.is_err() {
-                            break;
-                        }
-                    }
-                    None => {
-                        let _ = sink.send(Message::Close(None)).await;
-                        break;
-                    }
-                },
-                _ = crate::app::until_set(&mut writer_slow) => {
-                    let _ = sink
-                        .send(Message::Text(relay::notice("error: outbox full, closing slow connection").into()))
-                        .await;
-                    let _ = sink.send(close("slow reader")).await;
-                    break;
-                }
-                _ = crate::app::until_set(&mut writer_shutdown) => {
-                    let _ = sink.send(close("relay shutting down")).await;
-                    break;
-                }
-            }
-        }
-        let _ = sink.close().await;
-    });
+    let writer = tokio::spawn(write_outbox(
+        sink,
+        rx,
+        conn.slow.subscribe(),
+        app.shutdown.clone(),
+    ));
 
     let mut session = Session {
         challenge: hex::encode(rand::random::<[u8; 16]>()),
@@ -212,6 +168,62 @@ pub async fn run(app: Arc<App>, socket: WebSocket, host: Option<String>, ip: IpA
     drop(session);
     drop(conn);
     let _ = writer.await;
+}
+
+/// The connection's writer: drains the outbox to the socket, flushing once per burst. A slow
+/// reader (outbox overflowed) is told why and closed; so is everyone at shutdown. Those two
+/// flags are checked first and between messages, so a backlog never hides them.
+async fn write_outbox(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut outbox: mpsc::Receiver<String>,
+    mut slow: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let close = |reason: &str| {
+        Message::Close(Some(CloseFrame {
+            code: 1001,
+            reason: reason.to_owned().into(),
+        }))
+    };
+    loop {
+        tokio::select! {
+            biased;
+            _ = crate::app::until_set(&mut slow) => {
+                let notice = relay::notice("error: outbox full, closing slow connection");
+                let _ = sink.send(Message::Text(notice.into())).await;
+                let _ = sink.send(close("slow reader")).await;
+                break;
+            }
+            _ = crate::app::until_set(&mut shutdown) => {
+                let _ = sink.send(close("relay shutting down")).await;
+                break;
+            }
+            msg = outbox.recv() => {
+                let Some(first) = msg else {
+                    let _ = sink.send(Message::Close(None)).await;
+                    break;
+                };
+                // Everything already queued goes out with one flush (one syscall for a REQ's
+                // events and EOSE, not one each).
+                let mut next = Some(first);
+                let mut failed = false;
+                while let Some(text) = next.take() {
+                    crate::metrics::message_out(&text);
+                    if sink.feed(Message::Text(text.into())).await.is_err() {
+                        failed = true;
+                        break;
+                    }
+                    if !*slow.borrow() && !*shutdown.borrow() {
+                        next = outbox.try_recv().ok();
+                    }
+                }
+                if failed || sink.flush().await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = sink.close().await;
 }
 
 impl Session {

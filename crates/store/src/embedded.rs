@@ -306,7 +306,26 @@ impl EventStore for EmbeddedStore {
         answer(answered).await
     }
 
+    /// The store is usable: its file is still where it was opened (not a vanished volume),
+    /// the writer thread has not died, and a read transaction opens.
     async fn health(&self) -> StoreResult<()> {
+        let file = self.path().join("data.mdb");
+        if !file.exists() {
+            return Err(StoreError::Backend(format!(
+                "{} is missing",
+                file.display()
+            )));
+        }
+        // `None` after `close()`: reads still work. A writer that ended on its own did not.
+        let writer_died = self
+            .writer
+            .lock()
+            .map_err(|_| StoreError::Backend("writer handle poisoned".into()))?
+            .as_ref()
+            .is_some_and(|h| h.is_finished());
+        if writer_died {
+            return Err(StoreError::Backend("the writer thread has stopped".into()));
+        }
         self.env
             .read_txn()
             .map(drop)
