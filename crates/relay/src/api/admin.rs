@@ -8,13 +8,12 @@
 //! owner.
 
 use super::public::read_group;
-use super::{authorize, Access, ApiError, Call};
+use super::{Access, ApiCall, ApiError};
 use crate::app::App;
-use crate::ratelimit::ClientIp;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::StatusCode;
 use axum::Json;
 use mls_gateway_rules::{GroupRecord, MembershipChange, RosterOp, Viewer};
 use mls_proto::{parse_pubkey, unix_now, Hex32};
@@ -42,25 +41,11 @@ fn record_json(rec: &GroupRecord) -> Value {
     })
 }
 
-/// The request's parts, for [`authorize`].
-pub struct AdminCall {
-    ip: std::net::IpAddr,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-}
-
-impl AdminCall {
-    fn authorize(&self, app: &App, body: &[u8]) -> Result<Hex32, ApiError> {
-        let call = Call {
-            ip: self.ip,
-            method: &self.method,
-            uri: &self.uri,
-            headers: &self.headers,
-            body,
-        };
-        Ok(authorize(app, &call, Access::Admin)?.expect("admin access implies a caller"))
-    }
+/// The calling admin's pubkey (NIP-98, `admin_pubkeys`), or the refusal.
+fn authorize_admin(call: &ApiCall, app: &App, body: &[u8]) -> Result<Hex32, ApiError> {
+    Ok(call
+        .authorize(app, body, Access::Admin)?
+        .expect("admin access implies a caller"))
 }
 
 fn path(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
@@ -85,18 +70,9 @@ fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
 /// `GET {prefix}/admin/groups`: every group the registry knows.
 pub async fn list_groups(
     State(app): State<Arc<App>>,
-    ClientIp(ip): ClientIp,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    call: ApiCall,
 ) -> Result<Json<Value>, ApiError> {
-    let call = AdminCall {
-        ip,
-        method,
-        uri,
-        headers,
-    };
-    call.authorize(&app, &[])?;
+    authorize_admin(&call, &app, &[])?;
     let mut groups = Vec::new();
     app.store
         .read_state(&mut |state| {
@@ -112,19 +88,10 @@ pub async fn list_groups(
 /// `GET {prefix}/admin/groups/{group_id}`: the full record.
 pub async fn group(
     State(app): State<Arc<App>>,
-    ClientIp(ip): ClientIp,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    call: ApiCall,
     group_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let call = AdminCall {
-        ip,
-        method,
-        uri,
-        headers,
-    };
-    let admin = call.authorize(&app, &[])?;
+    let admin = authorize_admin(&call, &app, &[])?;
     let group_id = path(group_id)?;
     match read_group(&app, &Viewer::authenticated_as([admin]), &group_id).await? {
         Some(rec) => Ok(Json(json!({ "group": record_json(&rec) }))),
@@ -245,13 +212,13 @@ fn short_group(group: &str) -> String {
 
 async fn roster_change(
     app: Arc<App>,
-    call: AdminCall,
+    call: ApiCall,
     group_id: Result<Path<String>, PathRejection>,
     bytes: Result<Bytes, BytesRejection>,
     op: RosterOp,
 ) -> Result<Json<Value>, ApiError> {
     let bytes = body(bytes)?;
-    let admin = call.authorize(&app, &bytes)?;
+    let admin = authorize_admin(&call, &app, &bytes)?;
     let group_id = path(group_id)?;
     let req: PubkeysBody = parse_json(&bytes)?;
     let pubkeys = parse_pubkeys(&req.pubkeys)?;
@@ -264,19 +231,10 @@ macro_rules! roster_endpoint {
         #[doc = $doc]
         pub async fn $name(
             State(app): State<Arc<App>>,
-            ClientIp(ip): ClientIp,
-            method: Method,
-            uri: Uri,
-            headers: HeaderMap,
+            call: ApiCall,
             group_id: Result<Path<String>, PathRejection>,
             bytes: Result<Bytes, BytesRejection>,
         ) -> Result<Json<Value>, ApiError> {
-            let call = AdminCall {
-                ip,
-                method,
-                uri,
-                headers,
-            };
             roster_change(app, call, group_id, bytes, $op).await
         }
     };
@@ -306,21 +264,12 @@ roster_endpoint!(
 /// `PATCH {prefix}/admin/groups/{group_id}` `{"display_name":"…"}`: renames the group.
 pub async fn rename(
     State(app): State<Arc<App>>,
-    ClientIp(ip): ClientIp,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    call: ApiCall,
     group_id: Result<Path<String>, PathRejection>,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let bytes = body(bytes)?;
-    let call = AdminCall {
-        ip,
-        method,
-        uri,
-        headers,
-    };
-    let admin = call.authorize(&app, &bytes)?;
+    let admin = authorize_admin(&call, &app, &bytes)?;
     let group_id = path(group_id)?;
     let req: RenameBody = parse_json(&bytes)?;
     let rec = apply(&app, admin, group_id, Change::Rename(req.display_name)).await?;

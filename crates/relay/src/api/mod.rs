@@ -22,8 +22,9 @@ pub mod nip98;
 mod public;
 
 use crate::app::App;
-use crate::ratelimit::RateKey;
-use axum::extract::{Request, State};
+use crate::ratelimit::{ClientIp, RateKey};
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -120,6 +121,51 @@ pub enum Access {
     Authenticated,
     /// Always an authenticated caller listed in `admin_pubkeys`.
     Admin,
+}
+
+/// A REST request's parts that authorization reads (NIP-98 signs the method and URL; limits
+/// key on the client IP), extracted once per handler.
+pub struct ApiCall {
+    pub ip: std::net::IpAddr,
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+}
+
+impl FromRequestParts<Arc<App>> for ApiCall {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &Arc<App>,
+    ) -> Result<Self, Self::Rejection> {
+        let ClientIp(ip) = ClientIp::from_request_parts(parts, app).await?;
+        Ok(ApiCall {
+            ip,
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            headers: parts.headers.clone(),
+        })
+    }
+}
+
+impl ApiCall {
+    /// [`authorize`] for this request with its `body`.
+    pub fn authorize(
+        &self,
+        app: &App,
+        body: &[u8],
+        access: Access,
+    ) -> Result<Option<Hex32>, ApiError> {
+        let call = Call {
+            ip: self.ip,
+            method: &self.method,
+            uri: &self.uri,
+            headers: &self.headers,
+            body,
+        };
+        authorize(app, &call, access)
+    }
 }
 
 /// The parts of a request the auth check looks at.

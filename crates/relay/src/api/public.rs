@@ -1,11 +1,9 @@
 //! The client endpoints: `GET groups/{group_id}` and `GET keypackages?owner=`.
 
-use super::{authorize, Access, ApiError, Call};
+use super::{Access, ApiCall, ApiError};
 use crate::app::App;
-use crate::ratelimit::ClientIp;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, Method, Uri};
 use axum::Json;
 use mls_gateway_rules::{GroupRecord, KeyPackageEntry, Viewer};
 use mls_proto::{parse_pubkey, unix_now};
@@ -17,20 +15,10 @@ use std::sync::Arc;
 /// configured admin); 404 for everyone else, whether or not the group exists.
 pub async fn group(
     State(app): State<Arc<App>>,
-    ClientIp(ip): ClientIp,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    call: ApiCall,
     group_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let call = Call {
-        ip,
-        method: &method,
-        uri: &uri,
-        headers: &headers,
-        body: &[],
-    };
-    let caller = authorize(&app, &call, Access::Authenticated)?;
+    let caller = call.authorize(&app, &[], Access::Authenticated)?;
     let Path(group_id) = group_id.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let viewer = Viewer::authenticated_as(caller);
     let record = read_group(&app, &viewer, &group_id).await?;
@@ -66,20 +54,10 @@ pub struct OwnerQuery {
 /// first (metadata only; the events themselves are fetched with REQ).
 pub async fn keypackages(
     State(app): State<Arc<App>>,
-    ClientIp(ip): ClientIp,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    call: ApiCall,
     query: Result<Query<OwnerQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let call = Call {
-        ip,
-        method: &method,
-        uri: &uri,
-        headers: &headers,
-        body: &[],
-    };
-    authorize(&app, &call, Access::Public)?;
+    call.authorize(&app, &[], Access::Public)?;
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let owner = query
         .owner
