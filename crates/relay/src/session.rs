@@ -149,7 +149,9 @@ pub async fn run(app: Arc<App>, socket: WebSocket, host: Option<String>, ip: IpA
                 session.conn.send(ok);
             }
             frame = stream.next(), if session.in_flight.len() < max_in_flight => match frame {
-                Some(Ok(Message::Text(text))) => session.handle_text(text.as_str()).await,
+                // Boxed: an idle connection then holds a small future, not room for the
+                // largest message handler (REQ with its query and claims).
+                Some(Ok(Message::Text(text))) => Box::pin(session.handle_text(text.as_str())).await,
                 Some(Ok(Message::Binary(_))) => session
                     .conn
                     .send(relay::notice("invalid: binary frames are not supported, send JSON text")),
