@@ -60,11 +60,9 @@ pub(crate) fn admit(
         ));
     }
 
-    let inviter_known = !publisher.operator;
-    if let (Some(group), Some(first), true) =
-        (m.group_ids.first(), publisher.authed.first(), inviter_known)
-    {
-        if gw.source_enabled(MembershipSource::Giftwrap) {
+    // An operator's replay does not know who published the wrap: it grants no membership.
+    if let (Some(group), Some(first)) = (m.group_ids.first(), publisher.authed.first()) {
+        if gw.source_enabled(MembershipSource::Giftwrap) && !publisher.operator {
             registry::validate_group_id(group)?;
             let group_state = match Group::load(state, group).map_err(store_err)? {
                 Some(mut g) => {
