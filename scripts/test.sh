@@ -62,6 +62,10 @@ wait_for_port() { # host port [seconds]
 # ---------------------------------------------------------------------------------------------
 # Tests
 # ---------------------------------------------------------------------------------------------
+# A fresh clone must pass wherever it is placed: nothing tracked may read above the root.
+log "checking that no tracked file refers to a path outside the repository"
+python3 scripts/check-self-contained.py
+
 # The end-to-end tests (tests/) each start their own relay binary on a free loopback port
 # with a temporary data directory; nothing else to set up for them.
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"

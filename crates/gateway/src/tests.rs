@@ -1341,7 +1341,7 @@ fn archive_off_delivers_live_only() {
 // The real MDK 0.8 events.
 
 fn vectors() -> Vec<(String, serde_json::Value)> {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/vectors");
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/vectors");
     let mut out = Vec::new();
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("vectors directory {dir}: {e}"))

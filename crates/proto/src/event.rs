@@ -216,7 +216,7 @@ mod tests {
 
     #[test]
     fn mdk_vectors_verify() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/vectors");
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/vectors");
         let Ok(entries) = std::fs::read_dir(dir) else {
             panic!("vectors directory missing at {dir}");
         };
