@@ -21,7 +21,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const REFUSED_AUTH: &[&str] = &["invalid:", "auth-required:"];
 
 /// A raw HTTP/1.1 GET with a `Host` of the caller's choosing: `(status, body)`.
-async fn get_with_host(port: u16, path: &str, host: &str, headers: &[(&str, &str)]) -> (u16, String) {
+async fn get_with_host(
+    port: u16,
+    path: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
     let fut = async {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
@@ -64,17 +69,17 @@ async fn nip42_relay_tag_naming_a_forged_host_is_refused() {
     // the attacker connects to us claiming to be evil.example.
     let mut ws = Ws::connect_with_host(&relay.ws_url(), "evil.example").await;
     let (ok, msg) = ws.auth(&victim, "wss://evil.example").await;
-    assert!(!ok, "AUTH naming the forged Host accepted: logged in as the victim");
+    assert!(
+        !ok,
+        "AUTH naming the forged Host accepted: logged in as the victim"
+    );
     assert_any_prefix(&msg, REFUSED_AUTH);
     let (ok, msg) = ws.publish(&ev(&victim, 1, &[], "as the victim")).await;
     assert!(!ok, "publishing after a refused AUTH accepted");
     assert_prefix(&msg, "auth-required:");
 
     // Positive control: the relay's own URL works, whatever Host the client sent.
-    for tag in [
-        relay.ws_url(),
-        format!("wss://127.0.0.1:{}/", relay.port),
-    ] {
+    for tag in [relay.ws_url(), format!("wss://127.0.0.1:{}/", relay.port)] {
         let mut ws = Ws::connect_with_host(&relay.ws_url(), "evil.example").await;
         let (ok, msg) = ws.auth(&victim, &tag).await;
         assert!(ok, "AUTH naming the relay's own URL {tag} refused: {msg}");
@@ -104,7 +109,10 @@ async fn nip42_accepts_each_configured_relay_url_and_nothing_else() {
     }
     for (host, tag) in [
         ("evil.example", "wss://evil.example".to_owned()),
-        ("relay.example.com.evil.example", "wss://relay.example.com.evil.example".to_owned()),
+        (
+            "relay.example.com.evil.example",
+            "wss://relay.example.com.evil.example".to_owned(),
+        ),
         // With relay_url set, the listen address is not a name of this relay.
         ("127.0.0.1", relay.ws_url()),
         ("alt.example.org", "wss://alt.example.org".to_owned()),
@@ -142,15 +150,28 @@ async fn nip98_u_naming_a_forged_host_is_refused() {
         .await;
     let path = format!("{PREFIX}/keypackages?owner={}", pk_hex(&alice));
     let forged = nip98(&alice, &format!("https://evil.example{path}"), "GET", None);
-    let (status, body) =
-        get_with_host(relay.port, &path, "evil.example", &[("Authorization", &forged)]).await;
-    assert_eq!(status, 401, "NIP-98 token for the forged Host accepted: {body}");
+    let (status, body) = get_with_host(
+        relay.port,
+        &path,
+        "evil.example",
+        &[("Authorization", &forged)],
+    )
+    .await;
+    assert_eq!(
+        status, 401,
+        "NIP-98 token for the forged Host accepted: {body}"
+    );
     assert!(body.contains("auth_invalid"), "{body}");
 
     // Positive control: the relay's own URL, whatever Host was sent.
     let own = nip98(&alice, &url(&relay, &path), "GET", None);
-    let (status, body) =
-        get_with_host(relay.port, &path, "evil.example", &[("Authorization", &own)]).await;
+    let (status, body) = get_with_host(
+        relay.port,
+        &path,
+        "evil.example",
+        &[("Authorization", &own)],
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
 }
 
@@ -171,8 +192,13 @@ async fn nip98_accepts_each_configured_relay_url() {
         assert_eq!(resp.status, 200, "{base}: {}", resp.text());
     }
     let forged = nip98(&alice, &format!("https://evil.example{path}"), "GET", None);
-    let (status, body) =
-        get_with_host(relay.port, &path, "evil.example", &[("Authorization", &forged)]).await;
+    let (status, body) = get_with_host(
+        relay.port,
+        &path,
+        "evil.example",
+        &[("Authorization", &forged)],
+    )
+    .await;
     assert_eq!(status, 401, "{body}");
 }
 
@@ -196,7 +222,10 @@ async fn public_listen_address_without_relay_url_refuses_to_start() {
         &[],
         Duration::from_secs(20),
     );
-    assert!(!out.success(), "started on 0.0.0.0 with auth on and no relay_url: {out:?}");
+    assert!(
+        !out.success(),
+        "started on 0.0.0.0 with auth on and no relay_url: {out:?}"
+    );
     assert!(out.stderr.contains("server.relay_url"), "{}", out.stderr);
 }
 
@@ -240,7 +269,8 @@ async fn a_connection_authenticates_at_most_max_pubkeys_per_connection() {
     let (ok, msg) = ws.auth(&first[3], &relay.ws_url()).await;
     assert!(ok, "re-AUTH of a held key refused: {msg}");
     for k in &first {
-        ws.publish_ok(&ev(k, 1, &[&["-"]], "protected, by a held key")).await;
+        ws.publish_ok(&ev(k, 1, &[&["-"]], "protected, by a held key"))
+            .await;
     }
 }
 
@@ -315,7 +345,11 @@ async fn blacklisted_author_is_refused_on_an_authenticated_connection() {
             ev(&bad, 20001, &[], "ephemeral"),
         ] {
             let (ok, msg) = ws.publish(&e).await;
-            assert!(!ok, "auth={auth}: kind {} by a blacklisted author accepted", e.kind);
+            assert!(
+                !ok,
+                "auth={auth}: kind {} by a blacklisted author accepted",
+                e.kind
+            );
             assert_prefix(&msg, "blocked:");
         }
         // The blacklisted key cannot authenticate either.
@@ -376,7 +410,10 @@ async fn throwaway_keys_do_not_reset_the_event_limit() {
             limited += 1;
         }
     }
-    assert!(accepted <= 11, "{accepted} events accepted from one IP with a limit of 10/min");
+    assert!(
+        accepted <= 11,
+        "{accepted} events accepted from one IP with a limit of 10/min"
+    );
     assert!(limited >= 9);
 
     // Positive control: another client address is not affected.
@@ -406,7 +443,10 @@ async fn throwaway_keys_do_not_reset_the_req_limit() {
             }
         }
     }
-    assert!(limited >= 9, "only {limited} of 20 COUNTs refused with a limit of 10/min");
+    assert!(
+        limited >= 9,
+        "only {limited} of 20 COUNTs refused with a limit of 10/min"
+    );
 
     let mut ws =
         Ws::connect_with_headers(&relay.ws_url(), &[("x-forwarded-for", "203.0.113.9")]).await;
@@ -437,7 +477,10 @@ async fn throwaway_nip98_keys_do_not_reset_the_api_limit() {
             assert_eq!(resp.status, 200, "{}", resp.text());
         }
     }
-    assert!(limited >= 9, "only {limited} of 20 signed API calls refused with a limit of 10/min");
+    assert!(
+        limited >= 9,
+        "only {limited} of 20 signed API calls refused with a limit of 10/min"
+    );
 
     // Positive control: another client address.
     let k = keys();
