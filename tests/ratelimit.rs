@@ -1,5 +1,5 @@
-//! The relay's own rate limits end to end: events and REQs per minute (per authenticated
-//! pubkey, else per IP), REST requests (429), connections per IP, and `X-Forwarded-For` only
+//! The relay's own rate limits end to end: events and REQs per minute (per IP, and per
+//! authenticated pubkey too), REST requests (429), connections per IP, and `X-Forwarded-For` only
 //! when trusted. Each limit is reached, refused with its prefix, then recovers once the bucket
 //! refills — waited for by retrying, never by asserting a duration.
 
@@ -70,10 +70,13 @@ async fn events_per_minute_are_limited_per_ip_then_per_pubkey_and_recover() {
         "the first 60 of the burst are allowed, got {accepted}"
     );
 
-    // An authenticated connection from the same IP has its own allowance.
+    // An authenticated connection from the same IP shares the IP's allowance (a fresh key
+    // must not reset the limit: issue 8, rule 9).
     let alice = keys();
     let mut authed = relay.connect_authed(&alice).await;
-    authed.publish_ok(&ev(&alice, 1, &[], "from alice")).await;
+    let (ok, msg) = authed.publish(&ev(&alice, 1, &[], "from alice")).await;
+    assert!(!ok, "a fresh key reset the IP's event limit");
+    assert_prefix(&msg, "rate-limited:");
 
     // The anonymous IP bucket refills.
     let started = Instant::now();
@@ -159,7 +162,8 @@ async fn api_requests_get_429_then_recover() {
         1.0
     );
 
-    // A signed caller is counted against its pubkey, not the exhausted IP.
+    // A signed caller from the exhausted IP is refused too (a fresh key must not reset the
+    // limit: issue 8, rule 9).
     let alice = keys();
     let signed = call(
         &relay,
@@ -169,7 +173,7 @@ async fn api_requests_get_429_then_recover() {
         None,
     )
     .await;
-    assert_eq!(signed.status, 200, "{}", signed.text());
+    assert_error(&signed, 429, "rate_limited");
 
     let started = Instant::now();
     loop {

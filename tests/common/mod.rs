@@ -43,6 +43,7 @@ const RELAY_ENV: &[&str] = &[
     "REDIS_URL",
     "MLS_GATEWAY_CONFIG",
     "LOG_FORMAT",
+    "RELAY_URL",
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -694,6 +695,20 @@ impl Ws {
     pub async fn connect_with_host(url: &str, host: &str) -> Ws {
         let mut req = url.into_client_request().unwrap();
         req.headers_mut().insert("host", host.parse().unwrap());
+        let (stream, _) = tokio::time::timeout(RECV_TIMEOUT, tokio_tungstenite::connect_async(req))
+            .await
+            .unwrap_or_else(|_| panic!("connect {url}: timeout"))
+            .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+        Ws::wrap(stream)
+    }
+
+    /// Connects sending extra handshake headers (`Host`, `X-Forwarded-For`, …).
+    pub async fn connect_with_headers(url: &str, headers: &[(&str, &str)]) -> Ws {
+        let mut req = url.into_client_request().unwrap();
+        for (k, v) in headers {
+            let name: tokio_tungstenite::tungstenite::http::HeaderName = k.parse().unwrap();
+            req.headers_mut().insert(name, v.parse().unwrap());
+        }
         let (stream, _) = tokio::time::timeout(RECV_TIMEOUT, tokio_tungstenite::connect_async(req))
             .await
             .unwrap_or_else(|_| panic!("connect {url}: timeout"))

@@ -170,6 +170,8 @@ max_reqs_per_minute = 0
 
 [auth]
 enabled = {auth}
+max_auths_per_minute_per_ip = 0
+max_auths_per_minute_per_connection = 0
 
 [extensions.mls_gateway]
 storage_backend = "embedded"

@@ -36,7 +36,7 @@ pub enum MembershipSource {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimits {
-    /// Events per minute per authenticated pubkey (else per client IP). 0 = unlimited.
+    /// Events per minute per client IP, and per authenticated pubkey too. 0 = unlimited.
     pub max_events_per_minute: u32,
     /// KeyPackages per hour per owner. 0 = unlimited.
     pub max_keypackages_per_hour: u32,

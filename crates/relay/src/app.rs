@@ -28,6 +28,9 @@ pub struct App {
     pub rate_limits: RateLimiters,
     /// NIP-98 tokens already used for a state-changing API call (replay protection).
     pub nip98_seen: SeenTokens,
+    /// This relay's own URLs, normalised: what NIP-42 `relay` tags and NIP-98 `u` URLs must
+    /// name ([`Config::public_urls`]). Empty: no AUTH or NIP-98 token is accepted.
+    pub relay_urls: Vec<String>,
     next_connection_id: AtomicU64,
 }
 
@@ -60,6 +63,7 @@ impl App {
         shutdown: watch::Receiver<bool>,
     ) -> App {
         App {
+            relay_urls: config.public_urls(config.server.port).unwrap_or_default(),
             whitelist: config.whitelist(),
             blacklist: config.blacklist(),
             rate_limits: RateLimiters::new(&config),
@@ -82,7 +86,8 @@ impl App {
         self.config.auth.enabled
     }
 
-    /// May this pubkey authenticate (NIP-42) here?
+    /// May this pubkey authenticate (NIP-42) here? (Events a blacklisted key signed are
+    /// refused in `ingest` whoever sends them.)
     pub fn pubkey_allowed(&self, pk: &Hex32) -> bool {
         !self.blacklist.contains(pk) && (self.whitelist.is_empty() || self.whitelist.contains(pk))
     }

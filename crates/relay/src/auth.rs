@@ -1,6 +1,9 @@
-//! NIP-42: checking an AUTH event against this connection's challenge and this relay's URL.
+//! NIP-42: checking an AUTH event against this connection's challenge and this relay's own
+//! URL(s) (`App::relay_urls`, from `server.relay_url`; never from the request's `Host`, which
+//! the client controls).
 
 use crate::app::App;
+use crate::config::normalize_url;
 use mls_proto::{Event, Hex32};
 
 /// How far an AUTH event's `created_at` may be from now.
@@ -8,13 +11,7 @@ const AUTH_WINDOW_SECS: u64 = 600;
 
 /// Ok(pubkey) when `ev` authenticates its author on this connection; else the `OK false`
 /// message.
-pub fn verify(
-    app: &App,
-    ev: &Event,
-    challenge: &str,
-    host: Option<&str>,
-    now: u64,
-) -> Result<Hex32, String> {
+pub fn verify(app: &App, ev: &Event, challenge: &str, now: u64) -> Result<Hex32, String> {
     if ev.kind != 22242 {
         return Err("invalid: AUTH event must be kind 22242".into());
     }
@@ -25,16 +22,12 @@ pub fn verify(
     if ev.tag_value("challenge") != Some(challenge) {
         return Err("invalid: AUTH challenge does not match this connection's".into());
     }
-    let expected = match (&app.config.server.relay_url, host) {
-        (Some(url), _) => normalize_relay_url(url),
-        (None, Some(host)) => normalize_relay_url(host),
-        (None, None) => return Err("invalid: cannot tell which relay URL to expect".into()),
-    };
     match ev.tag_value("relay") {
-        Some(url) if normalize_relay_url(url) == expected => {}
+        Some(url) if app.relay_urls.contains(&normalize_url(url)) => {}
         Some(_) => {
             return Err(format!(
-                "invalid: AUTH relay tag does not name this relay ({expected})"
+                "invalid: AUTH relay tag does not name this relay ({})",
+                app.relay_urls.join(", ")
             ))
         }
         None => return Err("invalid: AUTH event needs a relay tag".into()),
@@ -45,27 +38,33 @@ pub fn verify(
     Ok(ev.pubkey)
 }
 
-/// `wss://Relay.example.com/` and `relay.example.com` name the same relay: scheme, case of
-/// the host and a trailing slash don't matter.
-fn normalize_relay_url(url: &str) -> String {
-    let s = url.trim();
-    let s = s.split_once("://").map(|(_, rest)| rest).unwrap_or(s);
-    let s = s.trim_end_matches('/');
-    match s.split_once('/') {
-        Some((host, path)) => format!("{}/{}", host.to_ascii_lowercase(), path),
-        None => s.to_ascii_lowercase(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::normalize_relay_url as n;
+    use crate::config::normalize_url as n;
 
     #[test]
     fn relay_urls_compare_without_scheme_and_slash() {
         assert_eq!(n("wss://Relay.Example.com/"), n("relay.example.com"));
         assert_eq!(n("ws://127.0.0.1:8080"), n("127.0.0.1:8080"));
         assert_eq!(n("https://h/path/"), n("wss://h/path"));
+        assert_eq!(n("wss://h:443"), n("ws://h"));
         assert_ne!(n("wss://a.example"), n("wss://b.example"));
+        assert_ne!(n("wss://a.example:8443"), n("wss://a.example"));
+        assert_ne!(n("wss://a.example.evil"), n("wss://a.example"));
+    }
+
+    #[test]
+    fn urls_compare_without_scheme_default_port_or_fragment() {
+        assert_eq!(
+            n("https://Relay.Example.com:443/api/v1/mls/keypackages?owner=ab#x"),
+            "relay.example.com/api/v1/mls/keypackages?owner=ab"
+        );
+        assert_eq!(n("http://127.0.0.1:8080/x"), "127.0.0.1:8080/x");
+        assert_eq!(n("wss://relay.example.com"), "relay.example.com");
+        assert_eq!(n("relay.example.com/?x=1"), "relay.example.com?x=1");
+        // A trailing slash of the path doesn't matter; one in the query does.
+        assert_eq!(n("https://a.example/x"), n("https://a.example/x/"));
+        assert_ne!(n("https://a.example/x?o=a"), n("https://a.example/x?o=a/"));
+        assert_ne!(n("https://a.example/X"), n("https://a.example/x"));
     }
 }

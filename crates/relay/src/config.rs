@@ -42,8 +42,10 @@ pub struct ServerConfig {
     pub port: u16,
     /// Tokio worker threads; unset = one per CPU.
     pub workers: Option<usize>,
-    /// This relay's public URL, for the NIP-42 `relay` tag check; unset = the request's Host.
-    pub relay_url: Option<String>,
+    /// This relay's public URL(s), what NIP-42 `relay` tags and NIP-98 `u` URLs must name
+    /// (env `RELAY_URL`, comma-separated). Unset = derived from a loopback listen address
+    /// ([`Config::public_urls`]); never taken from a request.
+    pub relay_url: Option<RelayUrls>,
     /// CORS origins for the HTTP API (env `ALLOWED_ORIGINS`, comma-separated). Empty = none;
     /// `"*"` = any.
     pub allowed_origins: Vec<String>,
@@ -65,6 +67,55 @@ impl Default for ServerConfig {
             metrics_token: None,
             trust_forwarded_for: false,
         }
+    }
+}
+
+/// `server.relay_url`: one URL or a list (a relay reachable under several names).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum RelayUrls {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl RelayUrls {
+    pub fn as_slice(&self) -> &[String] {
+        match self {
+            RelayUrls::One(url) => std::slice::from_ref(url),
+            RelayUrls::Many(urls) => urls,
+        }
+    }
+}
+
+impl From<&str> for RelayUrls {
+    fn from(url: &str) -> Self {
+        RelayUrls::One(url.to_owned())
+    }
+}
+
+impl<'de> Deserialize<'de> for RelayUrls {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RelayUrls;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a URL or a list of URLs")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RelayUrls, E> {
+                Ok(RelayUrls::One(v.to_owned()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<RelayUrls, A::Error> {
+                let mut out = Vec::new();
+                while let Some(url) = seq.next_element::<String>()? {
+                    out.push(url);
+                }
+                Ok(RelayUrls::Many(out))
+            }
+        }
+        d.deserialize_any(Visitor)
     }
 }
 
@@ -131,8 +182,8 @@ pub struct Limits {
     pub outbox_capacity: usize,
     /// Open WebSocket connections per client IP (IPv6: per /64). 0 = unlimited.
     pub max_connections_per_ip: u32,
-    /// REQ and COUNT messages (and REST API requests) per minute per authenticated pubkey,
-    /// else per client IP. 0 = unlimited.
+    /// REQ and COUNT messages (and REST API requests) per minute per client IP, and per
+    /// authenticated pubkey too. 0 = unlimited.
     pub max_reqs_per_minute: u32,
 }
 
@@ -156,15 +207,34 @@ impl Default for Limits {
 }
 
 /// `[auth]`: NIP-42 and the pubkey allow/deny lists.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AuthConfig {
     /// Env `NOSTR_AUTH_REQUIRED`. true: nothing but AUTH is served before authentication.
     pub enabled: bool,
     /// Hex or npub; empty = everyone.
     pub pubkey_whitelist: Vec<String>,
-    /// Hex or npub; always refused.
+    /// Hex or npub; never authenticates, and events it signed are refused.
     pub pubkey_blacklist: Vec<String>,
+    /// Pubkeys one connection may authenticate as; further AUTHs get `restricted:`.
+    pub max_pubkeys_per_connection: usize,
+    /// AUTH messages per minute per connection (accepted or not). 0 = unlimited.
+    pub max_auths_per_minute_per_connection: u32,
+    /// AUTH messages per minute per client IP (IPv6: per /64). 0 = unlimited.
+    pub max_auths_per_minute_per_ip: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            enabled: false,
+            pubkey_whitelist: Vec::new(),
+            pubkey_blacklist: Vec::new(),
+            max_pubkeys_per_connection: 8,
+            max_auths_per_minute_per_connection: 60,
+            max_auths_per_minute_per_ip: 600,
+        }
+    }
 }
 
 /// `[extensions]`.
@@ -304,6 +374,44 @@ impl Config {
         }
     }
 
+    /// The URLs NIP-42 `relay` tags and NIP-98 `u` URLs must name, normalised
+    /// ([`normalize_url`]), for a relay listening on `port` (the bound port, when
+    /// `server.port` is 0).
+    ///
+    /// `server.relay_url` when set. Else the listen address, `ws://host:port`, if it is a
+    /// loopback one (a local relay works without a config file). A relay on a public address
+    /// cannot know the name its clients use, and must not take it from them (the `Host`
+    /// header is the client's to forge): with auth or the API (NIP-98) on, that is an error
+    /// naming `server.relay_url`.
+    pub fn public_urls(&self, port: u16) -> Result<Vec<String>, ConfigError> {
+        if let Some(urls) = &self.server.relay_url {
+            return Ok(urls.as_slice().iter().map(|u| normalize_url(u)).collect());
+        }
+        let host = self
+            .server
+            .host
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let loopback = host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !loopback && (self.auth.enabled || self.extensions.mls_gateway.enable_api) {
+            return Err(ConfigError::Invalid {
+                key: "server.relay_url".into(),
+                message: format!(
+                    "server.relay_url must be set (or env RELAY_URL) when listening on {:?} \
+                     with auth or the API enabled: NIP-42 and NIP-98 need this relay's public \
+                     URL, e.g. relay_url = \"wss://relay.example.com\"",
+                    self.server.host
+                ),
+            });
+        }
+        let mut own = self.clone();
+        own.server.port = port;
+        Ok(vec![normalize_url(&format!("ws://{}", own.listen_addr()))])
+    }
+
     /// `auth.pubkey_whitelist` parsed (entries that are not keys are skipped: see `validate`).
     pub fn whitelist(&self) -> Vec<Hex32> {
         parse_keys(&self.auth.pubkey_whitelist)
@@ -313,6 +421,37 @@ impl Config {
     pub fn blacklist(&self) -> Vec<Hex32> {
         parse_keys(&self.auth.pubkey_blacklist)
     }
+}
+
+/// The form URLs are compared in (NIP-42 `relay` tags, NIP-98 `u` URLs, `server.relay_url`):
+/// `https://Relay.Example.com:443/api?x=1#f` → `relay.example.com/api?x=1`. The scheme, the
+/// case of the host, a default port (80, 443), the fragment and a trailing slash don't matter;
+/// the path and query do.
+pub fn normalize_url(url: &str) -> String {
+    let s = url.trim();
+    let s = s.split_once("://").map_or(s, |(_, rest)| rest);
+    let s = s.split('#').next().unwrap_or(s);
+    let (s, query) = match s.split_once('?') {
+        Some((s, q)) => (s, Some(q)),
+        None => (s, None),
+    };
+    let (authority, path) = s.split_once('/').unwrap_or((s, ""));
+    let authority = authority.to_ascii_lowercase();
+    let authority = authority
+        .strip_suffix(":443")
+        .or_else(|| authority.strip_suffix(":80"))
+        .unwrap_or(&authority);
+    let mut out = authority.to_owned();
+    let path = path.trim_end_matches('/');
+    if !path.is_empty() {
+        out.push('/');
+        out.push_str(path);
+    }
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
 }
 
 fn parse_keys(list: &[String]) -> Vec<Hex32> {

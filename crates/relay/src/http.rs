@@ -70,10 +70,6 @@ async fn root(
             )
             .into_response();
         };
-        let host = headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned);
         // Let oversize messages through the transport so the session can answer them with a
         // NOTICE or OK instead of dropping the connection; far larger ones still are.
         let max = app
@@ -89,7 +85,7 @@ async fn root(
             .max_message_size(max)
             .max_frame_size(max)
             .on_upgrade(move |socket| async move {
-                session::run(app, socket, host, ip).await;
+                session::run(app, socket, ip).await;
                 drop(permit);
             });
     }

@@ -27,8 +27,10 @@ pub fn check(app: &App, ev: &Event, authed: &[Hex32], now: u64) -> Result<(), St
     if app.auth_required() && authed.is_empty() {
         return Err("auth-required: authenticate (NIP-42) before publishing".into());
     }
-    if !app.auth_required() && app.blacklist.contains(&ev.pubkey) {
-        return Err("blocked: pubkey is not allowed to publish here".into());
+    // The author, not only the connection: with auth on, an authenticated friend (or an
+    // `import`) must not publish what a blacklisted key signed.
+    if app.blacklist.contains(&ev.pubkey) {
+        return Err("blocked: the event's author is in auth.pubkey_blacklist".into());
     }
     if ev.kind == 22242 {
         return Err("invalid: kind 22242 is only accepted in an AUTH message".into());

@@ -40,6 +40,10 @@ pub fn gateway(config: &Config) -> Result<Arc<Gateway>, String> {
 /// Runs the relay until SIGTERM/SIGINT, then shuts down gracefully: stop accepting, close
 /// sockets with a close frame, let the writer commit what it acknowledged.
 pub async fn run(config: Config) -> Result<(), String> {
+    // Before anything is opened: a public relay without its own URL does not start.
+    config
+        .public_urls(config.server.port)
+        .map_err(|e| e.to_string())?;
     let gateway = gateway(&config)?;
     let store = metrics::MeteredStore::wrap(app::open_store(&config, gateway.clone())?);
     let addr = config.listen_addr();
@@ -54,12 +58,13 @@ pub async fn run(config: Config) -> Result<(), String> {
         gateway.clone(),
         shutdown_rx.clone(),
     ));
-    let app = Arc::new(App::new(
-        config,
-        store.clone(),
-        gateway,
-        shutdown_rx.clone(),
-    ));
+    let relay_urls = config
+        .public_urls(local.port())
+        .map_err(|e| e.to_string())?;
+    tracing::info!(urls = ?relay_urls, "NIP-42 and NIP-98 accept these relay URLs");
+    let mut app = App::new(config, store.clone(), gateway, shutdown_rx.clone());
+    app.relay_urls = relay_urls;
+    let app = Arc::new(app);
 
     tokio::spawn(async move {
         shutdown_signal().await;

@@ -49,7 +49,7 @@ pub const COMMANDS_OUT: &[&str] = &[
 /// Store operations timed by [`MeteredStore`] (`state` = gateway state reads and updates).
 pub const DB_OPS: &[&str] = &["write", "query", "count", "state", "purge"];
 /// The relay's own rate limits (`ratelimit`).
-pub const LIMITS: &[&str] = &["events", "reqs", "connections", "api"];
+pub const LIMITS: &[&str] = &["events", "reqs", "connections", "api", "auth"];
 /// HTTP endpoints (route names, never paths with ids in them).
 pub const ENDPOINTS: &[&str] = &[
     "group",

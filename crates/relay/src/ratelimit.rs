@@ -1,6 +1,11 @@
 //! The relay's own rate limits (the gateway's per-owner and per-group ones live in its rules,
-//! in the store): events and REQs per minute, keyed by authenticated pubkey else client IP,
-//! and open connections per IP.
+//! in the store): events and REQs per minute, AUTH messages per minute, and open connections
+//! per IP.
+//!
+//! The client IP is always one of the keys a message is counted against: a key pair costs
+//! nothing to make, so a limit per pubkey alone is reset by signing each request with a fresh
+//! one. An authenticated client is counted against its (first) pubkey as well, so one key
+//! spread over many addresses is limited too.
 //!
 //! Token buckets in memory, per process: a key may spend a burst of its whole per-minute
 //! allowance, which refills evenly over the minute, so a client that was refused is served
@@ -29,15 +34,15 @@ use std::time::{Duration, Instant};
 pub enum RateKey {
     Pubkey(Hex32),
     Ip(IpAddr),
+    /// One WebSocket connection (its id).
+    Connection(u64),
 }
 
 impl RateKey {
-    /// The first authenticated pubkey, else the client's IP (IPv6: its /64).
-    pub fn of(authed: &[Hex32], ip: IpAddr) -> RateKey {
-        match authed.first() {
-            Some(pk) => RateKey::Pubkey(*pk),
-            None => RateKey::Ip(ip_key(ip)),
-        }
+    /// The client's IP (IPv6: its /64), then the first authenticated pubkey if any.
+    pub fn all(authed: &[Hex32], ip: IpAddr) -> impl Iterator<Item = RateKey> {
+        std::iter::once(RateKey::Ip(ip_key(ip)))
+            .chain(authed.first().map(|pk| RateKey::Pubkey(*pk)))
     }
 }
 
@@ -96,17 +101,47 @@ impl KeyedLimiter {
         self.check_at(key, Instant::now())
     }
 
+    /// Takes one token from each of `keys`, or from none of them (a key that is refused gives
+    /// back the tokens already taken). `Err(wait)`: the refused key's wait.
+    pub fn check_all(&self, keys: impl IntoIterator<Item = RateKey>) -> Result<(), Duration> {
+        let now = Instant::now();
+        let mut taken: Vec<RateKey> = Vec::new();
+        for key in keys {
+            if let Err(wait) = self.check_at(key, now) {
+                for key in taken {
+                    self.refund(key);
+                }
+                return Err(wait);
+            }
+            taken.push(key);
+        }
+        Ok(())
+    }
+
+    fn refund(&self, key: RateKey) {
+        if self.per_minute == 0 {
+            return;
+        }
+        if let Some(bucket) = self.shard(key).buckets.get_mut(&key) {
+            bucket.tokens = (bucket.tokens + 1.0).min(f64::from(self.per_minute));
+        }
+    }
+
+    fn shard(&self, key: RateKey) -> std::sync::MutexGuard<'_, Shard> {
+        let mut h = DefaultHasher::new();
+        key.hash(&mut h);
+        self.shards[h.finish() as usize % SHARDS]
+            .lock()
+            .expect("rate limit shard")
+    }
+
     fn check_at(&self, key: RateKey, now: Instant) -> Result<(), Duration> {
         if self.per_minute == 0 {
             return Ok(());
         }
         let capacity = f64::from(self.per_minute);
         let per_sec = capacity / 60.0;
-        let mut h = DefaultHasher::new();
-        key.hash(&mut h);
-        let mut shard = self.shards[h.finish() as usize % SHARDS]
-            .lock()
-            .expect("rate limit shard");
+        let mut shard = self.shard(key);
         let len = shard.buckets.len();
         let stale = shard
             .last_sweep
@@ -202,6 +237,10 @@ pub struct RateLimiters {
     /// REQ / COUNT messages and REST API requests (`max_reqs_per_minute`).
     pub reqs: KeyedLimiter,
     pub connections: Arc<ConnectionLimiter>,
+    /// AUTH messages per connection (`auth.max_auths_per_minute_per_connection`).
+    pub auths_per_connection: KeyedLimiter,
+    /// AUTH messages per client IP (`auth.max_auths_per_minute_per_ip`).
+    pub auths_per_ip: KeyedLimiter,
 }
 
 impl RateLimiters {
@@ -216,31 +255,60 @@ impl RateLimiters {
             ),
             reqs: KeyedLimiter::new(config.limitation.max_reqs_per_minute),
             connections: ConnectionLimiter::new(config.limitation.max_connections_per_ip),
+            auths_per_connection: KeyedLimiter::new(
+                config.auth.max_auths_per_minute_per_connection,
+            ),
+            auths_per_ip: KeyedLimiter::new(config.auth.max_auths_per_minute_per_ip),
         }
     }
 
     /// Hook for EVENT: the `OK false` message when over `max_events_per_minute`.
     pub fn check_event(&self, authed: &[Hex32], ip: IpAddr) -> Result<(), String> {
-        self.events.check(RateKey::of(authed, ip)).map_err(|wait| {
-            crate::metrics::rate_limited("events");
-            format!(
-                "rate-limited: more than {} events per minute, retry in {} s",
-                self.events.per_minute(),
-                wait.as_secs().max(1)
-            )
-        })
+        self.events
+            .check_all(RateKey::all(authed, ip))
+            .map_err(|wait| {
+                crate::metrics::rate_limited("events");
+                format!(
+                    "rate-limited: more than {} events per minute, retry in {} s",
+                    self.events.per_minute(),
+                    wait.as_secs().max(1)
+                )
+            })
     }
 
     /// Hook for REQ / COUNT: the `CLOSED` message when over `max_reqs_per_minute`.
     pub fn check_req(&self, authed: &[Hex32], ip: IpAddr) -> Result<(), String> {
-        self.reqs.check(RateKey::of(authed, ip)).map_err(|wait| {
-            crate::metrics::rate_limited("reqs");
+        self.reqs
+            .check_all(RateKey::all(authed, ip))
+            .map_err(|wait| {
+                crate::metrics::rate_limited("reqs");
+                format!(
+                    "rate-limited: more than {} REQ/COUNT per minute, retry in {} s",
+                    self.reqs.per_minute(),
+                    wait.as_secs().max(1)
+                )
+            })
+    }
+}
+
+impl RateLimiters {
+    /// Hook for AUTH (before its signature is checked): the `OK false` message when the
+    /// connection or its IP is over its AUTH allowance.
+    pub fn check_auth(&self, connection: u64, ip: IpAddr) -> Result<(), String> {
+        let refused = |limiter: &KeyedLimiter, per: &str, wait: Duration| {
+            crate::metrics::rate_limited("auth");
             format!(
-                "rate-limited: more than {} REQ/COUNT per minute, retry in {} s",
-                self.reqs.per_minute(),
+                "rate-limited: more than {} AUTH messages per minute per {per}, retry in {} s",
+                limiter.per_minute(),
                 wait.as_secs().max(1)
             )
-        })
+        };
+        self.auths_per_connection
+            .check(RateKey::Connection(connection))
+            .map_err(|wait| refused(&self.auths_per_connection, "connection", wait))?;
+        self.auths_per_ip
+            .check(RateKey::Ip(ip_key(ip)))
+            .map_err(|wait| refused(&self.auths_per_ip, "address", wait))
     }
 }
 
@@ -325,6 +393,32 @@ mod tests {
         assert!(l.check_at(key, t0 + Duration::from_millis(1100)).is_ok());
         assert!(l.check_at(key, t0 + Duration::from_millis(1100)).is_err());
         assert!(KeyedLimiter::new(0).check_at(key, t0).is_ok());
+    }
+
+    #[test]
+    fn the_ip_is_always_a_key() {
+        let l = KeyedLimiter::new(3);
+        let addr = ip("192.0.2.1");
+        // Each call signed by a fresh key: the IP's bucket still empties.
+        for i in 0..3u8 {
+            let pk = Hex32([i; 32]);
+            assert!(l.check_all(RateKey::all(&[pk], addr)).is_ok());
+        }
+        assert!(l.check_all(RateKey::all(&[Hex32([9; 32])], addr)).is_err());
+        assert!(l.check_all(RateKey::all(&[], addr)).is_err());
+        // A refused key gives back what the others took: the pubkey of a refused call keeps
+        // its tokens for another address.
+        let pk = Hex32([7; 32]);
+        let other = ip("192.0.2.2");
+        assert!(l.check_all(RateKey::all(&[pk], addr)).is_err());
+        for _ in 0..3 {
+            assert!(l.check_all(RateKey::all(&[pk], other)).is_ok());
+        }
+        assert!(l.check_all(RateKey::all(&[pk], ip("192.0.2.3"))).is_err());
+        // …and that refusal refunded 192.0.2.3's token.
+        for _ in 0..3 {
+            assert!(l.check_all(RateKey::all(&[], ip("192.0.2.3"))).is_ok());
+        }
     }
 
     #[test]

@@ -85,11 +85,18 @@ impl ConnectionHandle {
         !self.authed.read().expect("authed lock").authed.is_empty()
     }
 
-    fn add_authed(&self, pk: Hex32) {
+    /// Adds `pk` to the connection's pubkeys; false when it already holds `max` others (the
+    /// viewer is checked per delivered event, so its size must stay small).
+    fn add_authed(&self, pk: Hex32, max: usize) -> bool {
         let list = &mut self.authed.write().expect("authed lock").authed;
-        if !list.contains(&pk) {
-            list.push(pk);
+        if list.contains(&pk) {
+            return true;
         }
+        if list.len() >= max {
+            return false;
+        }
+        list.push(pk);
+        true
     }
 }
 
@@ -99,15 +106,13 @@ struct Session {
     app: Arc<App>,
     conn: Arc<ConnectionHandle>,
     challenge: String,
-    /// The host the client connected to (Host header), for the NIP-42 `relay` tag check.
-    host: Option<String>,
     /// The client's address (rate limits, logs).
     ip: IpAddr,
     subs: HashSet<Arc<str>>,
     in_flight: FuturesOrdered<WriteFuture>,
 }
 
-pub async fn run(app: Arc<App>, socket: WebSocket, host: Option<String>, ip: IpAddr) {
+pub async fn run(app: Arc<App>, socket: WebSocket, ip: IpAddr) {
     let (sink, mut stream) = socket.split();
     let (tx, rx) = mpsc::channel::<String>(app.config.limitation.outbox_capacity.max(1));
     let conn = Arc::new(ConnectionHandle {
@@ -133,7 +138,6 @@ pub async fn run(app: Arc<App>, socket: WebSocket, host: Option<String>, ip: IpA
         challenge: hex::encode(rand::random::<[u8; 16]>()),
         app: app.clone(),
         conn: conn.clone(),
-        host,
         ip,
         subs: HashSet::new(),
         in_flight: FuturesOrdered::new(),
@@ -499,16 +503,24 @@ impl Session {
 
     fn on_auth(&mut self, ev: Event) {
         let id = ev.id.to_hex();
-        let result = auth::verify(
-            &self.app,
-            &ev,
-            &self.challenge,
-            self.host.as_deref(),
-            unix_now(),
-        );
+        let max = self.app.config.auth.max_pubkeys_per_connection;
+        let result = self
+            .app
+            .rate_limits
+            .check_auth(self.conn.id, self.ip)
+            .and_then(|()| auth::verify(&self.app, &ev, &self.challenge, unix_now()))
+            .and_then(|pk| {
+                if self.conn.add_authed(pk, max) {
+                    Ok(pk)
+                } else {
+                    Err(format!(
+                        "restricted: this connection is already authenticated as {max} pubkeys \
+                         (auth.max_pubkeys_per_connection); open another connection"
+                    ))
+                }
+            });
         match result {
             Ok(pk) => {
-                self.conn.add_authed(pk);
                 tracing::info!(conn = self.conn.id, pubkey = %mls_proto::short_pubkey(&pk), "authenticated");
                 self.conn.send(relay::ok(&id, true, ""));
             }

@@ -14,8 +14,9 @@
 //! `[auth]` says; a caller that is neither member nor admin gets 404 for groups that exist and
 //! for groups that don't. A request that carries an `Authorization` header is checked even
 //! where it is optional (bad credentials are never ignored), and its pubkey must pass the
-//! white/blacklist. Every API request takes a token from `max_reqs_per_minute` (keyed by the
-//! NIP-98 pubkey, else the client IP).
+//! white/blacklist. Every API request takes a token from `max_reqs_per_minute` for its client
+//! IP, and a signed one also for its NIP-98 pubkey (a fresh key per call does not reset the
+//! limit).
 
 mod admin;
 pub mod nip98;
@@ -177,35 +178,12 @@ pub struct Call<'a> {
     pub body: &'a [u8],
 }
 
-/// NIP-98, the rate limit, the allow/deny lists and the endpoint's access rule, in that order.
-/// Returns the caller's pubkey (`None`: anonymous, allowed for [`Access::Public`]).
+/// The rate limit (client IP, before any signature is checked), NIP-98, the rate limit of the
+/// signing pubkey, the allow/deny lists and the endpoint's access rule, in that order; last,
+/// a state-changing token is marked used. Returns the caller's pubkey (`None`: anonymous,
+/// allowed for [`Access::Public`]).
 pub fn authorize(app: &App, call: &Call<'_>, access: Access) -> Result<Option<Hex32>, ApiError> {
-    let caller = match call.headers.get(header::AUTHORIZATION) {
-        None => None,
-        Some(value) => {
-            let value = value.to_str().map_err(|_| {
-                ApiError::unauthorized("auth_invalid", "NIP-98: header is not text")
-            })?;
-            let path_and_query = call
-                .uri
-                .path_and_query()
-                .map_or(call.uri.path(), |p| p.as_str());
-            let host = call
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .or_else(|| call.uri.authority().map(|a| a.as_str()));
-            let req = nip98::HttpRequest {
-                method: call.method.as_str(),
-                path_and_query,
-                host,
-                body: call.body,
-            };
-            Some(nip98::verify(app, value, &req, mls_proto::unix_now())?)
-        }
-    };
-    let authed: Vec<Hex32> = caller.into_iter().collect();
-    if let Err(wait) = app.rate_limits.reqs.check(RateKey::of(&authed, call.ip)) {
+    let rate_limited = |wait: std::time::Duration| {
         crate::metrics::rate_limited("api");
         let mut e = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -216,7 +194,36 @@ pub fn authorize(app: &App, call: &Call<'_>, access: Access) -> Result<Option<He
             ),
         );
         e.retry_after = Some(wait.as_secs().max(1));
-        return Err(e);
+        e
+    };
+    app.rate_limits
+        .reqs
+        .check_all(RateKey::all(&[], call.ip))
+        .map_err(rate_limited)?;
+    let verified = match call.headers.get(header::AUTHORIZATION) {
+        None => None,
+        Some(value) => {
+            let value = value.to_str().map_err(|_| {
+                ApiError::unauthorized("auth_invalid", "NIP-98: header is not text")
+            })?;
+            let path_and_query = call
+                .uri
+                .path_and_query()
+                .map_or(call.uri.path(), |p| p.as_str());
+            let req = nip98::HttpRequest {
+                method: call.method.as_str(),
+                path_and_query,
+                body: call.body,
+            };
+            Some(nip98::verify(app, value, &req, mls_proto::unix_now())?)
+        }
+    };
+    let caller = verified.as_ref().map(|v| v.pubkey);
+    if let Some(pk) = caller {
+        app.rate_limits
+            .reqs
+            .check(RateKey::Pubkey(pk))
+            .map_err(rate_limited)?;
     }
     let required = access != Access::Public || app.auth_required();
     let Some(pk) = caller else {
@@ -238,6 +245,22 @@ pub fn authorize(app: &App, call: &Call<'_>, access: Access) -> Result<Option<He
         return Err(ApiError::forbidden(
             "restricted: admin endpoints are for admin_pubkeys only",
         ));
+    }
+    if let Some(id) = verified.and_then(|v| v.single_use) {
+        match app.nip98_seen.first_use(id, mls_proto::unix_now()) {
+            Ok(()) => {}
+            Err(nip98::Reuse::AlreadyUsed) => {
+                return Err(ApiError::unauthorized(
+                    "auth_invalid",
+                    "NIP-98: this token was already used",
+                ))
+            }
+            Err(nip98::Reuse::Full) => {
+                return Err(rate_limited(std::time::Duration::from_secs(
+                    2 * nip98::WINDOW_SECS,
+                )))
+            }
+        }
     }
     Ok(Some(pk))
 }

@@ -1,18 +1,21 @@
 //! NIP-98 HTTP auth: `Authorization: Nostr <base64 of a kind-27235 event>`.
 //!
 //! The event must verify, be at most 60 s from now, name this request in its `u` tag (the
-//! full URL: host and port from `server.relay_url` when configured, else the request's Host;
-//! path and query exactly as sent; the scheme and a default port don't matter, as for NIP-42)
-//! and its `method` tag, and, when the request has a body, carry the body's sha256 in
-//! `payload`. A token that changes something (any method but GET/HEAD) is accepted once: a
-//! captured admin call cannot be replayed within its minute.
+//! full URL: one of this relay's own URLs, `App::relay_urls` from `server.relay_url`, never
+//! the request's Host; then path and query exactly as sent; the scheme, a default port and a
+//! trailing slash don't matter, as for NIP-42) and its `method` tag, and, when the request has
+//! a body, carry the body's sha256 in `payload`. A token that changes something (any method
+//! but GET/HEAD) is accepted once: a captured admin call cannot be replayed within its minute.
+//! The caller marks it used ([`SeenTokens::first_use`]) only once the request is authorized,
+//! so tokens of callers who may not change anything never take room in that set.
 
 use super::ApiError;
 use crate::app::App;
+use crate::config::normalize_url;
 use base64::Engine as _;
 use mls_proto::{Event, Hex32};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
 
 pub const KIND: u16 = 27235;
@@ -26,8 +29,6 @@ pub struct HttpRequest<'a> {
     pub method: &'a str,
     /// Path and query exactly as received (`/api/v1/mls/keypackages?owner=…`).
     pub path_and_query: &'a str,
-    /// The Host header (or HTTP/2 authority).
-    pub host: Option<&'a str>,
     pub body: &'a [u8],
 }
 
@@ -35,8 +36,21 @@ fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::unauthorized("auth_invalid", message)
 }
 
+/// A token that verified.
+pub struct Verified {
+    pub pubkey: Hex32,
+    /// For a state-changing request: the token's id, to pass to [`SeenTokens::first_use`]
+    /// once the request is authorized.
+    pub single_use: Option<Hex32>,
+}
+
 /// The pubkey the request is signed by, or why not (always 401 `auth_invalid`).
-pub fn verify(app: &App, header: &str, req: &HttpRequest<'_>, now: u64) -> Result<Hex32, ApiError> {
+pub fn verify(
+    app: &App,
+    header: &str,
+    req: &HttpRequest<'_>,
+    now: u64,
+) -> Result<Verified, ApiError> {
     if header.len() > MAX_HEADER {
         return Err(invalid("NIP-98: Authorization header too large"));
     }
@@ -57,13 +71,17 @@ pub fn verify(app: &App, header: &str, req: &HttpRequest<'_>, now: u64) -> Resul
             "NIP-98: created_at must be within {WINDOW_SECS} s of the server's time"
         )));
     }
-    let expected = expected_url(app, req)
-        .ok_or_else(|| invalid("NIP-98: cannot tell which URL to expect (no Host header)"))?;
+    let expected = || {
+        app.relay_urls
+            .iter()
+            .map(|base| normalize_url(&format!("{base}{}", req.path_and_query)))
+    };
     match ev.tag_value("u") {
-        Some(u) if normalize_url(u) == expected => {}
+        Some(u) if expected().any(|e| e == normalize_url(u)) => {}
         Some(_) => {
             return Err(invalid(format!(
-                "NIP-98: u tag does not match the request URL ({expected})"
+                "NIP-98: u tag does not match the request URL ({})",
+                expected().collect::<Vec<_>>().join(" or ")
             )))
         }
         None => return Err(invalid("NIP-98: missing u tag")),
@@ -95,10 +113,10 @@ pub fn verify(app: &App, header: &str, req: &HttpRequest<'_>, now: u64) -> Resul
             }
         }
     }
-    if !matches!(req.method, "GET" | "HEAD") && !app.nip98_seen.first_use(ev.id, now) {
-        return Err(invalid("NIP-98: this token was already used"));
-    }
-    Ok(ev.pubkey)
+    Ok(Verified {
+        pubkey: ev.pubkey,
+        single_use: (!matches!(req.method, "GET" | "HEAD")).then_some(ev.id),
+    })
 }
 
 /// Standard or URL-safe base64, padded or not.
@@ -109,68 +127,96 @@ fn decode_base64(s: &str) -> Option<Vec<u8>> {
         .find_map(|e| e.decode(s).ok())
 }
 
-/// The URL the `u` tag must name, normalised.
-fn expected_url(app: &App, req: &HttpRequest<'_>) -> Option<String> {
-    let base = match &app.config.server.relay_url {
-        Some(url) => normalize_url(url).trim_end_matches('/').to_owned(),
-        None => normalize_url(req.host?).trim_end_matches('/').to_owned(),
-    };
-    Some(format!("{base}{}", req.path_and_query))
-}
-
-/// `https://Relay.Example.com:443/api?x=1#f` → `relay.example.com/api?x=1`: no scheme, host
-/// lowercased, default ports and fragment dropped, path and query as written.
-pub fn normalize_url(url: &str) -> String {
-    let s = url.trim();
-    let s = s.split_once("://").map_or(s, |(_, rest)| rest);
-    let s = s.split('#').next().unwrap_or(s);
-    let split = s.find(['/', '?']).unwrap_or(s.len());
-    let (authority, rest) = s.split_at(split);
-    let authority = authority.to_ascii_lowercase();
-    let authority = authority
-        .strip_suffix(":443")
-        .or_else(|| authority.strip_suffix(":80"))
-        .unwrap_or(&authority);
-    let rest = if rest.starts_with('?') {
-        format!("/{rest}")
-    } else if rest.is_empty() {
-        "/".to_owned()
-    } else {
-        rest.to_owned()
-    };
-    format!("{authority}{rest}")
-}
+/// Most single-use tokens remembered at once. Only authorized state-changing calls (admin
+/// endpoints) are remembered, each for two minutes: beyond this many in two minutes new ones
+/// are refused (fail closed) rather than old ones forgotten (which would allow their replay).
+pub const MAX_SEEN_TOKENS: usize = 100_000;
 
 /// Ids of tokens already used for a state-changing request, until they could no longer
-/// verify anyway.
+/// verify anyway. Bounded ([`MAX_SEEN_TOKENS`]) and O(1) per call (amortised): tokens leave
+/// in the order they came, which is the order they expire.
 #[derive(Default)]
-pub struct SeenTokens(Mutex<HashMap<Hex32, u64>>);
+pub struct SeenTokens(Mutex<Seen>);
+
+#[derive(Default)]
+struct Seen {
+    ids: HashSet<Hex32>,
+    /// (forget after, id), oldest first.
+    order: VecDeque<(u64, Hex32)>,
+}
+
+/// Why a token was not accepted as new.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reuse {
+    AlreadyUsed,
+    Full,
+}
 
 impl SeenTokens {
-    /// True the first time `id` is seen (and remembers it).
-    pub fn first_use(&self, id: Hex32, now: u64) -> bool {
+    /// Ok the first time `id` is seen (and remembers it).
+    pub fn first_use(&self, id: Hex32, now: u64) -> Result<(), Reuse> {
         let mut seen = self.0.lock().expect("nip98 tokens");
-        if seen.len() > 1024 {
-            seen.retain(|_, until| *until >= now);
+        while let Some(&(until, old)) = seen.order.front() {
+            if until >= now {
+                break;
+            }
+            seen.order.pop_front();
+            seen.ids.remove(&old);
         }
-        seen.insert(id, now + 2 * WINDOW_SECS + 1).is_none()
+        if seen.ids.contains(&id) {
+            return Err(Reuse::AlreadyUsed);
+        }
+        if seen.ids.len() >= MAX_SEEN_TOKENS {
+            return Err(Reuse::Full);
+        }
+        seen.ids.insert(id);
+        // A token verifies for WINDOW_SECS either side of its created_at.
+        seen.order.push_back((now + 2 * WINDOW_SECS + 1, id));
+        Ok(())
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.lock().unwrap().ids.len()
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::normalize_url as n;
+    use super::*;
+
+    fn id(i: u32) -> Hex32 {
+        let mut b = [0u8; 32];
+        b[..4].copy_from_slice(&i.to_be_bytes());
+        Hex32(b)
+    }
 
     #[test]
-    fn urls_compare_without_scheme_default_port_or_fragment() {
+    fn tokens_are_single_use_and_forgotten_after_their_window() {
+        let seen = SeenTokens::default();
+        assert_eq!(seen.first_use(id(1), 1000), Ok(()));
+        assert_eq!(seen.first_use(id(1), 1000), Err(Reuse::AlreadyUsed));
         assert_eq!(
-            n("https://Relay.Example.com:443/api/v1/mls/keypackages?owner=ab#x"),
-            "relay.example.com/api/v1/mls/keypackages?owner=ab"
+            seen.first_use(id(1), 1000 + 2 * WINDOW_SECS),
+            Err(Reuse::AlreadyUsed)
         );
-        assert_eq!(n("http://127.0.0.1:8080/x"), "127.0.0.1:8080/x");
-        assert_eq!(n("wss://relay.example.com"), "relay.example.com/");
-        assert_eq!(n("relay.example.com?x=1"), "relay.example.com/?x=1");
-        assert_ne!(n("https://a.example/x"), n("https://a.example/x/"));
-        assert_ne!(n("https://a.example/X"), n("https://a.example/x"));
+        assert_eq!(seen.first_use(id(2), 1000 + 2 * WINDOW_SECS + 2), Ok(()));
+        assert_eq!(seen.len(), 1, "the expired token is forgotten");
+    }
+
+    #[test]
+    fn the_set_is_bounded() {
+        let seen = SeenTokens::default();
+        for i in 0..MAX_SEEN_TOKENS as u32 {
+            seen.first_use(id(i), 5).unwrap();
+        }
+        assert_eq!(seen.first_use(id(u32::MAX), 5), Err(Reuse::Full));
+        assert_eq!(seen.len(), MAX_SEEN_TOKENS);
+        // Once they expire there is room again, and the old ones are gone in one pass.
+        assert_eq!(
+            seen.first_use(id(u32::MAX), 5 + 2 * WINDOW_SECS + 2),
+            Ok(())
+        );
+        assert_eq!(seen.len(), 1);
     }
 }

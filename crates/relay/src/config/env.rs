@@ -4,7 +4,8 @@
 use super::{Config, ConfigError};
 
 impl Config {
-    /// Applies `PORT`, `NOSTR_AUTH_REQUIRED` (true/false/1/0), `ALLOWED_ORIGINS` (comma-separated),
+    /// Applies `PORT`, `NOSTR_AUTH_REQUIRED` (true/false/1/0), `ALLOWED_ORIGINS` and `RELAY_URL`
+    /// (comma-separated),
     /// `DATABASE_URL`, `GOOGLE_CLOUD_PROJECT` / `FIREBASE_PROJECT_ID` (project id; the first one
     /// set wins) and `METRICS_TOKEN`. `lookup` is `|k| std::env::var(k).ok()` in the binary; tests
     /// pass their own. A variable that is set but empty counts as unset.
@@ -43,6 +44,15 @@ impl Config {
         }
         if let Some(v) = get("GOOGLE_CLOUD_PROJECT").or_else(|| get("FIREBASE_PROJECT_ID")) {
             gateway.project_id = Some(v);
+        }
+        if let Some(v) = get("RELAY_URL") {
+            let urls: Vec<String> = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect();
+            self.server.relay_url = Some(super::RelayUrls::Many(urls));
         }
         if let Some(v) = get("METRICS_TOKEN") {
             self.server.metrics_token = Some(v);

@@ -566,3 +566,76 @@ fn advisory_warnings() {
     assert!(w[1].contains("both"));
     assert!(w[2].starts_with("limitation.created_at_lower_limit"));
 }
+
+#[test]
+fn relay_url_is_one_url_or_a_list() {
+    let config = parse_ok("[server]\nrelay_url = \"wss://Relay.example.com/\"\n");
+    assert_eq!(config.public_urls(1).unwrap(), vec!["relay.example.com"]);
+    let config =
+        parse_ok("[server]\nrelay_url = [\"wss://a.example\", \"https://b.example:443/n/\"]\n");
+    assert_eq!(
+        config.public_urls(1).unwrap(),
+        vec!["a.example", "b.example/n"]
+    );
+    config.validate().unwrap();
+
+    let (key, message) = value_error("[server]\nrelay_url = 5\n");
+    assert_eq!(key, "server.relay_url");
+    assert!(message.contains("a URL or a list of URLs"), "{message}");
+    let config = parse_ok("[server]\nrelay_url = []\n");
+    assert!(invalid_messages(&config)[0].starts_with("server.relay_url"));
+    let config = parse_ok("[server]\nrelay_url = [\"wss://a.example\", \"\"]\n");
+    assert!(invalid_messages(&config)[0].starts_with("server.relay_url"));
+
+    let mut config = Config::default();
+    config
+        .apply_env(&env(&[("RELAY_URL", "wss://a.example, wss://b.example")]))
+        .unwrap();
+    assert_eq!(
+        config.public_urls(1).unwrap(),
+        vec!["a.example", "b.example"]
+    );
+}
+
+#[test]
+fn without_relay_url_only_a_loopback_listen_address_is_derived() {
+    let mut config = Config::default();
+    assert_eq!(config.public_urls(8080).unwrap(), vec!["127.0.0.1:8080"]);
+    // The port actually bound, for port = 0.
+    config.server.port = 0;
+    assert_eq!(config.public_urls(40123).unwrap(), vec!["127.0.0.1:40123"]);
+    config.server.host = "::1".into();
+    assert_eq!(config.public_urls(80).unwrap(), vec!["[::1]"]);
+    config.server.host = "localhost".into();
+    assert_eq!(config.public_urls(81).unwrap(), vec!["localhost:81"]);
+
+    // A public address: NIP-42 / NIP-98 would need a URL the relay cannot know.
+    for host in ["0.0.0.0", "::", "192.0.2.7", "relay.example.com"] {
+        let mut config = Config::default();
+        config.server.host = host.into();
+        let err = config.public_urls(8080).unwrap_err();
+        assert_eq!(err.key(), Some("server.relay_url"), "{host}");
+        assert!(err.to_string().contains("RELAY_URL"), "{err}");
+        config.auth.enabled = true;
+        assert!(config.public_urls(8080).is_err());
+        // Neither auth nor the API: nothing needs the URL; the listen address stands in.
+        config.auth.enabled = false;
+        config.extensions.mls_gateway.enable_api = false;
+        assert!(config.public_urls(8080).is_ok(), "{host}");
+        // With relay_url set, any listen address.
+        config.auth.enabled = true;
+        config.server.relay_url = Some("wss://relay.example.com".into());
+        assert_eq!(config.public_urls(8080).unwrap(), vec!["relay.example.com"]);
+    }
+}
+
+#[test]
+fn auth_bounds_are_checked() {
+    let mut config = Config::default();
+    assert_eq!(config.auth.max_pubkeys_per_connection, 8);
+    config.auth.max_pubkeys_per_connection = 0;
+    assert_eq!(
+        invalid_messages(&config),
+        vec!["auth.max_pubkeys_per_connection must be at least 1"]
+    );
+}

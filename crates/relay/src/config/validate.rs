@@ -32,12 +32,20 @@ impl Config {
         if server.workers == Some(0) {
             fail("server.workers", "server.workers must be at least 1".into());
         }
-        if let Some(url) = &server.relay_url {
-            if url_host(url).is_none() {
+        if let Some(urls) = &server.relay_url {
+            if urls.as_slice().is_empty() {
                 fail(
                     "server.relay_url",
-                    format!("server.relay_url {url:?} is not a relay URL (e.g. wss://relay.example.com)"),
+                    "server.relay_url must name at least one URL (remove the key to derive it from a loopback listen address)".into(),
                 );
+            }
+            for url in urls.as_slice() {
+                if url_host(url).is_none() {
+                    fail(
+                        "server.relay_url",
+                        format!("server.relay_url {url:?} is not a relay URL (e.g. wss://relay.example.com)"),
+                    );
+                }
             }
         }
         for (i, origin) in server.allowed_origins.iter().enumerate() {
@@ -92,6 +100,12 @@ impl Config {
         }
 
         // [auth]
+        if self.auth.max_pubkeys_per_connection == 0 {
+            fail(
+                "auth.max_pubkeys_per_connection",
+                "auth.max_pubkeys_per_connection must be at least 1".into(),
+            );
+        }
         check_keys(
             &mut fail,
             "auth.pubkey_whitelist",
