@@ -35,17 +35,11 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 # ---------------------------------------------------------------------------------------------
-# Services (none needed yet)
+# Services
 #
-# Later issues add their setup here, each guarded so it is skipped when already running:
-#   - PostgreSQL (Debian `postgresql`): start a throwaway cluster, export DATABASE_URL
-#   - Redis (Debian `redis-server`): --save '' --appendonly no --daemonize yes, bind 127.0.0.1
-#   - Firestore emulator (npm `@firestore-emulator/server@0.3.15`): bind loopback,
-#     export FIRESTORE_EMULATOR_HOST
-# Pattern:
-#   start_x </dev/null >"$SERVICES_DIR/x.log" 2>&1 &
-#   CLEANUP+=("kill $! ")
-#   wait_for_port 127.0.0.1 PORT
+# One script per service under scripts/services/, sourced here: each defines `start_<name>`,
+# which starts it (or reuses one already running), exports where the tests find it, and adds
+# its stop to CLEANUP. Later services (Redis, Firestore emulator) follow the same pattern.
 # ---------------------------------------------------------------------------------------------
 wait_for_port() { # host port [seconds]
     local host="$1" port="$2" secs="${3:-30}" i
@@ -58,6 +52,18 @@ wait_for_port() { # host port [seconds]
     log "nothing listening on $host:$port after ${secs}s"
     return 1
 }
+
+# PostgreSQL (the `cloudsql` backend's tests): exports DATABASE_URL (a DATABASE_URL already
+# set is used as is). MLS_TEST_NO_POSTGRES=1 skips it; those tests then say they were skipped.
+# shellcheck source=services/postgres.sh
+source scripts/services/postgres.sh
+if [ "${MLS_TEST_NO_POSTGRES:-}" = 1 ]; then
+    log "MLS_TEST_NO_POSTGRES=1: the PostgreSQL tests will be skipped"
+    unset DATABASE_URL
+elif ! start_postgres; then
+    log "PostgreSQL could not be started (MLS_TEST_NO_POSTGRES=1 runs the rest without it)"
+    exit 1
+fi
 
 # ---------------------------------------------------------------------------------------------
 # Tests
