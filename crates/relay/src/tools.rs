@@ -16,7 +16,7 @@ pub struct ImportSummary {
 /// Writes every stored event, oldest first, one JSON object per line.
 pub async fn export(config: &Config, out: &mut (dyn Write + Send)) -> Result<u64, String> {
     let gateway = crate::gateway(config)?;
-    let store = app::open_store(config, gateway)?;
+    let store = app::open_store(config, gateway).await?;
     let mut n = 0u64;
     let mut failed = None;
     store
@@ -51,7 +51,7 @@ pub async fn import(
     report: &mut dyn Write,
 ) -> Result<ImportSummary, String> {
     let gateway = crate::gateway(config)?;
-    let store = app::open_store(config, gateway.clone())?;
+    let store = app::open_store(config, gateway.clone()).await?;
     let (_tx, rx) = tokio::sync::watch::channel(false);
     let relay = app::App::new(config.clone(), store.clone(), gateway, rx);
     let mut summary = ImportSummary::default();
