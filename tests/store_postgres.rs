@@ -1,0 +1,243 @@
+//! The relay on PostgreSQL (`storage_backend = "cloudsql"`), end to end: the two keys are all it
+//! takes, acknowledged events survive a SIGKILL, and a database outage is reported (503,
+//! `OK false "error: …"`, `CLOSED "error: …"`) and recovered from without a restart.
+//!
+//! Needs `DATABASE_URL` (scripts/test.sh starts a throwaway cluster); each relay gets a fresh
+//! database. Outages are made by a TCP proxy between the relay and the database, so other
+//! tests sharing the cluster are not disturbed.
+
+mod common;
+
+use common::pg;
+use common::*;
+use serde_json::json;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::AbortHandle;
+
+fn skip() -> bool {
+    if pg::database_url().is_none() {
+        eprintln!("skipped: DATABASE_URL is not set (scripts/test.sh starts a PostgreSQL)");
+        return true;
+    }
+    false
+}
+
+/// Exactly the two keys an operator sets.
+fn cloudsql_config(url: &str) -> String {
+    format!("[extensions.mls_gateway]\nstorage_backend = \"cloudsql\"\ndatabase_url = {url:?}\n")
+}
+
+/// A TCP proxy to the database that can be cut (every connection dropped, new ones closed at
+/// once) and restored: a database outage as the relay sees it.
+struct Proxy {
+    port: u16,
+    up: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<AbortHandle>>>,
+    accept: AbortHandle,
+}
+
+impl Proxy {
+    async fn start(target: (String, u16)) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let conns: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
+        let (up2, conns2) = (up.clone(), conns.clone());
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    continue;
+                };
+                if !up2.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let target = target.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                conns2.lock().unwrap().push(task.abort_handle());
+            }
+        })
+        .abort_handle();
+        Proxy {
+            port,
+            up,
+            conns,
+            accept,
+        }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+async fn req_ids(ws: &mut Ws, sub: &str, filter: serde_json::Value) -> Result<Vec<String>, String> {
+    ws.send(&json!(["REQ", sub, filter])).await;
+    let mut ids = Vec::new();
+    loop {
+        let m = ws.recv().await;
+        match m[0].as_str() {
+            Some("EVENT") if m[1] == sub => ids.push(m[2]["id"].as_str().unwrap().to_owned()),
+            Some("EOSE") if m[1] == sub => {
+                ws.send(&json!(["CLOSE", sub])).await;
+                return Ok(ids);
+            }
+            Some("CLOSED") if m[1] == sub => return Err(m[2].as_str().unwrap().to_owned()),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn two_keys_suffice_and_acknowledged_events_survive_sigkill() {
+    if skip() {
+        return;
+    }
+    let url = pg::fresh_database();
+    let mut relay = Relay::builder()
+        .config(&cloudsql_config(&url))
+        .start()
+        .await;
+    let k = keys();
+    let mut ws = relay.connect().await;
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        let e = ev(&k, 1, &[&["t", "pg"]], &format!("n{i}"));
+        ws.publish_ok(&e).await;
+        acked.push(id_hex(&e));
+    }
+    // A burst not waited for, then SIGKILL: whatever got `OK true` must be there after.
+    for i in 0..200 {
+        let e = ev(&k, 1, &[&["t", "pg"]], &format!("burst{i}"));
+        ws.send(&json!(["EVENT", e])).await;
+    }
+    let mut burst_acked = 0;
+    while let Some(m) = ws.recv_timeout(Duration::from_millis(300)).await {
+        if m[0] == "OK" && m[2] == true {
+            acked.push(m[1].as_str().unwrap().to_owned());
+            burst_acked += 1;
+        }
+        if burst_acked >= 50 {
+            break; // kill mid-burst
+        }
+    }
+    relay.restart().await;
+    assert!(
+        relay.log().contains("PostgreSQL store open"),
+        "{}",
+        relay.log_tail(20)
+    );
+    let mut ws = relay.connect().await;
+    let stored = req_ids(&mut ws, "all", json!({"#t": ["pg"], "limit": 500}))
+        .await
+        .expect("REQ answered");
+    for id in &acked {
+        assert!(stored.contains(id), "acknowledged event {id} lost");
+    }
+}
+
+#[tokio::test]
+async fn database_outage_is_reported_and_recovered_without_restart() {
+    if skip() {
+        return;
+    }
+    let url = pg::fresh_database();
+    let proxy = Proxy::start(pg::host_port(&url)).await;
+    let via_proxy = pg::with_host_port(&url, "127.0.0.1", proxy.port);
+    let relay = Relay::builder()
+        .config(&cloudsql_config(&via_proxy))
+        .start()
+        .await;
+    let k = keys();
+    let mut ws = relay.connect().await;
+    let before = ev(&k, 1, &[&["t", "outage"]], "before");
+    ws.publish_ok(&before).await;
+
+    proxy.cut();
+    let health = relay.get("/health").await;
+    assert_eq!(health.status, 503, "{}", health.text());
+    assert_eq!(health.json()["failing"], "store");
+    let during = ev(&k, 1, &[&["t", "outage"]], "during");
+    let (ok, msg) = ws.publish(&during).await;
+    assert!(!ok, "OK true while the database is down");
+    assert_prefix(&msg, "error:");
+    let closed = req_ids(&mut ws, "down", json!({"#t": ["outage"]})).await;
+    match closed {
+        Err(msg) => assert_prefix(&msg, "error:"),
+        Ok(ids) => panic!("REQ answered while the database is down: {ids:?}"),
+    }
+
+    proxy.restore();
+    let deadline = std::time::Instant::now() + pg::RECOVERY_TIMEOUT;
+    while relay.get("/health").await.status != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "relay did not recover; log:\n{}",
+            relay.log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let after = ev(&k, 1, &[&["t", "outage"]], "after");
+    ws.publish_ok(&after).await;
+    let ids = req_ids(&mut ws, "up", json!({"#t": ["outage"]}))
+        .await
+        .expect("REQ answered after recovery");
+    assert_eq!(ids, vec![id_hex(&after), id_hex(&before)]);
+}
+
+#[tokio::test]
+async fn relay_started_while_database_is_down_retries_then_serves() {
+    if skip() {
+        return;
+    }
+    let url = pg::fresh_database();
+    let proxy = Proxy::start(pg::host_port(&url)).await;
+    proxy.cut();
+    let via_proxy = pg::with_host_port(&url, "127.0.0.1", proxy.port);
+    let proxy = Arc::new(proxy);
+    let restore = {
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            proxy.restore();
+        })
+    };
+    // `start` waits for /health: it returns once the database came back.
+    let relay = Relay::builder()
+        .config(&cloudsql_config(&via_proxy))
+        .start()
+        .await;
+    restore.await.unwrap();
+    assert!(
+        relay.log().contains("database unreachable; retrying"),
+        "no retry logged:\n{}",
+        relay.log_tail(20)
+    );
+    assert!(
+        !relay.log().contains("mls_test:mls_test@"),
+        "password logged"
+    );
+    let mut ws = relay.connect().await;
+    ws.publish_ok(&ev(&keys(), 1, &[], "hello")).await;
+}
