@@ -29,8 +29,21 @@
 //!   and keeps admin roles; a roster change may not leave a group without an admin.
 //! - Group admins may publish and read a gated group's 445 like members; configured admins
 //!   may read 450s (they need the last `seq`) but not 445s of groups they are not in.
-//! - A gift wrap with `h` to a *known* group changes membership only when its publisher is a
-//!   member (else `restricted:`); for an unknown group the publisher becomes owner + admin.
+//! - How the membership sources combine (PROTOCOL §4). A group is *open* until one source
+//!   gates it; who may gate it depends on whether it is in use:
+//!   - a fresh group id (no 445 ever accepted for it) is first come, first served: a 450
+//!     `bootstrap` makes its signer owner, a 1059 with `h` its publisher;
+//!   - a group *served open* (a 445 accepted while its membership was unknown, stored or only
+//!     delivered live; marked once in `o/{group}`) is gated only by a configured
+//!     `admin_pubkeys` entry (450 `bootstrap`, or a 1059 with `h` from a connection
+//!     authenticated as one) or the admin API; anyone else gets `restricted:`. Marmot clients
+//!     never announce membership, so otherwise a stranger who saw the `h` could lock the
+//!     group's users out of it and of its history;
+//!   - once gated, a 1059 with `h` changes membership only when its publisher is a member or
+//!     admin (else `restricted:`), and only while no roster manages the group. After the
+//!     first accepted 450 the group is *roster-managed*: its members are exactly what the
+//!     rosters (and the admin API) say; a member's gift wrap is still delivered (it carries a
+//!     Welcome) but admits no one, in particular not someone a roster removed.
 //! - Key references: one per owner, carried by at most one 443 and one 30443 address (MDK's
 //!   dual publish); an expired KeyPackage's reference is free again. The hourly cap counts
 //!   new KeyPackages (references), not events. A missing reference uses the event id.

@@ -1,0 +1,180 @@
+//! Issue 8's rules on groups and mailboxes, as pure rules over [`MemState`]: a group served
+//! open cannot be taken over (rule 4), rosters win over gift wraps (rule 5).
+
+use super::*;
+
+fn msg445(w: &W, group: &str) -> Event {
+    ev(&w.eph, 445, T, &[&["h", group]], "x")
+}
+
+fn wrap(w: &W, group: &str, to: &Keypair) -> Event {
+    ev(
+        &w.eph,
+        1059,
+        T,
+        &[&["p", &hx(to)], &["h", group], &["v", "gift.1"]],
+        "x",
+    )
+}
+
+fn refused_with(r: Result<Admitted, Rejection>, prefix: &str) -> String {
+    match r {
+        Ok(_) => panic!("accepted, expected {prefix:?}…"),
+        Err(Rejection(m)) => {
+            assert!(m.starts_with(prefix), "expected {prefix:?}…, got {m:?}");
+            m
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rule 4: a group served open can be gated only by a configured admin (or the admin API).
+
+#[test]
+fn a_group_served_open_is_gated_only_by_a_configured_admin() {
+    for archive in [true, false] {
+        let mut e = env_with(true, |c| c.enable_message_archive = archive);
+        let w = W::new();
+        // Stored (or delivered live): either way the group is in use.
+        e.ok(&msg445(&w, OPEN), &[pk(&w.bob)], T);
+
+        let m = refused_with(
+            e.admit(
+                &roster_ev(&w.carol, OPEN, "bootstrap", 1, &[]),
+                &[pk(&w.carol)],
+                T,
+            ),
+            "restricted: group",
+        );
+        assert!(
+            m.contains("admin_pubkeys") && m.contains("served open"),
+            "{m}"
+        );
+        let m = refused_with(
+            e.admit(&wrap(&w, OPEN, &w.carol), &[pk(&w.carol)], T),
+            "restricted: group",
+        );
+        assert!(m.contains("gift wrap"), "{m}");
+        assert!(
+            !registry::is_gated(&e.st, OPEN).unwrap(),
+            "archive {archive}"
+        );
+
+        // An unauthenticated wrap grants nothing and so is not refused (as before).
+        e.ok(&wrap(&w, OPEN, &w.carol), &[], T);
+        // The configured admin may gate it.
+        e.ok(
+            &roster_ev(&w.dave, OPEN, "bootstrap", 1, &[&w.bob]),
+            &[pk(&w.dave)],
+            T,
+        );
+        assert_eq!(e.record(OPEN).owner, Some(pk(&w.dave)));
+        assert!(e.sees(&[pk(&w.bob)], &msg445(&w, OPEN)));
+        assert!(!e.sees(&[pk(&w.carol)], &msg445(&w, OPEN)));
+    }
+}
+
+#[test]
+fn a_configured_admins_gift_wrap_may_gate_a_group_served_open() {
+    let mut e = env(true);
+    let w = W::new();
+    e.ok(&msg445(&w, OPEN), &[], T);
+    // The connection is authenticated as alice and as dave (the configured admin).
+    e.ok(&wrap(&w, OPEN, &w.bob), &[pk(&w.alice), pk(&w.dave)], T);
+    let rec = e.record(OPEN);
+    assert_eq!(
+        rec.owner,
+        Some(pk(&w.dave)),
+        "the admin gates it, not alice"
+    );
+    assert!(rec.members.contains(&pk(&w.bob)));
+}
+
+#[test]
+fn a_fresh_group_id_is_still_first_come() {
+    let mut e = env(true);
+    let w = W::new();
+    e.ok(
+        &roster_ev(&w.carol, OPEN, "bootstrap", 1, &[]),
+        &[pk(&w.carol)],
+        T,
+    );
+    e.ok(&wrap(&w, GROUP, &w.bob), &[pk(&w.alice)], T);
+    assert_eq!(e.record(GROUP).owner, Some(pk(&w.alice)));
+    // A 445 to a gated group does not mark it served open.
+    e.ok(&msg445(&w, GROUP), &[pk(&w.bob)], T);
+    assert!(!registry::served_open(&e.st, GROUP).unwrap());
+}
+
+#[test]
+fn the_served_open_marker_is_written_once() {
+    let mut e = env_with(false, |c| c.rate_limits.max_group_messages_per_minute = 0);
+    let w = W::new();
+    let before = e.st.clone();
+    e.ok(&msg445(&w, OPEN), &[], T);
+    assert_eq!(e.st.0.len(), before.0.len() + 1, "one key: the marker");
+    let after_first = e.st.clone();
+    e.ok(&msg445(&w, OPEN), &[], T + 5);
+    assert_eq!(e.st, after_first, "a later 445 writes nothing");
+    assert!(registry::served_open(&e.st, OPEN).unwrap());
+}
+
+#[test]
+fn an_operator_replay_of_a_bootstrap_is_not_refused() {
+    // Import replays in created_at order; the bootstrap was checked when first accepted.
+    let mut e = env(true);
+    let w = W::new();
+    e.ok(&msg445(&w, OPEN), &[], T);
+    let p = Publisher {
+        authed: vec![],
+        operator: true,
+    };
+    let boot = roster_ev(&w.alice, OPEN, "bootstrap", 1, &[]);
+    e.gw.admit(&boot, &p, T, &mut e.st)
+        .expect("replayed bootstrap");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rule 5: once rosters manage a group, gift wraps change no membership.
+
+#[test]
+fn gift_wraps_do_not_change_a_roster_managed_group() {
+    let mut e = env(true);
+    let w = W::new();
+    e.gate(); // alice admin, bob member, erin added then removed by rosters
+    let before = e.record(GROUP);
+    for target in [&w.erin, &w.carol] {
+        // Delivered (it is a Welcome), but membership stays what the rosters say.
+        e.ok(&wrap(&w, GROUP, target), &[pk(&w.bob)], T);
+        e.ok(&wrap(&w, GROUP, target), &[pk(&w.alice)], T);
+    }
+    assert_eq!(e.record(GROUP), before);
+    assert!(!e.sees(&[pk(&w.erin)], &msg445(&w, GROUP)));
+    refused_with(
+        e.admit(&msg445(&w, GROUP), &[pk(&w.erin)], T),
+        "restricted: not a member",
+    );
+    // A stranger's wrap is still refused outright.
+    refused_with(
+        e.admit(&wrap(&w, GROUP, &w.carol), &[pk(&w.carol)], T),
+        "restricted: not a member",
+    );
+    // The roster's own decisions apply.
+    e.roster(&w.alice, "add", 4, &[&w.erin]).unwrap();
+    assert!(e.sees(&[pk(&w.erin)], &msg445(&w, GROUP)));
+}
+
+#[test]
+fn a_group_made_by_gift_wraps_is_roster_managed_after_its_first_roster() {
+    let mut e = env(true);
+    let w = W::new();
+    e.ok(&wrap(&w, GROUP, &w.bob), &[pk(&w.alice)], T);
+    // Without rosters, members' wraps admit (the giftwrap source).
+    e.ok(&wrap(&w, GROUP, &w.erin), &[pk(&w.bob)], T);
+    assert!(e.record(GROUP).members.contains(&pk(&w.erin)));
+    // alice (owner and admin from her wrap) removes erin by roster …
+    e.roster(&w.alice, "remove", 1, &[&w.erin]).unwrap();
+    // … and bob's wrap can no longer bring her back.
+    e.ok(&wrap(&w, GROUP, &w.erin), &[pk(&w.bob)], T);
+    assert!(!e.record(GROUP).members.contains(&pk(&w.erin)));
+}
