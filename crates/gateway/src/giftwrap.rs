@@ -5,8 +5,8 @@
 //!
 //! 1059 is accepted when: at least one `p`; `created_at` no more than `giftwrap_max_backdate`
 //! before receipt (NIP-59 backdates on purpose, bounded so that a wrap cannot pretend to be
-//! arbitrarily old). Served only to connections authenticated as a `p` recipient. Kept
-//! receipt + `welcome_ttl`.
+//! arbitrarily old). Served only to connections authenticated as a `p` recipient; its sole
+//! recipient may delete it (kind 5, see `Gateway::may_delete`). Kept receipt + `welcome_ttl`.
 //!
 //! Membership source `giftwrap` (PROTOCOL §4): a 1059 with an `h` published by an
 //! authenticated connection makes its `p` recipients members of that group. If the group is

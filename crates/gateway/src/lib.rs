@@ -55,6 +55,12 @@
 //!   last unclaimed KeyPackage is served but never claimed; a pair over its fetch limit makes
 //!   the whole call `rate-limited:`.
 //! - NIP-70 (`["-"]`) is also enforced here, so no write path can skip it.
+//! - Deleting a gift wrap (1059) or Noise DM (446) as a recipient (NIP-59): allowed to its sole
+//!   `p` recipient; a recipient of an event with several distinct `p` gets `OK false
+//!   "restricted: …"` (only its author may delete it, for everyone). Hiding it from the deleter
+//!   alone would make visibility depend on per-reader deletion records; refusing keeps an
+//!   event's audience a fact of the event (data a SQL or Firestore backend can index). A
+//!   tombstone left by such a recipient for an id not stored yet blocks nobody's copy.
 
 pub mod config;
 pub mod dialect;
@@ -377,14 +383,35 @@ impl Admission for Gateway {
         }
     }
 
-    /// NIP-09: the author; and for gift wraps (1059) and Noise DMs (446) also a `p` recipient
-    /// (NIP-59 advises recipients to delete what they have read).
+    /// NIP-09: the author; and for gift wraps (1059) and Noise DMs (446) also their *sole* `p`
+    /// recipient (NIP-59 advises recipients to delete what they have read). A recipient of a
+    /// message with several recipients may not: deleting is for everyone, and one recipient
+    /// must not take a message away from the others — nor block their copy with a tombstone,
+    /// since tombstones count only when their deleter passes this same check.
     fn may_delete(&self, deleter: &Hex32, target: &Event) -> bool {
         *deleter == target.pubkey
-            || (matches!(target.kind, 1059 | 446)
-                && target
-                    .tag_values("p")
-                    .filter_map(Hex32::from_hex)
-                    .any(|p| p == *deleter))
+            || mailbox_recipients(target).is_some_and(|r| r.len() == 1 && r.contains(deleter))
     }
+
+    /// A recipient's kind 5 naming a gift wrap or Noise DM that has other recipients is
+    /// refused outright (`restricted:`) rather than skipped, so the client knows it stayed.
+    fn refuse_deletion(&self, deleter: &Hex32, target: &Event) -> Option<Rejection> {
+        let recipients = mailbox_recipients(target)?;
+        if *deleter == target.pubkey || recipients.len() < 2 || !recipients.contains(deleter) {
+            return None;
+        }
+        Some(Rejection(format!(
+            "restricted: kind {} event {} has {} recipients; a recipient may delete only what is addressed to it alone (its author may delete it for everyone)",
+            target.kind,
+            dialect::short(&target.id.to_hex()),
+            recipients.len()
+        )))
+    }
+}
+
+/// The distinct `p` recipients of a mailbox event (1059 gift wrap, 446 Noise DM); `None` for
+/// other kinds.
+fn mailbox_recipients(target: &Event) -> Option<std::collections::BTreeSet<Hex32>> {
+    matches!(target.kind, 1059 | 446)
+        .then(|| target.tag_values("p").filter_map(Hex32::from_hex).collect())
 }

@@ -84,8 +84,17 @@ pub trait Admission: Send + Sync + 'static {
     ) -> Result<Admitted, Rejection>;
 
     /// May the author of a kind-5 deletion remove `target`? NIP-09 says: only its own author.
+    /// Also decides whether a tombstone left by `deleter` refuses `target` later.
     fn may_delete(&self, deleter: &Hex32, target: &Event) -> bool {
         *deleter == target.pubkey
+    }
+
+    /// Is a kind 5 by `deleter` naming the stored `target` refused as a whole? `Some(reason)`
+    /// answers the deletion `OK false` with that reason (prefixed), for a target the deleter
+    /// has a claim on but may not take from the others; a target that is simply not the
+    /// deleter's is skipped quietly (NIP-09) and needs no refusal.
+    fn refuse_deletion(&self, _deleter: &Hex32, _target: &Event) -> Option<Rejection> {
+        None
     }
 }
 

@@ -178,3 +178,51 @@ fn a_group_made_by_gift_wraps_is_roster_managed_after_its_first_roster() {
     e.ok(&wrap(&w, GROUP, &w.erin), &[pk(&w.bob)], T);
     assert!(!e.record(GROUP).members.contains(&pk(&w.erin)));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Rule 6: one recipient cannot take a message away from the others.
+
+#[test]
+fn a_recipient_deletes_only_what_is_addressed_to_it_alone() {
+    let e = env(false);
+    let w = W::new();
+    let (bob, carol, alice) = (hx(&w.bob), hx(&w.carol), hx(&w.alice));
+    let sole_wrap = ev(&w.eph, 1059, T, &[&["p", &bob]], "x");
+    let twice_bob = ev(&w.eph, 1059, T, &[&["p", &bob], &["p", &bob]], "x");
+    let shared_wrap = ev(&w.eph, 1059, T, &[&["p", &bob], &["p", &carol]], "x");
+    let shared_dm = ev(&w.alice, 446, T, &[&["p", &bob], &["p", &carol]], "x");
+    let dm_to_self_too = ev(&w.alice, 446, T, &[&["p", &bob], &["p", &alice]], "x");
+    let note = ev(&w.alice, 1, T, &[&["p", &bob], &["p", &carol]], "x");
+
+    let (b, c, a) = (pk(&w.bob), pk(&w.carol), pk(&w.alice));
+    // (deleter, target, may delete, refused outright)
+    let rows: [(&Hex32, &Event, bool, bool); 12] = [
+        (&b, &sole_wrap, true, false),
+        (&b, &twice_bob, true, false),
+        (&c, &sole_wrap, false, false),
+        (&b, &shared_wrap, false, true),
+        (&c, &shared_wrap, false, true),
+        (&b, &shared_dm, false, true),
+        (&a, &shared_dm, true, false),
+        (&b, &dm_to_self_too, false, true),
+        (&a, &dm_to_self_too, true, false),
+        (&b, &note, false, false),
+        (&a, &note, true, false),
+        (&pk(&w.dave), &shared_wrap, false, false),
+    ];
+    for (i, (deleter, target, may, refused)) in rows.iter().enumerate() {
+        assert_eq!(
+            e.gw.may_delete(deleter, target),
+            *may,
+            "row {i}: may_delete"
+        );
+        let r = e.gw.refuse_deletion(deleter, target);
+        assert_eq!(r.is_some(), *refused, "row {i}: refusal {r:?}");
+        if let Some(Rejection(m)) = r {
+            assert!(
+                m.starts_with("restricted: kind") && m.contains("2 recipients"),
+                "{m}"
+            );
+        }
+    }
+}
