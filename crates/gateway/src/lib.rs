@@ -20,6 +20,7 @@
 //! | `registry.rs`      | group records and membership (roster, giftwrap, api sources) |
 //! | `visibility.rs`    | the one visibility rule and the REQ pre-check                |
 //! | `retention.rs`     | how long each kind is kept                                   |
+//! | `purge.rs`         | background cleanup of the state, in bounded chunks           |
 //! | `state.rs`         | the key layout of the gateway's state                        |
 //!
 //! Decisions where PROTOCOL.md is silent:
@@ -70,6 +71,7 @@ mod giftwrap;
 mod group_message;
 mod keypackage;
 mod noise_dm;
+mod purge;
 mod registry;
 mod retention;
 mod roster;
@@ -82,6 +84,7 @@ mod tests;
 pub use config::{GatewayConfig, MembershipSource, RateLimits, StorageBackend, UnknownGroups};
 pub use dialect::{normalize, Dialect, MlsEvent, RosterOp};
 pub use keypackage::KeyPackageEntry;
+pub use purge::{StatePurge, STATE_PURGE_CHUNK};
 pub use registry::{GroupRecord, MembershipChange};
 pub use state::MemState;
 pub use visibility::Audience;
@@ -317,23 +320,24 @@ impl Gateway {
     }
 
     /// Background cleanup of the gateway's own state (expired KeyPackage bookkeeping, rate
-    /// counters of past windows); run it next to the store's purge. Returns keys removed.
+    /// counters of past windows), one bounded chunk: looks at no more than `max_keys` keys
+    /// and records in `progress` where the next chunk resumes. Run each chunk in its own
+    /// state transaction (`update_state`) until `progress.done()`, so that the writer commits
+    /// the events queued behind a chunk before the next (see `purge.rs`).
+    pub fn purge_state_chunk(
+        &self,
+        now: u64,
+        state: &mut dyn StateWrite,
+        progress: &mut StatePurge,
+        max_keys: usize,
+    ) -> Result<(), StoreError> {
+        purge::chunk(state, now, progress, max_keys)
+    }
+
+    /// The whole purge of [`Gateway::purge_state_chunk`] in one transaction (for tests and
+    /// tools, not for a relay serving traffic). Returns the records removed.
     pub fn purge_state(&self, now: u64, state: &mut dyn StateWrite) -> Result<u64, StoreError> {
-        let mut n = keypackage::purge(state, now)?;
-        for (prefix, width) in [(&b"rg/"[..], 60u64), (b"rk/", 3600), (b"rf/", 3600)] {
-            for (k, _) in state::scan(state, prefix)? {
-                let window = k
-                    .rsplit(|b| *b == b'/')
-                    .next()
-                    .and_then(|w| std::str::from_utf8(w).ok())
-                    .and_then(|w| w.parse::<u64>().ok());
-                if !matches!(window, Some(w) if w >= now / width) {
-                    state.delete(&k)?;
-                    n += 1;
-                }
-            }
-        }
-        Ok(n)
+        purge::all(state, now)
     }
 
     /// NIP-70: a protected event only from a connection authenticated as its author.

@@ -183,7 +183,16 @@ impl StateRead for MemState {
         prefix: &[u8],
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> StoreResult<()> {
-        for (k, v) in self.0.range(prefix.to_vec()..) {
+        self.scan_prefix_from(prefix, prefix, f)
+    }
+
+    fn scan_prefix_from(
+        &self,
+        prefix: &[u8],
+        from: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> StoreResult<()> {
+        for (k, v) in self.0.range(from.max(prefix).to_vec()..) {
             if !k.starts_with(prefix) || !f(k, v) {
                 break;
             }

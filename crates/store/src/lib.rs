@@ -36,6 +36,18 @@ pub trait StateRead {
         prefix: &[u8],
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> StoreResult<()>;
+
+    /// [`StateRead::scan_prefix`] starting at the first key `>= from` (a key under `prefix`),
+    /// so that a long walk can resume where it stopped without re-reading what it passed.
+    /// Backends should override the default, which walks the skipped keys too.
+    fn scan_prefix_from(
+        &self,
+        prefix: &[u8],
+        from: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> StoreResult<()> {
+        self.scan_prefix(prefix, &mut |k, v| k < from || f(k, v))
+    }
 }
 
 /// Write access to the gateway's state, inside the writer's transaction.

@@ -226,3 +226,99 @@ fn a_recipient_deletes_only_what_is_addressed_to_it_alone() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Rule 12: the state purge runs in bounded chunks.
+
+/// A state that counts the keys every scan hands out (what a chunk "looks at").
+struct Counting<'a> {
+    inner: &'a mut MemState,
+    seen: std::cell::Cell<usize>,
+}
+
+impl StateRead for Counting<'_> {
+    fn get(&self, key: &[u8]) -> mls_store::StoreResult<Option<Vec<u8>>> {
+        self.inner.get(key)
+    }
+
+    fn scan_prefix(
+        &self,
+        prefix: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> mls_store::StoreResult<()> {
+        self.scan_prefix_from(prefix, prefix, f)
+    }
+
+    fn scan_prefix_from(
+        &self,
+        prefix: &[u8],
+        from: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> mls_store::StoreResult<()> {
+        self.inner.scan_prefix_from(prefix, from, &mut |k, v| {
+            self.seen.set(self.seen.get() + 1);
+            f(k, v)
+        })
+    }
+}
+
+impl StateWrite for Counting<'_> {
+    fn put(&mut self, key: &[u8], value: &[u8]) -> mls_store::StoreResult<()> {
+        self.inner.put(key, value)
+    }
+
+    fn delete(&mut self, key: &[u8]) -> mls_store::StoreResult<()> {
+        self.inner.delete(key)
+    }
+}
+
+#[test]
+fn the_state_purge_looks_at_a_bounded_number_of_keys_per_chunk() {
+    let mut e = env_with(false, |c| {
+        c.rate_limits.max_keypackages_per_hour = 100;
+        c.rate_limits.max_group_messages_per_minute = 100;
+    });
+    let w = W::new();
+    // Live bookkeeping: a KeyPackage and the counters of the current windows.
+    e.ok(&lox_kp(&w.alice, &hx(&w.alice), "live", T + 86_400), &[], T);
+    e.ok(&msg445(&w, OPEN), &[], T);
+    // Expired: short-lived KeyPackages and counters of long-gone windows.
+    for i in 0..7 {
+        let r = format!("short{i}");
+        e.ok(&lox_kp(&w.bob, &hx(&w.bob), &r, T + 100), &[], T);
+    }
+    for i in 0..40 {
+        e.st.put(format!("rg/{i:04x}/anon/1").as_bytes(), b"1")
+            .unwrap();
+    }
+    let mut expected = e.st.clone();
+    let removed_at_once = e.gw.purge_state(T + 4000, &mut expected).unwrap();
+    assert!(removed_at_once >= 47, "{removed_at_once}");
+
+    const MAX: usize = 10;
+    let mut progress = StatePurge::default();
+    let mut chunks = 0;
+    while !progress.done() {
+        let mut st = Counting {
+            inner: &mut e.st,
+            seen: 0.into(),
+        };
+        e.gw.purge_state_chunk(T + 4000, &mut st, &mut progress, MAX)
+            .unwrap();
+        let seen = st.seen.get();
+        assert!(seen <= MAX, "chunk {chunks} looked at {seen} keys");
+        chunks += 1;
+        assert!(chunks < 100, "the purge does not end");
+    }
+    assert_eq!(progress.chunks, chunks);
+    assert!(chunks >= 6, "about 50 keys in chunks of {MAX}: {chunks}");
+    assert_eq!(progress.removed, removed_at_once);
+    assert_eq!(e.st, expected, "chunked and whole purges remove the same");
+    // What is live stays.
+    assert_eq!(
+        e.gw.keypackages_of(&pk(&w.alice), T + 4000, &e.st)
+            .unwrap()
+            .len(),
+        1
+    );
+}
