@@ -7,6 +7,7 @@
 //! |---------------------------------------|----------------------------------------------------|
 //! | `g/{hex(group)}`                      | group metadata JSON; its existence = group *gated* |
 //! | `m/{hex(group)}/{pubkey}`             | role: `1` member, `2` admin, `3` both              |
+//! | `o/{hex(group)}`                      | the group was served open: receipt time of its first 445 |
 //! | `kp/{owner}/{ref}`                    | one KeyPackage (by key reference) and its events   |
 //! | `kr/{ref}`                            | owner of a key reference (uniqueness across owners)|
 //! | `ka/{owner}/{d}`                      | current 30443 version of an address                |
@@ -30,6 +31,13 @@ use std::collections::BTreeMap;
 
 pub(crate) fn group_key(group: &str) -> Vec<u8> {
     format!("g/{}", hex::encode(group)).into_bytes()
+}
+
+/// Written once, with the first 445 accepted while the group had no known membership (read
+/// before write: not one write per 445). Never removed: a group once used open stays
+/// protected from a stranger's bootstrap (PROTOCOL §4).
+pub(crate) fn served_open_key(group: &str) -> Vec<u8> {
+    format!("o/{}", hex::encode(group)).into_bytes()
 }
 
 pub(crate) fn member_prefix(group: &str) -> Vec<u8> {
@@ -175,7 +183,16 @@ impl StateRead for MemState {
         prefix: &[u8],
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> StoreResult<()> {
-        for (k, v) in self.0.range(prefix.to_vec()..) {
+        self.scan_prefix_from(prefix, prefix, f)
+    }
+
+    fn scan_prefix_from(
+        &self,
+        prefix: &[u8],
+        from: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> StoreResult<()> {
+        for (k, v) in self.0.range(from.max(prefix).to_vec()..) {
             if !k.starts_with(prefix) || !f(k, v) {
                 break;
             }

@@ -36,6 +36,18 @@ pub trait StateRead {
         prefix: &[u8],
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> StoreResult<()>;
+
+    /// [`StateRead::scan_prefix`] starting at the first key `>= from` (a key under `prefix`),
+    /// so that a long walk can resume where it stopped without re-reading what it passed.
+    /// Backends should override the default, which walks the skipped keys too.
+    fn scan_prefix_from(
+        &self,
+        prefix: &[u8],
+        from: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> StoreResult<()> {
+        self.scan_prefix(prefix, &mut |k, v| k < from || f(k, v))
+    }
 }
 
 /// Write access to the gateway's state, inside the writer's transaction.
@@ -84,8 +96,17 @@ pub trait Admission: Send + Sync + 'static {
     ) -> Result<Admitted, Rejection>;
 
     /// May the author of a kind-5 deletion remove `target`? NIP-09 says: only its own author.
+    /// Also decides whether a tombstone left by `deleter` refuses `target` later.
     fn may_delete(&self, deleter: &Hex32, target: &Event) -> bool {
         *deleter == target.pubkey
+    }
+
+    /// Is a kind 5 by `deleter` naming the stored `target` refused as a whole? `Some(reason)`
+    /// answers the deletion `OK false` with that reason (prefixed), for a target the deleter
+    /// has a claim on but may not take from the others; a target that is simply not the
+    /// deleter's is skipped quietly (NIP-09) and needs no refusal.
+    fn refuse_deletion(&self, _deleter: &Hex32, _target: &Event) -> Option<Rejection> {
+        None
     }
 }
 

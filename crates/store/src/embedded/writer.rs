@@ -245,6 +245,12 @@ impl Writer {
             }
         }
 
+        // Before the rules run: a refused deletion must leave no state change behind.
+        if ev.kind == 5 {
+            if let Some(refusal) = self.refused_deletion(txn, ev)? {
+                return Ok(WriteOutcome::Rejected(refusal.0));
+            }
+        }
         let admitted = match self.admit(txn, ev, publisher, now)? {
             Ok(a) => a,
             Err(rejection) => return Ok(WriteOutcome::Rejected(rejection.0)),
@@ -315,6 +321,28 @@ impl Writer {
 
     fn may_delete(&self, deleter: &Hex32, target: &Event) -> bool {
         catch_unwind(AssertUnwindSafe(|| self.rules.may_delete(deleter, target))).unwrap_or(false)
+    }
+
+    /// The refusal of the first stored target of the kind 5 `del` that the rules will not let
+    /// its author delete at all (e.g. a message with several recipients, deleted by one).
+    fn refused_deletion(&self, txn: &RwTxn, del: &Event) -> StoreResult<Option<Rejection>> {
+        for id in del.tag_values("e").filter_map(Hex32::from_hex) {
+            let Some(target) = load_event(txn, &self.dbs, &id)? else {
+                continue;
+            };
+            let refusal = catch_unwind(AssertUnwindSafe(|| {
+                self.rules.refuse_deletion(&del.pubkey, &target)
+            }))
+            .unwrap_or_else(|_| {
+                Some(Rejection(
+                    "error: internal error while checking the deletion".into(),
+                ))
+            });
+            if refusal.is_some() {
+                return Ok(refusal);
+            }
+        }
+        Ok(None)
     }
 
     /// Is `ev` refused by a tombstone? Only a tombstone written by someone allowed to delete

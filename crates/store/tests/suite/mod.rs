@@ -45,6 +45,7 @@ macro_rules! conformance_tests {
             count_is_distinct_and_visible_only,
             refused_event_leaves_no_state_and_batchmates_commit,
             state_put_get_and_prefix_scan,
+            state_scan_resumes_from_a_key,
             unstored_events_commit_their_state,
             reopen_keeps_data,
             concurrent_writers_all_answered_and_stored,
@@ -1004,6 +1005,61 @@ pub async fn state_put_get_and_prefix_scan(h: &dyn Harness) {
     assert_eq!(r, Ok(()));
     assert_eq!(state_get(s, "g/b").await.as_deref(), Some("changed"));
     assert_eq!(state_get(s, "g/a").await, None);
+}
+
+/// `scan_prefix_from` (what a chunked walk resumes with): starts at the first key `>= from`,
+/// stays under the prefix, and sees the overlay's buffered changes.
+pub async fn state_scan_resumes_from_a_key(h: &dyn Harness) {
+    let store = open(h).await;
+    let s = &*store;
+    let keys_from = |st: &dyn StateRead, prefix: &str, from: &str| {
+        let mut got = Vec::new();
+        st.scan_prefix_from(prefix.as_bytes(), from.as_bytes(), &mut |k, _| {
+            got.push(String::from_utf8_lossy(k).into_owned());
+            true
+        })
+        .unwrap();
+        got
+    };
+    let r = s
+        .update_state(Box::new(move |st| {
+            for k in ["a/1", "a/2", "a/3", "a/4", "b/1", "a"] {
+                st.put(k.as_bytes(), b"v").unwrap();
+            }
+            Ok(())
+        }))
+        .await
+        .unwrap();
+    assert_eq!(r, Ok(()));
+    let mut committed = Vec::new();
+    s.read_state(&mut |st| {
+        committed.push(keys_from(st, "a/", "a/2"));
+        committed.push(keys_from(st, "a/", "a/2\0"));
+        committed.push(keys_from(st, "a/", "a/"));
+        committed.push(keys_from(st, "a/", "a/9"));
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        committed,
+        vec![
+            vec!["a/2", "a/3", "a/4"],
+            vec!["a/3", "a/4"],
+            vec!["a/1", "a/2", "a/3", "a/4"],
+            Vec::<&str>::new(),
+        ]
+    );
+    let r = s
+        .update_state(Box::new(move |st| {
+            st.delete(b"a/3").unwrap();
+            st.put(b"a/25", b"v").unwrap();
+            assert_eq!(keys_from(st, "a/", "a/2\0"), vec!["a/25", "a/4"]);
+            Ok(())
+        }))
+        .await
+        .unwrap();
+    assert_eq!(r, Ok(()));
 }
 
 pub async fn unstored_events_commit_their_state(h: &dyn Harness) {
