@@ -322,6 +322,28 @@ async fn a_recipients_tombstone_does_not_block_the_others_copy() {
 }
 
 #[tokio::test]
+async fn recipient_cannot_take_a_noise_dm_away_from_its_author() {
+    let (alice, bob) = (keys(), keys());
+    let relay = start_relay(true, "").await;
+    let mut a = authed(&relay, &alice).await;
+    let mut b = authed(&relay, &bob).await;
+    let dm = noise_dm(&alice, &[&bob]);
+    a.publish_ok(&dm).await;
+
+    // Bob is its only recipient, but alice reads it too: his deletion would take it from her.
+    let msg = publish_refused(&mut b, &deletion(&bob, &id(&dm), "446"), "restricted:").await;
+    assert!(
+        msg.contains("other reader"),
+        "the refusal says why: {msg:?}"
+    );
+    assert!(
+        reads_event(&mut a, &id(&dm)).await,
+        "the author lost the DM"
+    );
+    assert!(reads_event(&mut b, &id(&dm)).await, "bob lost the DM");
+}
+
+#[tokio::test]
 async fn sole_recipient_may_still_delete_a_gift_wrap() {
     let bob = keys();
     let relay = start_relay(true, "").await;

@@ -56,9 +56,10 @@
 //!   last unclaimed KeyPackage is served but never claimed; a pair over its fetch limit makes
 //!   the whole call `rate-limited:`.
 //! - NIP-70 (`["-"]`) is also enforced here, so no write path can skip it.
-//! - Deleting a gift wrap (1059) or Noise DM (446) as a recipient (NIP-59): allowed to its sole
-//!   `p` recipient; a recipient of an event with several distinct `p` gets `OK false
-//!   "restricted: …"` (only its author may delete it, for everyone). Hiding it from the deleter
+//! - Deleting a gift wrap (1059) or Noise DM (446) as a recipient (NIP-59): allowed only when
+//!   the deleter is its sole reader — the sole `p` of a 1059; never for a 446, whose author
+//!   reads it too. Otherwise `OK false "restricted: …"` (only its author may delete it, for
+//!   everyone). Hiding it from the deleter
 //!   alone would make visibility depend on per-reader deletion records; refusing keeps an
 //!   event's audience a fact of the event (data a SQL or Firestore backend can index). A
 //!   tombstone left by such a recipient for an id not stored yet blocks nobody's copy.
@@ -387,35 +388,44 @@ impl Admission for Gateway {
         }
     }
 
-    /// NIP-09: the author; and for gift wraps (1059) and Noise DMs (446) also their *sole* `p`
-    /// recipient (NIP-59 advises recipients to delete what they have read). A recipient of a
-    /// message with several recipients may not: deleting is for everyone, and one recipient
-    /// must not take a message away from the others — nor block their copy with a tombstone,
+    /// NIP-09: the author; and, for a gift wrap (1059) or Noise DM (446), a `p` recipient who
+    /// is its *only* reader (NIP-59 advises recipients to delete what they have read). Deleting
+    /// is for everyone, so a recipient may not take a message away from another recipient or,
+    /// for a 446, from its author (who reads it too) — nor block their copy with a tombstone,
     /// since tombstones count only when their deleter passes this same check.
     fn may_delete(&self, deleter: &Hex32, target: &Event) -> bool {
         *deleter == target.pubkey
-            || mailbox_recipients(target).is_some_and(|r| r.len() == 1 && r.contains(deleter))
+            || mailbox_readers(target)
+                .is_some_and(|r| r.contains(deleter) && r.iter().all(|p| p == deleter))
     }
 
-    /// A recipient's kind 5 naming a gift wrap or Noise DM that has other recipients is
+    /// A recipient's kind 5 naming a gift wrap or Noise DM that someone else reads too is
     /// refused outright (`restricted:`) rather than skipped, so the client knows it stayed.
     fn refuse_deletion(&self, deleter: &Hex32, target: &Event) -> Option<Rejection> {
-        let recipients = mailbox_recipients(target)?;
-        if *deleter == target.pubkey || recipients.len() < 2 || !recipients.contains(deleter) {
+        let readers = mailbox_readers(target)?;
+        if *deleter == target.pubkey || !target.tag_values("p").any(|p| p == deleter.to_hex()) {
             return None;
         }
-        Some(Rejection(format!(
-            "restricted: kind {} event {} has {} recipients; a recipient may delete only what is addressed to it alone (its author may delete it for everyone)",
-            target.kind,
-            dialect::short(&target.id.to_hex()),
-            recipients.len()
-        )))
+        let others = readers.iter().filter(|p| *p != deleter).count();
+        (others > 0).then(|| {
+            Rejection(format!(
+                "restricted: kind {} event {} is also read by {others} other reader(s) (its author or other recipients); a recipient may delete only what no one else reads (its author may delete it for everyone)",
+                target.kind,
+                dialect::short(&target.id.to_hex()),
+            ))
+        })
     }
 }
 
-/// The distinct `p` recipients of a mailbox event (1059 gift wrap, 446 Noise DM); `None` for
-/// other kinds.
-fn mailbox_recipients(target: &Event) -> Option<std::collections::BTreeSet<Hex32>> {
-    matches!(target.kind, 1059 | 446)
-        .then(|| target.tag_values("p").filter_map(Hex32::from_hex).collect())
+/// Who reads a mailbox event: the distinct `p` recipients of a 1059 gift wrap (its author is a
+/// throwaway key), plus the author of a 446 Noise DM; `None` for other kinds.
+fn mailbox_readers(target: &Event) -> Option<std::collections::BTreeSet<Hex32>> {
+    let mut readers: std::collections::BTreeSet<Hex32> = match target.kind {
+        1059 | 446 => target.tag_values("p").filter_map(Hex32::from_hex).collect(),
+        _ => return None,
+    };
+    if target.kind == 446 {
+        readers.insert(target.pubkey);
+    }
+    Some(readers)
 }

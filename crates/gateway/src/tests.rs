@@ -1564,7 +1564,10 @@ fn deletion_rights() {
         "author deletes a gift wrap"
     );
     assert!(!e.gw.may_delete(&pk(&w.carol), &gift));
-    assert!(e.gw.may_delete(&pk(&w.bob), &dm));
+    assert!(
+        !e.gw.may_delete(&pk(&w.bob), &dm),
+        "a 446's recipient may not take it from its author, who reads it too"
+    );
     assert!(e.gw.may_delete(&pk(&w.alice), &dm));
     assert!(!e.gw.may_delete(&pk(&w.carol), &dm));
     assert!(

@@ -193,10 +193,11 @@ fn a_recipient_deletes_only_what_is_addressed_to_it_alone() {
     let shared_dm = ev(&w.alice, 446, T, &[&["p", &bob], &["p", &carol]], "x");
     let dm_to_self_too = ev(&w.alice, 446, T, &[&["p", &bob], &["p", &alice]], "x");
     let note = ev(&w.alice, 1, T, &[&["p", &bob], &["p", &carol]], "x");
+    let sole_dm = ev(&w.alice, 446, T, &[&["p", &bob]], "x");
 
     let (b, c, a) = (pk(&w.bob), pk(&w.carol), pk(&w.alice));
     // (deleter, target, may delete, refused outright)
-    let rows: [(&Hex32, &Event, bool, bool); 12] = [
+    let rows: [(&Hex32, &Event, bool, bool); 14] = [
         (&b, &sole_wrap, true, false),
         (&b, &twice_bob, true, false),
         (&c, &sole_wrap, false, false),
@@ -209,6 +210,9 @@ fn a_recipient_deletes_only_what_is_addressed_to_it_alone() {
         (&b, &note, false, false),
         (&a, &note, true, false),
         (&pk(&w.dave), &shared_wrap, false, false),
+        // A 446's author reads it too: its sole recipient may not take it away from them.
+        (&b, &sole_dm, false, true),
+        (&a, &sole_dm, true, false),
     ];
     for (i, (deleter, target, may, refused)) in rows.iter().enumerate() {
         assert_eq!(
@@ -220,7 +224,7 @@ fn a_recipient_deletes_only_what_is_addressed_to_it_alone() {
         assert_eq!(r.is_some(), *refused, "row {i}: refusal {r:?}");
         if let Some(Rejection(m)) = r {
             assert!(
-                m.starts_with("restricted: kind") && m.contains("2 recipients"),
+                m.starts_with("restricted: kind") && m.contains("other reader(s)"),
                 "{m}"
             );
         }
