@@ -59,10 +59,11 @@ pub trait StateWrite: StateRead {
 pub struct Publisher {
     /// Pubkeys the connection has authenticated as (NIP-42). Empty when unauthenticated.
     pub authed: Vec<Hex32>,
-    /// The relay's operator replaying stored events (`import`): the checks that depend on the
-    /// original publishing connection (its authentication, its group membership) cannot be
-    /// re-run and are skipped, and the event grants no membership; everything the event
-    /// itself must satisfy (shape, uniqueness, roster order, expiry) still applies.
+    /// The relay's operator replaying plain event lines (`import` without a backup header):
+    /// the checks that depend on the original publishing connection (its authentication, its
+    /// group membership) cannot be re-run and are skipped, and the event grants no membership;
+    /// everything the event itself must satisfy (shape, uniqueness, roster order, expiry)
+    /// still applies. (A backup is restored with [`EventStore::restore`], no rules at all.)
     pub operator: bool,
 }
 
@@ -217,7 +218,7 @@ pub trait EventStore: Send + Sync + 'static {
     /// Stops taking writes once everything already queued is committed (graceful shutdown).
     async fn close(&self) {}
 
-    /// Every stored event, oldest first (for `export`).
+    /// Every stored event, oldest first (events only: a backup is [`EventStore::backup`]).
     async fn export(&self, f: &mut (dyn for<'e> FnMut(&'e StoredEvent) + Send)) -> StoreResult<()>;
 
     /// Everything the store holds, from one consistent snapshot, in a deterministic order:
