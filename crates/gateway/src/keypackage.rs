@@ -31,7 +31,7 @@ const BASE64: GeneralPurpose = GeneralPurpose::new(
 );
 
 /// Longest key reference accepted, in bytes (an MLS KeyPackageRef is 32 bytes = 64 hex).
-const MAX_REFERENCE: usize = 256;
+const MAX_REFERENCE: usize = state::MAX_KEY_PART;
 
 /// One event carrying a KeyPackage.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

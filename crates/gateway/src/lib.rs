@@ -87,7 +87,7 @@ pub use dialect::{normalize, Dialect, MlsEvent, RosterOp};
 pub use keypackage::KeyPackageEntry;
 pub use purge::{StatePurge, STATE_PURGE_CHUNK};
 pub use registry::{GroupRecord, MembershipChange};
-pub use state::MemState;
+pub use state::{MemState, MAX_GROUP_ID, MAX_KEY_PART};
 pub use visibility::Audience;
 
 use mls_proto::{parse_pubkey, Event, Filter, Hex32};

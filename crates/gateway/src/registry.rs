@@ -21,7 +21,7 @@ pub(crate) const MEMBER: u8 = 1;
 pub(crate) const ADMIN: u8 = 2;
 
 /// Longest group id (`h` value) and display name accepted, in bytes.
-pub(crate) const MAX_GROUP_ID: usize = 256;
+pub(crate) use crate::state::MAX_GROUP_ID;
 pub(crate) const MAX_NAME: usize = 256;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -25,6 +25,16 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// Longest gateway state key, in bytes, that every backend holds (LMDB's default
+/// `MDB_MAXKEYSIZE`). The gateway bounds the client-controlled parts of its keys (group ids,
+/// `d` tags, key references) so that no key it builds can be longer.
+pub const MAX_STATE_KEY_LEN: usize = 511;
+
+/// Longest value of an indexed (single-letter) tag, in bytes, that every backend indexes and
+/// answers `#x` filters for (the embedded store hashes values longer than its inline limit).
+/// The relay refuses events with a longer one at ingest.
+pub const MAX_TAG_VALUE_LEN: usize = 1024;
+
 /// Read access to the gateway's key/value state, inside a transaction.
 /// Keys are namespaced by their first bytes (the gateway owns the layout).
 pub trait StateRead {
@@ -61,10 +71,11 @@ pub trait StateWrite: StateRead {
 pub struct Publisher {
     /// Pubkeys the connection has authenticated as (NIP-42). Empty when unauthenticated.
     pub authed: Vec<Hex32>,
-    /// The relay's operator replaying stored events (`import`): the checks that depend on the
-    /// original publishing connection (its authentication, its group membership) cannot be
-    /// re-run and are skipped, and the event grants no membership; everything the event
-    /// itself must satisfy (shape, uniqueness, roster order, expiry) still applies.
+    /// The relay's operator replaying plain event lines (`import` without a backup header):
+    /// the checks that depend on the original publishing connection (its authentication, its
+    /// group membership) cannot be re-run and are skipped, and the event grants no membership;
+    /// everything the event itself must satisfy (shape, uniqueness, roster order, expiry)
+    /// still applies. (A backup is restored with [`EventStore::restore`], no rules at all.)
     pub operator: bool,
 }
 
@@ -149,6 +160,35 @@ pub struct StoredEvent {
     pub expires_at: Option<u64>,
 }
 
+/// A NIP-09 tombstone: what keeps a deleted event deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tombstone {
+    /// `id` was deleted by `deleter` (an `e` tag); a later copy of `id` is refused when
+    /// `deleter` may delete it.
+    Id { id: Hex32, deleter: Hex32 },
+    /// The versions of address `kind:pubkey:d` (an `a` tag) created at or before `until` are
+    /// deleted. `d` is empty for replaceable kinds.
+    Address {
+        kind: u16,
+        pubkey: Hex32,
+        d: String,
+        until: u64,
+    },
+}
+
+/// One piece of what a store holds, as a backup carries it (see [`EventStore::backup`]).
+#[derive(Debug, Clone)]
+pub enum BackupItem {
+    /// A stored event with its receipt and expiry times.
+    Event(StoredEvent),
+    /// One entry of the gateway's key/value state.
+    State {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Tombstone(Tombstone),
+}
+
 /// Visibility predicate for reads: called with each candidate event and a view of the gateway
 /// state in the same read transaction. Only events for which it returns true are counted
 /// towards `limit` and returned.
@@ -199,6 +239,23 @@ pub trait EventStore: Send + Sync + 'static {
     /// Stops taking writes once everything already queued is committed (graceful shutdown).
     async fn close(&self) {}
 
-    /// Every stored event, oldest first (for `export`).
+    /// Every stored event, oldest first (events only: a backup is [`EventStore::backup`]).
     async fn export(&self, f: &mut (dyn for<'e> FnMut(&'e StoredEvent) + Send)) -> StoreResult<()>;
+
+    /// Everything the store holds, from one consistent snapshot, in a deterministic order:
+    /// every event (oldest first, ties lowest id first), then every gateway state entry (key
+    /// order), then every tombstone. `f` returns false to stop early. This is what a backup
+    /// (`export`) is made of, and what moves a deployment to another backend.
+    async fn backup(
+        &self,
+        f: &mut (dyn for<'i> FnMut(&'i BackupItem) -> bool + Send),
+    ) -> StoreResult<()>;
+
+    /// Puts back what [`EventStore::backup`] gave, verbatim and in one transaction: events with
+    /// their receipt and expiry times (no rules run and no deletion is applied: the rules'
+    /// state and the tombstones come as their own items), state entries (overwriting the key),
+    /// tombstones. One outcome per item: `Accepted`, `Duplicate` (the event is already
+    /// stored) or `Rejected` (a newer version of the event's address is stored, or a state key
+    /// no backend can hold).
+    async fn restore(&self, items: Vec<BackupItem>) -> StoreResult<Vec<WriteOutcome>>;
 }

@@ -9,7 +9,8 @@ use super::keys::{self, decode_record, encode_record};
 use super::state::{self, Overlay};
 use super::{backend, Dbs};
 use crate::{
-    Admission, Admitted, Publisher, Rejection, StateWrite, StoreError, StoreResult, WriteOutcome,
+    Admission, Admitted, BackupItem, Publisher, Rejection, StateWrite, StoreError, StoreResult,
+    WriteOutcome,
 };
 use heed::{Env, RwTxn, WithoutTls};
 use mls_proto::{Event, Hex32, KindClass};
@@ -42,6 +43,11 @@ pub(super) enum Request {
         purged: u64,
         reply: oneshot::Sender<StoreResult<u64>>,
     },
+    /// Backup items put back verbatim (see `backup::restore`).
+    Restore {
+        items: Vec<BackupItem>,
+        reply: oneshot::Sender<StoreResult<Vec<WriteOutcome>>>,
+    },
 }
 
 /// The result of one request inside a transaction, delivered only once it committed.
@@ -49,6 +55,7 @@ enum Outcome {
     Write(WriteOutcome),
     State(Result<(), Rejection>),
     Purge { removed: u64, more: bool },
+    Restore(Vec<WriteOutcome>),
     Failed(StoreError),
 }
 
@@ -70,6 +77,7 @@ impl Request {
                     drop(reply.send(Ok(purged + removed)));
                 }
             }
+            (Request::Restore { reply, .. }, Outcome::Restore(o)) => drop(reply.send(Ok(o))),
             (request, Outcome::Failed(e)) => request.fail(e),
             (request, _) => request.fail(StoreError::Backend(
                 "store writer: outcome does not fit its request".into(),
@@ -82,6 +90,7 @@ impl Request {
             Request::Write { reply, .. } => drop(reply.send(Err(e))),
             Request::State { reply, .. } => drop(reply.send(Err(e))),
             Request::Purge { reply, .. } => drop(reply.send(Err(e))),
+            Request::Restore { reply, .. } => drop(reply.send(Err(e))),
         }
     }
 }
@@ -182,6 +191,10 @@ impl Writer {
                         .map_err(|e| BatchError::Processing(format!("purge: {e}")))?;
                     Outcome::Purge { removed, more }
                 }
+                Request::Restore { items, .. } => Outcome::Restore(
+                    super::backup::restore(&mut txn, &self.dbs, items)
+                        .map_err(|e| BatchError::Processing(format!("restore: {e}")))?,
+                ),
             };
             outcomes.push(outcome);
         }
@@ -386,7 +399,7 @@ impl Writer {
         }
 
         for value in del.tag_values("a") {
-            let Some((owner, addr)) = keys::parse_a_tag(value) else {
+            let Some((owner, addr, d)) = keys::parse_a_tag(value) else {
                 continue;
             };
             let stored = dbs
@@ -415,7 +428,7 @@ impl Writer {
                 .and_then(read_u64)
                 .map_or(del.created_at, |t| t.max(del.created_at));
             dbs.tomb_addrs
-                .put(txn, &addr, &until.to_be_bytes())
+                .put(txn, &addr, &keys::tomb_addr_value(until, d))
                 .map_err(backend("write address tombstone"))?;
         }
         Ok(())
@@ -456,8 +469,9 @@ fn deleted() -> WriteOutcome {
     WriteOutcome::Rejected("blocked: event was deleted".into())
 }
 
+/// `until` of an address tombstone (the value may carry the `d` after it).
 fn read_u64(b: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(b.try_into().ok()?))
+    keys::split_tomb_addr_value(b).map(|(until, _)| until)
 }
 
 fn load_event(txn: &RwTxn, dbs: &Dbs, id: &Hex32) -> StoreResult<Option<Event>> {
@@ -471,7 +485,7 @@ fn load_event(txn: &RwTxn, dbs: &Dbs, id: &Hex32) -> StoreResult<Option<Event>> 
 }
 
 /// Writes the record and every index entry of `ev`.
-fn store_event(
+pub(super) fn store_event(
     txn: &mut RwTxn,
     dbs: &Dbs,
     ev: &Event,
