@@ -22,9 +22,10 @@ enum Command {
     Relay(Common),
     /// Load and validate a config file, print the effective config with secrets masked.
     CheckConfig(Common),
-    /// Write every stored event to stdout as JSON lines.
+    /// Write a backup to stdout: every event and all gateway state, as versioned JSON lines.
     Export(Common),
-    /// Read events as JSON lines from stdin and store them through the relay's checks.
+    /// Restore a backup from stdin into an empty store, or store plain event JSON lines (as
+    /// other relays export them) through the relay's checks.
     Import(Common),
 }
 
@@ -75,11 +76,14 @@ fn main() -> ExitCode {
             print!("{}", config.to_masked_toml());
         }),
         Command::Export(common) => load(&common).and_then(|config| {
-            let n = runtime(Some(1))?.block_on(async {
+            let s = runtime(Some(1))?.block_on(async {
                 let mut out = std::io::BufWriter::new(std::io::stdout());
                 mls_relay::tools::export(&config, &mut out).await
             })?;
-            eprintln!("exported {n} events");
+            eprintln!(
+                "exported {} events, {} state entries, {} tombstones",
+                s.events, s.state, s.tombstones
+            );
             Ok(())
         }),
         Command::Import(common) => load(&common).and_then(|config| {
@@ -92,7 +96,20 @@ fn main() -> ExitCode {
                 "imported {} events ({} duplicates, {} rejected)",
                 summary.accepted, summary.duplicate, summary.rejected
             );
-            Ok(())
+            if !summary.restored {
+                return Ok(());
+            }
+            eprintln!(
+                "restored {} state entries, {} tombstones",
+                summary.state, summary.tombstones
+            );
+            // A backup that did not come back whole did not give back the same relay.
+            match summary.rejected {
+                0 => Ok(()),
+                n => Err(format!(
+                    "import: {n} line(s) of the backup were refused (listed above)"
+                )),
+            }
         }),
     };
     match result {

@@ -302,14 +302,17 @@ fn firestore_backend_in_relay_mode_is_a_clear_startup_error() {
     );
 }
 
+/// The events of a backup, as plain event lines (what other relays export).
 fn export_ids(relay: &Relay) -> (Vec<String>, BTreeSet<String>) {
     let out = relay.cli(&["export"], None);
     assert!(out.success(), "export failed: {out:?}");
     let lines: Vec<String> = out
         .stdout
         .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(str::to_owned)
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            (v["type"] == "event").then(|| v["event"].to_string())
+        })
         .collect();
     let mut ids = BTreeSet::new();
     for l in &lines {

@@ -164,8 +164,10 @@ async fn loxation_keypackage_directory_auth_on() {
 // ---------------------------------------------------------------------------------------------
 
 async fn loxation_group_flow(auth: bool) {
-    let relay = start_relay(auth, "").await;
     let (alice, bob, carol, mallory) = (keys(), keys(), keys(), keys());
+    // Alice is a configured admin: the group below is served open before it is gated, and
+    // only a configured admin may gate such a group (issue 8, rule 4).
+    let relay = start_relay(auth, &admin_pubkeys_config(&[&alice])).await;
     let (bp, cp) = (pk_hex(&bob), pk_hex(&carol));
     let g = unique_id();
     let mut a = authed(&relay, &alice).await;
@@ -448,7 +450,10 @@ async fn loxation_roster_bootstrap_flow(auth: bool) {
     .await;
     support_api::assert_error(&group_info(&relay, &mallory, &g).await, 404, "not_found");
 
-    // Alice invites Bob.
+    // Alice invites Bob: rosters manage this group, so a roster `add` admits him (a gift
+    // wrap to a roster-managed group only carries the Welcome; issue 8, rule 5).
+    let r_add = roster(&alice, &g, "add", 2, &[&bob]);
+    a.publish_ok(&r_add).await;
     a.publish_ok(&giftwrap(&[&bob], Some(&g))).await;
     let target = json!({"kinds": [445], "#h": [g]});
     open_live(&mut a, "alice", "g", target.clone(), NOTHING).await;
@@ -458,7 +463,7 @@ async fn loxation_roster_bootstrap_flow(auth: bool) {
         "bob",
         "r",
         json!({"kinds": [450], "#h": [g]}),
-        Want::Events(&[id(&r1).as_str()]),
+        Want::Events(&[id(&r1).as_str(), id(&r_add).as_str()]),
     )
     .await;
     let bm = group_message(&g, Some(1));
@@ -466,8 +471,8 @@ async fn loxation_roster_bootstrap_flow(auth: bool) {
     expect_live(&mut a, "alice", "g", &id(&bm)).await;
     expect_live(&mut b, "bob", "g", &id(&bm)).await;
 
-    // The admin removes Bob (seq 2).
-    let r2 = roster(&alice, &g, "remove", 2, &[&bob]);
+    // The admin removes Bob (seq 3).
+    let r2 = roster(&alice, &g, "remove", 3, &[&bob]);
     a.publish_ok(&r2).await;
     drain_allowing(&mut b, "bob (removed)", &[&id(&r2)]).await;
     let am = group_message(&g, Some(2));

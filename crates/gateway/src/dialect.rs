@@ -12,6 +12,7 @@
 //! list; for `bootstrap`: initial members besides the signer), optional `["name", display]`.
 //! The content is not interpreted.
 
+use crate::state::{MAX_GROUP_ID, MAX_KEY_PART};
 use mls_proto::{Event, Hex32};
 use mls_store::Rejection;
 use serde::Serialize;
@@ -263,7 +264,32 @@ pub fn normalize(ev: &Event) -> Result<MlsEvent<'_>, Rejection> {
         }
         _ => {}
     }
+    check_key_parts(ev, &m)?;
     Ok(m)
+}
+
+/// The values that become parts of state keys are bounded (see `state.rs`), so no key built
+/// from them can overflow the store: refused here, before any rule builds one.
+fn check_key_parts(ev: &Event, m: &MlsEvent<'_>) -> Result<(), Rejection> {
+    if let Some(g) = m.group_ids.iter().find(|g| g.len() > MAX_GROUP_ID) {
+        return Err(invalid(format!(
+            "group id (h tag) is {} bytes, the most is {MAX_GROUP_ID}",
+            g.len()
+        )));
+    }
+    if let Some(r) = m.key_reference.filter(|r| r.len() > MAX_KEY_PART) {
+        return Err(invalid(format!(
+            "key reference (kpr / i) is {} bytes, the most is {MAX_KEY_PART}",
+            r.len()
+        )));
+    }
+    if ev.kind == 30443 && ev.d_tag().len() > MAX_KEY_PART {
+        return Err(invalid(format!(
+            "keypackage d tag is {} bytes, the most is {MAX_KEY_PART}",
+            ev.d_tag().len()
+        )));
+    }
+    Ok(())
 }
 
 /// A group id shortened for messages and logs.

@@ -5,14 +5,17 @@
 //!
 //! 1059 is accepted when: at least one `p`; `created_at` no more than `giftwrap_max_backdate`
 //! before receipt (NIP-59 backdates on purpose, bounded so that a wrap cannot pretend to be
-//! arbitrarily old). Served only to connections authenticated as a `p` recipient. Kept
-//! receipt + `welcome_ttl`.
+//! arbitrarily old). Served only to connections authenticated as a `p` recipient; its sole
+//! recipient may delete it (kind 5, see `Gateway::may_delete`). Kept receipt + `welcome_ttl`.
 //!
 //! Membership source `giftwrap` (PROTOCOL §4): a 1059 with an `h` published by an
 //! authenticated connection makes its `p` recipients members of that group. If the group is
 //! unknown, the publisher (its first authenticated pubkey) creates it and becomes owner, admin
-//! and member, as a roster `bootstrap` would make it; if the group is known, the publisher
-//! must be a member or admin, otherwise anyone authenticated could add themselves to any group.
+//! and member, as a roster `bootstrap` would make it — unless the group has been served open
+//! (445s accepted while its membership was unknown): then only a configured admin may gate it
+//! (`restricted:` otherwise). If the group is known, the publisher must be a member or admin,
+//! otherwise anyone authenticated could add themselves to any group; and once rosters (450)
+//! manage the group, the wrap is delivered but changes no membership: roster decisions win.
 
 use crate::config::MembershipSource;
 use crate::dialect::{short, MlsEvent, RosterOp};
@@ -64,7 +67,7 @@ pub(crate) fn admit(
     if let (Some(group), Some(first)) = (m.group_ids.first(), publisher.authed.first()) {
         if gw.source_enabled(MembershipSource::Giftwrap) && !publisher.operator {
             registry::validate_group_id(group)?;
-            let group_state = match Group::load(state, group).map_err(store_err)? {
+            match Group::load(state, group).map_err(store_err)? {
                 Some(mut g) => {
                     let inviter = registry::participant(state, group, &publisher.authed)
                         .map_err(store_err)?;
@@ -74,16 +77,27 @@ pub(crate) fn admit(
                             short(group)
                         )));
                     }
-                    g.apply(RosterOp::Add, None, &m.recipients);
-                    g
+                    // Roster decisions win: a group managed by 450s takes its membership from
+                    // them alone. The wrap (a Welcome) is still delivered to its recipients.
+                    if !g.meta.roster_managed() {
+                        g.apply(RosterOp::Add, None, &m.recipients);
+                        g.save(state, received_at).map_err(store_err)?;
+                    }
                 }
                 None => {
-                    let mut g = Group::create(group, Some(*first), received_at);
-                    g.apply(RosterOp::Bootstrap, Some(*first), &m.recipients);
-                    g
+                    registry::check_may_gate(gw, state, group, &publisher.authed, "gift wrap")?;
+                    // A group served open is gated here only by a configured admin: its owner.
+                    let served_open = registry::served_open(state, group).map_err(store_err)?;
+                    let owner = publisher
+                        .authed
+                        .iter()
+                        .find(|pk| served_open && gw.is_admin(pk))
+                        .unwrap_or(first);
+                    let mut g = Group::create(group, Some(*owner), received_at);
+                    g.apply(RosterOp::Bootstrap, Some(*owner), &m.recipients);
+                    g.save(state, received_at).map_err(store_err)?;
                 }
-            };
-            group_state.save(state, received_at).map_err(store_err)?;
+            }
         }
     }
 

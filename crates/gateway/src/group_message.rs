@@ -4,7 +4,8 @@
 //! is known to the registry) the connection is authenticated as a member or admin; if it is
 //! unknown, `unknown_groups` decides (`open` accepts, `deny` refuses); within
 //! `max_group_messages_per_minute` per (group, publisher). A Loxation `k` raises the group's
-//! `last_epoch` (never lowers it). Served to the gated group's members, or for an open group to
+//! `last_epoch` (never lowers it). The first 445 accepted for a group with no known membership
+//! marks it *served open* (see `registry::check_may_gate`). Served to the gated group's members, or for an open group to
 //! anyone who may read (see `visibility.rs`). Kept receipt + `message_archive_ttl_days`, or to
 //! its NIP-40 expiration if earlier.
 //!
@@ -89,8 +90,15 @@ pub(crate) fn admit(
         }
         counter.bump(state).map_err(store_err)?;
     }
-    if let (Some(meta), Some(epoch)) = (meta, m.epoch) {
-        registry::record_epoch(state, meta, epoch, received_at).map_err(store_err)?;
+    match meta {
+        Some(meta) => {
+            if let Some(epoch) = m.epoch {
+                registry::record_epoch(state, meta, epoch, received_at).map_err(store_err)?;
+            }
+        }
+        // Served open (stored or delivered live): from now on only a configured admin or the
+        // admin API may gate this group.
+        None => registry::mark_served_open(state, group, received_at).map_err(store_err)?,
     }
     Ok(Admitted {
         expires_at: retention::archive(cfg, received_at, m.nip40),

@@ -31,7 +31,7 @@ const BASE64: GeneralPurpose = GeneralPurpose::new(
 );
 
 /// Longest key reference accepted, in bytes (an MLS KeyPackageRef is 32 bytes = 64 hex).
-const MAX_REFERENCE: usize = 256;
+const MAX_REFERENCE: usize = state::MAX_KEY_PART;
 
 /// One event carrying a KeyPackage.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -438,31 +438,33 @@ pub(crate) fn entries_of(
     Ok(out)
 }
 
-/// Removes expired KeyPackage rows with their references and addresses; returns how many rows.
-pub(crate) fn purge(state: &mut dyn StateWrite, now: u64) -> StoreResult<u64> {
-    let mut n = 0;
-    for (k, v) in scan(state, b"kp/")? {
-        let Ok(row) = serde_json::from_slice::<KpRow>(&v) else {
-            continue;
-        };
-        if row.live(now) {
-            continue;
-        }
-        let prefix = state::kp_prefix(&row.owner);
-        let Some(reference) = k.strip_prefix(prefix.as_slice()) else {
-            continue;
-        };
-        let reference = String::from_utf8_lossy(reference).into_owned();
-        for e in &row.events {
-            if let Some(d) = &e.d {
-                let akey = state::address_key(&row.owner, d);
-                if get_json::<AddressEntry>(state, &akey)?.is_some_and(|a| a.id == e.id) {
-                    state.delete(&akey)?;
-                }
+/// One `kp/{owner}/{ref}` row seen by the state purge (`purge.rs`): removed with its
+/// reference and address entries once expired at `now`. Returns whether it was removed.
+pub(crate) fn purge_row(
+    state: &mut dyn StateWrite,
+    key: &[u8],
+    value: &[u8],
+    now: u64,
+) -> StoreResult<bool> {
+    let Ok(row) = serde_json::from_slice::<KpRow>(value) else {
+        return Ok(false);
+    };
+    if row.live(now) {
+        return Ok(false);
+    }
+    let prefix = state::kp_prefix(&row.owner);
+    let Some(reference) = key.strip_prefix(prefix.as_slice()) else {
+        return Ok(false);
+    };
+    let reference = String::from_utf8_lossy(reference).into_owned();
+    for e in &row.events {
+        if let Some(d) = &e.d {
+            let akey = state::address_key(&row.owner, d);
+            if get_json::<AddressEntry>(state, &akey)?.is_some_and(|a| a.id == e.id) {
+                state.delete(&akey)?;
             }
         }
-        delete_row(state, &row.owner, &reference)?;
-        n += 1;
     }
-    Ok(n)
+    delete_row(state, &row.owner, &reference)?;
+    Ok(true)
 }

@@ -20,6 +20,7 @@
 //! | `registry.rs`      | group records and membership (roster, giftwrap, api sources) |
 //! | `visibility.rs`    | the one visibility rule and the REQ pre-check                |
 //! | `retention.rs`     | how long each kind is kept                                   |
+//! | `purge.rs`         | background cleanup of the state, in bounded chunks           |
 //! | `state.rs`         | the key layout of the gateway's state                        |
 //!
 //! Decisions where PROTOCOL.md is silent:
@@ -29,8 +30,21 @@
 //!   and keeps admin roles; a roster change may not leave a group without an admin.
 //! - Group admins may publish and read a gated group's 445 like members; configured admins
 //!   may read 450s (they need the last `seq`) but not 445s of groups they are not in.
-//! - A gift wrap with `h` to a *known* group changes membership only when its publisher is a
-//!   member (else `restricted:`); for an unknown group the publisher becomes owner + admin.
+//! - How the membership sources combine (PROTOCOL §4). A group is *open* until one source
+//!   gates it; who may gate it depends on whether it is in use:
+//!   - a fresh group id (no 445 ever accepted for it) is first come, first served: a 450
+//!     `bootstrap` makes its signer owner, a 1059 with `h` its publisher;
+//!   - a group *served open* (a 445 accepted while its membership was unknown, stored or only
+//!     delivered live; marked once in `o/{group}`) is gated only by a configured
+//!     `admin_pubkeys` entry (450 `bootstrap`, or a 1059 with `h` from a connection
+//!     authenticated as one) or the admin API; anyone else gets `restricted:`. Marmot clients
+//!     never announce membership, so otherwise a stranger who saw the `h` could lock the
+//!     group's users out of it and of its history;
+//!   - once gated, a 1059 with `h` changes membership only when its publisher is a member or
+//!     admin (else `restricted:`), and only while no roster manages the group. After the
+//!     first accepted 450 the group is *roster-managed*: its members are exactly what the
+//!     rosters (and the admin API) say; a member's gift wrap is still delivered (it carries a
+//!     Welcome) but admits no one, in particular not someone a roster removed.
 //! - Key references: one per owner, carried by at most one 443 and one 30443 address (MDK's
 //!   dual publish); an expired KeyPackage's reference is free again. The hourly cap counts
 //!   new KeyPackages (references), not events. A missing reference uses the event id.
@@ -42,6 +56,13 @@
 //!   last unclaimed KeyPackage is served but never claimed; a pair over its fetch limit makes
 //!   the whole call `rate-limited:`.
 //! - NIP-70 (`["-"]`) is also enforced here, so no write path can skip it.
+//! - Deleting a gift wrap (1059) or Noise DM (446) as a recipient (NIP-59): allowed only when
+//!   the deleter is its sole reader — the sole `p` of a 1059; never for a 446, whose author
+//!   reads it too. Otherwise `OK false "restricted: …"` (only its author may delete it, for
+//!   everyone). Hiding it from the deleter
+//!   alone would make visibility depend on per-reader deletion records; refusing keeps an
+//!   event's audience a fact of the event (data a SQL or Firestore backend can index). A
+//!   tombstone left by such a recipient for an id not stored yet blocks nobody's copy.
 
 pub mod config;
 pub mod dialect;
@@ -51,6 +72,7 @@ mod giftwrap;
 mod group_message;
 mod keypackage;
 mod noise_dm;
+mod purge;
 mod registry;
 mod retention;
 mod roster;
@@ -63,8 +85,9 @@ mod tests;
 pub use config::{GatewayConfig, MembershipSource, RateLimits, StorageBackend, UnknownGroups};
 pub use dialect::{normalize, Dialect, MlsEvent, RosterOp};
 pub use keypackage::KeyPackageEntry;
+pub use purge::{StatePurge, STATE_PURGE_CHUNK};
 pub use registry::{GroupRecord, MembershipChange};
-pub use state::MemState;
+pub use state::{MemState, MAX_GROUP_ID, MAX_KEY_PART};
 pub use visibility::Audience;
 
 use mls_proto::{parse_pubkey, Event, Filter, Hex32};
@@ -298,23 +321,24 @@ impl Gateway {
     }
 
     /// Background cleanup of the gateway's own state (expired KeyPackage bookkeeping, rate
-    /// counters of past windows); run it next to the store's purge. Returns keys removed.
+    /// counters of past windows), one bounded chunk: looks at no more than `max_keys` keys
+    /// and records in `progress` where the next chunk resumes. Run each chunk in its own
+    /// state transaction (`update_state`) until `progress.done()`, so that the writer commits
+    /// the events queued behind a chunk before the next (see `purge.rs`).
+    pub fn purge_state_chunk(
+        &self,
+        now: u64,
+        state: &mut dyn StateWrite,
+        progress: &mut StatePurge,
+        max_keys: usize,
+    ) -> Result<(), StoreError> {
+        purge::chunk(state, now, progress, max_keys)
+    }
+
+    /// The whole purge of [`Gateway::purge_state_chunk`] in one transaction (for tests and
+    /// tools, not for a relay serving traffic). Returns the records removed.
     pub fn purge_state(&self, now: u64, state: &mut dyn StateWrite) -> Result<u64, StoreError> {
-        let mut n = keypackage::purge(state, now)?;
-        for (prefix, width) in [(&b"rg/"[..], 60u64), (b"rk/", 3600), (b"rf/", 3600)] {
-            for (k, _) in state::scan(state, prefix)? {
-                let window = k
-                    .rsplit(|b| *b == b'/')
-                    .next()
-                    .and_then(|w| std::str::from_utf8(w).ok())
-                    .and_then(|w| w.parse::<u64>().ok());
-                if !matches!(window, Some(w) if w >= now / width) {
-                    state.delete(&k)?;
-                    n += 1;
-                }
-            }
-        }
-        Ok(n)
+        purge::all(state, now)
     }
 
     /// NIP-70: a protected event only from a connection authenticated as its author.
@@ -364,14 +388,44 @@ impl Admission for Gateway {
         }
     }
 
-    /// NIP-09: the author; and for gift wraps (1059) and Noise DMs (446) also a `p` recipient
-    /// (NIP-59 advises recipients to delete what they have read).
+    /// NIP-09: the author; and, for a gift wrap (1059) or Noise DM (446), a `p` recipient who
+    /// is its *only* reader (NIP-59 advises recipients to delete what they have read). Deleting
+    /// is for everyone, so a recipient may not take a message away from another recipient or,
+    /// for a 446, from its author (who reads it too) — nor block their copy with a tombstone,
+    /// since tombstones count only when their deleter passes this same check.
     fn may_delete(&self, deleter: &Hex32, target: &Event) -> bool {
         *deleter == target.pubkey
-            || (matches!(target.kind, 1059 | 446)
-                && target
-                    .tag_values("p")
-                    .filter_map(Hex32::from_hex)
-                    .any(|p| p == *deleter))
+            || mailbox_readers(target)
+                .is_some_and(|r| r.contains(deleter) && r.iter().all(|p| p == deleter))
     }
+
+    /// A recipient's kind 5 naming a gift wrap or Noise DM that someone else reads too is
+    /// refused outright (`restricted:`) rather than skipped, so the client knows it stayed.
+    fn refuse_deletion(&self, deleter: &Hex32, target: &Event) -> Option<Rejection> {
+        let readers = mailbox_readers(target)?;
+        if *deleter == target.pubkey || !target.tag_values("p").any(|p| p == deleter.to_hex()) {
+            return None;
+        }
+        let others = readers.iter().filter(|p| *p != deleter).count();
+        (others > 0).then(|| {
+            Rejection(format!(
+                "restricted: kind {} event {} is also read by {others} other reader(s) (its author or other recipients); a recipient may delete only what no one else reads (its author may delete it for everyone)",
+                target.kind,
+                dialect::short(&target.id.to_hex()),
+            ))
+        })
+    }
+}
+
+/// Who reads a mailbox event: the distinct `p` recipients of a 1059 gift wrap (its author is a
+/// throwaway key), plus the author of a 446 Noise DM; `None` for other kinds.
+fn mailbox_readers(target: &Event) -> Option<std::collections::BTreeSet<Hex32>> {
+    let mut readers: std::collections::BTreeSet<Hex32> = match target.kind {
+        1059 | 446 => target.tag_values("p").filter_map(Hex32::from_hex).collect(),
+        _ => return None,
+    };
+    if target.kind == 446 {
+        readers.insert(target.pubkey);
+    }
+    Some(readers)
 }

@@ -1,8 +1,9 @@
 //! Kind 446: Noise direct messages (Loxation, `["p", recipient]`, `["v", "noise.1"]`).
 //!
 //! Accepted when: at least one `p`; non-empty content. Served to the `p` recipients and to the
-//! author (each only when authenticated as such, see `visibility.rs`); a recipient may delete
-//! it (kind 5, see `Gateway::may_delete`). Kept receipt + `message_archive_ttl_days`.
+//! author (each only when authenticated as such, see `visibility.rs`); only its author may
+//! delete it (kind 5, see `Gateway::may_delete`): a recipient's deletion would take it from the
+//! author, who reads it too. Kept receipt + `message_archive_ttl_days`.
 
 use crate::dialect::MlsEvent;
 use crate::retention;

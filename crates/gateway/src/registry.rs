@@ -21,7 +21,7 @@ pub(crate) const MEMBER: u8 = 1;
 pub(crate) const ADMIN: u8 = 2;
 
 /// Longest group id (`h` value) and display name accepted, in bytes.
-pub(crate) const MAX_GROUP_ID: usize = 256;
+pub(crate) use crate::state::MAX_GROUP_ID;
 pub(crate) const MAX_NAME: usize = 256;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -35,6 +35,14 @@ pub(crate) struct GroupMeta {
     pub last_seq: Option<u64>,
     pub created_at: u64,
     pub updated_at: u64,
+}
+
+impl GroupMeta {
+    /// A roster (450) has been accepted for the group: rosters manage its membership, and
+    /// gift wraps no longer change it.
+    pub(crate) fn roster_managed(&self) -> bool {
+        self.last_seq.is_some()
+    }
 }
 
 /// A group as the registry knows it (for REST and the admin API).
@@ -103,6 +111,46 @@ pub(crate) fn validate_name(name: &str) -> Result<(), Rejection> {
 /// True when the group's membership is known (it has a record): its 445s are members-only.
 pub(crate) fn is_gated(state: &dyn StateRead, group: &str) -> StoreResult<bool> {
     Ok(state.get(&state::group_key(group))?.is_some())
+}
+
+/// True when a 445 was accepted for `group` while its membership was unknown (stored, or
+/// delivered live when the archive is off): the group is in use by people the relay does not
+/// know, so seeing its `h` must not let a stranger gate it (PROTOCOL §4).
+pub(crate) fn served_open(state: &dyn StateRead, group: &str) -> StoreResult<bool> {
+    Ok(state.get(&state::served_open_key(group))?.is_some())
+}
+
+/// Records that `group` was served open. Read before write: only the first open 445 writes,
+/// so a busy group does not rewrite one key per message (a hot document on some backends).
+pub(crate) fn mark_served_open(
+    state: &mut dyn StateWrite,
+    group: &str,
+    now: u64,
+) -> StoreResult<()> {
+    let key = state::served_open_key(group);
+    if state.get(&key)?.is_none() {
+        state.put(&key, now.to_string().as_bytes())?;
+    }
+    Ok(())
+}
+
+/// May an event of `signers` turn the unknown `group` into a gated one (450 `bootstrap`, 1059
+/// with `h`)? A fresh group id: first come, first served. A group served open: only a
+/// configured admin (else its users would be locked out of their own history).
+pub(crate) fn check_may_gate(
+    gw: &Gateway,
+    state: &dyn StateRead,
+    group: &str,
+    signers: &[Hex32],
+    what: &str,
+) -> Result<(), Rejection> {
+    if signers.iter().any(|pk| gw.is_admin(pk)) || !served_open(state, group).map_err(store_err)? {
+        return Ok(());
+    }
+    Err(Rejection(format!(
+        "restricted: group {} is already in use (its messages were served open); a {what} may not gate it, only a configured admin (admin_pubkeys) or the admin API",
+        short(group)
+    )))
 }
 
 fn role_of(state: &dyn StateRead, group: &str, pk: &Hex32) -> StoreResult<u8> {

@@ -6,8 +6,8 @@
 //!
 //! Accepted when: `seq` is strictly greater than the group's last (compared and stored in the
 //! same transaction: no replay, no reordering); signed by an admin of the group or a configured
-//! `admin_pubkeys` entry; `bootstrap` only for an unknown group, or by a configured admin (who
-//! thereby resets the roster); the change leaves the group at least one admin. The signature
+//! `admin_pubkeys` entry; `bootstrap` only for an unknown group that has not been served open
+//! (no 445 accepted for it yet), or by a configured admin (who thereby resets the roster); the change leaves the group at least one admin. The signature
 //! proves the signer; with auth on, the signer must also be authenticated on the connection.
 //! Served to the group's members and admins (and configured admins, who need the last `seq`).
 //! Kept while the group exists (NIP-40 `expiration` still applies).
@@ -74,7 +74,14 @@ pub(crate) fn admit(
 
     let configured_admin = gw.is_admin(&signer);
     let mut g = match (Group::load(state, group).map_err(store_err)?, op) {
-        (None, RosterOp::Bootstrap) => Group::create(group, Some(signer), received_at),
+        (None, RosterOp::Bootstrap) => {
+            // An operator's replay was checked when first accepted; events replay in
+            // `created_at` order, which need not be the order they were accepted in.
+            if !publisher.operator {
+                registry::check_may_gate(gw, state, group, &[signer], "roster bootstrap")?;
+            }
+            Group::create(group, Some(signer), received_at)
+        }
         (None, _) => {
             return Err(invalid(format!(
                 "unknown group {}: roster op {} needs a bootstrap first",

@@ -7,6 +7,7 @@
 //! |---------------------------------------|----------------------------------------------------|
 //! | `g/{hex(group)}`                      | group metadata JSON; its existence = group *gated* |
 //! | `m/{hex(group)}/{pubkey}`             | role: `1` member, `2` admin, `3` both              |
+//! | `o/{hex(group)}`                      | the group was served open: receipt time of its first 445 |
 //! | `kp/{owner}/{ref}`                    | one KeyPackage (by key reference) and its events   |
 //! | `kr/{ref}`                            | owner of a key reference (uniqueness across owners)|
 //! | `ka/{owner}/{d}`                      | current 30443 version of an address                |
@@ -18,18 +19,46 @@
 //! hex-encoded wherever they sit in the middle of a key; pubkeys are 64 hex characters.
 //! References without a `kpr`/`i` tag are stored as `id:{event id}`.
 //!
+//! Keys are at most [`MAX_STATE_KEY_LEN`] bytes (what every backend holds), so the parts a
+//! client chooses are bounded: group ids to [`MAX_GROUP_ID`] bytes, key references and 30443
+//! `d` tags to [`MAX_KEY_PART`] bytes. Events over them are refused `invalid:` when normalised
+//! (`dialect.rs`), before any rule builds a key. A new key holding such a part must fit too
+//! (see the assertions below).
+//!
+//! Backups (`export`) carry every entry of this namespace as it is, in key order, whatever the
+//! prefix: state added here travels with a backup and comes back with a restore.
+//!
 //! Rate counters are fixed windows kept in the state (not in memory): they survive restarts,
 //! are shared by every instance on the same backend, and an increment made by a refused event
 //! is discarded with the rest of its transaction. The price is one small write per accepted
 //! 445 to the same key (a hot document on Firestore for very busy groups).
 
 use mls_proto::Hex32;
-use mls_store::{Rejection, StateRead, StateWrite, StoreError, StoreResult};
+use mls_store::{Rejection, StateRead, StateWrite, StoreError, StoreResult, MAX_STATE_KEY_LEN};
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::BTreeMap;
 
+/// Longest group id (`h` value), in bytes. Hex-encoded it is twice as long, and the longest key
+/// holding one, `rg/{hex(group)}/{pubkey}/{minute}`, must stay within [`MAX_STATE_KEY_LEN`].
+pub const MAX_GROUP_ID: usize = 200;
+/// Longest key reference (`kpr` / `i`) and 30443 `d`, in bytes (`kp/{owner}/{ref}`,
+/// `ka/{owner}/{d}`).
+pub const MAX_KEY_PART: usize = 256;
+
+/// `rg/` + `/` + pubkey + `/` + a u64 window: what surrounds a group id in its longest key.
+const GROUP_KEY_OVERHEAD: usize = 3 + 1 + 64 + 1 + 20;
+const _: () = assert!(2 * MAX_GROUP_ID + GROUP_KEY_OVERHEAD <= MAX_STATE_KEY_LEN);
+const _: () = assert!(3 + 64 + 1 + MAX_KEY_PART <= MAX_STATE_KEY_LEN);
+
 pub(crate) fn group_key(group: &str) -> Vec<u8> {
     format!("g/{}", hex::encode(group)).into_bytes()
+}
+
+/// Written once, with the first 445 accepted while the group had no known membership (read
+/// before write: not one write per 445). Never removed: a group once used open stays
+/// protected from a stranger's bootstrap (PROTOCOL §4).
+pub(crate) fn served_open_key(group: &str) -> Vec<u8> {
+    format!("o/{}", hex::encode(group)).into_bytes()
 }
 
 pub(crate) fn member_prefix(group: &str) -> Vec<u8> {
@@ -67,6 +96,30 @@ pub(crate) fn keypackage_rate_prefix(owner: &Hex32) -> Vec<u8> {
 
 pub(crate) fn fetch_rate_prefix(requester: &Hex32, owner: &Hex32) -> Vec<u8> {
     format!("rf/{requester}/{owner}/").into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_built_from_the_longest_client_parts_fit_every_backend() {
+        let group = "g".repeat(MAX_GROUP_ID);
+        let part = "r".repeat(MAX_KEY_PART);
+        let pk = Hex32([0xab; 32]);
+        let mut rate = group_rate_prefix(&group, Some(&pk));
+        rate.extend_from_slice(u64::MAX.to_string().as_bytes());
+        for key in [
+            group_key(&group),
+            member_key(&group, &pk),
+            rate,
+            kp_key(&pk, &part),
+            key_ref_key(&part),
+            address_key(&pk, &part),
+        ] {
+            assert!(key.len() <= MAX_STATE_KEY_LEN, "{} bytes", key.len());
+        }
+    }
 }
 
 /// A storage failure inside a rule: refuse with `error:` (the client may retry).
@@ -175,7 +228,16 @@ impl StateRead for MemState {
         prefix: &[u8],
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> StoreResult<()> {
-        for (k, v) in self.0.range(prefix.to_vec()..) {
+        self.scan_prefix_from(prefix, prefix, f)
+    }
+
+    fn scan_prefix_from(
+        &self,
+        prefix: &[u8],
+        from: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> StoreResult<()> {
+        for (k, v) in self.0.range(from.max(prefix).to_vec()..) {
             if !k.starts_with(prefix) || !f(k, v) {
                 break;
             }

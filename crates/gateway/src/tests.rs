@@ -9,6 +9,9 @@ use mls_proto::Tag;
 use secp256k1::{Keypair, SECP256K1};
 use serde_json::json;
 
+/// Issue 8's group and mailbox rules (takeover, roster vs gift wrap, deletions, purge chunks).
+mod security;
+
 /// "Now" for the tests: the MDK vectors' `created_at`.
 const T: u64 = 1_795_994_933;
 const GROUP: &str = "865f0c8384da1be9ffca0f9bf6da9210d94f9f932acd788172ad1defabb5dadb";
@@ -1331,8 +1334,9 @@ fn archive_off_delivers_live_only() {
         e.ok(&mdk_kp(&w.alice, 443, &reference(1), T, &[]), &[], T)
             .store
     );
+    // OPEN was served open (live) above: only a configured admin may gate it now.
     assert!(
-        e.ok(&roster_ev(&w.alice, OPEN, "bootstrap", 1, &[]), &[], T)
+        e.ok(&roster_ev(&w.dave, OPEN, "bootstrap", 1, &[]), &[], T)
             .store
     );
 }
@@ -1560,7 +1564,10 @@ fn deletion_rights() {
         "author deletes a gift wrap"
     );
     assert!(!e.gw.may_delete(&pk(&w.carol), &gift));
-    assert!(e.gw.may_delete(&pk(&w.bob), &dm));
+    assert!(
+        !e.gw.may_delete(&pk(&w.bob), &dm),
+        "a 446's recipient may not take it from its author, who reads it too"
+    );
     assert!(e.gw.may_delete(&pk(&w.alice), &dm));
     assert!(!e.gw.may_delete(&pk(&w.carol), &dm));
     assert!(

@@ -114,7 +114,15 @@ impl App {
     }
 }
 
-/// Resolves once a flag (shutdown, slow connection) is set, or its sender is gone.
+/// Resolves once a flag (shutdown) is set, or its sender is gone.
 pub async fn until_set(flag: &mut watch::Receiver<bool>) {
     let _ = flag.wait_for(|s| *s).await;
+}
+
+/// Resolves only once a flag (a slow connection) is really set: a sender dropped because its
+/// connection ended is not a verdict (a closed session must not be told it was a slow reader).
+pub async fn until_really_set(flag: &mut watch::Receiver<bool>) {
+    if flag.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }

@@ -3,6 +3,7 @@
 
 use crate::app::App;
 use mls_proto::{Event, Hex32};
+use mls_store::MAX_TAG_VALUE_LEN;
 
 /// Ok, or the `OK false` message (with its prefix).
 pub fn check(app: &App, ev: &Event, authed: &[Hex32], now: u64) -> Result<(), String> {
@@ -19,6 +20,19 @@ pub fn check(app: &App, ev: &Event, authed: &[Hex32], now: u64) -> Result<(), St
             "invalid: content is {} bytes, max_content_length is {}",
             ev.content.len(),
             limits.max_content_length
+        ));
+    }
+    // Indexed tag values are bounded by what every store indexes (a longer one would be
+    // truncated, hashed or refused differently by each backend).
+    if let Some(t) = ev.tags.iter().find(|t| {
+        t.first()
+            .is_some_and(|n| n.len() == 1 && n.as_bytes()[0].is_ascii_alphabetic())
+            && t.get(1).is_some_and(|v| v.len() > MAX_TAG_VALUE_LEN)
+    }) {
+        return Err(format!(
+            "invalid: {} tag value is {} bytes, the most for an indexed (single-letter) tag is {MAX_TAG_VALUE_LEN}",
+            t[0],
+            t[1].len()
         ));
     }
     if let Err(e) = ev.verify() {

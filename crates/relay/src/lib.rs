@@ -111,20 +111,52 @@ async fn purge_loop(
             Ok(n) => tracing::info!(purged = n, "expired events purged"),
             Err(e) => tracing::error!(error = %e, "event purge failed"),
         }
-        let gateway = gateway.clone();
-        let state_purge = store
+        purge_state(&*store, &gateway, now, &shutdown).await;
+    }
+}
+
+/// The gateway's state purge, one bounded chunk per write transaction (like the event purge),
+/// so that events queued behind a chunk are committed before the next one.
+async fn purge_state(
+    store: &dyn mls_store::EventStore,
+    gateway: &Arc<Gateway>,
+    now: u64,
+    shutdown: &watch::Receiver<bool>,
+) {
+    use mls_gateway_rules::{StatePurge, STATE_PURGE_CHUNK};
+    let progress = Arc::new(std::sync::Mutex::new(StatePurge::default()));
+    let lock = |p: &std::sync::Mutex<StatePurge>| {
+        p.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    };
+    while !lock(&progress).done() && !*shutdown.borrow() {
+        let (gateway, shared) = (gateway.clone(), progress.clone());
+        let chunk = store
             .update_state(Box::new(move |state| {
+                let mut p = shared
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 gateway
-                    .purge_state(now, state)
-                    .map(|_| ())
+                    .purge_state_chunk(now, state, &mut p, STATE_PURGE_CHUNK)
                     .map_err(|e| mls_store::Rejection(format!("error: {e}")))
             }))
             .await;
-        match state_purge {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e.0, "gateway state purge failed"),
-            Err(e) => tracing::error!(error = %e, "gateway state purge failed"),
-        }
+        let failed = match chunk {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e.0,
+            Err(e) => e.to_string(),
+        };
+        tracing::error!(error = %failed, "gateway state purge failed");
+        return;
+    }
+    let done = lock(&progress);
+    if done.removed > 0 {
+        tracing::info!(
+            removed = done.removed,
+            chunks = done.chunks,
+            "gateway state purged"
+        );
     }
 }
 

@@ -17,8 +17,8 @@
 
 use mls_proto::{Event, Filter, Hex32};
 use mls_store::{
-    EventStore, Publisher, Rejection, StateRead, StateWrite, StoreResult, StoredEvent, Visible,
-    WriteOutcome,
+    BackupItem, EventStore, Publisher, Rejection, StateRead, StateWrite, StoreResult, StoredEvent,
+    Visible, WriteOutcome,
 };
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -416,6 +416,17 @@ impl EventStore for MeteredStore {
 
     async fn export(&self, f: &mut (dyn for<'e> FnMut(&'e StoredEvent) + Send)) -> StoreResult<()> {
         self.0.export(f).await
+    }
+
+    async fn backup(
+        &self,
+        f: &mut (dyn for<'i> FnMut(&'i BackupItem) -> bool + Send),
+    ) -> StoreResult<()> {
+        self.0.backup(f).await
+    }
+
+    async fn restore(&self, items: Vec<BackupItem>) -> StoreResult<Vec<WriteOutcome>> {
+        self.0.restore(items).await
     }
 }
 

@@ -148,7 +148,7 @@ pub async fn run(app: Arc<App>, socket: WebSocket, ip: IpAddr) {
     let reason = loop {
         tokio::select! {
             _ = crate::app::until_set(&mut shutdown) => break "relay shutting down",
-            _ = crate::app::until_set(&mut reader_slow) => break "slow reader",
+            _ = crate::app::until_really_set(&mut reader_slow) => break "slow reader",
             Some(ok) = session.in_flight.next(), if !session.in_flight.is_empty() => {
                 session.conn.send(ok);
             }
@@ -194,7 +194,7 @@ async fn write_outbox(
     loop {
         tokio::select! {
             biased;
-            _ = crate::app::until_set(&mut slow) => {
+            _ = crate::app::until_really_set(&mut slow) => {
                 let notice = relay::notice("error: outbox full, closing slow connection");
                 let _ = sink.send(Message::Text(notice.into())).await;
                 let _ = sink.send(close("slow reader")).await;

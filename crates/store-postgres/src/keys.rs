@@ -76,19 +76,32 @@ pub(crate) fn event_addr(ev: &Event) -> Option<Vec<u8>> {
     }
 }
 
-/// Parses an `a` tag value `kind:pubkey:d` into (owner, address); `None` for anything that
-/// is not a replaceable or addressable address.
-pub(crate) fn parse_a_tag(value: &str) -> Option<(Hex32, Vec<u8>)> {
+/// An `a` tag's address, parsed.
+pub(crate) struct Address<'a> {
+    pub kind: u16,
+    pub owner: Hex32,
+    /// Empty for replaceable kinds (their address ignores `d`).
+    pub d: &'a str,
+    pub key: Vec<u8>,
+}
+
+/// Parses an `a` tag value `kind:pubkey:d`; `None` for anything that is not a replaceable or
+/// addressable address.
+pub(crate) fn parse_a_tag(value: &str) -> Option<Address<'_>> {
     let mut parts = value.splitn(3, ':');
     let kind: u16 = parts.next()?.parse().ok()?;
-    let pubkey = Hex32::from_hex(parts.next()?)?;
-    let d = parts.next().unwrap_or("");
-    match KindClass::of(kind) {
-        KindClass::Replaceable | KindClass::Addressable => {
-            Some((pubkey, addr_key(kind, &pubkey, d)))
-        }
-        _ => None,
-    }
+    let owner = Hex32::from_hex(parts.next()?)?;
+    let d = match KindClass::of(kind) {
+        KindClass::Replaceable => "",
+        KindClass::Addressable => parts.next().unwrap_or(""),
+        _ => return None,
+    };
+    Some(Address {
+        kind,
+        owner,
+        d,
+        key: addr_key(kind, &owner, d),
+    })
 }
 
 /// Timestamps are u64 in Nostr and BIGINT here: values beyond i64::MAX (year 292e9) are
@@ -138,13 +151,13 @@ mod tests {
     #[test]
     fn a_tags_parse_only_addresses() {
         let pk = Hex32([3; 32]);
-        let (p, k) = parse_a_tag(&format!("30000:{pk}:x:y")).unwrap();
-        assert_eq!(p, pk);
-        assert_eq!(k, addr_key(30000, &pk, "x:y"));
-        assert_eq!(
-            parse_a_tag(&format!("10002:{pk}:")).unwrap().1,
-            addr_key(10002, &pk, "")
-        );
+        let tag = format!("30000:{pk}:x:y");
+        let a = parse_a_tag(&tag).unwrap();
+        assert_eq!((a.kind, a.owner, a.d), (30000, pk, "x:y"));
+        assert_eq!(a.key, addr_key(30000, &pk, "x:y"));
+        let tag = format!("10002:{pk}:x");
+        let r = parse_a_tag(&tag).unwrap();
+        assert_eq!((r.d, r.key), ("", addr_key(10002, &pk, "")));
         assert!(parse_a_tag(&format!("1:{pk}:")).is_none());
     }
 

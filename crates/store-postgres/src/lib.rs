@@ -18,6 +18,7 @@
 //! unix socket). `sslmode=require` uses rustls ([`tls`]); without `sslmode` the connection is
 //! plain (a unix socket or a private network).
 
+mod backup;
 mod keys;
 mod query;
 mod schema;
@@ -28,8 +29,8 @@ mod writer;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use mls_proto::{Event, Filter, Hex32};
 use mls_store::{
-    Admission, EventStore, Publisher, Rejection, StateRead, StateWrite, StoreError, StoreResult,
-    StoredEvent, Visible, WriteOutcome,
+    Admission, BackupItem, EventStore, Publisher, Rejection, StateRead, StateWrite, StoreError,
+    StoreResult, StoredEvent, Visible, WriteOutcome,
 };
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -558,5 +559,26 @@ impl EventStore for PostgresStore {
                 return Ok(());
             }
         }
+    }
+
+    async fn backup(
+        &self,
+        f: &mut (dyn for<'i> FnMut(&'i BackupItem) -> bool + Send),
+    ) -> StoreResult<()> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+        self.io.handle.spawn(backup::produce(self.pool.clone(), tx));
+        // Dropping `rx` on an early stop ends the producer (and its transaction).
+        while let Some(item) = rx.recv().await {
+            if !f(&item?) {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    async fn restore(&self, items: Vec<BackupItem>) -> StoreResult<Vec<WriteOutcome>> {
+        let (reply, answered) = oneshot::channel();
+        self.submit(writer::Request::Restore { items, reply })?;
+        answer(answered).await
     }
 }

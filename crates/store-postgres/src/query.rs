@@ -29,7 +29,7 @@ pub(crate) struct Row {
 }
 
 impl Row {
-    fn from_pg(r: &tokio_postgres::Row) -> Row {
+    pub fn from_pg(r: &tokio_postgres::Row) -> Row {
         Row {
             id: r.get(0),
             created_at: r.get(1),

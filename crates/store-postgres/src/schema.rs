@@ -12,7 +12,8 @@
 //! - `event_tags`: one row per single-letter tag (name, value capped or hashed, created_at,
 //!   kind copied in), so `#x` filters walk an index newest first instead of a GIN that
 //!   cannot return rows in order;
-//! - `tomb_ids`, `tomb_addrs`: NIP-09 tombstones; `state`: the gateway's key/value state;
+//! - `tomb_ids`, `tomb_addrs`: NIP-09 tombstones (an address tombstone keeps its kind, pubkey
+//!   and `d` whole, so a backup can name it); `state`: the gateway's key/value state;
 //! - `store_meta`: the last commit sequence number handed out.
 
 use tokio_postgres::Client;
@@ -56,8 +57,11 @@ CREATE TABLE tomb_ids (
     PRIMARY KEY (id, deleter)
 );
 CREATE TABLE tomb_addrs (
-    addr  BYTEA PRIMARY KEY,
-    until BIGINT NOT NULL
+    addr   BYTEA PRIMARY KEY,
+    kind   INTEGER NOT NULL,
+    pubkey BYTEA NOT NULL,
+    d      TEXT NOT NULL,
+    until  BIGINT NOT NULL
 );
 
 CREATE TABLE state (

@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::Mutex;
 
-/// Longest state key accepted (the embedded store's limit, so the gateway sees one rule).
-const MAX_KEY: usize = 511;
+/// Longest state key accepted (every backend's limit, so the gateway sees one rule).
+const MAX_KEY: usize = mls_store::MAX_STATE_KEY_LEN;
 /// Rows fetched per round trip of a prefix scan.
 const SCAN_PAGE: i64 = 256;
 
@@ -61,18 +61,20 @@ async fn get_on(client: &Object, key: Vec<u8>) -> StoreResult<Option<Vec<u8>>> {
         .map(|r| r.get(0)))
 }
 
-/// Walks `prefix` in key order over the stored rows (fetched a page at a time by `page`,
-/// from an inclusive start key) with `buffer` laid on top (a buffered `None` hides a stored
-/// key), until `f` returns false.
+/// Walks `prefix` in key order from the first key `>= from` over the stored rows (fetched a
+/// page at a time by `page`, from an inclusive start key) with `buffer` laid on top (a
+/// buffered `None` hides a stored key), until `f` returns false.
 fn scan_merged(
     prefix: &[u8],
+    from: &[u8],
     buffer: &BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     page: &mut dyn FnMut(Vec<u8>, Option<Vec<u8>>) -> StoreResult<Rows>,
     f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
 ) -> StoreResult<()> {
+    let from = from.max(prefix);
     let end = prefix_end(prefix);
     let mut stored: std::vec::IntoIter<(Vec<u8>, Vec<u8>)> = Vec::new().into_iter();
-    let mut next_from = Some(prefix.to_vec());
+    let mut next_from = Some(from.to_vec());
     let mut next_stored = || -> StoreResult<Option<(Vec<u8>, Vec<u8>)>> {
         if let Some(row) = stored.next() {
             return Ok(Some(row));
@@ -91,7 +93,7 @@ fn scan_merged(
         Ok(stored.next())
     };
     let mut buffered = buffer
-        .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
+        .range::<[u8], _>((Bound::Included(from), Bound::Unbounded))
         .take_while(|(k, _)| k.starts_with(prefix))
         .peekable();
     let mut head = next_stored()?;
@@ -168,14 +170,23 @@ impl StateRead for PoolState<'_> {
         prefix: &[u8],
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> StoreResult<()> {
-        let mut page = |from: Vec<u8>, end: Option<Vec<u8>>| {
+        self.scan_prefix_from(prefix, prefix, f)
+    }
+
+    fn scan_prefix_from(
+        &self,
+        prefix: &[u8],
+        from: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> StoreResult<()> {
+        let mut page = |start: Vec<u8>, end: Option<Vec<u8>>| {
             let pool = self.pool.clone();
             self.io.wait(async move {
                 let client = pool.get().await.map_err(pg_error("database connection"))?;
-                scan_page(&client, from, end).await
+                scan_page(&client, start, end).await
             })
         };
-        scan_merged(prefix, &BTreeMap::new(), &mut page, f)
+        scan_merged(prefix, from, &BTreeMap::new(), &mut page, f)
     }
 }
 
@@ -255,10 +266,19 @@ impl StateRead for Overlay<'_> {
         prefix: &[u8],
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> StoreResult<()> {
-        let mut page = |from: Vec<u8>, end: Option<Vec<u8>>| {
-            self.handle.block_on(scan_page(self.client, from, end))
+        self.scan_prefix_from(prefix, prefix, f)
+    }
+
+    fn scan_prefix_from(
+        &self,
+        prefix: &[u8],
+        from: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> StoreResult<()> {
+        let mut page = |start: Vec<u8>, end: Option<Vec<u8>>| {
+            self.handle.block_on(scan_page(self.client, start, end))
         };
-        scan_merged(prefix, &self.buffer, &mut page, f)
+        scan_merged(prefix, from, &self.buffer, &mut page, f)
     }
 }
 

@@ -15,7 +15,8 @@ use crate::Io;
 use deadpool_postgres::{Object, Pool};
 use mls_proto::{Event, Hex32, KindClass};
 use mls_store::{
-    Admission, Admitted, Publisher, Rejection, StateWrite, StoreError, StoreResult, WriteOutcome,
+    Admission, Admitted, BackupItem, Publisher, Rejection, StateWrite, StoreError, StoreResult,
+    StoredEvent, Tombstone, WriteOutcome, MAX_STATE_KEY_LEN,
 };
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -45,6 +46,11 @@ pub(crate) enum Request {
         purged: u64,
         reply: oneshot::Sender<StoreResult<u64>>,
     },
+    /// Backup items put back verbatim, in one transaction.
+    Restore {
+        items: Vec<BackupItem>,
+        reply: oneshot::Sender<StoreResult<Vec<WriteOutcome>>>,
+    },
 }
 
 /// The result of one request inside a transaction, delivered only once it committed.
@@ -52,6 +58,7 @@ enum Outcome {
     Write(WriteOutcome),
     State(Result<(), Rejection>),
     Purge { removed: u64, more: bool },
+    Restore(Vec<WriteOutcome>),
     Failed(StoreError),
 }
 
@@ -73,6 +80,7 @@ impl Request {
                     drop(reply.send(Ok(purged + removed)));
                 }
             }
+            (Request::Restore { reply, .. }, Outcome::Restore(o)) => drop(reply.send(Ok(o))),
             (request, Outcome::Failed(e)) => request.fail(e),
             (request, _) => request.fail(StoreError::Backend(
                 "store writer: outcome does not fit its request".into(),
@@ -85,6 +93,7 @@ impl Request {
             Request::Write { reply, .. } => drop(reply.send(Err(e))),
             Request::State { reply, .. } => drop(reply.send(Err(e))),
             Request::Purge { reply, .. } => drop(reply.send(Err(e))),
+            Request::Restore { reply, .. } => drop(reply.send(Err(e))),
         }
     }
 }
@@ -211,6 +220,10 @@ impl Writer {
                     .purge(*now)
                     .map(|(removed, more)| Outcome::Purge { removed, more })
                     .map_err(|e| format!("purge: {e}")),
+                Request::Restore { items, .. } => tx
+                    .restore(items)
+                    .map(Outcome::Restore)
+                    .map_err(|e| format!("restore: {e}")),
             };
             match outcome {
                 Ok(o) => outcomes.push(o),
@@ -375,6 +388,12 @@ impl Tx<'_> {
             }
         }
 
+        // Before the rules run: a refused deletion must leave no state change behind.
+        if ev.kind == 5 {
+            if let Some(refusal) = self.refused_deletion(ev)? {
+                return Ok(WriteOutcome::Rejected(refusal.0));
+            }
+        }
         let admitted = match self.admit(ev, publisher, now)? {
             Ok(a) => a,
             Err(rejection) => return Ok(WriteOutcome::Rejected(rejection.0)),
@@ -542,12 +561,14 @@ impl Tx<'_> {
         }
 
         for value in del.tag_values("a") {
-            let Some((owner, addr)) = keys::parse_a_tag(value) else {
+            let Some(address) = keys::parse_a_tag(value) else {
                 continue;
             };
-            let stored =
-                self.load_event("SELECT created_at, json FROM events WHERE addr = $1", &addr)?;
-            let allowed = owner == del.pubkey
+            let stored = self.load_event(
+                "SELECT created_at, json FROM events WHERE addr = $1",
+                &address.key,
+            )?;
+            let allowed = address.owner == del.pubkey
                 || stored
                     .as_ref()
                     .is_some_and(|(_, target)| self.may_delete(&del.pubkey, target));
@@ -563,14 +584,158 @@ impl Tx<'_> {
                     )?;
                 }
             }
-            self.execute(
-                "write address tombstone",
-                "INSERT INTO tomb_addrs (addr, until) VALUES ($1, $2) ON CONFLICT (addr) \
-                 DO UPDATE SET until = GREATEST(tomb_addrs.until, EXCLUDED.until)",
-                &[&addr, &ts(del.created_at)],
-            )?;
+            self.tombstone_address(&address, del.created_at)?;
         }
         Ok(())
+    }
+
+    /// Records that the versions of `address` created at or before `until` are deleted (the
+    /// later of two tombstones wins).
+    fn tombstone_address(&self, address: &keys::Address<'_>, until: u64) -> StoreResult<()> {
+        self.execute(
+            "write address tombstone",
+            "INSERT INTO tomb_addrs (addr, kind, pubkey, d, until) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (addr) DO UPDATE SET until = GREATEST(tomb_addrs.until, EXCLUDED.until)",
+            &[
+                &address.key,
+                &i32::from(address.kind),
+                &address.owner.0.to_vec(),
+                &address.d,
+                &ts(until),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The refusal of the first stored target of the kind 5 `del` that the rules will not let
+    /// its author delete at all (e.g. a message with several recipients, deleted by one).
+    fn refused_deletion(&self, del: &Event) -> StoreResult<Option<Rejection>> {
+        for id in del.tag_values("e").filter_map(Hex32::from_hex) {
+            let Some((_, target)) = self.load_event(
+                "SELECT created_at, json FROM events WHERE id = $1",
+                &id.0.to_vec(),
+            )?
+            else {
+                continue;
+            };
+            let refusal = catch_unwind(AssertUnwindSafe(|| {
+                self.rules.refuse_deletion(&del.pubkey, &target)
+            }))
+            .unwrap_or_else(|_| {
+                Some(Rejection(
+                    "error: internal error while checking the deletion".into(),
+                ))
+            });
+            if refusal.is_some() {
+                return Ok(refusal);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Puts backup items back verbatim: no rules run, no deletion is applied (the rules'
+    /// state and the tombstones come as their own items).
+    fn restore(&mut self, items: &[BackupItem]) -> StoreResult<Vec<WriteOutcome>> {
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            out.push(match item {
+                BackupItem::Event(stored) => self.restore_event(stored)?,
+                BackupItem::State { key, value } => {
+                    if key.is_empty() || key.len() > MAX_STATE_KEY_LEN {
+                        WriteOutcome::Rejected(format!(
+                            "invalid: state key must be 1 to {MAX_STATE_KEY_LEN} bytes, got {}",
+                            key.len()
+                        ))
+                    } else {
+                        self.execute(
+                            "write state key",
+                            "INSERT INTO state (key, value) VALUES ($1, $2) \
+                             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                            &[key, value],
+                        )?;
+                        WriteOutcome::Accepted
+                    }
+                }
+                BackupItem::Tombstone(Tombstone::Id { id, deleter }) => {
+                    self.execute(
+                        "write id tombstone",
+                        "INSERT INTO tomb_ids (id, deleter) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                        &[&id.0.to_vec(), &deleter.0.to_vec()],
+                    )?;
+                    WriteOutcome::Accepted
+                }
+                BackupItem::Tombstone(Tombstone::Address {
+                    kind,
+                    pubkey,
+                    d,
+                    until,
+                }) => match KindClass::of(*kind) {
+                    KindClass::Replaceable | KindClass::Addressable => {
+                        let d = if KindClass::of(*kind) == KindClass::Addressable {
+                            d.as_str()
+                        } else {
+                            ""
+                        };
+                        let address = keys::Address {
+                            kind: *kind,
+                            owner: *pubkey,
+                            d,
+                            key: keys::addr_key(*kind, pubkey, d),
+                        };
+                        self.tombstone_address(&address, *until)?;
+                        WriteOutcome::Accepted
+                    }
+                    _ => WriteOutcome::Rejected(format!("invalid: kind {kind} has no address")),
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    fn restore_event(&mut self, stored: &StoredEvent) -> StoreResult<WriteOutcome> {
+        let ev = &stored.event;
+        if ev.class() == KindClass::Ephemeral {
+            return Ok(WriteOutcome::Rejected(
+                "invalid: ephemeral events are not stored".into(),
+            ));
+        }
+        let id = ev.id.0.to_vec();
+        if !self
+            .query(
+                "look up event id",
+                "SELECT 1 FROM events WHERE id = $1",
+                &[&id],
+            )?
+            .is_empty()
+        {
+            return Ok(WriteOutcome::Duplicate);
+        }
+        let address = keys::event_addr(ev);
+        if let Some(addr) = &address {
+            let current = self.query(
+                "look up address",
+                "SELECT created_at, id FROM events WHERE addr = $1",
+                &[addr],
+            )?;
+            if let Some(row) = current.first() {
+                let created_at = from_ts(row.get(0));
+                let current_id: Vec<u8> = row.get(1);
+                if created_at > ev.created_at
+                    || (created_at == ev.created_at && current_id.as_slice() < &ev.id.0[..])
+                {
+                    return Ok(WriteOutcome::Rejected(
+                        "invalid: a newer version of this event is already stored".into(),
+                    ));
+                }
+                self.execute(
+                    "remove replaced version",
+                    "DELETE FROM events WHERE id = $1",
+                    &[&current_id],
+                )?;
+            }
+        }
+        self.store_event(ev, stored.received_at, stored.expires_at, address)?;
+        Ok(WriteOutcome::Accepted)
     }
 
     /// Removes up to [`PURGE_CHUNK`] events expired at `now`; says whether more remain.

@@ -22,6 +22,14 @@ impl suite::Harness for pg::Schema {
         self.store(rules).await
     }
 
+    async fn open_other(
+        &self,
+        rules: std::sync::Arc<dyn mls_store::Admission>,
+    ) -> std::sync::Arc<dyn mls_store::EventStore> {
+        let other = pg::Schema::new().expect("DATABASE_URL");
+        other.store(rules).await
+    }
+
     async fn close(&self, store: std::sync::Arc<dyn mls_store::EventStore>) {
         // Dropping the last reference closes the store (drains the writer).
         assert_eq!(

@@ -9,18 +9,22 @@
 //!   replaceable and addressable events, `tomb_ids` / `tomb_addrs` for NIP-09 tombstones;
 //! - `state`: the gateway's key/value state, so a rule and its state change commit together.
 //!
+//! A backup ([`EventStore::backup`]) walks all of it in one read transaction; a restore puts
+//! it back verbatim in the writer's transaction (see [`backup`]).
+//!
 //! Writes go through one writer thread that commits everything queued in one durable
 //! transaction (group commit, see [`writer`]). Reads run on the caller's thread with their own
 //! read transaction (LMDB readers never block the writer nor each other).
 
+mod backup;
 mod keys;
 mod query;
 mod state;
 mod writer;
 
 use crate::{
-    Admission, EventStore, Publisher, Rejection, StateRead, StateWrite, StoreError, StoreResult,
-    StoredEvent, Visible, WriteOutcome,
+    Admission, BackupItem, EventStore, Publisher, Rejection, StateRead, StateWrite, StoreError,
+    StoreResult, StoredEvent, Visible, WriteOutcome,
 };
 use heed::{Database, Env, EnvOpenOptions, RwTxn, WithoutTls};
 use mls_proto::{Event, Filter};
@@ -334,5 +338,18 @@ impl EventStore for EmbeddedStore {
 
     async fn export(&self, f: &mut (dyn for<'e> FnMut(&'e StoredEvent) + Send)) -> StoreResult<()> {
         blocking(|| query::export(&self.env, &self.dbs, f))
+    }
+
+    async fn backup(
+        &self,
+        f: &mut (dyn for<'i> FnMut(&'i BackupItem) -> bool + Send),
+    ) -> StoreResult<()> {
+        blocking(|| backup::backup(&self.env, &self.dbs, f))
+    }
+
+    async fn restore(&self, items: Vec<BackupItem>) -> StoreResult<Vec<WriteOutcome>> {
+        let (reply, answered) = oneshot::channel();
+        self.submit(writer::Request::Restore { items, reply })?;
+        answer(answered).await
     }
 }

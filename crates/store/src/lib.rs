@@ -25,6 +25,16 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// Longest gateway state key, in bytes, that every backend holds (LMDB's default
+/// `MDB_MAXKEYSIZE`). The gateway bounds the client-controlled parts of its keys (group ids,
+/// `d` tags, key references) so that no key it builds can be longer.
+pub const MAX_STATE_KEY_LEN: usize = 511;
+
+/// Longest value of an indexed (single-letter) tag, in bytes, that every backend indexes and
+/// answers `#x` filters for (the embedded store hashes values longer than its inline limit).
+/// The relay refuses events with a longer one at ingest.
+pub const MAX_TAG_VALUE_LEN: usize = 1024;
+
 /// Read access to the gateway's key/value state, inside a transaction.
 /// Keys are namespaced by their first bytes (the gateway owns the layout).
 pub trait StateRead {
@@ -36,6 +46,18 @@ pub trait StateRead {
         prefix: &[u8],
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> StoreResult<()>;
+
+    /// [`StateRead::scan_prefix`] starting at the first key `>= from` (a key under `prefix`),
+    /// so that a long walk can resume where it stopped without re-reading what it passed.
+    /// Backends should override the default, which walks the skipped keys too.
+    fn scan_prefix_from(
+        &self,
+        prefix: &[u8],
+        from: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> StoreResult<()> {
+        self.scan_prefix(prefix, &mut |k, v| k < from || f(k, v))
+    }
 }
 
 /// Write access to the gateway's state, inside the writer's transaction.
@@ -49,10 +71,11 @@ pub trait StateWrite: StateRead {
 pub struct Publisher {
     /// Pubkeys the connection has authenticated as (NIP-42). Empty when unauthenticated.
     pub authed: Vec<Hex32>,
-    /// The relay's operator replaying stored events (`import`): the checks that depend on the
-    /// original publishing connection (its authentication, its group membership) cannot be
-    /// re-run and are skipped, and the event grants no membership; everything the event
-    /// itself must satisfy (shape, uniqueness, roster order, expiry) still applies.
+    /// The relay's operator replaying plain event lines (`import` without a backup header):
+    /// the checks that depend on the original publishing connection (its authentication, its
+    /// group membership) cannot be re-run and are skipped, and the event grants no membership;
+    /// everything the event itself must satisfy (shape, uniqueness, roster order, expiry)
+    /// still applies. (A backup is restored with [`EventStore::restore`], no rules at all.)
     pub operator: bool,
 }
 
@@ -84,8 +107,17 @@ pub trait Admission: Send + Sync + 'static {
     ) -> Result<Admitted, Rejection>;
 
     /// May the author of a kind-5 deletion remove `target`? NIP-09 says: only its own author.
+    /// Also decides whether a tombstone left by `deleter` refuses `target` later.
     fn may_delete(&self, deleter: &Hex32, target: &Event) -> bool {
         *deleter == target.pubkey
+    }
+
+    /// Is a kind 5 by `deleter` naming the stored `target` refused as a whole? `Some(reason)`
+    /// answers the deletion `OK false` with that reason (prefixed), for a target the deleter
+    /// has a claim on but may not take from the others; a target that is simply not the
+    /// deleter's is skipped quietly (NIP-09) and needs no refusal.
+    fn refuse_deletion(&self, _deleter: &Hex32, _target: &Event) -> Option<Rejection> {
+        None
     }
 }
 
@@ -126,6 +158,35 @@ pub struct StoredEvent {
     pub json: Arc<str>,
     pub received_at: u64,
     pub expires_at: Option<u64>,
+}
+
+/// A NIP-09 tombstone: what keeps a deleted event deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tombstone {
+    /// `id` was deleted by `deleter` (an `e` tag); a later copy of `id` is refused when
+    /// `deleter` may delete it.
+    Id { id: Hex32, deleter: Hex32 },
+    /// The versions of address `kind:pubkey:d` (an `a` tag) created at or before `until` are
+    /// deleted. `d` is empty for replaceable kinds.
+    Address {
+        kind: u16,
+        pubkey: Hex32,
+        d: String,
+        until: u64,
+    },
+}
+
+/// One piece of what a store holds, as a backup carries it (see [`EventStore::backup`]).
+#[derive(Debug, Clone)]
+pub enum BackupItem {
+    /// A stored event with its receipt and expiry times.
+    Event(StoredEvent),
+    /// One entry of the gateway's key/value state.
+    State {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Tombstone(Tombstone),
 }
 
 /// Visibility predicate for reads: called with each candidate event and a view of the gateway
@@ -178,6 +239,23 @@ pub trait EventStore: Send + Sync + 'static {
     /// Stops taking writes once everything already queued is committed (graceful shutdown).
     async fn close(&self) {}
 
-    /// Every stored event, oldest first (for `export`).
+    /// Every stored event, oldest first (events only: a backup is [`EventStore::backup`]).
     async fn export(&self, f: &mut (dyn for<'e> FnMut(&'e StoredEvent) + Send)) -> StoreResult<()>;
+
+    /// Everything the store holds, from one consistent snapshot, in a deterministic order:
+    /// every event (oldest first, ties lowest id first), then every gateway state entry (key
+    /// order), then every tombstone. `f` returns false to stop early. This is what a backup
+    /// (`export`) is made of, and what moves a deployment to another backend.
+    async fn backup(
+        &self,
+        f: &mut (dyn for<'i> FnMut(&'i BackupItem) -> bool + Send),
+    ) -> StoreResult<()>;
+
+    /// Puts back what [`EventStore::backup`] gave, verbatim and in one transaction: events with
+    /// their receipt and expiry times (no rules run and no deletion is applied: the rules'
+    /// state and the tombstones come as their own items), state entries (overwriting the key),
+    /// tombstones. One outcome per item: `Accepted`, `Duplicate` (the event is already
+    /// stored) or `Rejected` (a newer version of the event's address is stored, or a state key
+    /// no backend can hold).
+    async fn restore(&self, items: Vec<BackupItem>) -> StoreResult<Vec<WriteOutcome>>;
 }

@@ -39,6 +39,14 @@ impl Harness for Embedded {
         assert_eq!(Arc::strong_count(&store), 1, "store still shared");
         drop(store);
     }
+
+    async fn open_other(&self, rules: Arc<dyn Admission>) -> Arc<dyn EventStore> {
+        let options = EmbeddedOptions {
+            map_size: 1 << 30,
+            ..EmbeddedOptions::default()
+        };
+        EmbeddedStore::open(&self.dir.path().join("other"), options, rules).expect("open store")
+    }
 }
 
 conformance_tests!(Embedded::new());

@@ -183,19 +183,44 @@ pub(super) fn event_addr_key(ev: &Event) -> Option<Vec<u8>> {
     }
 }
 
-/// Parses an `a` tag value `kind:pubkey:d` into an address key (`None` for anything that is
-/// not a replaceable or addressable address).
-pub(super) fn parse_a_tag(value: &str) -> Option<(Hex32, Vec<u8>)> {
+/// Parses an `a` tag value `kind:pubkey:d` into its owner, address key and `d` (empty for
+/// replaceable kinds); `None` for anything that is not a replaceable or addressable address.
+pub(super) fn parse_a_tag(value: &str) -> Option<(Hex32, Vec<u8>, &str)> {
     let mut parts = value.splitn(3, ':');
     let kind: u16 = parts.next()?.parse().ok()?;
     let pubkey = Hex32::from_hex(parts.next()?)?;
     let d = parts.next().unwrap_or("");
     match KindClass::of(kind) {
-        KindClass::Replaceable | KindClass::Addressable => {
-            Some((pubkey, addr_key(kind, &pubkey, d)))
-        }
+        KindClass::Replaceable => Some((pubkey, addr_key(kind, &pubkey, d), "")),
+        KindClass::Addressable => Some((pubkey, addr_key(kind, &pubkey, d), d)),
         _ => None,
     }
+}
+
+/// Kind, pubkey and (when stored inline, not hashed) `d` back from an address key.
+pub(super) fn split_addr_key(key: &[u8]) -> Option<(u16, Hex32, Option<&[u8]>)> {
+    let kind = u16::from_be_bytes(key.get(..2)?.try_into().ok()?);
+    let pubkey = Hex32(key.get(2..34)?.try_into().ok()?);
+    match key.get(34)? {
+        0 => Some((kind, pubkey, Some(&key[35..]))),
+        1 => Some((kind, pubkey, None)),
+        _ => None,
+    }
+}
+
+/// Value of an address tombstone: `until` (the newest deleted `created_at`), followed by `d`
+/// when the key holds only its hash, so that a backup can still name the address.
+pub(super) fn tomb_addr_value(until: u64, d: &str) -> Vec<u8> {
+    let mut v = until.to_be_bytes().to_vec();
+    if d.len() > D_INLINE_MAX {
+        v.extend_from_slice(d.as_bytes());
+    }
+    v
+}
+
+/// `until` and the `d` carried in an address tombstone's value (empty when inline in the key).
+pub(super) fn split_tomb_addr_value(v: &[u8]) -> Option<(u64, &[u8])> {
+    Some((u64::from_be_bytes(v.get(..8)?.try_into().ok()?), &v[8..]))
 }
 
 /// Value of the address table: `created_at ++ id` of the stored version, so a newer/older
@@ -296,15 +321,32 @@ mod tests {
     }
 
     #[test]
+    fn long_d_tags_are_kept_in_the_tombstone_value() {
+        let pk = Hex32([3; 32]);
+        let long = "d".repeat(D_INLINE_MAX + 1);
+        let key = addr_key(30000, &pk, &long);
+        assert_eq!(split_addr_key(&key), Some((30000, pk, None)));
+        let v = tomb_addr_value(9, &long);
+        assert_eq!(split_tomb_addr_value(&v), Some((9, long.as_bytes())));
+        assert_eq!(
+            split_tomb_addr_value(&tomb_addr_value(9, "x")),
+            Some((9, &b""[..]))
+        );
+    }
+
+    #[test]
     fn a_tags_parse_only_addresses() {
         let pk = Hex32([3; 32]);
-        let (p, k) = parse_a_tag(&format!("30000:{pk}:x:y")).unwrap();
-        assert_eq!(p, pk);
+        let tag = format!("30000:{pk}:x:y");
+        let (p, k, d) = parse_a_tag(&tag).unwrap();
+        assert_eq!((p, d), (pk, "x:y"));
         assert_eq!(k, addr_key(30000, &pk, "x:y"));
+        assert_eq!(split_addr_key(&k), Some((30000, pk, Some(&b"x:y"[..]))));
         assert_eq!(
             parse_a_tag(&format!("10002:{pk}:")).unwrap().1,
             addr_key(10002, &pk, "")
         );
+        assert_eq!(parse_a_tag(&format!("10002:{pk}:x")).unwrap().2, "");
         assert!(parse_a_tag(&format!("1:{pk}:")).is_none());
         assert!(parse_a_tag("30000:zz:x").is_none());
     }

@@ -26,7 +26,16 @@ impl StateRead for TxnState<'_> {
         prefix: &[u8],
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> StoreResult<()> {
-        scan(self.txn, self.db, prefix, &BTreeMap::new(), f)
+        scan(self.txn, self.db, prefix, prefix, &BTreeMap::new(), f)
+    }
+
+    fn scan_prefix_from(
+        &self,
+        prefix: &[u8],
+        from: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> StoreResult<()> {
+        scan(self.txn, self.db, prefix, from, &BTreeMap::new(), f)
     }
 }
 
@@ -42,24 +51,33 @@ fn get(txn: &RoTxn, db: Database<Bytes, Bytes>, key: &[u8]) -> StoreResult<Optio
 
 type Entry<'t> = (&'t [u8], &'t [u8]);
 
-/// Walks `prefix` in key order over the committed state with `buffer` laid on top (a
-/// buffered `None` hides a stored key).
+/// Walks `prefix` in key order from the first key `>= from` over the committed state with
+/// `buffer` laid on top (a buffered `None` hides a stored key).
 fn scan(
     txn: &RoTxn,
     db: Database<Bytes, Bytes>,
     prefix: &[u8],
+    from: &[u8],
     buffer: &BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
 ) -> StoreResult<()> {
+    let from = from.max(prefix);
     // An empty prefix cannot go through prefix_iter (LMDB refuses empty keys as bounds).
-    let mut stored: Box<dyn Iterator<Item = heed::Result<Entry<'_>>>> = if prefix.is_empty() {
+    let mut stored: Box<dyn Iterator<Item = heed::Result<Entry<'_>>>> = if from.is_empty() {
         Box::new(db.iter(txn).map_err(backend("scan state"))?)
-    } else {
+    } else if from == prefix {
         Box::new(db.prefix_iter(txn, prefix).map_err(backend("scan state"))?)
+    } else {
+        let range = (Bound::Included(from), Bound::Unbounded);
+        Box::new(
+            db.range(txn, &range)
+                .map_err(backend("scan state"))?
+                .take_while(|entry| entry.as_ref().map_or(true, |(k, _)| k.starts_with(prefix))),
+        )
     };
     let stored_iter = &mut stored;
     let mut buffered = buffer
-        .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
+        .range::<[u8], _>((Bound::Included(from), Bound::Unbounded))
         .take_while(|(k, _)| k.starts_with(prefix));
 
     let mut next_stored = stored_iter
@@ -168,7 +186,16 @@ impl StateRead for Overlay<'_> {
         prefix: &[u8],
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> StoreResult<()> {
-        scan(self.txn, self.db, prefix, &self.buffer, f)
+        scan(self.txn, self.db, prefix, prefix, &self.buffer, f)
+    }
+
+    fn scan_prefix_from(
+        &self,
+        prefix: &[u8],
+        from: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> StoreResult<()> {
+        scan(self.txn, self.db, prefix, from, &self.buffer, f)
     }
 }
 

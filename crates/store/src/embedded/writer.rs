@@ -9,7 +9,8 @@ use super::keys::{self, decode_record, encode_record};
 use super::state::{self, Overlay};
 use super::{backend, Dbs};
 use crate::{
-    Admission, Admitted, Publisher, Rejection, StateWrite, StoreError, StoreResult, WriteOutcome,
+    Admission, Admitted, BackupItem, Publisher, Rejection, StateWrite, StoreError, StoreResult,
+    WriteOutcome,
 };
 use heed::{Env, RwTxn, WithoutTls};
 use mls_proto::{Event, Hex32, KindClass};
@@ -42,6 +43,11 @@ pub(super) enum Request {
         purged: u64,
         reply: oneshot::Sender<StoreResult<u64>>,
     },
+    /// Backup items put back verbatim (see `backup::restore`).
+    Restore {
+        items: Vec<BackupItem>,
+        reply: oneshot::Sender<StoreResult<Vec<WriteOutcome>>>,
+    },
 }
 
 /// The result of one request inside a transaction, delivered only once it committed.
@@ -49,6 +55,7 @@ enum Outcome {
     Write(WriteOutcome),
     State(Result<(), Rejection>),
     Purge { removed: u64, more: bool },
+    Restore(Vec<WriteOutcome>),
     Failed(StoreError),
 }
 
@@ -70,6 +77,7 @@ impl Request {
                     drop(reply.send(Ok(purged + removed)));
                 }
             }
+            (Request::Restore { reply, .. }, Outcome::Restore(o)) => drop(reply.send(Ok(o))),
             (request, Outcome::Failed(e)) => request.fail(e),
             (request, _) => request.fail(StoreError::Backend(
                 "store writer: outcome does not fit its request".into(),
@@ -82,6 +90,7 @@ impl Request {
             Request::Write { reply, .. } => drop(reply.send(Err(e))),
             Request::State { reply, .. } => drop(reply.send(Err(e))),
             Request::Purge { reply, .. } => drop(reply.send(Err(e))),
+            Request::Restore { reply, .. } => drop(reply.send(Err(e))),
         }
     }
 }
@@ -182,6 +191,10 @@ impl Writer {
                         .map_err(|e| BatchError::Processing(format!("purge: {e}")))?;
                     Outcome::Purge { removed, more }
                 }
+                Request::Restore { items, .. } => Outcome::Restore(
+                    super::backup::restore(&mut txn, &self.dbs, items)
+                        .map_err(|e| BatchError::Processing(format!("restore: {e}")))?,
+                ),
             };
             outcomes.push(outcome);
         }
@@ -245,6 +258,12 @@ impl Writer {
             }
         }
 
+        // Before the rules run: a refused deletion must leave no state change behind.
+        if ev.kind == 5 {
+            if let Some(refusal) = self.refused_deletion(txn, ev)? {
+                return Ok(WriteOutcome::Rejected(refusal.0));
+            }
+        }
         let admitted = match self.admit(txn, ev, publisher, now)? {
             Ok(a) => a,
             Err(rejection) => return Ok(WriteOutcome::Rejected(rejection.0)),
@@ -317,6 +336,28 @@ impl Writer {
         catch_unwind(AssertUnwindSafe(|| self.rules.may_delete(deleter, target))).unwrap_or(false)
     }
 
+    /// The refusal of the first stored target of the kind 5 `del` that the rules will not let
+    /// its author delete at all (e.g. a message with several recipients, deleted by one).
+    fn refused_deletion(&self, txn: &RwTxn, del: &Event) -> StoreResult<Option<Rejection>> {
+        for id in del.tag_values("e").filter_map(Hex32::from_hex) {
+            let Some(target) = load_event(txn, &self.dbs, &id)? else {
+                continue;
+            };
+            let refusal = catch_unwind(AssertUnwindSafe(|| {
+                self.rules.refuse_deletion(&del.pubkey, &target)
+            }))
+            .unwrap_or_else(|_| {
+                Some(Rejection(
+                    "error: internal error while checking the deletion".into(),
+                ))
+            });
+            if refusal.is_some() {
+                return Ok(refusal);
+            }
+        }
+        Ok(None)
+    }
+
     /// Is `ev` refused by a tombstone? Only a tombstone written by someone allowed to delete
     /// `ev` counts: a stranger cannot block an event by "deleting" its id in advance.
     fn id_tombstoned(&self, txn: &RwTxn, ev: &Event) -> StoreResult<bool> {
@@ -358,7 +399,7 @@ impl Writer {
         }
 
         for value in del.tag_values("a") {
-            let Some((owner, addr)) = keys::parse_a_tag(value) else {
+            let Some((owner, addr, d)) = keys::parse_a_tag(value) else {
                 continue;
             };
             let stored = dbs
@@ -387,7 +428,7 @@ impl Writer {
                 .and_then(read_u64)
                 .map_or(del.created_at, |t| t.max(del.created_at));
             dbs.tomb_addrs
-                .put(txn, &addr, &until.to_be_bytes())
+                .put(txn, &addr, &keys::tomb_addr_value(until, d))
                 .map_err(backend("write address tombstone"))?;
         }
         Ok(())
@@ -428,8 +469,9 @@ fn deleted() -> WriteOutcome {
     WriteOutcome::Rejected("blocked: event was deleted".into())
 }
 
+/// `until` of an address tombstone (the value may carry the `d` after it).
 fn read_u64(b: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(b.try_into().ok()?))
+    keys::split_tomb_addr_value(b).map(|(until, _)| until)
 }
 
 fn load_event(txn: &RwTxn, dbs: &Dbs, id: &Hex32) -> StoreResult<Option<Event>> {
@@ -443,7 +485,7 @@ fn load_event(txn: &RwTxn, dbs: &Dbs, id: &Hex32) -> StoreResult<Option<Event>> 
 }
 
 /// Writes the record and every index entry of `ev`.
-fn store_event(
+pub(super) fn store_event(
     txn: &mut RwTxn,
     dbs: &Dbs,
     ev: &Event,

@@ -6,8 +6,8 @@
 
 use mls_proto::{Event, Filter, Hex32};
 use mls_store::{
-    Admission, Admitted, EventStore, Publisher, Rejection, StateRead, StateWrite, StoredEvent,
-    WriteOutcome,
+    Admission, Admitted, BackupItem, EventStore, Publisher, Rejection, StateRead, StateWrite,
+    StoredEvent, Tombstone, WriteOutcome,
 };
 use serde_json::{json, Value};
 use std::collections::HashSet;
@@ -20,6 +20,8 @@ pub trait Harness: Send + Sync {
     async fn open(&self, rules: Arc<dyn Admission>) -> Arc<dyn EventStore>;
     /// Shuts down `store` (its last reference) so the same data can be opened again.
     async fn close(&self, store: Arc<dyn EventStore>);
+    /// Opens a second store, empty and separate from the first (a restore's target).
+    async fn open_other(&self, rules: Arc<dyn Admission>) -> Arc<dyn EventStore>;
 }
 
 /// Generates one test per conformance behaviour for the harness built by `$harness`.
@@ -45,12 +47,17 @@ macro_rules! conformance_tests {
             count_is_distinct_and_visible_only,
             refused_event_leaves_no_state_and_batchmates_commit,
             state_put_get_and_prefix_scan,
+            state_scan_resumes_from_a_key,
             unstored_events_commit_their_state,
             reopen_keeps_data,
             concurrent_writers_all_answered_and_stored,
             long_tag_values_are_indexed,
             ephemeral_events_are_not_stored,
             export_is_oldest_first,
+            backup_then_restore_gives_back_the_same_store,
+            backup_order_is_deterministic,
+            restore_runs_no_rules,
+            restore_reports_duplicates_and_refusals,
             health_is_ok,
         );
     };
@@ -1006,6 +1013,61 @@ pub async fn state_put_get_and_prefix_scan(h: &dyn Harness) {
     assert_eq!(state_get(s, "g/a").await, None);
 }
 
+/// `scan_prefix_from` (what a chunked walk resumes with): starts at the first key `>= from`,
+/// stays under the prefix, and sees the overlay's buffered changes.
+pub async fn state_scan_resumes_from_a_key(h: &dyn Harness) {
+    let store = open(h).await;
+    let s = &*store;
+    let keys_from = |st: &dyn StateRead, prefix: &str, from: &str| {
+        let mut got = Vec::new();
+        st.scan_prefix_from(prefix.as_bytes(), from.as_bytes(), &mut |k, _| {
+            got.push(String::from_utf8_lossy(k).into_owned());
+            true
+        })
+        .unwrap();
+        got
+    };
+    let r = s
+        .update_state(Box::new(move |st| {
+            for k in ["a/1", "a/2", "a/3", "a/4", "b/1", "a"] {
+                st.put(k.as_bytes(), b"v").unwrap();
+            }
+            Ok(())
+        }))
+        .await
+        .unwrap();
+    assert_eq!(r, Ok(()));
+    let mut committed = Vec::new();
+    s.read_state(&mut |st| {
+        committed.push(keys_from(st, "a/", "a/2"));
+        committed.push(keys_from(st, "a/", "a/2\0"));
+        committed.push(keys_from(st, "a/", "a/"));
+        committed.push(keys_from(st, "a/", "a/9"));
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        committed,
+        vec![
+            vec!["a/2", "a/3", "a/4"],
+            vec!["a/3", "a/4"],
+            vec!["a/1", "a/2", "a/3", "a/4"],
+            Vec::<&str>::new(),
+        ]
+    );
+    let r = s
+        .update_state(Box::new(move |st| {
+            st.delete(b"a/3").unwrap();
+            st.put(b"a/25", b"v").unwrap();
+            assert_eq!(keys_from(st, "a/", "a/2\0"), vec!["a/25", "a/4"]);
+            Ok(())
+        }))
+        .await
+        .unwrap();
+    assert_eq!(r, Ok(()));
+}
+
 pub async fn unstored_events_commit_their_state(h: &dyn Harness) {
     let store = open(h).await;
     let s = &*store;
@@ -1114,6 +1176,261 @@ pub async fn export_is_oldest_first(h: &dyn Harness) {
     let mut want: Vec<(u64, String)> = events.iter().map(|e| (e.created_at, e.to_json())).collect();
     want.sort();
     assert_eq!(got, want);
+}
+
+/// Everything `backup` yields, rendered comparably (events as JSON + times).
+async fn backup_of(store: &dyn EventStore) -> Vec<String> {
+    let mut out = Vec::new();
+    store
+        .backup(&mut |item| {
+            out.push(match item {
+                BackupItem::Event(s) => {
+                    format!("event {} {} {:?}", s.json, s.received_at, s.expires_at)
+                }
+                BackupItem::State { key, value } => format!("state {key:?} {value:?}"),
+                BackupItem::Tombstone(t) => format!("tombstone {t:?}"),
+            });
+            true
+        })
+        .await
+        .expect("backup");
+    out
+}
+
+async fn backup_items(store: &dyn EventStore) -> Vec<BackupItem> {
+    let mut out = Vec::new();
+    store
+        .backup(&mut |item| {
+            out.push(item.clone());
+            true
+        })
+        .await
+        .expect("backup");
+    out
+}
+
+/// Rules that refuse everything: a restore must not run them.
+struct RefuseAll;
+
+impl Admission for RefuseAll {
+    fn admit(
+        &self,
+        _: &Event,
+        _: &Publisher,
+        _: u64,
+        state: &mut dyn StateWrite,
+    ) -> Result<Admitted, Rejection> {
+        let _ = state.put(b"rules-ran", b"1");
+        Err(Rejection("restricted: refuse all".into()))
+    }
+}
+
+pub async fn backup_then_restore_gives_back_the_same_store(h: &dyn Harness) {
+    let a = open(h).await;
+    let (alice, mallory) = (keys(), keys());
+    let pa = pk(&alice).to_hex();
+    let t = now() - 1000;
+    let note = ev(&alice, t, 1, &[&["t", "x"], &["put", "g/1", "{}"]], "n");
+    let kept = ev(&alice, t + 1, 1, &[&["retain", "86400"]], "kept a day");
+    let doomed = ev(&alice, t, 1, &[], "doomed");
+    let meta_old = ev(&alice, t, 0, &[], "old");
+    let meta_new = ev(&alice, t + 5, 0, &[], "new");
+    let long_d = "d".repeat(400);
+    let art = ev(&alice, t, 30000, &[&["d", &long_d]], "");
+    for e in [&note, &kept, &doomed, &meta_old, &meta_new, &art] {
+        accept(&*a, e).await;
+    }
+    let del = ev(
+        &alice,
+        t + 10,
+        5,
+        &[
+            &["e", &doomed.id.to_hex()],
+            &["a", &format!("30000:{pa}:{long_d}")],
+            &["a", &format!("30000:{pa}:short")],
+        ],
+        "",
+    );
+    accept(&*a, &del).await;
+    // A stranger's tombstone of a stored event: kept, and blocks nothing.
+    accept(
+        &*a,
+        &ev(&mallory, t + 11, 5, &[&["e", &note.id.to_hex()]], ""),
+    )
+    .await;
+    hide(&*a, kept.id).await;
+    let before = backup_of(&*a).await;
+    assert!(before.iter().any(|l| l.starts_with("tombstone Address")));
+    assert!(before.iter().any(|l| l.contains(&long_d)), "long d carried");
+
+    let b = h.open_other(Arc::new(TestRules)).await;
+    assert!(
+        backup_of(&*b).await.is_empty(),
+        "the other store starts empty"
+    );
+    let items = backup_items(&*a).await;
+    let n = items.len();
+    let outcomes = b.restore(items).await.expect("restore");
+    assert_eq!(outcomes, vec![WriteOutcome::Accepted; n]);
+    assert_eq!(
+        backup_of(&*b).await,
+        before,
+        "a restore gives back the same store"
+    );
+
+    // It behaves as the original: deletions stay, versions stay replaced, state is there.
+    assert_eq!(put(&*b, &doomed).await, deleted());
+    assert_eq!(put(&*b, &meta_old).await, newer_stored());
+    let old_art = ev(&alice, t + 1, 30000, &[&["d", &long_d]], "");
+    assert_eq!(put(&*b, &old_art).await, deleted());
+    assert_eq!(
+        put(&*b, &ev(&alice, t, 30000, &[&["d", "short"]], "")).await,
+        deleted()
+    );
+    assert_eq!(state_get(&*b, "g/1").await.as_deref(), Some("{}"));
+    assert_eq!(
+        state_get(&*b, &format!("hide:{}", kept.id))
+            .await
+            .as_deref(),
+        Some("1")
+    );
+    let filters = [json!({"authors": [pa]})];
+    assert_eq!(ids(&*b, &filters).await, ids(&*a, &filters).await);
+    assert_eq!(ids(&*b, &[json!({"#t": ["x"]})]).await, vec![note.id]);
+    assert_eq!(
+        query_with(
+            &*b,
+            &[json!({"ids": [kept.id.to_hex()]})],
+            10,
+            now(),
+            &everyone
+        )
+        .await
+        .iter()
+        .map(|s| (s.received_at, s.expires_at))
+        .collect::<Vec<_>>(),
+        query_with(
+            &*a,
+            &[json!({"ids": [kept.id.to_hex()]})],
+            10,
+            now(),
+            &everyone
+        )
+        .await
+        .iter()
+        .map(|s| (s.received_at, s.expires_at))
+        .collect::<Vec<_>>(),
+        "receipt and expiry times are kept"
+    );
+    // The retention expiry still purges it in time.
+    assert_eq!(b.purge_expired(now() + 2 * 86400).await.unwrap(), 1);
+}
+
+pub async fn backup_order_is_deterministic(h: &dyn Harness) {
+    let store = open(h).await;
+    let k = keys();
+    let mut events: Vec<Event> = (0..6)
+        .map(|i| ev(&k, 50 + i % 2, 1, &[], &i.to_string()))
+        .collect();
+    events.push(ev(&k, 10, 1, &[&["put", "b", "2"], &["put", "a", "1"]], ""));
+    for e in &events {
+        accept(&*store, e).await;
+    }
+    let mut got_events = Vec::new();
+    let mut got_keys = Vec::new();
+    store
+        .backup(&mut |item| {
+            match item {
+                BackupItem::Event(s) => got_events.push((s.event.created_at, s.event.id)),
+                BackupItem::State { key, .. } => got_keys.push(key.clone()),
+                BackupItem::Tombstone(_) => {}
+            }
+            true
+        })
+        .await
+        .unwrap();
+    let mut want: Vec<(u64, Hex32)> = events.iter().map(|e| (e.created_at, e.id)).collect();
+    want.sort();
+    assert_eq!(got_events, want, "oldest first, ties lowest id first");
+    let mut sorted = got_keys.clone();
+    sorted.sort();
+    assert_eq!(got_keys, sorted, "state in key order");
+    assert!(got_keys.contains(&b"a".to_vec()) && got_keys.contains(&b"b".to_vec()));
+    assert_eq!(backup_of(&*store).await, backup_of(&*store).await);
+
+    // Stopping early stops.
+    let mut seen = 0;
+    store
+        .backup(&mut |_| {
+            seen += 1;
+            seen < 3
+        })
+        .await
+        .unwrap();
+    assert_eq!(seen, 3);
+}
+
+pub async fn restore_runs_no_rules(h: &dyn Harness) {
+    let a = open(h).await;
+    let k = keys();
+    let e = ev(&k, 100, 1, &[&["put", "x", "1"]], "");
+    accept(&*a, &e).await;
+    let items = backup_items(&*a).await;
+    let b = h.open_other(Arc::new(RefuseAll)).await;
+    let n = items.len();
+    assert_eq!(
+        b.restore(items).await.unwrap(),
+        vec![WriteOutcome::Accepted; n]
+    );
+    assert_eq!(backup_of(&*b).await, backup_of(&*a).await);
+    assert_eq!(state_get(&*b, "rules-ran").await, None);
+    // The rules still hold for writes.
+    assert_eq!(
+        put(&*b, &ev(&k, 101, 1, &[], "")).await,
+        WriteOutcome::Rejected("restricted: refuse all".into())
+    );
+}
+
+pub async fn restore_reports_duplicates_and_refusals(h: &dyn Harness) {
+    let store = open(h).await;
+    let k = keys();
+    let e = ev(&k, 100, 1, &[], "");
+    accept(&*store, &e).await;
+    let newer = ev(&k, 200, 0, &[], "new");
+    accept(&*store, &newer).await;
+    let stored = |ev: &Event| {
+        BackupItem::Event(StoredEvent {
+            event: ev.clone(),
+            json: ev.to_json().into(),
+            received_at: 5,
+            expires_at: None,
+        })
+    };
+    let items = vec![
+        stored(&e),
+        stored(&ev(&k, 100, 0, &[], "old")),
+        BackupItem::State {
+            key: vec![b'k'; 512],
+            value: vec![],
+        },
+        BackupItem::State {
+            key: vec![b'k'; 511],
+            value: b"v".to_vec(),
+        },
+        BackupItem::Tombstone(Tombstone::Address {
+            kind: 1,
+            pubkey: pk(&k),
+            d: String::new(),
+            until: 1,
+        }),
+    ];
+    let out = store.restore(items).await.unwrap();
+    assert_eq!(out[0], WriteOutcome::Duplicate);
+    assert_eq!(out[1], newer_stored());
+    assert!(matches!(&out[2], WriteOutcome::Rejected(m) if m.starts_with("invalid:")));
+    assert_eq!(out[3], WriteOutcome::Accepted);
+    assert!(matches!(&out[4], WriteOutcome::Rejected(m) if m.starts_with("invalid:")));
+    assert_eq!(ids(&*store, &[json!({"kinds": [0]})]).await, vec![newer.id]);
 }
 
 pub async fn health_is_ok(h: &dyn Harness) {
