@@ -198,7 +198,7 @@ async fn database_outage_is_reported_and_recovered_without_restart() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let after = ev(&k, 1, &[&["t", "outage"]], "after");
+    let after = ev_at(&k, before.created_at + 1, 1, &[&["t", "outage"]], "after");
     ws.publish_ok(&after).await;
     let ids = req_ids(&mut ws, "up", json!({"#t": ["outage"]}))
         .await
@@ -240,4 +240,97 @@ async fn relay_started_while_database_is_down_retries_then_serves() {
     );
     let mut ws = relay.connect().await;
     ws.publish_ok(&ev(&keys(), 1, &[], "hello")).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Two relay instances on one database, racing through the real gateway rules
+// ---------------------------------------------------------------------------------------------
+
+#[path = "support_mls/mod.rs"]
+mod support_mls;
+
+/// Two relays (auth off) on one fresh database.
+async fn two_instances() -> (Relay, Relay) {
+    let url = pg::fresh_database();
+    let config = format!("{}[auth]\nenabled = false\n", cloudsql_config(&url));
+    let a = Relay::builder().config(&config).start().await;
+    let b = Relay::builder().config(&config).start().await;
+    (a, b)
+}
+
+/// Sends `events[i]` to `conns[i % 2]` without waiting, then collects every OK:
+/// `(accepted, message)` per event, in order.
+async fn race(conns: &mut [Ws; 2], events: &[mls_proto::Event]) -> Vec<(bool, String)> {
+    for (i, e) in events.iter().enumerate() {
+        conns[i % 2].send(&json!(["EVENT", e])).await;
+    }
+    let mut out = Vec::new();
+    for (i, e) in events.iter().enumerate() {
+        out.push(conns[i % 2].wait_ok(&id_hex(e)).await);
+    }
+    out
+}
+
+fn winners(outcomes: &[(bool, String)]) -> usize {
+    outcomes.iter().filter(|(ok, _)| *ok).count()
+}
+
+#[tokio::test]
+async fn two_instances_never_both_create_a_group() {
+    if skip() {
+        return;
+    }
+    let (a, b) = two_instances().await;
+    let mut conns = [a.connect().await, b.connect().await];
+    for round in 0..10 {
+        let g = support_mls::unique_id();
+        // Two owners bootstrap the same group, one through each instance, at once.
+        let events = [
+            support_mls::roster(&keys(), &g, "bootstrap", 1, &[]),
+            support_mls::roster(&keys(), &g, "bootstrap", 1, &[]),
+        ];
+        let outcomes = race(&mut conns, &events).await;
+        assert_eq!(winners(&outcomes), 1, "round {round}: {outcomes:?}");
+    }
+}
+
+#[tokio::test]
+async fn two_instances_never_accept_the_same_roster_seq_twice() {
+    if skip() {
+        return;
+    }
+    let (a, b) = two_instances().await;
+    let mut conns = [a.connect().await, b.connect().await];
+    let admin = keys();
+    let g = support_mls::unique_id();
+    conns[0]
+        .publish_ok(&support_mls::roster(&admin, &g, "bootstrap", 1, &[]))
+        .await;
+    for seq in 2..12 {
+        // The same next seq, with different members, through both instances at once.
+        let events = [
+            support_mls::roster(&admin, &g, "add", seq, &[&keys()]),
+            support_mls::roster(&admin, &g, "add", seq, &[&keys()]),
+        ];
+        let outcomes = race(&mut conns, &events).await;
+        assert_eq!(winners(&outcomes), 1, "seq {seq}: {outcomes:?}");
+    }
+}
+
+#[tokio::test]
+async fn two_instances_never_give_one_keypackage_reference_to_two_owners() {
+    if skip() {
+        return;
+    }
+    let (a, b) = two_instances().await;
+    let mut conns = [a.connect().await, b.connect().await];
+    for round in 0..10 {
+        let reference = support_mls::unique_id();
+        let events = [
+            support_mls::lox_keypackage(&keys(), &reference),
+            support_mls::lox_keypackage(&keys(), &reference),
+        ];
+        let outcomes = race(&mut conns, &events).await;
+        assert_eq!(winners(&outcomes), 1, "round {round}: {outcomes:?}");
+    }
 }

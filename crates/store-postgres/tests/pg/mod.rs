@@ -50,3 +50,19 @@ impl Schema {
             .expect("open PostgreSQL store")
     }
 }
+
+impl Schema {
+    /// Runs `sql` in this schema on a connection of its own (for checks the interface does
+    /// not expose).
+    pub async fn query(&self, sql: &str) -> Vec<tokio_postgres::Row> {
+        let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!("SET search_path TO {}", self.name))
+            .await
+            .unwrap();
+        client.query(sql, &[]).await.expect("query")
+    }
+}
