@@ -334,3 +334,69 @@ async fn two_instances_never_give_one_keypackage_reference_to_two_owners() {
         assert_eq!(winners(&outcomes), 1, "round {round}: {outcomes:?}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The gateway state purge runs in bounded chunks on PostgreSQL too
+// ---------------------------------------------------------------------------------------------
+
+/// Runs `sql` on the database `url` names.
+async fn sql(url: &str, sql: &str) {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    client.batch_execute(sql).await.expect("sql");
+}
+
+#[tokio::test]
+async fn gateway_state_purge_runs_in_chunks_on_postgres() {
+    if skip() {
+        return;
+    }
+    const SEEDED: usize = 25_000;
+    let url = pg::fresh_database();
+    let mut relay = Relay::builder()
+        .config(&cloudsql_config(&url))
+        .config("[auth]\nenabled = false\n")
+        .start()
+        .await;
+    relay.kill();
+    // 445 rate counters of a long past minute (window 1): all stale (as security_groups.rs
+    // seeds the embedded store).
+    sql(
+        &url,
+        &format!(
+            "INSERT INTO state (key, value) SELECT convert_to('rg/' || lpad(to_hex(i), 64, '0') \
+             || '/anon/1', 'UTF8'), '\\x31'::bytea FROM generate_series(0, {}) AS i",
+            SEEDED - 1
+        ),
+    )
+    .await;
+    relay.spawn().await;
+    let mut ws = relay.connect().await;
+    let k = keys();
+    ws.publish_ok(&ev(&k, 1, &[], "published during the purge"))
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let line = loop {
+        let found = relay.log().lines().find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            (v["fields"]["message"] == "gateway state purged"
+                || v["message"] == "gateway state purged")
+                .then_some(v)
+        });
+        if let Some(v) = found {
+            break v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no \"gateway state purged\" log line; log tail:\n{}",
+            relay.log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let field = |name: &str| line["fields"][name].as_u64().unwrap_or(0);
+    assert_eq!(field("removed"), SEEDED as u64, "{line}");
+    assert!(field("chunks") >= 3, "{line}");
+    ws.publish_ok(&ev(&k, 1, &[], "after the purge")).await;
+}

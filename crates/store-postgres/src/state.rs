@@ -21,9 +21,10 @@ const GET: &str = "SELECT value FROM state WHERE key = $1";
 const SCAN: &str =
     "SELECT key, value FROM state WHERE key >= $1 AND key < $2 ORDER BY key LIMIT $3";
 const SCAN_OPEN: &str = "SELECT key, value FROM state WHERE key >= $1 ORDER BY key LIMIT $2";
-const PUT: &str =
-    "INSERT INTO state (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value";
-const DELETE: &str = "DELETE FROM state WHERE key = $1";
+// Keys are unique within one change set (a map), so one upsert cannot touch a row twice.
+const PUT: &str = "INSERT INTO state (key, value) SELECT * FROM unnest($1::bytea[], $2::bytea[]) \
+    ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value";
+const DELETE: &str = "DELETE FROM state WHERE key = ANY($1)";
 
 type Rows = Vec<(Vec<u8>, Vec<u8>)>;
 
@@ -213,28 +214,43 @@ impl<'t> Overlay<'t> {
     }
 }
 
-/// Writes buffered changes into the writer's transaction.
+/// Writes buffered changes into the writer's transaction: one statement for the puts and
+/// one for the deletes, whatever their number (a purge chunk deletes thousands of keys).
 pub(crate) async fn apply(
     client: &Object,
     changes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 ) -> StoreResult<()> {
-    if changes.is_empty() {
-        return Ok(());
-    }
-    let put = client
-        .prepare_cached(PUT)
-        .await
-        .map_err(pg_error("write state key"))?;
-    let delete = client
-        .prepare_cached(DELETE)
-        .await
-        .map_err(pg_error("delete state key"))?;
+    let mut put_keys = Vec::new();
+    let mut put_values = Vec::new();
+    let mut deletes = Vec::new();
     for (k, v) in changes {
         match v {
-            Some(v) => client.execute(&put, &[&k, &v]).await,
-            None => client.execute(&delete, &[&k]).await,
+            Some(v) => {
+                put_keys.push(k);
+                put_values.push(v);
+            }
+            None => deletes.push(k),
         }
-        .map_err(pg_error("write state key"))?;
+    }
+    if !deletes.is_empty() {
+        let stmt = client
+            .prepare_cached(DELETE)
+            .await
+            .map_err(pg_error("delete state keys"))?;
+        client
+            .execute(&stmt, &[&deletes])
+            .await
+            .map_err(pg_error("delete state keys"))?;
+    }
+    if !put_keys.is_empty() {
+        let stmt = client
+            .prepare_cached(PUT)
+            .await
+            .map_err(pg_error("write state keys"))?;
+        client
+            .execute(&stmt, &[&put_keys, &put_values])
+            .await
+            .map_err(pg_error("write state keys"))?;
     }
     Ok(())
 }
