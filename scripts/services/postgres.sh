@@ -12,8 +12,11 @@
 # - The cluster lives in $SERVICES_DIR/postgres (a free port, listen_addresses=127.0.0.1,
 #   its unix socket in the same directory); a cluster already running there is reused and
 #   left running (whoever started it stops it).
-# - Exported for tests that stop and start the database mid-run (outage tests):
-#   PG_TEST_BINDIR, PG_TEST_DATADIR, PG_TEST_USER (run pg_ctl as that user).
+# - TLS is on (a throwaway CA and a server certificate for localhost/127.0.0.1, made with
+#   openssl when it is there), so `sslmode=require` can be tested.
+# - Exported for tests: PG_TEST_SOCKET_DIR (the unix socket's directory, for the
+#   `host=/cloudsql/…` form), PG_TEST_SSLROOTCERT (the CA, when TLS is on), and for tests that
+#   stop and start the database: PG_TEST_BINDIR, PG_TEST_DATADIR, PG_TEST_USER.
 # - DATABASE_URL already set: nothing is started, that database is used.
 
 PG_ROLE="mls_test"
@@ -69,6 +72,23 @@ _pg_free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
+# A CA and a server certificate (localhost, 127.0.0.1) signed by it, in $1.
+_pg_make_certs() {
+    local d="$1"
+    {
+        openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=mls-gateway test CA" \
+            -keyout "$d/ca.key" -out "$d/ca.crt" &&
+            openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+                -keyout "$d/server.key" -out "$d/server.csr" &&
+            printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n' >"$d/server.ext" &&
+            openssl x509 -req -in "$d/server.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" \
+                -CAcreateserial -days 2 -extfile "$d/server.ext" -out "$d/server.crt"
+    } </dev/null >"$d/certs.log" 2>&1 || { _pg_log "no TLS: openssl failed, see $d/certs.log"; return 1; }
+    chmod 600 "$d/server.key"
+    [ "$(id -u)" -eq 0 ] && chown postgres: "$d/server.key" "$d/server.crt"
+    return 0
+}
+
 # start_postgres: starts (or reuses) the cluster and exports DATABASE_URL and PG_TEST_*.
 start_postgres() {
     if [ -n "${DATABASE_URL:-}" ]; then
@@ -84,12 +104,13 @@ start_postgres() {
         dir="/tmp/mls-gateway-pg-$(printf '%s' "$dir" | sha256sum | cut -c1-12)"
     fi
     data="$dir/data"
-    export PG_TEST_BINDIR="$bindir" PG_TEST_DATADIR="$data"
+    export PG_TEST_BINDIR="$bindir" PG_TEST_DATADIR="$data" PG_TEST_SOCKET_DIR="$dir"
     if [ "$(id -u)" -eq 0 ]; then export PG_TEST_USER=postgres; else export PG_TEST_USER="$(id -un)"; fi
 
     if [ -f "$dir/url" ] && _pg_as_owner "$bindir/pg_ctl" -D "$data" status </dev/null >/dev/null 2>&1; then
         DATABASE_URL="$(cat "$dir/url")"
         export DATABASE_URL
+        [ -f "$dir/ca.crt" ] && export PG_TEST_SSLROOTCERT="$dir/ca.crt"
         _pg_log "reusing the running cluster in $dir"
         return 0
     fi
@@ -103,7 +124,7 @@ start_postgres() {
             rm -rf "$dir"
             dir="$(mktemp -d /tmp/mls-gateway-pg-XXXXXX)"
             data="$dir/data"
-            export PG_TEST_DATADIR="$data"
+            export PG_TEST_DATADIR="$data" PG_TEST_SOCKET_DIR="$dir"
             chown postgres: "$dir"
         fi
     fi
@@ -114,10 +135,15 @@ start_postgres() {
         </dev/null >"$dir/initdb.log" 2>&1 ||
         { _pg_log "initdb failed, see $dir/initdb.log"; return 1; }
 
+    local ssl=""
+    if command -v openssl >/dev/null 2>&1 && _pg_make_certs "$dir"; then
+        ssl="-c ssl=on -c ssl_cert_file=$dir/server.crt -c ssl_key_file=$dir/server.key"
+        export PG_TEST_SSLROOTCERT="$dir/ca.crt"
+    fi
     port="$(_pg_free_port)"
     # Tests open many small pools in parallel: room for a few hundred connections.
     _pg_as_owner "$bindir/pg_ctl" -D "$data" -l "$dir/server.log" -w -t 60 \
-        -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c max_connections=400 -c shared_buffers=64MB -c fsync=on" \
+        -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c max_connections=400 -c shared_buffers=64MB -c fsync=on $ssl" \
         start </dev/null >/dev/null 2>&1 ||
         { _pg_log "PostgreSQL did not start, see $dir/server.log"; return 1; }
     CLEANUP+=("_pg_as_owner '$bindir/pg_ctl' -D '$data' -m immediate -w stop")
@@ -155,8 +181,9 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
     start)
         start_postgres
         printf 'export DATABASE_URL=%q\n' "$DATABASE_URL"
-        printf 'export PG_TEST_BINDIR=%q PG_TEST_DATADIR=%q PG_TEST_USER=%q\n' \
-            "$PG_TEST_BINDIR" "$PG_TEST_DATADIR" "$PG_TEST_USER"
+        printf 'export PG_TEST_BINDIR=%q PG_TEST_DATADIR=%q PG_TEST_USER=%q PG_TEST_SOCKET_DIR=%q\n' \
+            "$PG_TEST_BINDIR" "$PG_TEST_DATADIR" "$PG_TEST_USER" "$PG_TEST_SOCKET_DIR"
+        if [ -n "${PG_TEST_SSLROOTCERT:-}" ]; then printf 'export PG_TEST_SSLROOTCERT=%q\n' "$PG_TEST_SSLROOTCERT"; fi
         ;;
     stop) stop_postgres ;;
     *)

@@ -57,6 +57,9 @@ pub struct PostgresOptions {
     pub schema: Option<String>,
     /// Most requests committed in one transaction.
     pub max_batch: usize,
+    /// CA certificate (PEM) the server's chain must lead to under `sslmode=require`; `None`:
+    /// the public web roots. Defaults to libpq's `PGSSLROOTCERT`.
+    pub ssl_root_cert: Option<std::path::PathBuf>,
 }
 
 impl PostgresOptions {
@@ -68,6 +71,9 @@ impl PostgresOptions {
             connect_timeout: Duration::from_secs(5),
             schema: None,
             max_batch: 1024,
+            ssl_root_cert: std::env::var_os("PGSSLROOTCERT")
+                .filter(|p| !p.is_empty())
+                .map(Into::into),
         }
     }
 }
@@ -221,11 +227,18 @@ impl PostgresStore {
             pg.application_name("mls-gateway");
         }
         // Without an explicit sslmode the connection is plain: tokio-postgres's default
-        // ("prefer") would try TLS and then fail on a certificate it cannot verify.
-        if pg.get_ssl_mode() == SslMode::Prefer && !options.url.contains("sslmode") {
+        // ("prefer") would try TLS and then fail on a certificate it cannot verify. A unix
+        // socket never uses TLS (libpq ignores sslmode there too).
+        let all_sockets = pg
+            .get_hosts()
+            .iter()
+            .all(|h| matches!(h, tokio_postgres::config::Host::Unix(_)));
+        if (pg.get_ssl_mode() == SslMode::Prefer && !options.url.contains("sslmode"))
+            || (all_sockets && !pg.get_hosts().is_empty())
+        {
             pg.ssl_mode(SslMode::Disable);
         }
-        let tls = tls::connector().map_err(StoreError::Backend)?;
+        let tls = tls::connector(options.ssl_root_cert.as_deref()).map_err(StoreError::Backend)?;
         let manager = Manager::from_config(
             pg,
             tls,

@@ -1,8 +1,9 @@
 //! TLS to the database (rustls), for `sslmode=require`.
 //!
 //! Which certificates are trusted:
-//! - `PGSSLROOTCERT` (libpq's variable) names a PEM file: the server's chain must lead to one
-//!   of its certificates, and the host name is not checked (libpq's `verify-ca`). Cloud SQL's
+//! - a CA file (PEM; `PostgresOptions::ssl_root_cert`, by default libpq's `PGSSLROOTCERT`):
+//!   the server's chain must lead to one of its certificates, and the host name is not
+//!   checked (libpq's `verify-ca`). Cloud SQL's
 //!   servers present certificates of a per-instance CA whose names are not the address
 //!   connected to, so this is the form that works there;
 //! - otherwise the web's public roots (webpki-roots), with the host name checked.
@@ -14,30 +15,31 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, Error, RootCertStore};
+use std::path::Path;
 use std::sync::Arc;
+use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// The connector handed to the pool.
-pub(crate) fn connector() -> Result<MakeRustlsConnect, String> {
+pub(crate) fn connector(root_cert: Option<&Path>) -> Result<Connector, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup: {e}"))?;
-    let config = match std::env::var_os("PGSSLROOTCERT").filter(|p| !p.is_empty()) {
+    let config = match root_cert {
         Some(path) => {
             let mut roots = RootCertStore::empty();
             for cert in CertificateDer::pem_file_iter(&path)
-                .map_err(|e| format!("PGSSLROOTCERT {}: {e}", path.to_string_lossy()))?
+                .map_err(|e| format!("CA file {}: {e}", path.display()))?
             {
-                let cert =
-                    cert.map_err(|e| format!("PGSSLROOTCERT {}: {e}", path.to_string_lossy()))?;
+                let cert = cert.map_err(|e| format!("CA file {}: {e}", path.display()))?;
                 roots
                     .add(cert)
-                    .map_err(|e| format!("PGSSLROOTCERT {}: {e}", path.to_string_lossy()))?;
+                    .map_err(|e| format!("CA file {}: {e}", path.display()))?;
             }
             let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
-                .map_err(|e| format!("PGSSLROOTCERT {}: {e}", path.to_string_lossy()))?;
+                .map_err(|e| format!("CA file {}: {e}", path.display()))?;
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(ChainOnly(inner)))
@@ -50,7 +52,31 @@ pub(crate) fn connector() -> Result<MakeRustlsConnect, String> {
             builder.with_root_certificates(roots).with_no_client_auth()
         }
     };
-    Ok(MakeRustlsConnect::new(config))
+    Ok(Connector(MakeRustlsConnect::new(config)))
+}
+
+/// rustls's connector, also for a unix socket: tokio-postgres asks for a TLS connector
+/// before it knows whether TLS will be used, with an empty host name for a socket, which
+/// rustls cannot name. TLS never runs there (no `sslmode` over a socket, see `open`).
+#[derive(Clone)]
+pub(crate) struct Connector(MakeRustlsConnect);
+
+impl<S> MakeTlsConnect<S> for Connector
+where
+    MakeRustlsConnect: MakeTlsConnect<S>,
+{
+    type Stream = <MakeRustlsConnect as MakeTlsConnect<S>>::Stream;
+    type TlsConnect = <MakeRustlsConnect as MakeTlsConnect<S>>::TlsConnect;
+    type Error = <MakeRustlsConnect as MakeTlsConnect<S>>::Error;
+
+    fn make_tls_connect(&mut self, domain: &str) -> Result<Self::TlsConnect, Self::Error> {
+        let domain = if domain.is_empty() {
+            "localhost"
+        } else {
+            domain
+        };
+        self.0.make_tls_connect(domain)
+    }
 }
 
 /// Checks the chain and the signatures, not the name (libpq's `verify-ca`).
