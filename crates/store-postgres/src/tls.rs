@@ -29,7 +29,7 @@ pub(crate) fn connector(root_cert: Option<&Path>) -> Result<Connector, String> {
     let config = match root_cert {
         Some(path) => {
             let mut roots = RootCertStore::empty();
-            for cert in CertificateDer::pem_file_iter(&path)
+            for cert in CertificateDer::pem_file_iter(path)
                 .map_err(|e| format!("CA file {}: {e}", path.display()))?
             {
                 let cert = cert.map_err(|e| format!("CA file {}: {e}", path.display()))?;
