@@ -65,7 +65,7 @@ pub use dialect::{normalize, Dialect, MlsEvent, RosterOp};
 pub use keypackage::KeyPackageEntry;
 pub use registry::{GroupRecord, MembershipChange};
 pub use state::MemState;
-pub use visibility::Audience;
+pub use visibility::{within_limits, Audience};
 
 use mls_proto::{parse_pubkey, Event, Filter, Hex32};
 use mls_store::{Admission, Admitted, Publisher, Rejection, StateRead, StateWrite, StoreError};
@@ -193,10 +193,24 @@ impl Gateway {
         visibility::check_read(self, viewer, filters, state, visibility::Evidence::Filters)
     }
 
-    /// After a REQ's query matched events but none visible: `Err` when every filter asked for
-    /// them by `ids` (or is refused by `check_read`), so the client hears why instead of an
-    /// empty EOSE. Broad filters pass: their live part may still deliver the viewer's own
-    /// events later.
+    /// The stored query of a REQ / COUNT, scoped to what `viewer` may see (mailbox kinds
+    /// through its own pubkeys, gated groups through its groups), so hidden events are not
+    /// walked. Trim a REQ's results with [`within_limits`] against the original `filters`;
+    /// live subscriptions keep the original filters (fan-out decides per event).
+    pub fn scope_reads(
+        &self,
+        viewer: &Viewer,
+        filters: &[Filter],
+        state: &dyn StateRead,
+    ) -> Vec<Filter> {
+        visibility::scope(self, viewer, filters, state)
+    }
+
+    /// After a query that served nothing while some event asked for by `ids` exists but is
+    /// hidden from `viewer` (decided on the ids alone, never on the filter's other fields):
+    /// `Err` when every filter asked by `ids` (or is refused by `check_read`), so the client
+    /// hears why instead of an empty EOSE. Broad filters pass: their live part may still
+    /// deliver the viewer's own events later.
     pub fn check_hidden_result(
         &self,
         viewer: &Viewer,
