@@ -42,6 +42,11 @@
 //!   last unclaimed KeyPackage is served but never claimed; a pair over its fetch limit makes
 //!   the whole call `rate-limited:`.
 //! - NIP-70 (`["-"]`) is also enforced here, so no write path can skip it.
+//! - Reads are scoped before they run ([`Gateway::scope_reads`]): 1059 / 446 through the
+//!   reader's own pubkeys, 445 / 450 by `#h` through the groups it may read; the REQ
+//!   pre-check never refuses on another group's state, so a gated group's `#h` answers as an
+//!   unknown one's. With claims on, another owner's KeyPackage is not delivered live
+//!   ([`Audience::admits_live`]): only a stored REQ hands it out, under the claim rules.
 
 pub mod config;
 pub mod dialect;

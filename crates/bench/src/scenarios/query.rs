@@ -38,7 +38,7 @@ pub struct QueryOpts {
     #[arg(long, default_value_t = 20_000)]
     pub requests: usize,
     /// Only one shape of REQ: kind, author or tag (default: rotate over all three); or
-    /// `hidden`: `{"kinds":[1059]}` (with `--mix giftwrap`).
+    /// `hidden`: `{"kinds":[1059]}`, `everything`: `{}` (with `--mix giftwrap`).
     #[arg(long)]
     pub shape: Option<String>,
     /// What the store holds: `notes` (445s and kind-1 notes) or `giftwrap` (gift wraps to
@@ -57,6 +57,7 @@ pub struct QueryOpts {
 fn req_text(sub: &str, shape: usize, j: usize, data: &DataSet) -> String {
     match shape {
         3 => format!(r#"["REQ","{sub}",{{"kinds":[1059]}}]"#),
+        4 => format!(r#"["REQ","{sub}",{{}}]"#),
         0 => format!(r#"["REQ","{sub}",{{"kinds":[1],"limit":10}}]"#),
         1 => {
             let a = client::pubkey_hex(&data.authors[j % data.authors.len()]);
@@ -76,9 +77,10 @@ fn shape_of(opts: &QueryOpts, j: usize) -> Result<usize, String> {
         Some("author") => 1,
         Some("tag") => 2,
         Some("hidden") => 3,
+        Some("everything") => 4,
         Some(other) => {
             return Err(format!(
-                "--shape {other}: expected kind, author, tag or hidden"
+                "--shape {other}: expected kind, author, tag, hidden or everything"
             ))
         }
     })
