@@ -1346,6 +1346,8 @@ fn vectors() -> Vec<(String, serde_json::Value)> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("vectors directory {dir}: {e}"))
         .map(|f| f.unwrap().path())
+        // The directory also holds a README: only the JSON-lines files are vectors.
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
         .collect();
     files.sort();
     for f in files {
