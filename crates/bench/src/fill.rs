@@ -2,7 +2,9 @@
 //!
 //! The data set: N events, half kind-445 group messages spread over N/100 groups (100 per
 //! group), half kind-1 notes; both signed by a pool of author keys, `created_at` one second
-//! apart ending now. Written straight into an embedded store directory (through the same
+//! apart ending now. Or, with `--mix giftwrap`, N kind-1059 gift wraps, each to one of the
+//! pool's keys (never to the querying connections), `created_at` an eighth of a second apart
+//! (within the gift-wrap backdating bound). Written straight into an embedded store directory (through the same
 //! group-commit writer and gateway rules the relay uses), or published over the socket to a
 //! relay the user runs.
 
@@ -25,10 +27,12 @@ pub struct DataSet {
     pub n: usize,
     pub content: usize,
     pub end: u64,
+    /// Gift wraps to the pool instead of 445s and notes.
+    pub giftwraps: bool,
 }
 
 impl DataSet {
-    pub fn new(n: usize, content: usize) -> DataSet {
+    pub fn new(n: usize, content: usize, giftwraps: bool) -> DataSet {
         // Deterministic keys and groups, so a store filled by an earlier run can be reused.
         let authors = (0..AUTHORS)
             .map(|i| {
@@ -47,12 +51,23 @@ impl DataSet {
             n,
             content,
             end: mls_proto::unix_now(),
+            giftwraps,
         }
     }
 
     /// Event `i` of the data set.
     pub fn event(&self, i: usize) -> Event {
         let author = &self.authors[i % self.authors.len()];
+        if self.giftwraps {
+            let to = &self.authors[(i * 7 + 1) % self.authors.len()];
+            return Event::sign(
+                author,
+                self.end - (self.n - i) as u64 / 8,
+                1059,
+                client::tags(&[&["p", &client::pubkey_hex(to)]]),
+                client::content(self.content, i as u64),
+            );
+        }
         let created_at = self.end - (self.n - i) as u64;
         if i.is_multiple_of(2) {
             let group = &self.groups[(i / 2) % self.groups.len()];

@@ -126,7 +126,12 @@ impl Bench {
         let mut data_dir: Option<(PathBuf, Option<tempfile::TempDir>)> = None;
         let mut data = None;
         if let Scenario::Query(q) = scenario {
-            let set = fill::DataSet::new(q.stored, q.content);
+            let giftwraps = match q.mix.as_str() {
+                "notes" => false,
+                "giftwrap" => true,
+                other => return Err(format!("--mix {other}: expected notes or giftwrap")),
+            };
+            let set = fill::DataSet::new(q.stored, q.content, giftwraps);
             if self.global.url.is_none() {
                 let (dir, tmp) = match &q.store_dir {
                     Some(d) => (d.clone(), None),

@@ -63,6 +63,11 @@
 //!   alone would make visibility depend on per-reader deletion records; refusing keeps an
 //!   event's audience a fact of the event (data a SQL or Firestore backend can index). A
 //!   tombstone left by such a recipient for an id not stored yet blocks nobody's copy.
+//! - Reads are scoped before they run ([`Gateway::scope_reads`]): 1059 / 446 through the
+//!   reader's own pubkeys, 445 / 450 by `#h` through the groups it may read; the REQ
+//!   pre-check never refuses on another group's state, so a gated group's `#h` answers as an
+//!   unknown one's. With claims on, another owner's KeyPackage is not delivered live
+//!   ([`Audience::admits_live`]): only a stored REQ hands it out, under the claim rules.
 
 pub mod config;
 pub mod dialect;
@@ -88,7 +93,7 @@ pub use keypackage::KeyPackageEntry;
 pub use purge::{StatePurge, STATE_PURGE_CHUNK};
 pub use registry::{GroupRecord, MembershipChange};
 pub use state::{MemState, MAX_GROUP_ID, MAX_KEY_PART};
-pub use visibility::Audience;
+pub use visibility::{within_limits, Audience};
 
 use mls_proto::{parse_pubkey, Event, Filter, Hex32};
 use mls_store::{Admission, Admitted, Publisher, Rejection, StateRead, StateWrite, StoreError};
@@ -216,10 +221,24 @@ impl Gateway {
         visibility::check_read(self, viewer, filters, state, visibility::Evidence::Filters)
     }
 
-    /// After a REQ's query matched events but none visible: `Err` when every filter asked for
-    /// them by `ids` (or is refused by `check_read`), so the client hears why instead of an
-    /// empty EOSE. Broad filters pass: their live part may still deliver the viewer's own
-    /// events later.
+    /// The stored query of a REQ / COUNT, scoped to what `viewer` may see (mailbox kinds
+    /// through its own pubkeys, gated groups through its groups), so hidden events are not
+    /// walked. Trim a REQ's results with [`within_limits`] against the original `filters`;
+    /// live subscriptions keep the original filters (fan-out decides per event).
+    pub fn scope_reads(
+        &self,
+        viewer: &Viewer,
+        filters: &[Filter],
+        state: &dyn StateRead,
+    ) -> Vec<Filter> {
+        visibility::scope(self, viewer, filters, state)
+    }
+
+    /// After a query that served nothing while some event asked for by `ids` exists but is
+    /// hidden from `viewer` (decided on the ids alone, never on the filter's other fields):
+    /// `Err` when every filter asked by `ids` (or is refused by `check_read`), so the client
+    /// hears why instead of an empty EOSE. Broad filters pass: their live part may still
+    /// deliver the viewer's own events later.
     pub fn check_hidden_result(
         &self,
         viewer: &Viewer,

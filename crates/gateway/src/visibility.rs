@@ -1,7 +1,15 @@
 //! Who may see what (PROTOCOL §3 "served to"): the ONE visibility rule, used by stored REQ
 //! results (also by `ids`), live fan-out, COUNT and REST, so a leak fixed here is fixed on
-//! every path; and the REQ pre-check that answers a filter which can only match invisible
-//! events with `CLOSED auth-required:` / `restricted:` instead of silence.
+//! every path; the REQ pre-check that answers a filter which can only match invisible
+//! events with `CLOSED auth-required:` / `restricted:` instead of silence; and the scoping
+//! of a read's stored query to what the reader may see ([`scope`]), so that hidden events
+//! are not walked at all where an index can avoid them.
+//!
+//! The pre-check refuses on the filters alone, never on what the state holds for someone
+//! else: a REQ for a group's 445s / 450s by `#h` answers the same (EOSE, subscription open)
+//! whether the group is gated or does not exist; a REQ by `ids` whose events are all hidden
+//! is refused whatever else the filter says (its `#p`, `kinds`, `since`…), so that extra
+//! fields cannot probe who an event is for.
 //!
 //! | kind          | visible to                                                             |
 //! |---------------|------------------------------------------------------------------------|
@@ -17,7 +25,6 @@
 //!
 //! A storage error while deciding means "not visible": fail closed.
 
-use crate::dialect::short;
 use crate::registry;
 use crate::{Gateway, ReadRefusal, Viewer};
 use mls_proto::{Event, Filter, Hex32};
@@ -49,6 +56,9 @@ fn only_h(ev: &Event) -> Option<&str> {
 pub struct Audience<'a> {
     gw: &'a Gateway,
     who: Who<'a>,
+    /// Live delivery only to this pubkey's connections (another owner's KeyPackage while
+    /// claiming is on: handed out only through a stored REQ, which claims it).
+    live_owner: Option<Hex32>,
 }
 
 enum Who<'a> {
@@ -81,6 +91,15 @@ impl Audience<'_> {
                         .is_ok_and(|p| p.is_some())
             }
         }
+    }
+
+    /// Live fan-out: [`Audience::admits`], and with KeyPackage claims on, another owner's
+    /// KeyPackage is not pushed (a live push would hand it out without the claim rules of
+    /// PROTOCOL §5; a stored REQ serves and claims it).
+    pub fn admits_live(&self, viewer: &Viewer, state: &dyn StateRead) -> bool {
+        self.live_owner
+            .is_none_or(|owner| viewer.authed.contains(&owner))
+            && self.admits(viewer, state)
     }
 }
 
@@ -116,7 +135,13 @@ pub(crate) fn audience<'a>(gw: &'a Gateway, ev: &'a Event, state: &dyn StateRead
         444 => Who::Nobody,
         _ => Who::Anyone,
     };
-    Audience { gw, who }
+    let live_owner =
+        (gw.config().keypackage_claims && matches!(ev.kind, 443 | 30443)).then_some(ev.pubkey);
+    Audience {
+        gw,
+        who,
+        live_owner,
+    }
 }
 
 /// A roster reader: a member or admin of `group`, or a configured admin.
@@ -125,7 +150,12 @@ fn group_participant(gw: &Gateway, viewer: &Viewer, group: &str, state: &dyn Sta
         group,
         configured_admins: true,
     };
-    Audience { gw, who }.admits(viewer, state)
+    Audience {
+        gw,
+        who,
+        live_owner: None,
+    }
+    .admits(viewer, state)
 }
 
 pub(crate) fn may_see(gw: &Gateway, viewer: &Viewer, ev: &Event, state: &dyn StateRead) -> bool {
@@ -142,16 +172,18 @@ pub(crate) enum Evidence {
     FoundOnlyHidden,
 }
 
+/// Decided on the filters and the viewer alone: what the state holds about others' groups
+/// must not change the answer (`_state` is kept for rules that may need the viewer's own).
 pub(crate) fn check_read(
     gw: &Gateway,
     viewer: &Viewer,
     filters: &[Filter],
-    state: &dyn StateRead,
+    _state: &dyn StateRead,
     evidence: Evidence,
 ) -> Result<(), ReadRefusal> {
     let mut reason = None;
     for f in filters {
-        match filter_refusal(gw, viewer, f, state, evidence) {
+        match filter_refusal(gw, viewer, f, evidence) {
             None => return Ok(()),
             Some(r) => {
                 reason.get_or_insert(r);
@@ -168,13 +200,7 @@ pub(crate) fn check_read(
 }
 
 /// `Some(reason)` when `f` can only match events this viewer may never see.
-fn filter_refusal(
-    gw: &Gateway,
-    viewer: &Viewer,
-    f: &Filter,
-    state: &dyn StateRead,
-    evidence: Evidence,
-) -> Option<String> {
+fn filter_refusal(gw: &Gateway, viewer: &Viewer, f: &Filter, evidence: Evidence) -> Option<String> {
     if f.is_empty_match() {
         return None;
     }
@@ -184,7 +210,7 @@ fn filter_refusal(
     let kinds = f.kinds.as_ref()?;
     let mut reason = None;
     for kind in kinds {
-        match kind_refusal(gw, viewer, *kind, f, state) {
+        match kind_refusal(gw, viewer, *kind, f) {
             None => return None,
             Some(r) => {
                 reason.get_or_insert(r);
@@ -194,13 +220,7 @@ fn filter_refusal(
     reason
 }
 
-fn kind_refusal(
-    gw: &Gateway,
-    viewer: &Viewer,
-    kind: u16,
-    f: &Filter,
-    state: &dyn StateRead,
-) -> Option<String> {
+fn kind_refusal(gw: &Gateway, viewer: &Viewer, kind: u16, f: &Filter) -> Option<String> {
     let tag = |c: char| f.tags.get(&c);
     let authed = !viewer.authed.is_empty();
     match kind {
@@ -221,50 +241,179 @@ fn kind_refusal(
             let refused = !authed || (p_others && authors_others);
             refused.then(|| "kind 446 is only served to its recipients and author".to_string())
         }
-        445 => {
-            let groups = tag('h')?;
-            for g in groups {
-                match registry::is_gated(state, g) {
-                    Ok(false) | Err(_) => return None,
-                    Ok(true) => {
-                        if registry::participant(state, g, &viewer.authed)
-                            .is_ok_and(|p| p.is_some())
-                        {
-                            return None;
-                        }
-                    }
-                }
-            }
-            let first = groups.first().map(String::as_str).unwrap_or("");
-            Some(format!(
-                "kind 445 of group {} is only served to its members",
-                short(first)
-            ))
-        }
-        450 => {
-            if !authed {
-                return Some("kind 450 is only served to group members and admins".to_string());
-            }
-            let groups = tag('h')?;
-            for g in groups {
-                match registry::is_gated(state, g) {
-                    // Unknown yet: a bootstrap may create it while the subscription is live.
-                    Ok(false) | Err(_) => return None,
-                    Ok(true) => {
-                        if group_participant(gw, viewer, g, state) {
-                            return None;
-                        }
-                    }
-                }
-            }
-            let first = groups.first().map(String::as_str).unwrap_or("");
-            Some(format!(
-                "kind 450 of group {} is only served to its members and admins",
-                short(first)
-            ))
-        }
+        // 445 / 450 by `#h`: never refused on the group's state (gated, or unknown), so the
+        // answer does not say whether a group exists; the stored query is scoped to the
+        // reader's groups instead (`scope`), and `may_see` decides every event.
+        450 => (!authed).then(|| "kind 450 is only served to group members and admins".into()),
         443 | 30443 => (!any_reader(gw, viewer))
             .then(|| "keypackages are only served to authenticated users".to_string()),
         _ => None,
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scoping a read to what the reader may see (security rule 8).
+
+/// The stored query for `filters`, narrowed to events `viewer` may see where the filter alone
+/// allows it, so that a read never walks other people's mailboxes or other groups' messages:
+///
+/// - kind 1059 is read through the reader's own pubkeys (`#p` = its pubkeys, or the
+///   filter's `#p` values that are its own); kind 446 likewise, plus a second filter by
+///   `authors` = its pubkeys (a DM is also served to its author);
+/// - kinds 445 and 450 asked by `#h` keep only the groups the reader may read (open or
+///   unknown groups, groups it is a member or admin of; for 450 also any group for a
+///   configured admin);
+/// - the other kinds of the same filter keep the filter as it is.
+///
+/// A filter is split per kind family when needed; every output filter keeps the input's
+/// `limit`, so the caller trims the merged results to each input filter's limit
+/// ([`within_limits`]). Filters by `ids` (already one lookup per id) and filters without
+/// `kinds` are kept as they are (their cost is bounded by `max_query_candidates`). The
+/// result is exact for visible events, except that a `#p` naming others next to the reader
+/// is narrowed to the reader (a reader reads its own mailbox); `may_see` stays the final
+/// check on every event.
+pub(crate) fn scope(
+    gw: &Gateway,
+    viewer: &Viewer,
+    filters: &[Filter],
+    state: &dyn StateRead,
+) -> Vec<Filter> {
+    let mut out = Vec::with_capacity(filters.len());
+    for f in filters {
+        scope_one(gw, viewer, f, state, &mut out);
+    }
+    out
+}
+
+fn is_scoped_kind(kind: u16, f: &Filter) -> bool {
+    match kind {
+        1059 | 446 => true,
+        445 | 450 => f.tags.contains_key(&'h'),
+        _ => false,
+    }
+}
+
+fn scope_one(
+    gw: &Gateway,
+    viewer: &Viewer,
+    f: &Filter,
+    state: &dyn StateRead,
+    out: &mut Vec<Filter>,
+) {
+    let Some(kinds) = f.kinds.as_ref() else {
+        out.push(f.clone());
+        return;
+    };
+    if f.ids.is_some() || f.is_empty_match() || !kinds.iter().any(|k| is_scoped_kind(*k, f)) {
+        out.push(f.clone());
+        return;
+    }
+    let with_kind = |kind: u16| Filter {
+        kinds: Some(vec![kind]),
+        ..f.clone()
+    };
+    let plain: Vec<u16> = kinds
+        .iter()
+        .copied()
+        .filter(|k| !is_scoped_kind(*k, f))
+        .collect();
+    if !plain.is_empty() {
+        out.push(Filter {
+            kinds: Some(plain),
+            ..f.clone()
+        });
+    }
+    // The reader's pubkeys, narrowed by what the filter already asks for.
+    let own_p: Vec<String> = viewer
+        .authed
+        .iter()
+        .map(Hex32::to_hex)
+        .filter(|pk| f.tags.get(&'p').is_none_or(|ps| ps.contains(pk)))
+        .collect();
+    let own_authors: Vec<Hex32> = viewer
+        .authed
+        .iter()
+        .copied()
+        .filter(|pk| f.authors.as_ref().is_none_or(|a| a.contains(pk)))
+        .collect();
+    let mut seen = Vec::new();
+    for &kind in kinds {
+        if !is_scoped_kind(kind, f) || seen.contains(&kind) {
+            continue;
+        }
+        seen.push(kind);
+        match kind {
+            1059 | 446 => {
+                if !own_p.is_empty() {
+                    let mut g = with_kind(kind);
+                    g.tags.insert('p', own_p.clone());
+                    out.push(g);
+                }
+                if kind == 446 && !own_authors.is_empty() {
+                    let mut g = with_kind(kind);
+                    g.authors = Some(own_authors.clone());
+                    out.push(g);
+                }
+            }
+            _ => {
+                let groups: Vec<String> = f.tags[&'h']
+                    .iter()
+                    .filter(|g| readable_group(gw, viewer, kind, g, state))
+                    .cloned()
+                    .collect();
+                if !groups.is_empty() {
+                    let mut g = with_kind(kind);
+                    g.tags.insert('h', groups);
+                    out.push(g);
+                }
+            }
+        }
+    }
+}
+
+/// May `viewer` read some of `group`'s events of `kind` (445 or 450)? Unknown groups are
+/// readable (open 445 traffic); a state error drops the group (fail closed).
+fn readable_group(
+    gw: &Gateway,
+    viewer: &Viewer,
+    kind: u16,
+    group: &str,
+    state: &dyn StateRead,
+) -> bool {
+    match registry::is_gated(state, group) {
+        Err(_) => false,
+        Ok(false) => true,
+        Ok(true) if kind == 450 => group_participant(gw, viewer, group, state),
+        Ok(true) => registry::participant(state, group, &viewer.authed).is_ok_and(|p| p.is_some()),
+    }
+}
+
+/// The events to serve for `filters` out of `found` (newest first, from the scoped filters):
+/// for each filter, its newest `limit` (capped by `max_limit`) among the events it matches.
+/// `found` holds each filter's newest visible matches, so this is exactly the answer the
+/// unscoped filters would give.
+pub fn within_limits<T>(
+    filters: &[Filter],
+    max_limit: u64,
+    found: Vec<T>,
+    event: impl Fn(&T) -> &Event,
+) -> Vec<T> {
+    let mut room: Vec<u64> = filters
+        .iter()
+        .map(|f| f.limit.unwrap_or(max_limit).min(max_limit))
+        .collect();
+    found
+        .into_iter()
+        .filter(|item| {
+            let ev = event(item);
+            let mut keep = false;
+            for (f, left) in filters.iter().zip(room.iter_mut()) {
+                if *left > 0 && f.matches(ev) {
+                    *left -= 1;
+                    keep = true;
+                }
+            }
+            keep
+        })
+        .collect()
 }

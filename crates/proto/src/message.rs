@@ -172,6 +172,10 @@ pub mod relay {
     pub fn count(sub_id: &str, count: u64) -> String {
         json!(["COUNT", sub_id, {"count": count}]).to_string()
     }
+    /// A NIP-45 count flagged `approximate` (the relay stopped counting at a bound).
+    pub fn count_approximate(sub_id: &str, count: u64) -> String {
+        json!(["COUNT", sub_id, {"count": count, "approximate": true}]).to_string()
+    }
     pub fn auth(challenge: &str) -> String {
         json!(["AUTH", challenge]).to_string()
     }

@@ -170,6 +170,10 @@ pub struct Limits {
     pub max_filters: usize,
     /// Cap on a filter's `limit`, and the limit of a filter that has none.
     pub max_limit: u64,
+    /// Stored events one REQ or COUNT may examine (visible or not, all filters together);
+    /// at the bound a REQ ends with `CLOSED "invalid: …"` after what it found and a COUNT
+    /// answers `approximate`.
+    pub max_query_candidates: u64,
     pub max_subid_length: usize,
     pub max_event_tags: usize,
     /// Largest event `content`, bytes.
@@ -194,6 +198,7 @@ impl Default for Limits {
             max_subscriptions: 50,
             max_filters: 10,
             max_limit: 500,
+            max_query_candidates: 10_000,
             max_subid_length: 64,
             max_event_tags: 2000,
             max_content_length: 512 * 1024,

@@ -19,7 +19,7 @@ pub async fn publish(app: &App, ev: &Event) {
             visible.clear();
             let audience = app.gateway.audience(ev, state);
             for sub in &candidates {
-                if sub.conn.with_viewer(|v| audience.admits(v, state)) {
+                if sub.conn.with_viewer(|v| audience.admits_live(v, state)) {
                     visible.push(sub.clone());
                 }
             }

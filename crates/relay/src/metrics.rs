@@ -17,8 +17,8 @@
 
 use mls_proto::{Event, Filter, Hex32};
 use mls_store::{
-    BackupItem, EventStore, Publisher, Rejection, StateRead, StateWrite, StoreResult, StoredEvent,
-    Visible, WriteOutcome,
+    BackupItem, Bounded, EventStore, Publisher, ReadBounds, Rejection, StateRead, StateWrite,
+    StoreResult, StoredEvent, Visible, WriteOutcome,
 };
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -368,21 +368,31 @@ impl EventStore for MeteredStore {
     async fn query(
         &self,
         filters: &[Filter],
-        max_limit: u64,
+        bounds: ReadBounds,
         now: u64,
         visible: Visible<'_>,
-    ) -> StoreResult<Vec<StoredEvent>> {
+    ) -> StoreResult<Bounded<Vec<StoredEvent>>> {
         let started = Instant::now();
         timed(
             "query",
             started,
-            self.0.query(filters, max_limit, now, visible).await,
+            self.0.query(filters, bounds, now, visible).await,
         )
     }
 
-    async fn count(&self, filters: &[Filter], now: u64, visible: Visible<'_>) -> StoreResult<u64> {
+    async fn count(
+        &self,
+        filters: &[Filter],
+        bounds: ReadBounds,
+        now: u64,
+        visible: Visible<'_>,
+    ) -> StoreResult<Bounded<u64>> {
         let started = Instant::now();
-        timed("count", started, self.0.count(filters, now, visible).await)
+        timed(
+            "count",
+            started,
+            self.0.count(filters, bounds, now, visible).await,
+        )
     }
 
     async fn read_state(

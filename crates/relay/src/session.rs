@@ -11,9 +11,9 @@ use crate::{auth, fanout, ingest};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::stream::{FuturesOrdered, SplitSink};
 use futures_util::{SinkExt, StreamExt};
-use mls_gateway_rules::{ReadRefusal, Viewer};
+use mls_gateway_rules::{within_limits, ReadRefusal, Viewer};
 use mls_proto::{relay, unix_now, ClientMessage, Event, Filter, Hex32, KindClass, MessageError};
-use mls_store::{Publisher, WriteOutcome};
+use mls_store::{Publisher, ReadBounds, WriteOutcome};
 use std::collections::HashSet;
 use std::future::Future;
 use std::net::IpAddr;
@@ -324,8 +324,9 @@ impl Session {
         }
     }
 
-    /// The checks REQ and COUNT share. On refusal the CLOSED has been sent.
-    async fn admit_read(&mut self, sub_id: &str, filters: &[Filter]) -> bool {
+    /// The checks REQ and COUNT share. On refusal the CLOSED has been sent; else the filters of
+    /// the stored query, scoped to what this connection may see (security rule 8).
+    async fn admit_read(&mut self, sub_id: &str, filters: &[Filter]) -> Option<Vec<Filter>> {
         let limits = &self.app.config.limitation;
         let refusal = if sub_id.chars().count() > limits.max_subid_length {
             Some(format!(
@@ -348,17 +349,19 @@ impl Session {
         };
         if let Some(reason) = refusal {
             self.refuse_read(sub_id, &reason);
-            return false;
+            return None;
         }
         self.settle_writes().await;
         let viewer = self.conn.viewer();
         let gateway = self.app.gateway.clone();
-        let mut verdict = Ok(());
+        let mut verdict = Ok(Vec::new());
         let read = self
             .app
             .store
             .read_state(&mut |state| {
-                verdict = gateway.check_read(&viewer, filters, state);
+                verdict = gateway
+                    .check_read(&viewer, filters, state)
+                    .map(|()| gateway.scope_reads(&viewer, filters, state));
                 Ok(())
             })
             .await;
@@ -367,11 +370,19 @@ impl Session {
                 tracing::error!(error = %e, "state read failed");
                 "error: could not read relay state".to_owned()
             }
-            (Ok(()), Ok(())) => return true,
+            (Ok(()), Ok(scoped)) => return Some(scoped),
             (Ok(()), Err(ReadRefusal::AuthRequired(m) | ReadRefusal::Restricted(m))) => m,
         };
         self.refuse_read(sub_id, &reason);
-        false
+        None
+    }
+
+    fn read_bounds(&self) -> ReadBounds {
+        let limits = &self.app.config.limitation;
+        ReadBounds {
+            max_limit: limits.max_limit,
+            max_candidates: limits.max_query_candidates,
+        }
     }
 
     fn refuse_read(&self, sub_id: &str, reason: &str) {
@@ -392,13 +403,13 @@ impl Session {
             self.conn.send(relay::closed(&sub_id, &reason));
             return;
         }
-        if !self.admit_read(&sub_id, &filters).await {
+        let Some(scoped) = self.admit_read(&sub_id, &filters).await else {
             // A refused REQ that reuses an id ends the old subscription too.
             if let Some(old) = self.subs.take(sub_id.as_str()) {
                 self.app.subscriptions.remove(self.conn.id, &old);
             }
             return;
-        }
+        };
         let sub_id: Arc<str> = Arc::from(sub_id);
         // Registered before the query so nothing committed meanwhile is missed; live events
         // are held back until EOSE.
@@ -410,7 +421,7 @@ impl Session {
         self.app.subscriptions.insert(sub.clone());
         self.subs.insert(sub_id.clone());
 
-        let results = match self.stored_results(&sub.filters).await {
+        let (results, complete) = match self.stored_results(&sub.filters, &scoped).await {
             Ok(r) => r,
             Err(reason) => {
                 self.app.subscriptions.remove(self.conn.id, &sub_id);
@@ -424,75 +435,141 @@ impl Session {
             self.conn.send(relay::event(&sub_id, &json));
             sent.insert(id);
         }
+        if !complete {
+            // What was found is sent; the rest would cost more than one read may. The
+            // subscription ends (no EOSE: the stored part is not whole).
+            self.app.subscriptions.remove(self.conn.id, &sub_id);
+            self.subs.remove(&sub_id);
+            let reason = format!(
+                "invalid: this query examined max_query_candidates ({}) stored events; the events sent are a partial answer, narrow the filters (since/until, authors, kinds, tags) for the rest",
+                self.app.config.limitation.max_query_candidates
+            );
+            self.conn.send(relay::closed(&sub_id, &reason));
+            return;
+        }
         self.conn.send(relay::eose(&sub_id));
         sub.release_pending(&sent);
     }
 
     /// Stored events for a REQ, visible to this connection, newest first, with KeyPackage
-    /// claims applied.
+    /// claims applied, and whether the read was whole (false: stopped at
+    /// `max_query_candidates`). `scoped` is the query [`Session::admit_read`] made of `filters`.
     async fn stored_results(
         &mut self,
         filters: &[Filter],
-    ) -> Result<Vec<(Hex32, Arc<str>)>, String> {
+        scoped: &[Filter],
+    ) -> Result<(Vec<(Hex32, Arc<str>)>, bool), String> {
         if filters.iter().all(|f| f.limit == Some(0)) {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), true));
         }
         let viewer = self.conn.viewer();
         let gateway = self.app.gateway.clone();
-        let hidden = AtomicBool::new(false);
-        let visible = |ev: &Event, state: &dyn mls_store::StateRead| {
-            let seen = gateway.may_see(&viewer, ev, state);
-            if !seen {
-                hidden.store(true, Ordering::Relaxed);
-            }
-            seen
-        };
+        let visible =
+            |ev: &Event, state: &dyn mls_store::StateRead| gateway.may_see(&viewer, ev, state);
         let now = unix_now();
+        let bounds = self.read_bounds();
         let found = self
             .app
             .store
-            .query(filters, self.app.config.limitation.max_limit, now, &visible)
+            .query(scoped, bounds, now, &visible)
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "query failed");
                 "error: could not run the query".to_owned()
             })?;
-        // Matching events exist but none is this connection's to see: when the filters were
-        // aimed at them (by id, or at other recipients), say so rather than an empty EOSE.
-        if found.is_empty() && hidden.into_inner() {
-            let gateway = self.app.gateway.clone();
-            let mut verdict = Ok(());
-            self.app
-                .store
-                .read_state(&mut |state| {
-                    verdict = gateway.check_hidden_result(&viewer, filters, state);
-                    Ok(())
-                })
-                .await
-                .map_err(|e| {
-                    tracing::error!(error = %e, "state read failed");
-                    "error: could not read relay state".to_owned()
-                })?;
-            verdict.map_err(|(ReadRefusal::AuthRequired(m) | ReadRefusal::Restricted(m))| m)?;
+        let complete = found.complete;
+        // The scoped filters may split one filter in several: each keeps its own `limit`.
+        let found = within_limits(filters, bounds.max_limit, found.value, |s| &s.event);
+        if found.is_empty() {
+            self.refuse_hidden_ids(filters, &viewer, bounds, now)
+                .await?;
         }
         let served = crate::claims::apply(&self.app, &viewer, &found, now).await?;
-        Ok(found
+        let events = found
             .into_iter()
             .filter(|s| served.as_ref().is_none_or(|ids| ids.contains(&s.event.id)))
             .map(|s| (s.event.id, s.json))
-            .collect())
+            .collect();
+        Ok((events, complete))
+    }
+
+    /// A REQ that served nothing while an event it asked for by `ids` exists but is hidden
+    /// from this connection: refused with why (`CLOSED auth-required:` / `restricted:`),
+    /// rather than an empty EOSE, when every filter asked by `ids`. Whether such an event
+    /// exists is looked up by the ids alone, so a filter's other fields (`#p`, `kinds`,
+    /// `since`…) cannot probe who it is for.
+    async fn refuse_hidden_ids(
+        &mut self,
+        filters: &[Filter],
+        viewer: &Viewer,
+        bounds: ReadBounds,
+        now: u64,
+    ) -> Result<(), String> {
+        let probe: Vec<Filter> = filters
+            .iter()
+            .filter(|f| f.limit != Some(0) && !f.is_empty_match())
+            .filter_map(|f| {
+                f.ids.as_ref().map(|ids| Filter {
+                    ids: Some(ids.clone()),
+                    ..Filter::default()
+                })
+            })
+            .collect();
+        if probe.is_empty() {
+            return Ok(());
+        }
+        let gateway = self.app.gateway.clone();
+        let hidden = AtomicBool::new(false);
+        let spot_hidden = |ev: &Event, state: &dyn mls_store::StateRead| {
+            if !gateway.may_see(viewer, ev, state) {
+                hidden.store(true, Ordering::Relaxed);
+            }
+            false
+        };
+        self.app
+            .store
+            .query(&probe, bounds, now, &spot_hidden)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "query failed");
+                "error: could not run the query".to_owned()
+            })?;
+        if !hidden.into_inner() {
+            return Ok(());
+        }
+        let mut verdict = Ok(());
+        self.app
+            .store
+            .read_state(&mut |state| {
+                verdict = gateway.check_hidden_result(viewer, filters, state);
+                Ok(())
+            })
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "state read failed");
+                "error: could not read relay state".to_owned()
+            })?;
+        verdict.map_err(|(ReadRefusal::AuthRequired(m) | ReadRefusal::Restricted(m))| m)
     }
 
     async fn on_count(&mut self, sub_id: String, filters: Vec<Filter>) {
-        if !self.admit_read(&sub_id, &filters).await {
+        let Some(scoped) = self.admit_read(&sub_id, &filters).await else {
             return;
-        }
+        };
         let viewer = self.conn.viewer();
         let gateway = self.app.gateway.clone();
         let visible =
             move |ev: &Event, state: &dyn mls_store::StateRead| gateway.may_see(&viewer, ev, state);
-        match self.app.store.count(&filters, unix_now(), &visible).await {
-            Ok(n) => self.conn.send(relay::count(&sub_id, n)),
+        let bounds = self.read_bounds();
+        match self
+            .app
+            .store
+            .count(&scoped, bounds, unix_now(), &visible)
+            .await
+        {
+            Ok(n) if n.complete => self.conn.send(relay::count(&sub_id, n.value)),
+            // Stopped at max_query_candidates: what was counted so far, a lower bound.
+            Ok(n) => self.conn.send(relay::count_approximate(&sub_id, n.value)),
             Err(e) => {
                 tracing::error!(error = %e, "count failed");
                 self.conn

@@ -140,8 +140,14 @@ fn query(bencher: Bencher, make: impl Fn(u64, &Filled) -> serde_json::Value) {
         i += 1;
         let filter = Filter::from_value(&make(i, f)).unwrap();
         let found = rt
-            .block_on(f.store.query(&[filter], 500, NOW, &everyone))
-            .unwrap();
+            .block_on(f.store.query(
+                &[filter],
+                mls_store::ReadBounds::unbounded(500),
+                NOW,
+                &everyone,
+            ))
+            .unwrap()
+            .value;
         // The small store of `cargo test` has fewer than 10 events per author.
         assert!(found.len() == 10 || (!bench_mode() && !found.is_empty()));
         black_box(found)

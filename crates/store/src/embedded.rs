@@ -23,8 +23,8 @@ mod state;
 mod writer;
 
 use crate::{
-    Admission, BackupItem, EventStore, Publisher, Rejection, StateRead, StateWrite, StoreError,
-    StoreResult, StoredEvent, Visible, WriteOutcome,
+    Admission, BackupItem, Bounded, EventStore, Publisher, ReadBounds, Rejection, StateRead,
+    StateWrite, StoreError, StoreResult, StoredEvent, Visible, WriteOutcome,
 };
 use heed::{Database, Env, EnvOpenOptions, RwTxn, WithoutTls};
 use mls_proto::{Event, Filter};
@@ -264,15 +264,21 @@ impl EventStore for EmbeddedStore {
     async fn query(
         &self,
         filters: &[Filter],
-        max_limit: u64,
+        bounds: ReadBounds,
         now: u64,
         visible: Visible<'_>,
-    ) -> StoreResult<Vec<StoredEvent>> {
-        blocking(|| query::query(&self.env, &self.dbs, filters, max_limit, now, visible))
+    ) -> StoreResult<Bounded<Vec<StoredEvent>>> {
+        blocking(|| query::query(&self.env, &self.dbs, filters, bounds, now, visible))
     }
 
-    async fn count(&self, filters: &[Filter], now: u64, visible: Visible<'_>) -> StoreResult<u64> {
-        blocking(|| query::count(&self.env, &self.dbs, filters, now, visible))
+    async fn count(
+        &self,
+        filters: &[Filter],
+        bounds: ReadBounds,
+        now: u64,
+        visible: Visible<'_>,
+    ) -> StoreResult<Bounded<u64>> {
+        blocking(|| query::count(&self.env, &self.dbs, filters, bounds, now, visible))
     }
 
     async fn read_state(

@@ -194,6 +194,35 @@ pub enum BackupItem {
 /// towards `limit` and returned.
 pub type Visible<'a> = &'a (dyn Fn(&Event, &dyn StateRead) -> bool + Send + Sync);
 
+/// What one read may cost. `max_candidates` bounds the stored events (index entries, or ids
+/// looked up) a whole REQ / COUNT examines, visible or not, across all its filters: events the
+/// reader may not see never count towards `limit`, so without it a filter that matches only
+/// hidden events would walk the whole store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadBounds {
+    /// Cap on a filter's `limit`, and the limit of a filter without one (REQ only).
+    pub max_limit: u64,
+    pub max_candidates: u64,
+}
+
+impl ReadBounds {
+    /// No bound on candidates (tools, tests): every match is examined.
+    pub fn unbounded(max_limit: u64) -> ReadBounds {
+        ReadBounds {
+            max_limit,
+            max_candidates: u64::MAX,
+        }
+    }
+}
+
+/// A read's answer, and whether it is whole: `complete` is false when the read stopped at
+/// `max_candidates` with candidates left to examine (the answer then covers the newest part).
+#[derive(Debug, Clone)]
+pub struct Bounded<T> {
+    pub value: T,
+    pub complete: bool,
+}
+
 /// The storage interface every backend implements.
 #[async_trait::async_trait]
 pub trait EventStore: Send + Sync + 'static {
@@ -203,18 +232,26 @@ pub trait EventStore: Send + Sync + 'static {
     async fn write(&self, event: Event, publisher: Publisher) -> StoreResult<WriteOutcome>;
 
     /// Events matching any of `filters` and `visible`, newest first (ties: lowest id first),
-    /// at most `limit` per filter (the filter's own `limit`, capped by `max_limit`), merged and
-    /// de-duplicated, never expired at `now`.
+    /// at most `limit` per filter (the filter's own `limit`, capped by `bounds.max_limit`),
+    /// merged and de-duplicated, never expired at `now`; at most `bounds.max_candidates`
+    /// stored events examined in all.
     async fn query(
         &self,
         filters: &[Filter],
-        max_limit: u64,
+        bounds: ReadBounds,
         now: u64,
         visible: Visible<'_>,
-    ) -> StoreResult<Vec<StoredEvent>>;
+    ) -> StoreResult<Bounded<Vec<StoredEvent>>>;
 
-    /// Number of distinct events matching any of `filters` and `visible` (NIP-45).
-    async fn count(&self, filters: &[Filter], now: u64, visible: Visible<'_>) -> StoreResult<u64>;
+    /// Number of distinct events matching any of `filters` and `visible` (NIP-45), examining
+    /// at most `bounds.max_candidates` stored events (`bounds.max_limit` is not used).
+    async fn count(
+        &self,
+        filters: &[Filter],
+        bounds: ReadBounds,
+        now: u64,
+        visible: Visible<'_>,
+    ) -> StoreResult<Bounded<u64>>;
 
     /// Runs `f` with a read view of the gateway state (for live fan-out decisions and REST).
     // The `for<'s>` is spelled out because `async_trait` would otherwise name the elided

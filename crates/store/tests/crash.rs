@@ -88,9 +88,15 @@ fn check_present(dir: &Path, ids: &[Hex32]) {
                 ..Filter::default()
             };
             let found: std::collections::HashSet<Hex32> = store
-                .query(&[filter], 1000, mls_proto::unix_now(), &everyone)
+                .query(
+                    &[filter],
+                    mls_store::ReadBounds::unbounded(1000),
+                    mls_proto::unix_now(),
+                    &everyone,
+                )
                 .await
                 .unwrap()
+                .value
                 .into_iter()
                 .map(|s| s.event.id)
                 .collect();

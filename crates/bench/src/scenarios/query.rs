@@ -6,6 +6,10 @@
 //! group's messages (`{"kinds":[445],"#h":[G],"limit":10}`), with A and G moving over the
 //! whole data set.
 //!
+//! With `--mix giftwrap --shape hidden`, the store holds gift wraps to other people and each
+//! connection (a stranger to all of them) asks for `{"kinds":[1059]}`: what a read costs when
+//! everything it could match is hidden from the reader (security rule 8).
+//!
 //! Figures: REQs/s, REQ → EOSE latency, events returned per REQ, relay CPU per REQ.
 
 use super::{CpuMeter, Target};
@@ -33,9 +37,14 @@ pub struct QueryOpts {
     /// REQs in total.
     #[arg(long, default_value_t = 20_000)]
     pub requests: usize,
-    /// Only one shape of REQ: kind, author or tag (default: rotate over all three).
+    /// Only one shape of REQ: kind, author or tag (default: rotate over all three); or
+    /// `hidden`: `{"kinds":[1059]}`, `everything`: `{}` (with `--mix giftwrap`).
     #[arg(long)]
     pub shape: Option<String>,
+    /// What the store holds: `notes` (445s and kind-1 notes) or `giftwrap` (gift wraps to
+    /// the data set's keys, hidden from the querying connections).
+    #[arg(long, default_value = "notes")]
+    pub mix: String,
     /// Bytes of content per stored event.
     #[arg(long, default_value_t = 256)]
     pub content: usize,
@@ -47,6 +56,8 @@ pub struct QueryOpts {
 
 fn req_text(sub: &str, shape: usize, j: usize, data: &DataSet) -> String {
     match shape {
+        3 => format!(r#"["REQ","{sub}",{{"kinds":[1059]}}]"#),
+        4 => format!(r#"["REQ","{sub}",{{}}]"#),
         0 => format!(r#"["REQ","{sub}",{{"kinds":[1],"limit":10}}]"#),
         1 => {
             let a = client::pubkey_hex(&data.authors[j % data.authors.len()]);
@@ -65,7 +76,13 @@ fn shape_of(opts: &QueryOpts, j: usize) -> Result<usize, String> {
         Some("kind") => 0,
         Some("author") => 1,
         Some("tag") => 2,
-        Some(other) => return Err(format!("--shape {other}: expected kind, author or tag")),
+        Some("hidden") => 3,
+        Some("everything") => 4,
+        Some(other) => {
+            return Err(format!(
+                "--shape {other}: expected kind, author, tag, hidden or everything"
+            ))
+        }
     })
 }
 
@@ -181,6 +198,7 @@ pub async fn run(target: &Target, opts: &QueryOpts, data: &DataSet) -> Result<Re
         "shape",
         opts.shape.clone().unwrap_or_else(|| "mixed".into()),
     );
+    rec.text("mix", opts.mix.clone());
     rec.int("stored", data.n as u64);
     rec.int("connections", c as u64);
     rec.int("window", opts.window as u64);

@@ -87,6 +87,7 @@ impl Config {
             ("max_subscriptions", l.max_subscriptions as u64),
             ("max_filters", l.max_filters as u64),
             ("max_limit", l.max_limit),
+            ("max_query_candidates", l.max_query_candidates),
             ("max_subid_length", l.max_subid_length as u64),
             ("max_event_tags", l.max_event_tags as u64),
             ("max_content_length", l.max_content_length as u64),

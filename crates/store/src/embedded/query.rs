@@ -3,11 +3,14 @@
 //! A filter is answered from the most selective index it allows; the index entries carry
 //! kind and author, so candidates are mostly rejected before their record is read, and the
 //! event JSON is parsed only for candidates that passed the index.
+//!
+//! Every index entry (or id) a read examines is a candidate, matching or not, visible or not;
+//! one read examines at most `ReadBounds::max_candidates` of them and then stops, saying so.
 
 use super::keys::{self, decode_record, Index, META_LEN, SUFFIX_LEN};
 use super::state::TxnState;
 use super::{backend, Bytes, Dbs};
-use crate::{StoreError, StoreResult, StoredEvent, Visible};
+use crate::{Bounded, ReadBounds, StoreError, StoreResult, StoredEvent, Visible};
 use heed::{Env, RoRange, RoTxn, WithoutTls};
 use mls_proto::{Event, Filter, Hex32};
 use std::cmp::Reverse;
@@ -19,27 +22,56 @@ use std::sync::Arc;
 /// falls back to a one-dimension index (still far better than scanning everything).
 const MAX_PAIRS: usize = 1024;
 
+/// What is left of a read's candidate bound.
+struct Budget {
+    left: u64,
+    exhausted: bool,
+}
+
+impl Budget {
+    fn new(bounds: ReadBounds) -> Budget {
+        Budget {
+            left: bounds.max_candidates,
+            exhausted: false,
+        }
+    }
+
+    /// Takes one candidate; false (and marks the read incomplete) when none is left.
+    fn take(&mut self) -> bool {
+        if self.left == 0 {
+            self.exhausted = true;
+            return false;
+        }
+        self.left -= 1;
+        true
+    }
+}
+
 pub(super) fn query(
     env: &Env<WithoutTls>,
     dbs: &Dbs,
     filters: &[Filter],
-    max_limit: u64,
+    bounds: ReadBounds,
     now: u64,
     visible: Visible<'_>,
-) -> StoreResult<Vec<StoredEvent>> {
+) -> StoreResult<Bounded<Vec<StoredEvent>>> {
     let txn = env.read_txn().map_err(backend("begin read transaction"))?;
     let state = TxnState {
         txn: &txn,
         db: dbs.state,
     };
+    let mut budget = Budget::new(bounds);
     let mut found: HashMap<Hex32, StoredEvent> = HashMap::new();
     for filter in filters {
-        let limit = filter.limit.unwrap_or(max_limit).min(max_limit);
+        let limit = filter
+            .limit
+            .unwrap_or(bounds.max_limit)
+            .min(bounds.max_limit);
         if limit == 0 || filter.is_empty_match() {
             continue;
         }
         let mut taken = 0u64;
-        walk(&txn, dbs, filter, now, &mut |stored| {
+        walk(&txn, dbs, filter, now, &mut budget, &mut |stored| {
             if !visible(&stored.event, &state) {
                 return true;
             }
@@ -47,37 +79,51 @@ pub(super) fn query(
             found.entry(stored.event.id).or_insert(stored);
             taken < limit
         })?;
+        if budget.exhausted {
+            break;
+        }
     }
     let mut events: Vec<StoredEvent> = found.into_values().collect();
     sort_newest_first(&mut events);
-    Ok(events)
+    Ok(Bounded {
+        value: events,
+        complete: !budget.exhausted,
+    })
 }
 
 pub(super) fn count(
     env: &Env<WithoutTls>,
     dbs: &Dbs,
     filters: &[Filter],
+    bounds: ReadBounds,
     now: u64,
     visible: Visible<'_>,
-) -> StoreResult<u64> {
+) -> StoreResult<Bounded<u64>> {
     let txn = env.read_txn().map_err(backend("begin read transaction"))?;
     let state = TxnState {
         txn: &txn,
         db: dbs.state,
     };
+    let mut budget = Budget::new(bounds);
     let mut ids = HashSet::new();
     for filter in filters {
         if filter.is_empty_match() {
             continue;
         }
-        walk(&txn, dbs, filter, now, &mut |stored| {
+        walk(&txn, dbs, filter, now, &mut budget, &mut |stored| {
             if visible(&stored.event, &state) {
                 ids.insert(stored.event.id);
             }
             true
         })?;
+        if budget.exhausted {
+            break;
+        }
     }
-    Ok(ids.len() as u64)
+    Ok(Bounded {
+        value: ids.len() as u64,
+        complete: !budget.exhausted,
+    })
 }
 
 /// Every stored event, oldest first (the created_at index walked backwards).
@@ -158,12 +204,13 @@ fn plan(filter: &Filter) -> Plan {
 }
 
 /// Calls `f` with each event matching `filter` and not expired at `now`, newest first (ties:
-/// lowest id first), until it returns false.
+/// lowest id first), until it returns false or `budget` runs out.
 fn walk(
     txn: &RoTxn,
     dbs: &Dbs,
     filter: &Filter,
     now: u64,
+    budget: &mut Budget,
     f: &mut dyn FnMut(StoredEvent) -> bool,
 ) -> StoreResult<()> {
     let (index, prefixes) = match plan(filter) {
@@ -172,6 +219,9 @@ fn walk(
             ids.dedup();
             let mut events = Vec::with_capacity(ids.len());
             for id in &ids {
+                if !budget.take() {
+                    break;
+                }
                 if let Some(stored) = load_matching(txn, dbs, id, filter, now)? {
                     events.push(stored);
                 }
@@ -233,6 +283,9 @@ fn walk(
         .map(|a| a.iter().map(|a| &a.0[..]).collect());
     let mut last: Option<[u8; SUFFIX_LEN]> = None;
     while let Some(Reverse((suffix, i, meta))) = heads.pop() {
+        if !budget.take() {
+            break;
+        }
         if let Some(head) = next_head(&mut cursors[i], i)? {
             heads.push(head);
         }

@@ -6,8 +6,8 @@
 
 use mls_proto::{Event, Filter, Hex32};
 use mls_store::{
-    Admission, Admitted, BackupItem, EventStore, Publisher, Rejection, StateRead, StateWrite,
-    StoredEvent, Tombstone, WriteOutcome,
+    Admission, Admitted, BackupItem, EventStore, Publisher, ReadBounds, Rejection, StateRead,
+    StateWrite, StoredEvent, Tombstone, WriteOutcome,
 };
 use serde_json::{json, Value};
 use std::collections::HashSet;
@@ -44,6 +44,7 @@ macro_rules! conformance_tests {
             deleting_a_deletion_does_nothing,
             expired_events_hidden_then_purged,
             visibility_applies_before_limit,
+            reads_stop_at_max_candidates,
             count_is_distinct_and_visible_only,
             refused_event_leaves_no_state_and_batchmates_commit,
             state_put_get_and_prefix_scan,
@@ -200,9 +201,10 @@ async fn query_with(
 ) -> Vec<StoredEvent> {
     let filters: Vec<Filter> = filters.iter().cloned().map(filter).collect();
     store
-        .query(&filters, max_limit, now, visible)
+        .query(&filters, ReadBounds::unbounded(max_limit), now, visible)
         .await
         .expect("query")
+        .value
 }
 
 /// Ids returned for `filters` (max_limit 500, everything visible, real clock).
@@ -216,10 +218,21 @@ async fn ids(store: &dyn EventStore, filters: &[Value]) -> Vec<Hex32> {
 
 async fn count(store: &dyn EventStore, filters: &[Value]) -> u64 {
     let filters: Vec<Filter> = filters.iter().cloned().map(filter).collect();
-    store
-        .count(&filters, now(), &everyone)
+    count_with(store, &filters, now(), &everyone).await
+}
+
+async fn count_with(
+    store: &dyn EventStore,
+    filters: &[Filter],
+    now: u64,
+    visible: &(dyn Fn(&Event, &dyn StateRead) -> bool + Send + Sync),
+) -> u64 {
+    let counted = store
+        .count(filters, ReadBounds::unbounded(500), now, visible)
         .await
-        .expect("count")
+        .expect("count");
+    assert!(counted.complete, "an unbounded count is complete");
+    counted.value
 }
 
 async fn state_get(store: &dyn EventStore, key: &str) -> Option<String> {
@@ -775,7 +788,7 @@ pub async fn expired_events_hidden_then_purged(h: &dyn Harness) {
     );
     assert!(at(t + 10_000).await == vec![forever.id]);
     let filters = vec![filter(json!({}))];
-    assert_eq!(s.count(&filters, t + 100, &everyone).await.unwrap(), 2);
+    assert_eq!(count_with(s, &filters, t + 100, &everyone).await, 2);
 
     assert_eq!(s.purge_expired(t + 50).await.unwrap(), 0);
     assert_eq!(s.purge_expired(t + 100).await.unwrap(), 1);
@@ -823,7 +836,72 @@ pub async fn visibility_applies_before_limit(h: &dyn Harness) {
         .collect();
     assert_eq!(got, vec![all[2].id, all[1].id]);
     let filters = vec![filter(json!({}))];
-    assert_eq!(s.count(&filters, now(), &unless_hidden).await.unwrap(), 3);
+    assert_eq!(count_with(s, &filters, now(), &unless_hidden).await, 3);
+}
+
+/// Hidden events count towards `max_candidates` (not towards `limit`): a read stops there,
+/// keeps what it found, and says it is incomplete; one bound covers all of a read's filters.
+pub async fn reads_stop_at_max_candidates(h: &dyn Harness) {
+    let store = open(h).await;
+    let s = &*store;
+    let k = keys();
+    let all: Vec<Event> = (1..=10).map(|t| ev(&k, t, 1, &[&["t", "x"]], "")).collect();
+    for e in &all {
+        accept(s, e).await;
+    }
+    // The newest six are hidden.
+    for e in &all[4..] {
+        hide(s, e.id).await;
+    }
+    let bounds = |max_candidates| ReadBounds {
+        max_limit: 500,
+        max_candidates,
+    };
+    for f in [json!({}), json!({"kinds": [1]}), json!({"#t": ["x"]})] {
+        let filters = vec![filter(f.clone())];
+        let got = s
+            .query(&filters, bounds(8), now(), &unless_hidden)
+            .await
+            .unwrap();
+        let ids: Vec<Hex32> = got.value.iter().map(|e| e.event.id).collect();
+        assert_eq!(
+            ids,
+            vec![all[3].id, all[2].id],
+            "{f}: the newest eight examined"
+        );
+        assert!(!got.complete, "{f}: stopped with candidates left");
+        let got = s
+            .query(&filters, bounds(10), now(), &unless_hidden)
+            .await
+            .unwrap();
+        assert_eq!(got.value.len(), 4, "{f}");
+        assert!(got.complete, "{f}: exactly enough is complete");
+        let counted = s
+            .count(&filters, bounds(8), now(), &unless_hidden)
+            .await
+            .unwrap();
+        assert_eq!((counted.value, counted.complete), (2, false), "{f}");
+        let counted = s
+            .count(&filters, bounds(10), now(), &unless_hidden)
+            .await
+            .unwrap();
+        assert_eq!((counted.value, counted.complete), (4, true), "{f}");
+    }
+    // A limit reached before the bound is a complete answer.
+    let filters = vec![filter(json!({"kinds": [1], "limit": 1}))];
+    let got = s
+        .query(&filters, bounds(7), now(), &everyone)
+        .await
+        .unwrap();
+    assert!(got.complete && got.value.len() == 1);
+    // The bound is shared by the filters of one read, ids included.
+    let ids: Vec<String> = all.iter().map(|e| e.id.to_hex()).collect();
+    let filters = vec![filter(json!({"kinds": [1]})), filter(json!({"ids": ids}))];
+    let got = s
+        .count(&filters, bounds(15), now(), &everyone)
+        .await
+        .unwrap();
+    assert_eq!((got.value, got.complete), (10, false));
 }
 
 pub async fn count_is_distinct_and_visible_only(h: &dyn Harness) {
@@ -852,7 +930,7 @@ pub async fn count_is_distinct_and_visible_only(h: &dyn Harness) {
     );
     hide(s, c.id).await;
     let filters = vec![filter(json!({"#t": ["x"]}))];
-    assert_eq!(s.count(&filters, now(), &unless_hidden).await.unwrap(), 1);
+    assert_eq!(count_with(s, &filters, now(), &unless_hidden).await, 1);
 }
 
 pub async fn refused_event_leaves_no_state_and_batchmates_commit(h: &dyn Harness) {
