@@ -29,11 +29,11 @@ mod writer;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use mls_proto::{Event, Filter, Hex32};
 use mls_store::{
-    Admission, BackupItem, EventStore, Publisher, Rejection, StateRead, StateWrite, StoreError,
-    StoreResult, StoredEvent, Visible, WriteOutcome,
+    Admission, BackupItem, Bounded, EventStore, Publisher, ReadBounds, Rejection, StateRead,
+    StateWrite, StoreError, StoreResult, StoredEvent, Visible, WriteOutcome,
 };
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -322,22 +322,27 @@ impl PostgresStore {
         }
     }
 
-    /// Visible events of one filter, newest first, at most `limit`: pages of rows from the
-    /// database, checked against `visible` until enough passed or the rows ran out.
+    /// Visible events of one filter, newest first, at most `limit`, handed to `keep`: pages
+    /// of rows from the database, checked against `visible` until enough passed, the rows ran
+    /// out, or the read's candidate `budget` did (every row fetched is a candidate).
+    #[allow(clippy::too_many_arguments)]
     async fn walk(
         &self,
         filter: &Filter,
         now: u64,
         limit: u64,
+        budget: &mut Budget,
         state: &state::PoolState<'_>,
         visible: Visible<'_>,
-        found: &mut HashMap<Hex32, StoredEvent>,
+        keep: &mut (dyn FnMut(StoredEvent) + Send),
     ) -> StoreResult<()> {
-        // A page a bit larger than the limit, so a few hidden events cost no extra trip.
-        let size = limit.saturating_add(limit / 4).clamp(16, 1000) as i64;
+        // A page a bit larger than the limit, so a few hidden events cost no extra trip, and
+        // never more than one row past the budget (that row only tells whether more exist).
+        let size = limit.saturating_add(limit / 4).clamp(16, 1000);
         let mut cursor = None;
         let mut taken = 0u64;
         loop {
+            let size = size.min(budget.left.saturating_add(1)) as i64;
             let rows = self
                 .io
                 .run(query::page(
@@ -352,6 +357,9 @@ impl PostgresStore {
             cursor = rows.last().and_then(query::cursor_after);
             let done = blocking(|| -> StoreResult<bool> {
                 for row in rows {
+                    if !budget.take() {
+                        return Ok(true);
+                    }
                     let Some(stored) = row.into_matching(filter, now)? else {
                         continue;
                     };
@@ -359,7 +367,7 @@ impl PostgresStore {
                         continue;
                     }
                     taken += 1;
-                    found.entry(stored.event.id).or_insert(stored);
+                    keep(stored);
                     if taken >= limit {
                         return Ok(true);
                     }
@@ -370,6 +378,31 @@ impl PostgresStore {
                 return Ok(());
             }
         }
+    }
+}
+
+/// What is left of a read's candidate bound (`ReadBounds::max_candidates`).
+struct Budget {
+    left: u64,
+    exhausted: bool,
+}
+
+impl Budget {
+    fn new(bounds: ReadBounds) -> Budget {
+        Budget {
+            left: bounds.max_candidates,
+            exhausted: false,
+        }
+    }
+
+    /// Takes one candidate; false (and marks the read incomplete) when none is left.
+    fn take(&mut self) -> bool {
+        if self.left == 0 {
+            self.exhausted = true;
+            return false;
+        }
+        self.left -= 1;
+        true
     }
 }
 
@@ -457,19 +490,29 @@ impl EventStore for PostgresStore {
     async fn query(
         &self,
         filters: &[Filter],
-        max_limit: u64,
+        bounds: ReadBounds,
         now: u64,
         visible: Visible<'_>,
-    ) -> StoreResult<Vec<StoredEvent>> {
+    ) -> StoreResult<Bounded<Vec<StoredEvent>>> {
         let state = state::PoolState::new(&self.io, &self.pool);
+        let mut budget = Budget::new(bounds);
         let mut found: HashMap<Hex32, StoredEvent> = HashMap::new();
         for filter in filters {
-            let limit = filter.limit.unwrap_or(max_limit).min(max_limit);
+            let limit = filter
+                .limit
+                .unwrap_or(bounds.max_limit)
+                .min(bounds.max_limit);
             if limit == 0 || filter.is_empty_match() {
                 continue;
             }
-            self.walk(filter, now, limit, &state, visible, &mut found)
+            let mut keep = |stored: StoredEvent| {
+                found.entry(stored.event.id).or_insert(stored);
+            };
+            self.walk(filter, now, limit, &mut budget, &state, visible, &mut keep)
                 .await?;
+            if budget.exhausted {
+                break;
+            }
         }
         let mut events: Vec<StoredEvent> = found.into_values().collect();
         events.sort_unstable_by(|a, b| {
@@ -478,22 +521,47 @@ impl EventStore for PostgresStore {
                 .cmp(&a.event.created_at)
                 .then(a.event.id.cmp(&b.event.id))
         });
-        Ok(events)
+        Ok(Bounded {
+            value: events,
+            complete: !budget.exhausted,
+        })
     }
 
-    async fn count(&self, filters: &[Filter], now: u64, visible: Visible<'_>) -> StoreResult<u64> {
+    async fn count(
+        &self,
+        filters: &[Filter],
+        bounds: ReadBounds,
+        now: u64,
+        visible: Visible<'_>,
+    ) -> StoreResult<Bounded<u64>> {
         let state = state::PoolState::new(&self.io, &self.pool);
-        let mut found: HashMap<Hex32, StoredEvent> = HashMap::new();
+        let mut budget = Budget::new(bounds);
+        let mut ids: HashSet<Hex32> = HashSet::new();
         for filter in filters {
             if filter.is_empty_match() {
                 continue;
             }
-            let mut unlimited = filter.clone();
-            unlimited.limit = None;
-            self.walk(&unlimited, now, u64::MAX, &state, visible, &mut found)
-                .await?;
+            let mut keep = |stored: StoredEvent| {
+                ids.insert(stored.event.id);
+            };
+            self.walk(
+                filter,
+                now,
+                u64::MAX,
+                &mut budget,
+                &state,
+                visible,
+                &mut keep,
+            )
+            .await?;
+            if budget.exhausted {
+                break;
+            }
         }
-        Ok(found.len() as u64)
+        Ok(Bounded {
+            value: ids.len() as u64,
+            complete: !budget.exhausted,
+        })
     }
 
     async fn read_state(

@@ -28,9 +28,15 @@ async fn write_and_read(store: &PostgresStore) {
     let filter =
         mls_proto::Filter::from_value(&serde_json::json!({"ids": [e.id.to_hex()]})).unwrap();
     let got = store
-        .query(&[filter], 10, mls_proto::unix_now(), &|_, _| true)
+        .query(
+            &[filter],
+            mls_store::ReadBounds::unbounded(10),
+            mls_proto::unix_now(),
+            &|_, _| true,
+        )
         .await
-        .unwrap();
+        .unwrap()
+        .value;
     assert_eq!(got.len(), 1);
 }
 
