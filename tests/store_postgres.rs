@@ -400,3 +400,77 @@ async fn gateway_state_purge_runs_in_chunks_on_postgres() {
     assert!(field("chunks") >= 3, "{line}");
     ws.publish_ok(&ev(&k, 1, &[], "after the purge")).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Moving between backends: a backup of the embedded store restores into PostgreSQL and back
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_backup_moves_from_embedded_to_postgres_and_back_byte_for_byte() {
+    if skip() {
+        return;
+    }
+    let embedded = "[extensions.mls_gateway]\nstorage_backend = \"embedded\"\n";
+    let mut a = Relay::builder()
+        .config("[auth]\nenabled = false\n")
+        .config(embedded)
+        .start()
+        .await;
+    let (admin, alice) = (keys(), keys());
+    let mut ws = a.connect().await;
+    // Gateway state (a roster-gated group, a KeyPackage reference), events, a tombstone.
+    let g = support_mls::unique_id();
+    ws.publish_ok(&support_mls::roster(&admin, &g, "bootstrap", 1, &[&alice]))
+        .await;
+    ws.publish_ok(&support_mls::lox_keypackage(
+        &alice,
+        &support_mls::unique_id(),
+    ))
+    .await;
+    let note = ev(&alice, 1, &[&["t", "moved"]], "moves with the backup");
+    ws.publish_ok(&note).await;
+    let doomed = ev(&alice, 1, &[], "deleted before the move");
+    ws.publish_ok(&doomed).await;
+    ws.publish_ok(&ev(&alice, 5, &[&["e", &id_hex(&doomed)]], ""))
+        .await;
+    drop(ws);
+    a.kill();
+    let backup = a.cli(&["export"], None);
+    assert!(backup.success(), "{backup:?}");
+
+    // Into an empty PostgreSQL database.
+    let url = pg::fresh_database();
+    let mut b = Relay::builder()
+        .config("[auth]\nenabled = false\n")
+        .config(&cloudsql_config(&url))
+        .prepare();
+    let imported = b.cli(&["import"], Some(backup.stdout.as_bytes()));
+    assert!(imported.success(), "{imported:?}");
+    let from_pg = b.cli(&["export"], None);
+    assert!(from_pg.success(), "{from_pg:?}");
+    assert_eq!(
+        from_pg.stdout, backup.stdout,
+        "PostgreSQL gives back the same backup"
+    );
+    b.spawn().await;
+    let mut ws = b.connect().await;
+    let ids = req_ids(&mut ws, "moved", json!({"#t": ["moved"]}))
+        .await
+        .unwrap();
+    assert_eq!(ids, vec![id_hex(&note)]);
+    let (ok, msg) = ws.publish(&doomed).await;
+    assert!(!ok, "a deleted event came back after the move");
+    assert_prefix(&msg, "blocked:");
+    drop(ws);
+    b.kill();
+
+    // And back into a fresh embedded store.
+    let c = Relay::builder()
+        .config("[auth]\nenabled = false\n")
+        .config(embedded)
+        .prepare();
+    let from_pg = b.cli(&["export"], None);
+    let imported = c.cli(&["import"], Some(from_pg.stdout.as_bytes()));
+    assert!(imported.success(), "{imported:?}");
+    assert_eq!(c.cli(&["export"], None).stdout, backup.stdout);
+}
