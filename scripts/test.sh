@@ -84,3 +84,14 @@ if [ "$#" -eq 0 ]; then
     log "cargo test --workspace --doc"
     cargo test --workspace --doc </dev/null
 fi
+
+# The end-to-end suites that depend on the backend, again with every relay on PostgreSQL (a
+# fresh database each): privacy, reads, groups, backups, the crash test, the MDK group flow.
+if [ "$#" -eq 0 ] && [ -n "${DATABASE_URL:-}" ]; then
+    log "end-to-end suites on PostgreSQL (MLS_TEST_STORE=cloudsql)"
+    MLS_TEST_STORE=cloudsql cargo test --no-fail-fast -p mls-gateway \
+        --test mls_adversarial --test security_reads --test security_groups \
+        --test security_backup --test crash --test nip01 --test nip09_40 \
+        --test loxation_flow --test nip11_health </dev/null
+    MLS_TEST_STORE=cloudsql cargo test --no-fail-fast -p marmot-e2e </dev/null
+fi

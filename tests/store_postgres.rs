@@ -474,3 +474,195 @@ async fn a_backup_moves_from_embedded_to_postgres_and_back_byte_for_byte() {
     assert!(imported.success(), "{imported:?}");
     assert_eq!(c.cli(&["export"], None).stdout, backup.stdout);
 }
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL itself stopped and started mid-run (a cluster of the test's own, so the shared one
+// is not disturbed)
+// ---------------------------------------------------------------------------------------------
+
+/// A throwaway cluster of this test's own, started with the server binaries scripts/test.sh
+/// found (`PG_TEST_BINDIR`, run as `PG_TEST_USER`).
+struct OwnCluster {
+    dir: tempfile::TempDir,
+    bindir: String,
+    user: String,
+    port: u16,
+}
+
+impl OwnCluster {
+    fn create() -> Option<OwnCluster> {
+        let (Ok(bindir), Ok(user)) = (
+            std::env::var("PG_TEST_BINDIR"),
+            std::env::var("PG_TEST_USER"),
+        ) else {
+            eprintln!("skipped: PG_TEST_BINDIR / PG_TEST_USER not set (scripts/services/postgres.sh)");
+            return None;
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("mls-gw-pg-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let cluster = OwnCluster {
+            dir,
+            bindir,
+            user,
+            port: free_port(),
+        };
+        let me = String::from_utf8(
+            std::process::Command::new("id")
+                .arg("-un")
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
+        if me.trim() != cluster.user {
+            let ok = std::process::Command::new("chown")
+                .arg(&cluster.user)
+                .arg(cluster.dir.path())
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "chown the cluster directory");
+        }
+        cluster.run(&[
+            "initdb",
+            "-D",
+            &cluster.data(),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--no-sync",
+        ]);
+        cluster.start();
+        Some(cluster)
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").to_string_lossy().into_owned()
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn run(&self, args: &[&str]) {
+        let bin = format!("{}/{}", self.bindir, args[0]);
+        let me = String::from_utf8(
+            std::process::Command::new("id")
+                .arg("-un")
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
+        let mut cmd = if me.trim() == self.user {
+            std::process::Command::new(&bin)
+        } else {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", &self.user, "--", &bin]);
+            c
+        };
+        let out = cmd
+            .args(&args[1..])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn start(&self) {
+        let opts = format!(
+            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=on",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("server.log");
+        self.run(&[
+            "pg_ctl",
+            "-D",
+            &self.data(),
+            "-l",
+            &log.to_string_lossy(),
+            "-w",
+            "-o",
+            &opts,
+            "start",
+        ]);
+    }
+
+    /// `immediate`: the server stops without a checkpoint, as in a crash; what was committed
+    /// must still be there after the restart.
+    fn stop(&self) {
+        self.run(&["pg_ctl", "-D", &self.data(), "-m", "immediate", "-w", "stop"]);
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.stop()));
+    }
+}
+
+#[tokio::test]
+async fn postgres_restart_mid_burst_loses_nothing_acknowledged() {
+    if skip() {
+        return;
+    }
+    let Some(cluster) = OwnCluster::create() else {
+        return;
+    };
+    let relay = Relay::builder()
+        .config(&cloudsql_config(&cluster.url()))
+        .config("[auth]\nenabled = false\n")
+        .start()
+        .await;
+    let k = keys();
+    let mut ws = relay.connect().await;
+    let events: Vec<mls_proto::Event> = (0..300)
+        .map(|i| ev(&k, 1, &[&["t", "restart"]], &format!("r{i}")))
+        .collect();
+    let mut acked = Vec::new();
+    let mut refused = 0;
+    for (i, e) in events.iter().enumerate() {
+        if i == 100 {
+            cluster.stop();
+        }
+        if i == 150 {
+            cluster.start();
+        }
+        let (ok, msg) = ws.publish(e).await;
+        if ok {
+            acked.push(id_hex(e));
+        } else {
+            assert_prefix(&msg, "error:");
+            refused += 1;
+        }
+        if (100..150).contains(&i) {
+            assert!(!ok, "OK true while the database was stopped");
+        }
+    }
+    assert!(refused >= 50, "{refused} refused");
+    // Serving again without a restart: the events published after the database came back are
+    // acknowledged, and every acknowledged event is stored.
+    let deadline = std::time::Instant::now() + pg::RECOVERY_TIMEOUT;
+    while relay.get("/health").await.status != 200 {
+        assert!(std::time::Instant::now() < deadline, "{}", relay.log_tail(20));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let last = ev(&k, 1, &[&["t", "restart"]], "after");
+    ws.publish_ok(&last).await;
+    acked.push(id_hex(&last));
+    let stored = req_ids(&mut ws, "all", json!({"#t": ["restart"], "limit": 1000}))
+        .await
+        .unwrap();
+    let mut stored_sorted = stored.clone();
+    stored_sorted.sort();
+    let mut acked_sorted = acked.clone();
+    acked_sorted.sort();
+    assert_eq!(stored_sorted, acked_sorted, "stored = acknowledged");
+}
