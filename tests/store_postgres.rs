@@ -31,12 +31,34 @@ fn cloudsql_config(url: &str) -> String {
 }
 
 /// A TCP proxy to the database that can be cut (every connection dropped, new ones closed at
-/// once) and restored: a database outage as the relay sees it.
+/// once), silenced (connections stay open but nothing gets through either way, as in a
+/// network partition) and restored: database outages as the relay sees them.
 struct Proxy {
     port: u16,
     up: Arc<AtomicBool>,
+    silent: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<AbortHandle>>>,
     accept: AbortHandle,
+}
+
+/// Copies `from` to `to`, dropping what it reads while `silent` is set.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    silent: Arc<AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 << 10];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if !silent.load(Ordering::SeqCst) && to.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 impl Proxy {
@@ -44,21 +66,30 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let up = Arc::new(AtomicBool::new(true));
+        let silent = Arc::new(AtomicBool::new(false));
         let conns: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
-        let (up2, conns2) = (up.clone(), conns.clone());
+        let (up2, silent2, conns2) = (up.clone(), silent.clone(), conns.clone());
         let accept = tokio::spawn(async move {
+            let mut held = Vec::new();
             loop {
-                let Ok((mut client, _)) = listener.accept().await else {
+                let Ok((client, _)) = listener.accept().await else {
                     continue;
                 };
                 if !up2.load(Ordering::SeqCst) {
                     drop(client);
                     continue;
                 }
+                if silent2.load(Ordering::SeqCst) {
+                    held.push(client); // open, and never answered
+                    continue;
+                }
                 let target = target.clone();
+                let silent = silent2.clone();
                 let task = tokio::spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    if let Ok(server) = TcpStream::connect(target).await {
+                        let (cr, cw) = client.into_split();
+                        let (sr, sw) = server.into_split();
+                        tokio::join!(pump(cr, sw, silent.clone()), pump(sr, cw, silent));
                     }
                 });
                 conns2.lock().unwrap().push(task.abort_handle());
@@ -68,9 +99,14 @@ impl Proxy {
         Proxy {
             port,
             up,
+            silent,
             conns,
             accept,
         }
+    }
+
+    fn silence(&self) {
+        self.silent.store(true, Ordering::SeqCst);
     }
 
     fn cut(&self) {
@@ -81,6 +117,7 @@ impl Proxy {
     }
 
     fn restore(&self) {
+        self.silent.store(false, Ordering::SeqCst);
         self.up.store(true, Ordering::SeqCst);
     }
 }
@@ -201,6 +238,55 @@ async fn database_outage_is_reported_and_recovered_without_restart() {
     let after = ev_at(&k, before.created_at + 1, 1, &[&["t", "outage"]], "after");
     ws.publish_ok(&after).await;
     let ids = req_ids(&mut ws, "up", json!({"#t": ["outage"]}))
+        .await
+        .expect("REQ answered after recovery");
+    assert_eq!(ids, vec![id_hex(&after), id_hex(&before)]);
+}
+
+#[tokio::test]
+async fn a_silent_database_gets_errors_in_bounded_time_not_a_hang() {
+    if skip() {
+        return;
+    }
+    let url = pg::fresh_database();
+    let proxy = Proxy::start(pg::host_port(&url)).await;
+    let via_proxy = pg::with_host_port(&url, "127.0.0.1", proxy.port);
+    // Client deadline = statement timeout (1 s) + connect timeout (5 s).
+    let relay = Relay::builder()
+        .config(&cloudsql_config(&via_proxy))
+        .config("[extensions.mls_gateway]\ndatabase_statement_timeout = 1\n")
+        .start()
+        .await;
+    let k = keys();
+    let mut ws = relay.connect().await;
+    let before = ev(&k, 1, &[&["t", "silent"]], "before");
+    ws.publish_ok(&before).await;
+
+    proxy.silence();
+    let during = ev(&k, 1, &[&["t", "silent"]], "during");
+    let (ok, msg) = ws.publish(&during).await;
+    assert!(!ok, "OK true while the database is silent");
+    assert_prefix(&msg, "error:");
+    match req_ids(&mut ws, "silent", json!({"#t": ["silent"]})).await {
+        Err(msg) => assert_prefix(&msg, "error:"),
+        Ok(ids) => panic!("REQ answered while the database is silent: {ids:?}"),
+    }
+    assert_eq!(relay.get("/health").await.status, 503);
+
+    // Connections that went silent were closed, not pooled: recovery needs no restart.
+    proxy.restore();
+    let deadline = std::time::Instant::now() + pg::RECOVERY_TIMEOUT;
+    while relay.get("/health").await.status != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "relay did not recover; log:\n{}",
+            relay.log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let after = ev_at(&k, before.created_at + 1, 1, &[&["t", "silent"]], "after");
+    ws.publish_ok(&after).await;
+    let ids = req_ids(&mut ws, "up", json!({"#t": ["silent"]}))
         .await
         .expect("REQ answered after recovery");
     assert_eq!(ids, vec![id_hex(&after), id_hex(&before)]);
@@ -495,7 +581,9 @@ impl OwnCluster {
             std::env::var("PG_TEST_BINDIR"),
             std::env::var("PG_TEST_USER"),
         ) else {
-            eprintln!("skipped: PG_TEST_BINDIR / PG_TEST_USER not set (scripts/services/postgres.sh)");
+            eprintln!(
+                "skipped: PG_TEST_BINDIR / PG_TEST_USER not set (scripts/services/postgres.sh)"
+            );
             return None;
         };
         let dir = tempfile::Builder::new()
@@ -598,7 +686,15 @@ impl OwnCluster {
     /// `immediate`: the server stops without a checkpoint, as in a crash; what was committed
     /// must still be there after the restart.
     fn stop(&self) {
-        self.run(&["pg_ctl", "-D", &self.data(), "-m", "immediate", "-w", "stop"]);
+        self.run(&[
+            "pg_ctl",
+            "-D",
+            &self.data(),
+            "-m",
+            "immediate",
+            "-w",
+            "stop",
+        ]);
     }
 }
 
@@ -651,7 +747,11 @@ async fn postgres_restart_mid_burst_loses_nothing_acknowledged() {
     // acknowledged, and every acknowledged event is stored.
     let deadline = std::time::Instant::now() + pg::RECOVERY_TIMEOUT;
     while relay.get("/health").await.status != 200 {
-        assert!(std::time::Instant::now() < deadline, "{}", relay.log_tail(20));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            relay.log_tail(20)
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let last = ev(&k, 1, &[&["t", "restart"]], "after");

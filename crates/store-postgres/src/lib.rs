@@ -96,11 +96,15 @@ pub(crate) fn pg_error<E: std::fmt::Display + 'static>(
 /// The store's own runtime, on which every database connection lives.
 pub(crate) struct Io {
     pub handle: tokio::runtime::Handle,
+    /// Longest the client waits for any one database operation. The server's
+    /// `statement_timeout` cannot end a wait on a connection that went silent (a network
+    /// partition drops packets rather than resetting them): this does.
+    pub deadline: Duration,
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
 }
 
 impl Io {
-    fn new() -> StoreResult<Io> {
+    fn new(deadline: Duration) -> StoreResult<Io> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("pg-store")
@@ -109,8 +113,34 @@ impl Io {
             .map_err(|e| StoreError::Backend(format!("postgres: start the store runtime: {e}")))?;
         Ok(Io {
             handle: runtime.handle().clone(),
+            deadline,
             runtime: Mutex::new(Some(runtime)),
         })
+    }
+
+    /// Blocks this thread (never a runtime worker: the writer thread) on `fut`, for at most
+    /// the deadline.
+    pub fn block_on<T>(&self, fut: impl Future<Output = T>) -> Result<T, Elapsed> {
+        // The timer is made inside: it needs the runtime's context.
+        let deadline = self.deadline;
+        self.handle
+            .block_on(async move { tokio::time::timeout(deadline, fut).await })
+            .map_err(|_| Elapsed(deadline))
+    }
+
+    /// `fut` with the deadline, as a store error when it passes.
+    fn bounded<T: Send + 'static>(
+        &self,
+        fut: impl Future<Output = StoreResult<T>> + Send + 'static,
+    ) -> impl Future<Output = StoreResult<T>> + Send + 'static {
+        // A safety net behind the per-connection deadline of `on_pooled` (which also waits
+        // for a connection first).
+        let deadline = self.deadline * 2;
+        async move {
+            tokio::time::timeout(deadline, fut)
+                .await
+                .unwrap_or_else(|_| Err(Elapsed(deadline).into()))
+        }
     }
 
     /// Runs `fut` on the store's runtime and awaits it from the caller's.
@@ -119,7 +149,7 @@ impl Io {
         fut: impl Future<Output = StoreResult<T>> + Send + 'static,
     ) -> StoreResult<T> {
         self.handle
-            .spawn(fut)
+            .spawn(self.bounded(fut))
             .await
             .map_err(|e| StoreError::Backend(format!("postgres: store task failed: {e}")))?
     }
@@ -131,11 +161,49 @@ impl Io {
         fut: impl Future<Output = StoreResult<T>> + Send + 'static,
     ) -> StoreResult<T> {
         let (tx, rx) = mpsc::sync_channel(1);
+        let fut = self.bounded(fut);
         self.handle.spawn(async move {
             let _ = tx.send(fut.await);
         });
         rx.recv()
             .map_err(|_| StoreError::Backend("postgres: store runtime stopped".into()))?
+    }
+}
+
+/// Runs `f` on a pooled connection for at most `deadline`. A connection that did not answer
+/// in time is closed, not returned to the pool: a request may still be in flight on it, and
+/// on a connection gone silent every later request would wait behind it.
+pub(crate) async fn on_pooled<T>(
+    pool: &Pool,
+    deadline: Duration,
+    f: impl for<'c> FnOnce(
+        &'c deadpool_postgres::Object,
+    ) -> std::pin::Pin<Box<dyn Future<Output = StoreResult<T>> + Send + 'c>>,
+) -> StoreResult<T> {
+    let client = pool.get().await.map_err(pg_error("database connection"))?;
+    let answer = tokio::time::timeout(deadline, f(&client)).await;
+    match answer {
+        Ok(result) => result,
+        Err(_) => {
+            drop(deadpool_postgres::Object::take(client));
+            Err(Elapsed(deadline).into())
+        }
+    }
+}
+
+/// The database did not answer within the deadline.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Elapsed(pub Duration);
+
+impl std::fmt::Display for Elapsed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no answer from the database within {:?}", self.0)
+    }
+}
+
+impl From<Elapsed> for StoreError {
+    fn from(e: Elapsed) -> StoreError {
+        StoreError::Backend(format!("postgres: {e}"))
     }
 }
 
@@ -246,7 +314,10 @@ impl PostgresStore {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
-        let io = Arc::new(Io::new()?);
+        // A statement may run for its timeout; the answer then takes a moment to arrive.
+        let deadline =
+            options.statement_timeout.unwrap_or(Duration::from_secs(60)) + options.connect_timeout;
+        let io = Arc::new(Io::new(deadline)?);
         let pool = {
             let _enter = io.handle.enter();
             Pool::builder(manager)
@@ -262,16 +333,19 @@ impl PostgresStore {
         let migrate_pool = pool.clone();
         let schema = options.schema.clone();
         let migrate_target = target.clone();
-        io.run(async move {
-            migrate_with_retry(
-                &migrate_pool,
-                schema.as_deref(),
-                &migrate_target,
-                give_up_after,
-            )
+        // Not under the deadline: the retry loop waits for the database as long as it takes.
+        io.handle
+            .spawn(async move {
+                migrate_with_retry(
+                    &migrate_pool,
+                    schema.as_deref(),
+                    &migrate_target,
+                    give_up_after,
+                )
+                .await
+            })
             .await
-        })
-        .await?;
+            .map_err(|e| StoreError::Backend(format!("postgres: migration task failed: {e}")))??;
 
         let (sender, receiver) = mpsc::channel();
         let writer = writer::Writer {
@@ -347,6 +421,7 @@ impl PostgresStore {
                 .io
                 .run(query::page(
                     self.pool.clone(),
+                    self.io.deadline,
                     filter.clone(),
                     now,
                     cursor.clone(),
@@ -602,14 +677,16 @@ impl EventStore for PostgresStore {
         let target = self.target.clone();
         self.io
             .run(async move {
-                let probe = async {
-                    let client = pool.get().await.map_err(pg_error("database connection"))?;
-                    client
-                        .simple_query("SELECT 1")
-                        .await
-                        .map_err(pg_error("health probe"))?;
-                    Ok::<(), StoreError>(())
-                };
+                // Waiting for a connection counts too: a full pool is not a healthy store.
+                let probe = crate::on_pooled(&pool, Duration::from_secs(3), |client| {
+                    Box::pin(async move {
+                        client
+                            .simple_query("SELECT 1")
+                            .await
+                            .map_err(pg_error("health probe"))?;
+                        Ok(())
+                    })
+                });
                 match tokio::time::timeout(Duration::from_secs(3), probe).await {
                     Ok(r) => r,
                     Err(_) => Err(StoreError::Backend(format!(
@@ -629,7 +706,12 @@ impl EventStore for PostgresStore {
         loop {
             let rows = self
                 .io
-                .run(query::export_page(self.pool.clone(), cursor.clone(), 1000))
+                .run(query::export_page(
+                    self.pool.clone(),
+                    self.io.deadline,
+                    cursor.clone(),
+                    1000,
+                ))
                 .await?;
             let full = rows.len() == 1000;
             cursor = rows.last().and_then(query::cursor_after);

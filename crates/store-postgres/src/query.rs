@@ -12,6 +12,7 @@ use deadpool_postgres::Pool;
 use mls_proto::{Event, Filter};
 use mls_store::{StoreError, StoreResult, StoredEvent};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_postgres::types::ToSql;
 
 type Param = Box<dyn ToSql + Sync + Send>;
@@ -73,6 +74,7 @@ const COLUMNS: &str = "e.id, e.created_at, e.received_at, e.expires_at, e.json";
 /// newest first (ties: lowest id first), after `cursor`.
 pub(crate) async fn page(
     pool: Pool,
+    deadline: Duration,
     filter: Filter,
     now: u64,
     cursor: Cursor,
@@ -126,17 +128,22 @@ pub(crate) async fn page(
         conds.join(" AND "),
         arg(Box::new(size))
     );
-    fetch(&pool, &sql, &params).await
+    fetch(&pool, deadline, sql, params).await
 }
 
 /// One page of every stored event, oldest first (ties: highest id first, the embedded
 /// store's export order), after `cursor`.
-pub(crate) async fn export_page(pool: Pool, cursor: Cursor, size: i64) -> StoreResult<Vec<Row>> {
+pub(crate) async fn export_page(
+    pool: Pool,
+    deadline: Duration,
+    cursor: Cursor,
+    size: i64,
+) -> StoreResult<Vec<Row>> {
     match cursor {
         None => {
             let sql =
                 format!("SELECT {COLUMNS} FROM events e ORDER BY e.created_at, e.id DESC LIMIT $1");
-            fetch(&pool, &sql, &[Box::new(size)]).await
+            fetch(&pool, deadline, sql, vec![Box::new(size)]).await
         }
         Some((created_at, id)) => {
             let sql = format!(
@@ -144,31 +151,36 @@ pub(crate) async fn export_page(pool: Pool, cursor: Cursor, size: i64) -> StoreR
                  WHERE e.created_at > $1 OR (e.created_at = $1 AND e.id < $2) \
                  ORDER BY e.created_at, e.id DESC LIMIT $3"
             );
-            fetch(
-                &pool,
-                &sql,
-                &[Box::new(created_at), Box::new(id), Box::new(size)],
-            )
-            .await
+            let params: Vec<Param> = vec![Box::new(created_at), Box::new(id), Box::new(size)];
+            fetch(&pool, deadline, sql, params).await
         }
     }
 }
 
-async fn fetch(pool: &Pool, sql: &str, params: &[Param]) -> StoreResult<Vec<Row>> {
-    let client = pool.get().await.map_err(pg_error("database connection"))?;
-    let stmt = client
-        .prepare_cached(sql)
-        .await
-        .map_err(pg_error("query"))?;
-    let refs: Vec<&(dyn ToSql + Sync)> = params
-        .iter()
-        .map(|p| p.as_ref() as &(dyn ToSql + Sync))
-        .collect();
-    let rows = client
-        .query(&stmt, &refs)
-        .await
-        .map_err(pg_error("query"))?;
-    Ok(rows.iter().map(Row::from_pg).collect())
+async fn fetch(
+    pool: &Pool,
+    deadline: Duration,
+    sql: String,
+    params: Vec<Param>,
+) -> StoreResult<Vec<Row>> {
+    crate::on_pooled(pool, deadline, move |client| {
+        Box::pin(async move {
+            let stmt = client
+                .prepare_cached(&sql)
+                .await
+                .map_err(pg_error("query"))?;
+            let refs: Vec<&(dyn ToSql + Sync)> = params
+                .iter()
+                .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+                .collect();
+            let rows = client
+                .query(&stmt, &refs)
+                .await
+                .map_err(pg_error("query"))?;
+            Ok(rows.iter().map(Row::from_pg).collect())
+        })
+    })
+    .await
 }
 
 /// The cursor after `row`.

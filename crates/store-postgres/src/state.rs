@@ -156,11 +156,10 @@ impl StateRead for PoolState<'_> {
         if let Some(v) = crate::lock(&self.cache).get(key) {
             return Ok(v.clone());
         }
-        let pool = self.pool.clone();
+        let (pool, deadline) = (self.pool.clone(), self.io.deadline);
         let k = key.to_vec();
         let value = self.io.wait(async move {
-            let client = pool.get().await.map_err(pg_error("database connection"))?;
-            get_on(&client, k).await
+            crate::on_pooled(&pool, deadline, move |client| Box::pin(get_on(client, k))).await
         })?;
         crate::lock(&self.cache).insert(key.to_vec(), value.clone());
         Ok(value)
@@ -181,10 +180,12 @@ impl StateRead for PoolState<'_> {
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> StoreResult<()> {
         let mut page = |start: Vec<u8>, end: Option<Vec<u8>>| {
-            let pool = self.pool.clone();
+            let (pool, deadline) = (self.pool.clone(), self.io.deadline);
             self.io.wait(async move {
-                let client = pool.get().await.map_err(pg_error("database connection"))?;
-                scan_page(&client, start, end).await
+                crate::on_pooled(&pool, deadline, move |client| {
+                    Box::pin(scan_page(client, start, end))
+                })
+                .await
             })
         };
         scan_merged(prefix, from, &BTreeMap::new(), &mut page, f)
@@ -195,15 +196,15 @@ impl StateRead for PoolState<'_> {
 /// transaction (whose reads already see the batch's earlier writes), and applied only if the
 /// rules accept. A refused event thus leaves no trace, while its batch-mates keep theirs.
 pub(crate) struct Overlay<'t> {
-    handle: &'t tokio::runtime::Handle,
+    io: &'t Io,
     client: &'t Object,
     buffer: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 impl<'t> Overlay<'t> {
-    pub fn new(handle: &'t tokio::runtime::Handle, client: &'t Object) -> Self {
+    pub fn new(io: &'t Io, client: &'t Object) -> Self {
         Overlay {
-            handle,
+            io,
             client,
             buffer: BTreeMap::new(),
         }
@@ -274,7 +275,7 @@ impl StateRead for Overlay<'_> {
             return Ok(None);
         }
         // The writer thread is not a runtime worker: it may block on the store's runtime.
-        self.handle.block_on(get_on(self.client, key.to_vec()))
+        self.io.block_on(get_on(self.client, key.to_vec()))?
     }
 
     fn scan_prefix(
@@ -292,7 +293,7 @@ impl StateRead for Overlay<'_> {
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> StoreResult<()> {
         let mut page = |start: Vec<u8>, end: Option<Vec<u8>>| {
-            self.handle.block_on(scan_page(self.client, start, end))
+            self.io.block_on(scan_page(self.client, start, end))?
         };
         scan_merged(prefix, from, &self.buffer, &mut page, f)
     }

@@ -168,10 +168,12 @@ impl Writer {
 
     /// Runs `batch` in one transaction under the writer lock and commits it.
     fn commit_batch(&self, batch: &mut [Request]) -> Result<Vec<Outcome>, BatchError> {
-        let handle = self.io.handle.clone();
-        let client = handle
-            .block_on(self.pool.get())
-            .map_err(|e| BatchError::Commit(format!("database connection: {e}")))?;
+        let io = &*self.io;
+        let client = match io.block_on(self.pool.get()) {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => return Err(BatchError::Commit(format!("database connection: {e}"))),
+            Err(e) => return Err(BatchError::Commit(format!("database connection: {e}"))),
+        };
         let begin = async {
             client.batch_execute("BEGIN").await?;
             client
@@ -182,14 +184,16 @@ impl Writer {
                 .await?;
             Ok::<i64, tokio_postgres::Error>(row.get(0))
         };
-        let mut last_seq = match handle.block_on(begin) {
+        let began = match io.block_on(begin) {
+            Ok(Ok(seq)) => Ok(seq),
+            Ok(Err(e)) => Err(describe(&e)),
+            Err(e) => Err(e.to_string()),
+        };
+        let mut last_seq = match began {
             Ok(seq) => seq,
             Err(e) => {
-                discard(&handle, client);
-                return Err(BatchError::Commit(format!(
-                    "begin write transaction: {}",
-                    describe(&e)
-                )));
+                discard(io, client);
+                return Err(BatchError::Commit(format!("begin write transaction: {e}")));
             }
         };
         let seq_before = last_seq;
@@ -234,8 +238,14 @@ impl Writer {
             }
         }
         if let Some(e) = failure {
-            rollback(&handle, client);
-            return Err(BatchError::Processing(e));
+            // A connection that still rolls back says one request was bad (the others are
+            // retried alone); one that does not says the database is gone (all fail now,
+            // rather than each waiting out the deadline again).
+            return Err(if rollback(io, client) {
+                BatchError::Processing(e)
+            } else {
+                BatchError::Commit(e)
+            });
         }
         let commit = async {
             if last_seq != seq_before {
@@ -245,14 +255,16 @@ impl Writer {
             }
             client.batch_execute("COMMIT").await
         };
-        if let Err(e) = handle.block_on(commit) {
+        let committed = match io.block_on(commit) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(describe(&e)),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = committed {
             // Whether COMMIT took effect is unknown when the connection broke: every request
             // is failed (never acknowledged without a confirmed commit).
-            discard(&handle, client);
-            return Err(BatchError::Commit(format!(
-                "commit write transaction: {}",
-                describe(&e)
-            )));
+            discard(io, client);
+            return Err(BatchError::Commit(format!("commit write transaction: {e}")));
         }
         Ok(outcomes)
     }
@@ -266,16 +278,18 @@ pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
     }
 }
 
-/// Ends a failed transaction; a connection that cannot even roll back is closed rather than
-/// returned to the pool mid-transaction.
-fn rollback(handle: &tokio::runtime::Handle, client: Object) {
-    if handle.block_on(client.batch_execute("ROLLBACK")).is_err() {
-        discard(handle, client);
+/// Ends a failed transaction; says whether the connection could. One that cannot is closed
+/// rather than returned to the pool mid-transaction.
+fn rollback(io: &Io, client: Object) -> bool {
+    let ok = matches!(io.block_on(client.batch_execute("ROLLBACK")), Ok(Ok(())));
+    if !ok {
+        discard(io, client);
     }
+    ok
 }
 
-fn discard(handle: &tokio::runtime::Handle, client: Object) {
-    let _guard = handle.enter();
+fn discard(io: &Io, client: Object) {
+    let _guard = io.handle.enter();
     drop(Object::take(client));
 }
 
@@ -299,10 +313,11 @@ impl Tx<'_> {
         what: &'static str,
         f: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
     ) -> StoreResult<T> {
-        self.io
-            .handle
-            .block_on(f)
-            .map_err(|e| StoreError::Backend(format!("{what}: {}", describe(&e))))
+        match self.io.block_on(f) {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(StoreError::Backend(format!("{what}: {}", describe(&e)))),
+            Err(e) => Err(StoreError::Backend(format!("{what}: {e}"))),
+        }
     }
 
     fn query(
@@ -468,7 +483,7 @@ impl Tx<'_> {
         publisher: &Publisher,
         now: u64,
     ) -> StoreResult<Result<Admitted, Rejection>> {
-        let mut overlay = Overlay::new(&self.io.handle, self.client);
+        let mut overlay = Overlay::new(self.io, self.client);
         let decision = catch_unwind(AssertUnwindSafe(|| {
             self.rules.admit(ev, publisher, now, &mut overlay)
         }))
@@ -480,20 +495,18 @@ impl Tx<'_> {
         });
         if decision.is_ok() {
             self.io
-                .handle
-                .block_on(state::apply(self.client, overlay.into_changes()))?;
+                .block_on(state::apply(self.client, overlay.into_changes()))??;
         }
         Ok(decision)
     }
 
     fn update_state(&self, f: StateFn) -> StoreResult<Outcome> {
-        let mut overlay = Overlay::new(&self.io.handle, self.client);
+        let mut overlay = Overlay::new(self.io, self.client);
         let result = catch_unwind(AssertUnwindSafe(|| f(&mut overlay)));
         Ok(match result {
             Ok(Ok(())) => {
                 self.io
-                    .handle
-                    .block_on(state::apply(self.client, overlay.into_changes()))?;
+                    .block_on(state::apply(self.client, overlay.into_changes()))??;
                 Outcome::State(Ok(()))
             }
             Ok(Err(rejection)) => Outcome::State(Err(rejection)),
