@@ -2,6 +2,7 @@
 
 use crate::api::nip98::SeenTokens;
 use crate::config::Config;
+use crate::outbox::OutboxBudget;
 use crate::ratelimit::RateLimiters;
 use crate::subscriptions::SubscriptionIndex;
 use mls_gateway_rules::config::StorageBackend;
@@ -19,6 +20,8 @@ pub struct App {
     pub store: Arc<dyn EventStore>,
     pub gateway: Arc<Gateway>,
     pub subscriptions: SubscriptionIndex,
+    /// Bytes all connections' outboxes may hold together (`limitation.outbox_total_bytes`).
+    pub outboxes: Arc<OutboxBudget>,
     pub whitelist: Vec<Hex32>,
     pub blacklist: Vec<Hex32>,
     pub started: Instant,
@@ -63,6 +66,7 @@ impl App {
             whitelist: config.whitelist(),
             blacklist: config.blacklist(),
             rate_limits: RateLimiters::new(&config),
+            outboxes: OutboxBudget::new(config.limitation.outbox_total_bytes),
             config,
             store,
             gateway,

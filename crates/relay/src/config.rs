@@ -129,6 +129,12 @@ pub struct Limits {
     pub created_at_upper_limit: u64,
     /// Messages queued per connection before it is disconnected as a slow reader.
     pub outbox_capacity: usize,
+    /// Bytes queued per connection before it is disconnected as a slow reader (one larger
+    /// message still goes to an empty outbox).
+    pub outbox_max_bytes: usize,
+    /// Bytes queued in all connections' outboxes together; beyond it the connections with the
+    /// largest backlog are disconnected first.
+    pub outbox_total_bytes: usize,
     /// Open WebSocket connections per client IP (IPv6: per /64). 0 = unlimited.
     pub max_connections_per_ip: u32,
     /// REQ and COUNT messages (and REST API requests) per minute per authenticated pubkey,
@@ -149,6 +155,8 @@ impl Default for Limits {
             created_at_lower_limit: 0,
             created_at_upper_limit: 900,
             outbox_capacity: 1024,
+            outbox_max_bytes: 4 * 1024 * 1024,
+            outbox_total_bytes: 256 * 1024 * 1024,
             max_connections_per_ip: 100,
             max_reqs_per_minute: 600,
         }

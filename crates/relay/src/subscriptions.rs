@@ -70,9 +70,9 @@ pub struct Subscription {
     pub sub_id: Arc<str>,
     pub filters: Vec<Filter>,
     pub conn: Arc<ConnectionHandle>,
-    /// Events that arrived between registration and EOSE: held back so the stored results
-    /// and EOSE go first. `None` once EOSE was sent.
-    pending: Mutex<Option<Vec<HeldEvent>>>,
+    /// Events that arrived between registration and EOSE, and their bytes: held back so the
+    /// stored results and EOSE go first. `None` once EOSE was sent.
+    pending: Mutex<Option<(Vec<HeldEvent>, usize)>>,
 }
 
 impl Subscription {
@@ -81,7 +81,7 @@ impl Subscription {
             sub_id,
             filters,
             conn,
-            pending: Mutex::new(Some(Vec::new())),
+            pending: Mutex::new(Some((Vec::new(), 0))),
         }
     }
 
@@ -95,8 +95,16 @@ impl Subscription {
         match pending.as_mut() {
             // Bounded like the outbox: a REQ whose stored part takes long enough to hold
             // back more than that is a connection that cannot keep up.
-            Some(held) if held.len() >= self.conn.outbox_capacity() => self.conn.mark_slow(),
-            Some(held) => held.push((id, json.clone())),
+            Some((held, bytes))
+                if held.len() >= self.conn.outbox_capacity()
+                    || (*bytes > 0 && *bytes + json.len() > self.conn.outbox_max_bytes()) =>
+            {
+                self.conn.mark_slow()
+            }
+            Some((held, bytes)) => {
+                held.push((id, json.clone()));
+                *bytes += json.len();
+            }
             None => {
                 drop(pending);
                 self.conn.send(mls_proto::relay::event(&self.sub_id, json));
@@ -108,7 +116,7 @@ impl Subscription {
     /// results.
     pub fn release_pending(&self, already_sent: &HashSet<Hex32>) {
         let held = self.pending.lock().expect("pending lock").take();
-        for (id, json) in held.unwrap_or_default() {
+        for (id, json) in held.map(|(events, _)| events).unwrap_or_default() {
             if !already_sent.contains(&id) {
                 self.conn.send(mls_proto::relay::event(&self.sub_id, &json));
             }

@@ -83,6 +83,8 @@ impl Config {
             ("max_event_tags", l.max_event_tags as u64),
             ("max_content_length", l.max_content_length as u64),
             ("outbox_capacity", l.outbox_capacity as u64),
+            ("outbox_max_bytes", l.outbox_max_bytes as u64),
+            ("outbox_total_bytes", l.outbox_total_bytes as u64),
         ];
         for (name, value) in at_least_one {
             if value == 0 {
@@ -174,6 +176,14 @@ impl Config {
             out.push(format!(
                 "auth: {} is in both pubkey_whitelist and pubkey_blacklist (the blacklist wins)",
                 mls_proto::short_pubkey(key)
+            ));
+        }
+        let l = &self.limitation;
+        if l.outbox_total_bytes < l.outbox_max_bytes {
+            out.push(format!(
+                "limitation.outbox_total_bytes = {} is less than limitation.outbox_max_bytes = {}: \
+                 the relay-wide budget cuts slow readers before their own bound does",
+                l.outbox_total_bytes, l.outbox_max_bytes
             ));
         }
         let lower = self.limitation.created_at_lower_limit;
