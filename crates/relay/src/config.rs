@@ -117,6 +117,11 @@ pub struct Limits {
     pub max_subscriptions: usize,
     /// Filters per REQ / COUNT.
     pub max_filters: usize,
+    /// Values in one filter array (`ids`, `authors`, `kinds`, a `#tag`) of a REQ / COUNT.
+    pub max_filter_values: usize,
+    /// What all open subscriptions of one connection may hold, bytes (32 per id or pubkey, 2
+    /// per kind, a tag value's length plus 16, 64 per filter, plus the subscription id).
+    pub max_subscription_bytes: usize,
     /// Cap on a filter's `limit`, and the limit of a filter that has none.
     pub max_limit: u64,
     pub max_subid_length: usize,
@@ -148,6 +153,8 @@ impl Default for Limits {
             max_message_length: 1024 * 1024,
             max_subscriptions: 50,
             max_filters: 10,
+            max_filter_values: 2000,
+            max_subscription_bytes: 256 * 1024,
             max_limit: 500,
             max_subid_length: 64,
             max_event_tags: 2000,

@@ -7,7 +7,7 @@
 
 use crate::app::App;
 use crate::outbox::{CutReason, Outbox};
-use crate::subscriptions::Subscription;
+use crate::subscriptions::{check_filter_values, Subscription};
 use crate::{auth, fanout, ingest};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::stream::{FuturesOrdered, SplitSink};
@@ -475,6 +475,13 @@ impl Session {
             self.conn.send(relay::closed(&sub_id, &reason));
             return;
         }
+        if let Err(reason) = check_filter_values(&filters, limits.max_filter_values) {
+            if let Some(old) = self.subs.take(sub_id.as_str()) {
+                self.app.subscriptions.remove(self.conn.id, &old);
+            }
+            self.conn.send(relay::closed(&sub_id, &reason));
+            return;
+        }
         if !self.admit_read(&sub_id, &filters).await {
             // A refused REQ that reuses an id ends the old subscription too.
             if let Some(old) = self.subs.take(sub_id.as_str()) {
@@ -490,7 +497,12 @@ impl Session {
             filters,
             self.conn.clone(),
         ));
-        self.app.subscriptions.insert(sub.clone());
+        let max_bytes = self.app.config.limitation.max_subscription_bytes;
+        if let Err(reason) = self.app.subscriptions.try_insert(sub.clone(), max_bytes) {
+            self.subs.remove(&sub_id);
+            self.conn.send(relay::closed(&sub_id, &reason));
+            return;
+        }
         self.subs.insert(sub_id.clone());
 
         let results = match self.stored_results(&sub.filters).await {
@@ -568,6 +580,11 @@ impl Session {
     }
 
     async fn on_count(&mut self, sub_id: String, filters: Vec<Filter>) {
+        let max_values = self.app.config.limitation.max_filter_values;
+        if let Err(reason) = check_filter_values(&filters, max_values) {
+            self.conn.send(relay::closed(&sub_id, &reason));
+            return;
+        }
         if !self.admit_read(&sub_id, &filters).await {
             return;
         }

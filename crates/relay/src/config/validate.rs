@@ -78,6 +78,8 @@ impl Config {
             ("max_message_length", l.max_message_length as u64),
             ("max_subscriptions", l.max_subscriptions as u64),
             ("max_filters", l.max_filters as u64),
+            ("max_filter_values", l.max_filter_values as u64),
+            ("max_subscription_bytes", l.max_subscription_bytes as u64),
             ("max_limit", l.max_limit),
             ("max_subid_length", l.max_subid_length as u64),
             ("max_event_tags", l.max_event_tags as u64),
