@@ -1,5 +1,6 @@
 //! Connection outboxes, bounded in messages and in bytes, and the relay-wide budget of bytes
-//! all outboxes may hold together (PROTOCOL.md §9, `limitation.outbox_*`).
+//! all outboxes may hold together (`limitation.outbox_capacity`, `outbox_max_bytes`,
+//! `outbox_total_bytes`).
 //!
 //! A message's bytes are counted when it is queued and given back once the connection's writer
 //! has flushed it to the socket (or dropped it). A connection whose outbox would go over its

@@ -28,10 +28,12 @@ use tokio::sync::watch;
 /// its outbox, so a burst of OKs to a client that is reading never overflows it).
 const MAX_IN_FLIGHT: usize = 256;
 
-/// How long a cut connection's writer tries to deliver the NOTICE and close frame: a client
-/// that never reads again must not keep the socket and the writer forever. Its outbox is
-/// already dropped, so this costs a socket, not memory.
-const FAREWELL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a cut connection's writer tries to deliver the NOTICE and close frame (it goes out
+/// once the client has read what the socket already holds): a client that never reads again
+/// must not keep the socket and the writer forever. Its outbox is already dropped, so this
+/// costs a socket and at most one message in the WebSocket's write buffer. Long enough for a
+/// client that was paused (a phone app in the background) to learn why it was closed.
+const FAREWELL_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What the rest of the relay holds of a connection: its outbox and who it is.
 pub struct ConnectionHandle {
@@ -216,9 +218,13 @@ async fn write_outbox(
         }))
     };
     let mut cut = outbox.cut_flag();
+    let mut stop = shutdown.clone();
     let end = tokio::select! {
         biased;
         _ = crate::app::until_set(&mut cut) => End::Cut,
+        // Also ends a write the client is not reading, so the session's own waiting answer
+        // (`send_wait`) is released at shutdown.
+        _ = crate::app::until_set(&mut stop) => End::Shutdown,
         end = pump(&mut sink, &outbox, &mut shutdown) => end,
     };
     // Nothing more is queued; what still is, is dropped and its bytes given back.
