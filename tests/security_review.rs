@@ -180,3 +180,40 @@ async fn nip98_token_naming_another_url_too_is_refused() {
     let resp = get(t(&[&ours])).await;
     assert_eq!(resp.status, 200, "{}", resp.text());
 }
+
+/// With auth off, an unauthenticated reader has no identity to claim for: it must not be handed
+/// the KeyPackages an inviter already claimed (which would let the next inviter reuse them).
+#[tokio::test]
+async fn anonymous_readers_do_not_get_claimed_keypackages() {
+    let relay = start_relay(
+        false,
+        "[extensions.mls_gateway]\nkeypackage_claims = true\nmax_keypackages_per_query = 2\n",
+    )
+    .await;
+    let (owner, inviter) = (keys(), keys());
+    let op = pk_hex(&owner);
+    let mut own = authed(&relay, &owner).await;
+    let kps: Vec<_> = (0..3)
+        .map(|_| lox_keypackage(&owner, &unique_id()))
+        .collect();
+    for kp in &kps {
+        own.publish_ok(kp).await;
+    }
+    let f = [json!({"kinds": [443], "authors": [op]})];
+    let mut inv = authed(&relay, &inviter).await;
+    let claimed = inv.query_ids(&f).await;
+    assert_eq!(claimed.len(), 2, "the inviter claims two: {claimed:?}");
+
+    let mut stranger = anon(&relay).await;
+    let got = stranger.query_ids(&f).await;
+    assert!(
+        got.iter().all(|id| !claimed.contains(id)),
+        "an unauthenticated reader was handed claimed KeyPackages: {got:?}"
+    );
+    // Positive control: the owner's last unclaimed one is still served to it.
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        own.query_ids(&f).await.len() == 3,
+        "the owner reads all of its own"
+    );
+}
