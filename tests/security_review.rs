@@ -217,3 +217,42 @@ async fn anonymous_readers_do_not_get_claimed_keypackages() {
         "the owner reads all of its own"
     );
 }
+
+/// Badly signed events count against the sender's event limit: a flood of them must not buy
+/// unlimited signature checks.
+#[tokio::test]
+async fn badly_signed_events_count_against_the_rate_limit() {
+    let relay = Relay::builder()
+        .config("[auth]\nenabled = false\n[extensions.mls_gateway.rate_limits]\nmax_events_per_minute = 20\n")
+        .start()
+        .await;
+    let k = keys();
+    let mut ws = relay.connect().await;
+    let forged: Vec<Value> = (0..40)
+        .map(|i| {
+            let mut e = serde_json::to_value(ev(&k, 1, &[], &format!("forged {i}"))).unwrap();
+            e["sig"] = json!("00".repeat(64));
+            e
+        })
+        .collect();
+    let mut refusals = Vec::new();
+    for e in &forged {
+        ws.send(&json!(["EVENT", e])).await;
+    }
+    for e in &forged {
+        let (ok, msg) = ws.wait_ok(e["id"].as_str().unwrap()).await;
+        assert!(!ok, "a forged signature was accepted");
+        refusals.push(msg);
+    }
+    assert!(
+        refusals.iter().any(|m| m.starts_with("rate-limited:")),
+        "40 forged events under a limit of 20/min were all verified: {:?}",
+        &refusals[refusals.len() - 3..]
+    );
+    // Positive control: within the limit, events are checked and refused for their signature.
+    assert!(
+        refusals[0].starts_with("invalid:"),
+        "the first forged event: {}",
+        refusals[0]
+    );
+}

@@ -367,8 +367,12 @@ impl Session {
     async fn on_event(&mut self, ev: Event) {
         let id = ev.id.to_hex();
         let authed = self.conn.authed();
-        if let Err(reason) = ingest::check(&self.app, &ev, &authed, unix_now())
-            .and_then(|()| self.app.rate_limits.check_event(&authed, self.ip))
+        // The rate limit first: a flood of badly signed events must not buy signature checks.
+        if let Err(reason) = self
+            .app
+            .rate_limits
+            .check_event(&authed, self.ip)
+            .and_then(|()| ingest::check(&self.app, &ev, &authed, unix_now()))
         {
             crate::metrics::event_refused(&ev, &reason);
             self.conn.send(relay::ok(&id, false, &reason));
