@@ -13,7 +13,7 @@
 #[allow(dead_code)]
 mod session {
     /// Stand-in for the relay's connection handle: the index files subscriptions by `id`;
-    /// delivery (`send`, `outbox_capacity`, `mark_slow`) is not exercised by these benches.
+    /// delivery (`send`, `outbox_capacity`, `outbox_max_bytes`, `mark_slow`) is not exercised by these benches.
     pub struct ConnectionHandle {
         pub id: u64,
     }
@@ -22,6 +22,9 @@ mod session {
         pub fn send(&self, _msg: String) {}
         pub fn outbox_capacity(&self) -> usize {
             1024
+        }
+        pub fn outbox_max_bytes(&self) -> usize {
+            4 << 20
         }
         pub fn mark_slow(&self) {}
     }

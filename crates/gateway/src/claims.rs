@@ -5,7 +5,8 @@
 //! `max_keypackages_per_query` per owner), records them as claimed by that requester, and never
 //! claims an owner's last unclaimed one (MLS "last resort": it is served, not claimed). A
 //! requester gets back what it already claimed; KeyPackages claimed by someone else are
-//! withheld. Per requester/owner pair at most `max_keypackage_fetches_per_hour` fetches
+//! withheld. An unauthenticated reader (auth off) gets unclaimed ones only, within the same
+//! per-owner budget, and claims nothing. Per requester/owner pair at most `max_keypackage_fetches_per_hour` fetches
 //! (0 = unlimited); one call that returns any of an owner's KeyPackages is one fetch.
 //!
 //! Claims are made per key reference, so a dual-published 443 + 30443 is claimed as one.
@@ -36,9 +37,9 @@ pub(crate) fn claim(
     state: &mut dyn StateWrite,
 ) -> Result<Vec<Hex32>, Rejection> {
     let cfg = gw.config();
-    let Some(req) = requester.authed.first().copied() else {
-        return Ok(candidates.iter().map(|e| e.id).collect());
-    };
+    // An unauthenticated reader (auth off) has no identity to claim for: it is served only
+    // unclaimed KeyPackages, within the per-owner budget, and claims nothing.
+    let req = requester.authed.first().copied();
     if !cfg.keypackage_claims {
         return Ok(candidates.iter().map(|e| e.id).collect());
     }
@@ -59,9 +60,17 @@ pub(crate) fn claim(
     // Decide everything first (reads only), then write.
     let mut plans = Vec::with_capacity(owners.len());
     for owner in owners {
-        let counter = WindowCounter::read(state, state::fetch_rate_prefix(&req, &owner), now, 3600)
-            .map_err(store_err)?;
-        if counter.exhausted(cfg.max_keypackage_fetches_per_hour) {
+        let counter = match req {
+            Some(req) => Some(
+                WindowCounter::read(state, state::fetch_rate_prefix(&req, &owner), now, 3600)
+                    .map_err(store_err)?,
+            ),
+            None => None,
+        };
+        if counter
+            .as_ref()
+            .is_some_and(|c| c.exhausted(cfg.max_keypackage_fetches_per_hour))
+        {
             return Err(Rejection(format!(
                 "rate-limited: max_keypackage_fetches_per_hour reached ({}) for this keypackage owner",
                 cfg.max_keypackage_fetches_per_hour
@@ -92,11 +101,13 @@ pub(crate) fn claim(
                 Some(by) if requester.authed.contains(&by) => {}
                 Some(_) => continue,
                 None if unclaimed > 1 => {
-                    unclaimed -= 1;
-                    let mut row = row.clone();
-                    row.claimed_by = Some(req);
-                    row.claimed_at = Some(now);
-                    claim.push((reference.clone(), row));
+                    if let Some(req) = req {
+                        unclaimed -= 1;
+                        let mut row = row.clone();
+                        row.claimed_by = Some(req);
+                        row.claimed_at = Some(now);
+                        claim.push((reference.clone(), row));
+                    }
                 }
                 // The owner's last unclaimed KeyPackage: served, never claimed.
                 None => {}
@@ -106,11 +117,13 @@ pub(crate) fn claim(
         }
         // KeyPackages the directory does not know (none in normal operation): not claimable.
         serve.extend(asked.difference(&known).copied());
-        plans.push(OwnerPlan {
-            owner,
-            counter,
-            claim,
-        });
+        if let Some(counter) = counter {
+            plans.push(OwnerPlan {
+                owner,
+                counter,
+                claim,
+            });
+        }
     }
 
     for plan in plans {

@@ -14,8 +14,9 @@
 //! and member, as a roster `bootstrap` would make it — unless the group has been served open
 //! (445s accepted while its membership was unknown): then only a configured admin may gate it
 //! (`restricted:` otherwise). If the group is known, the publisher must be a member or admin,
-//! otherwise anyone authenticated could add themselves to any group; and once rosters (450)
-//! manage the group, the wrap is delivered but changes no membership: roster decisions win.
+//! otherwise anyone authenticated could add themselves to any group; and once rosters (450) or
+//! the admin API manage the group, the wrap is delivered but changes no membership: admins'
+//! decisions win.
 
 use crate::config::MembershipSource;
 use crate::dialect::{short, MlsEvent, RosterOp};

@@ -41,10 +41,11 @@
 //!     never announce membership, so otherwise a stranger who saw the `h` could lock the
 //!     group's users out of it and of its history;
 //!   - once gated, a 1059 with `h` changes membership only when its publisher is a member or
-//!     admin (else `restricted:`), and only while no roster manages the group. After the
-//!     first accepted 450 the group is *roster-managed*: its members are exactly what the
-//!     rosters (and the admin API) say; a member's gift wrap is still delivered (it carries a
-//!     Welcome) but admits no one, in particular not someone a roster removed.
+//!     admin (else `restricted:`), and only while no admin manages the group. After the
+//!     first accepted 450 or admin API change the group is *roster-managed*: its members are
+//!     exactly what the rosters and the admin API say; a member's gift wrap is still
+//!     delivered (it carries a Welcome) but admits no one, in particular not someone a roster
+//!     or the API removed.
 //! - Key references: one per owner, carried by at most one 443 and one 30443 address (MDK's
 //!   dual publish); an expired KeyPackage's reference is free again. The hourly cap counts
 //!   new KeyPackages (references), not events. A missing reference uses the event id.

@@ -35,13 +35,17 @@ pub(crate) struct GroupMeta {
     pub last_seq: Option<u64>,
     pub created_at: u64,
     pub updated_at: u64,
+    /// The admin API has changed the group's membership (absent from older records).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub api_managed: bool,
 }
 
 impl GroupMeta {
-    /// A roster (450) has been accepted for the group: rosters manage its membership, and
-    /// gift wraps no longer change it.
+    /// A roster (450) or an admin API change has been accepted for the group: admins manage
+    /// its membership, and gift wraps no longer change it (else a member's wrap could
+    /// re-admit someone an admin removed).
     pub(crate) fn roster_managed(&self) -> bool {
-        self.last_seq.is_some()
+        self.last_seq.is_some() || self.api_managed
     }
 }
 
@@ -241,6 +245,7 @@ impl Group {
                 last_seq: None,
                 created_at: now,
                 updated_at: now,
+                api_managed: false,
             },
             roles: BTreeMap::new(),
             before: BTreeMap::new(),
@@ -412,5 +417,7 @@ pub(crate) fn apply_admin_change(
     if let Some(name) = &change.display_name {
         group.meta.display_name = Some(name.clone());
     }
+    // Membership decided by an admin: gift wraps no longer change it (rule 5).
+    group.meta.api_managed = true;
     group.save(state, now).map_err(store_err)
 }

@@ -2,6 +2,7 @@
 
 use crate::api::nip98::SeenTokens;
 use crate::config::Config;
+use crate::outbox::OutboxBudget;
 use crate::ratelimit::RateLimiters;
 use crate::subscriptions::SubscriptionIndex;
 use mls_gateway_rules::config::StorageBackend;
@@ -19,6 +20,8 @@ pub struct App {
     pub store: Arc<dyn EventStore>,
     pub gateway: Arc<Gateway>,
     pub subscriptions: SubscriptionIndex,
+    /// Bytes all connections' outboxes may hold together (`limitation.outbox_total_bytes`).
+    pub outboxes: Arc<OutboxBudget>,
     pub whitelist: Vec<Hex32>,
     pub blacklist: Vec<Hex32>,
     pub started: Instant,
@@ -88,6 +91,7 @@ impl App {
             whitelist: config.whitelist(),
             blacklist: config.blacklist(),
             rate_limits: RateLimiters::new(&config),
+            outboxes: OutboxBudget::new(config.limitation.outbox_total_bytes),
             config,
             store,
             gateway,
@@ -114,15 +118,7 @@ impl App {
     }
 }
 
-/// Resolves once a flag (shutdown) is set, or its sender is gone.
+/// Resolves once a flag (shutdown, a cut outbox) is set, or its sender is gone.
 pub async fn until_set(flag: &mut watch::Receiver<bool>) {
     let _ = flag.wait_for(|s| *s).await;
-}
-
-/// Resolves only once a flag (a slow connection) is really set: a sender dropped because its
-/// connection ended is not a verdict (a closed session must not be told it was a slow reader).
-pub async fn until_really_set(flag: &mut watch::Receiver<bool>) {
-    if flag.wait_for(|s| *s).await.is_err() {
-        std::future::pending::<()>().await;
-    }
 }

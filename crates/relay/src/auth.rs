@@ -19,18 +19,21 @@ pub fn verify(app: &App, ev: &Event, challenge: &str, now: u64) -> Result<Hex32,
     if ev.created_at.abs_diff(now) > AUTH_WINDOW_SECS {
         return Err("invalid: AUTH event created_at must be within 10 minutes of now".into());
     }
-    if ev.tag_value("challenge") != Some(challenge) {
+    // Every `challenge` and `relay` tag must fit, not just the first: an event that also
+    // names another relay or challenge could log its author in there too.
+    let mut challenges = ev.tag_values("challenge").peekable();
+    if challenges.peek().is_none() || challenges.any(|c| c != challenge) {
         return Err("invalid: AUTH challenge does not match this connection's".into());
     }
-    match ev.tag_value("relay") {
-        Some(url) if app.relay_urls.contains(&normalize_url(url)) => {}
-        Some(_) => {
-            return Err(format!(
-                "invalid: AUTH relay tag does not name this relay ({})",
-                app.relay_urls.join(", ")
-            ))
-        }
-        None => return Err("invalid: AUTH event needs a relay tag".into()),
+    let mut relays = ev.tag_values("relay").peekable();
+    if relays.peek().is_none() {
+        return Err("invalid: AUTH event needs a relay tag".into());
+    }
+    if relays.any(|url| !app.relay_urls.contains(&normalize_url(url))) {
+        return Err(format!(
+            "invalid: AUTH relay tag does not name this relay ({})",
+            app.relay_urls.join(", ")
+        ));
     }
     if !app.pubkey_allowed(&ev.pubkey) {
         return Err("restricted: this pubkey is not allowed on this relay".into());

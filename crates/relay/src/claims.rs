@@ -16,7 +16,6 @@ pub async fn apply(
 ) -> Result<Option<HashSet<Hex32>>, String> {
     let gateway = app.gateway.clone();
     if !gateway.config().keypackage_claims
-        || viewer.authed.is_empty()
         || !found.iter().any(|s| {
             matches!(s.event.kind, 443 | 30443) && !viewer.authed.contains(&s.event.pubkey)
         })

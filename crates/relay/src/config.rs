@@ -168,6 +168,11 @@ pub struct Limits {
     pub max_subscriptions: usize,
     /// Filters per REQ / COUNT.
     pub max_filters: usize,
+    /// Values in one filter array (`ids`, `authors`, `kinds`, a `#tag`) of a REQ / COUNT.
+    pub max_filter_values: usize,
+    /// What all open subscriptions of one connection may hold, bytes (32 per id or pubkey, 2
+    /// per kind, a tag value's length plus 16, 64 per filter, plus the subscription id).
+    pub max_subscription_bytes: usize,
     /// Cap on a filter's `limit`, and the limit of a filter that has none.
     pub max_limit: u64,
     /// Stored events one REQ or COUNT may examine (visible or not, all filters together);
@@ -184,6 +189,12 @@ pub struct Limits {
     pub created_at_upper_limit: u64,
     /// Messages queued per connection before it is disconnected as a slow reader.
     pub outbox_capacity: usize,
+    /// Bytes queued per connection before it is disconnected as a slow reader (one larger
+    /// message still goes to an empty outbox).
+    pub outbox_max_bytes: usize,
+    /// Bytes queued in all connections' outboxes together; beyond it the connections with the
+    /// largest backlog are disconnected first.
+    pub outbox_total_bytes: usize,
     /// Open WebSocket connections per client IP (IPv6: per /64). 0 = unlimited.
     pub max_connections_per_ip: u32,
     /// REQ and COUNT messages (and REST API requests) per minute per client IP, and per
@@ -197,6 +208,8 @@ impl Default for Limits {
             max_message_length: 1024 * 1024,
             max_subscriptions: 50,
             max_filters: 10,
+            max_filter_values: 2000,
+            max_subscription_bytes: 256 * 1024,
             max_limit: 500,
             max_query_candidates: 10_000,
             max_subid_length: 64,
@@ -205,6 +218,8 @@ impl Default for Limits {
             created_at_lower_limit: 0,
             created_at_upper_limit: 900,
             outbox_capacity: 1024,
+            outbox_max_bytes: 4 * 1024 * 1024,
+            outbox_total_bytes: 256 * 1024 * 1024,
             max_connections_per_ip: 100,
             max_reqs_per_minute: 600,
         }

@@ -13,6 +13,7 @@ pub mod http;
 mod ingest;
 pub mod logging;
 pub mod metrics;
+mod outbox;
 pub mod ratelimit;
 mod session;
 mod subscriptions;

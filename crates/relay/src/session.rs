@@ -1,12 +1,13 @@
 //! One WebSocket connection: reads client messages in order, answers them, and owns the
-//! connection's outbox (a bounded queue drained by a writer task).
+//! connection's outbox (bounded in messages and bytes, `outbox`) drained by a writer task.
 //!
 //! EVENTs are written concurrently (so one connection's burst shares a group commit) but their
 //! writes are enqueued and answered in arrival order; a REQ or COUNT first waits for the
 //! connection's earlier EVENTs, so a client always reads its own writes.
 
 use crate::app::App;
-use crate::subscriptions::Subscription;
+use crate::outbox::{CutReason, Outbox};
+use crate::subscriptions::{check_filter_values, Subscription};
 use crate::{auth, fanout, ingest};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::stream::{FuturesOrdered, SplitSink};
@@ -20,51 +21,71 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use tokio::sync::{mpsc, watch};
+use std::time::Duration;
+use tokio::sync::watch;
 
 /// EVENT writes one connection may have in flight before it stops reading (and at most half
 /// its outbox, so a burst of OKs to a client that is reading never overflows it).
 const MAX_IN_FLIGHT: usize = 256;
 
+/// How long a cut connection's writer tries to deliver the NOTICE and close frame (it goes out
+/// once the client has read what the socket already holds): a client that never reads again
+/// must not keep the socket and the writer forever. Its outbox is already dropped, so this
+/// costs a socket and at most one message in the WebSocket's write buffer. Long enough for a
+/// client that was paused (a phone app in the background) to learn why it was closed.
+const FAREWELL_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// What the rest of the relay holds of a connection: its outbox and who it is.
 pub struct ConnectionHandle {
     pub id: u64,
-    outbox: mpsc::Sender<String>,
+    outbox: Arc<Outbox>,
     /// The pubkeys this connection authenticated as (NIP-42), as the gateway's viewer.
     authed: RwLock<Viewer>,
-    /// Set once when the outbox overflows: the writer says why and closes, the reader stops.
-    slow: watch::Sender<bool>,
+}
+
+impl Drop for ConnectionHandle {
+    fn drop(&mut self) {
+        // No one can queue anything more: the writer sends what is queued and closes.
+        self.outbox.finish();
+    }
 }
 
 impl ConnectionHandle {
-    /// Queues a message. A full outbox means the client is not reading: it is disconnected
-    /// rather than allowed to grow memory or stall the sender.
+    /// Queues a message. A full outbox (in messages or bytes) means the client is not
+    /// reading: it is disconnected rather than allowed to grow memory or stall the sender.
     pub fn send(&self, msg: String) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.outbox.try_send(msg) {
-            self.mark_slow();
-        }
+        self.outbox.push(msg);
     }
 
-    /// A handle with no socket behind it, and the receiving end of its outbox (tests).
+    /// Queues a message of this connection's own answer, waiting for room in its outbox
+    /// (see [`Outbox::push_wait`]).
+    pub async fn send_wait(&self, msg: String) {
+        self.outbox.push_wait(msg).await;
+    }
+
+    /// A handle with no socket behind it, and its outbox (tests).
     #[cfg(test)]
-    pub(crate) fn detached(id: u64, capacity: usize) -> (Self, mpsc::Receiver<String>) {
-        let (tx, rx) = mpsc::channel(capacity);
+    pub(crate) fn detached(id: u64, capacity: usize) -> (Self, Arc<Outbox>) {
+        let outbox = Outbox::detached(capacity, usize::MAX);
         let handle = ConnectionHandle {
             id,
-            outbox: tx,
+            outbox: outbox.clone(),
             authed: RwLock::new(Viewer { authed: Vec::new() }),
-            slow: watch::channel(false).0,
         };
-        (handle, rx)
+        (handle, outbox)
     }
 
     pub fn outbox_capacity(&self) -> usize {
-        self.outbox.max_capacity()
+        self.outbox.max_len()
     }
 
+    pub fn outbox_max_bytes(&self) -> usize {
+        self.outbox.max_bytes()
+    }
+
+    /// Cuts the connection because live events held back during a REQ outgrew the outbox.
     pub fn mark_slow(&self) {
-        self.slow
-            .send_if_modified(|slow| !std::mem::replace(slow, true));
+        self.outbox.cut(CutReason::Held);
     }
 
     pub fn authed(&self) -> Vec<Hex32> {
@@ -114,25 +135,24 @@ struct Session {
 
 pub async fn run(app: Arc<App>, socket: WebSocket, ip: IpAddr) {
     let (sink, mut stream) = socket.split();
-    let (tx, rx) = mpsc::channel::<String>(app.config.limitation.outbox_capacity.max(1));
+    let id = app.next_connection_id();
+    let limits = &app.config.limitation;
+    // Known to the relay-wide outbox budget until this function returns.
+    let (outbox, _registration) =
+        app.outboxes
+            .open(id, limits.outbox_capacity, limits.outbox_max_bytes);
     let conn = Arc::new(ConnectionHandle {
-        id: app.next_connection_id(),
-        outbox: tx,
+        id,
+        outbox: outbox.clone(),
         authed: RwLock::new(Viewer { authed: Vec::new() }),
-        slow: watch::channel(false).0,
     });
     let mut shutdown = app.shutdown.clone();
     let max_in_flight = MAX_IN_FLIGHT
         .min(app.config.limitation.outbox_capacity / 2)
         .max(1);
 
-    let mut reader_slow = conn.slow.subscribe();
-    let writer = tokio::spawn(write_outbox(
-        sink,
-        rx,
-        conn.slow.subscribe(),
-        app.shutdown.clone(),
-    ));
+    let mut reader_slow = outbox.cut_flag();
+    let writer = tokio::spawn(write_outbox(sink, outbox, app.shutdown.clone()));
 
     let mut session = Session {
         challenge: hex::encode(rand::random::<[u8; 16]>()),
@@ -148,7 +168,7 @@ pub async fn run(app: Arc<App>, socket: WebSocket, ip: IpAddr) {
     let reason = loop {
         tokio::select! {
             _ = crate::app::until_set(&mut shutdown) => break "relay shutting down",
-            _ = crate::app::until_really_set(&mut reader_slow) => break "slow reader",
+            _ = crate::app::until_set(&mut reader_slow) => break "slow reader",
             Some(ok) = session.in_flight.next(), if !session.in_flight.is_empty() => {
                 session.conn.send(ok);
             }
@@ -176,13 +196,23 @@ pub async fn run(app: Arc<App>, socket: WebSocket, ip: IpAddr) {
     let _ = writer.await;
 }
 
-/// The connection's writer: drains the outbox to the socket, flushing once per burst. A slow
-/// reader (outbox overflowed) is told why and closed; so is everyone at shutdown. Those two
-/// flags are checked first and between messages, so a backlog never hides them.
+/// How the writer's pumping ended.
+enum End {
+    Cut,
+    Shutdown,
+    /// No sender left and the outbox drained.
+    Finished,
+    /// The socket failed.
+    Failed,
+}
+
+/// The connection's writer: drains the outbox to the socket, flushing once per burst. A cut
+/// connection (a slow reader) is told why and closed; so is everyone at shutdown. Both are
+/// checked first and between messages, so a backlog never hides them; a cut also interrupts a
+/// write the client is not reading.
 async fn write_outbox(
     mut sink: SplitSink<WebSocket, Message>,
-    mut outbox: mpsc::Receiver<String>,
-    mut slow: watch::Receiver<bool>,
+    outbox: Arc<Outbox>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let close = |reason: &str| {
@@ -191,45 +221,108 @@ async fn write_outbox(
             reason: reason.to_owned().into(),
         }))
     };
-    loop {
-        tokio::select! {
-            biased;
-            _ = crate::app::until_really_set(&mut slow) => {
-                let notice = relay::notice("error: outbox full, closing slow connection");
+    let mut cut = outbox.cut_flag();
+    let mut stop = shutdown.clone();
+    let end = tokio::select! {
+        biased;
+        _ = crate::app::until_set(&mut cut) => End::Cut,
+        // Also ends a write the client is not reading, so the session's own waiting answer
+        // (`send_wait`) is released at shutdown.
+        _ = crate::app::until_set(&mut stop) => End::Shutdown,
+        end = pump(&mut sink, &outbox, &mut shutdown) => end,
+    };
+    // Nothing more is queued; what still is, is dropped and its bytes given back.
+    outbox.close();
+    match end {
+        End::Cut => {
+            let notice = relay::notice(&cut_notice(&outbox));
+            let farewell = async {
                 let _ = sink.send(Message::Text(notice.into())).await;
                 let _ = sink.send(close("slow reader")).await;
-                break;
-            }
-            _ = crate::app::until_set(&mut shutdown) => {
-                let _ = sink.send(close("relay shutting down")).await;
-                break;
-            }
-            msg = outbox.recv() => {
-                let Some(first) = msg else {
-                    let _ = sink.send(Message::Close(None)).await;
-                    break;
-                };
-                // Everything already queued goes out with one flush (one syscall for a REQ's
-                // events and EOSE, not one each).
-                let mut next = Some(first);
-                let mut failed = false;
-                while let Some(text) = next.take() {
-                    crate::metrics::message_out(&text);
-                    if sink.feed(Message::Text(text.into())).await.is_err() {
-                        failed = true;
-                        break;
-                    }
-                    if !*slow.borrow() && !*shutdown.borrow() {
-                        next = outbox.try_recv().ok();
-                    }
-                }
-                if failed || sink.flush().await.is_err() {
-                    break;
-                }
-            }
+                let _ = sink.close().await;
+            };
+            let _ = tokio::time::timeout(FAREWELL_TIMEOUT, farewell).await;
+            return;
         }
+        End::Shutdown => {
+            let _ = sink.send(close("relay shutting down")).await;
+        }
+        End::Finished => {
+            let _ = sink.send(Message::Close(None)).await;
+        }
+        End::Failed => {}
     }
     let _ = sink.close().await;
+}
+
+/// Writes the outbox to the socket until the connection is cut (then this future is dropped
+/// by the caller), shut down, finished or failed.
+async fn pump(
+    sink: &mut SplitSink<WebSocket, Message>,
+    outbox: &Outbox,
+    shutdown: &mut watch::Receiver<bool>,
+) -> End {
+    /// Bytes taken from the outbox: given back once flushed, or when the write is abandoned.
+    struct Taken<'a>(&'a Outbox, usize);
+    impl Drop for Taken<'_> {
+        fn drop(&mut self) {
+            self.0.release(self.1);
+        }
+    }
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = crate::app::until_set(shutdown) => return End::Shutdown,
+            msg = outbox.pop() => msg,
+        };
+        let Some(first) = first else {
+            return match outbox.cut_reason() {
+                Some(_) => End::Cut,
+                None => End::Finished,
+            };
+        };
+        // Everything already queued goes out with one flush (one syscall for a REQ's events
+        // and EOSE, not one each).
+        let mut taken = Taken(outbox, 0);
+        let mut next = Some(first);
+        while let Some(text) = next.take() {
+            taken.1 += text.len();
+            crate::metrics::message_out(&text);
+            if sink.feed(Message::Text(text.into())).await.is_err() {
+                return End::Failed;
+            }
+            if !*shutdown.borrow() {
+                next = outbox.try_pop();
+            }
+        }
+        if sink.flush().await.is_err() {
+            return End::Failed;
+        }
+    }
+}
+
+/// The NOTICE a cut connection gets, naming the limit it hit.
+fn cut_notice(outbox: &Outbox) -> String {
+    let detail = match outbox.cut_reason() {
+        Some(CutReason::Count) => format!(
+            "limitation.outbox_capacity: {} messages queued",
+            outbox.max_len()
+        ),
+        Some(CutReason::Bytes) | None => format!(
+            "limitation.outbox_max_bytes: {} bytes queued",
+            outbox.max_bytes()
+        ),
+        Some(CutReason::Total) => "largest backlog while all connections' outboxes held \
+             limitation.outbox_total_bytes"
+            .to_owned(),
+        Some(CutReason::Held) => format!(
+            "live events held back during a REQ reached limitation.outbox_capacity ({}) or \
+             limitation.outbox_max_bytes ({})",
+            outbox.max_len(),
+            outbox.max_bytes()
+        ),
+    };
+    format!("error: outbox full, closing slow connection ({detail})")
 }
 
 impl Session {
@@ -274,8 +367,12 @@ impl Session {
     async fn on_event(&mut self, ev: Event) {
         let id = ev.id.to_hex();
         let authed = self.conn.authed();
-        if let Err(reason) = ingest::check(&self.app, &ev, &authed, unix_now())
-            .and_then(|()| self.app.rate_limits.check_event(&authed, self.ip))
+        // The rate limit first: a flood of badly signed events must not buy signature checks.
+        if let Err(reason) = self
+            .app
+            .rate_limits
+            .check_event(&authed, self.ip)
+            .and_then(|()| ingest::check(&self.app, &ev, &authed, unix_now()))
         {
             crate::metrics::event_refused(&ev, &reason);
             self.conn.send(relay::ok(&id, false, &reason));
@@ -403,6 +500,13 @@ impl Session {
             self.conn.send(relay::closed(&sub_id, &reason));
             return;
         }
+        if let Err(reason) = check_filter_values(&filters, limits.max_filter_values) {
+            if let Some(old) = self.subs.take(sub_id.as_str()) {
+                self.app.subscriptions.remove(self.conn.id, &old);
+            }
+            self.conn.send(relay::closed(&sub_id, &reason));
+            return;
+        }
         let Some(scoped) = self.admit_read(&sub_id, &filters).await else {
             // A refused REQ that reuses an id ends the old subscription too.
             if let Some(old) = self.subs.take(sub_id.as_str()) {
@@ -418,7 +522,12 @@ impl Session {
             filters,
             self.conn.clone(),
         ));
-        self.app.subscriptions.insert(sub.clone());
+        let max_bytes = self.app.config.limitation.max_subscription_bytes;
+        if let Err(reason) = self.app.subscriptions.try_insert(sub.clone(), max_bytes) {
+            self.subs.remove(&sub_id);
+            self.conn.send(relay::closed(&sub_id, &reason));
+            return;
+        }
         self.subs.insert(sub_id.clone());
 
         let (results, complete) = match self.stored_results(&sub.filters, &scoped).await {
@@ -432,7 +541,8 @@ impl Session {
         };
         let mut sent = HashSet::with_capacity(results.len());
         for (id, json) in results {
-            self.conn.send(relay::event(&sub_id, &json));
+            // Waits for room: a reading client gets an answer larger than its outbox.
+            self.conn.send_wait(relay::event(&sub_id, &json)).await;
             sent.insert(id);
         }
         if !complete {
@@ -553,6 +663,11 @@ impl Session {
     }
 
     async fn on_count(&mut self, sub_id: String, filters: Vec<Filter>) {
+        let max_values = self.app.config.limitation.max_filter_values;
+        if let Err(reason) = check_filter_values(&filters, max_values) {
+            self.conn.send(relay::closed(&sub_id, &reason));
+            return;
+        }
         let Some(scoped) = self.admit_read(&sub_id, &filters).await else {
             return;
         };

@@ -59,3 +59,73 @@ fn matches_through_each_index_and_forgets_closed_connections() {
     assert_eq!(Arc::strong_count(&a), 1);
     assert_eq!(Arc::strong_count(&b), 1);
 }
+
+#[test]
+fn a_connections_subscriptions_are_bounded_in_bytes_and_give_them_back() {
+    use crate::subscriptions::subscription_bytes;
+    let index = SubscriptionIndex::default();
+    let (a, _rx_a) = ConnectionHandle::detached(1, 8);
+    let (b, _rx_b) = ConnectionHandle::detached(2, 8);
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let ids = |n: usize, seed: u8| -> Vec<String> {
+        (0..n)
+            .map(|i| format!("{seed:02x}{i:062x}"))
+            .collect::<Vec<_>>()
+    };
+    let one = sub(&a, "one", json!({"ids": ids(10, 1)}));
+    let cost = subscription_bytes("one", &one.filters);
+    assert_eq!(cost, 3 + 64 + 10 * 32);
+    let max = 2 * cost + 10;
+    index.try_insert(one, max).unwrap();
+    index
+        .try_insert(sub(&a, "two", json!({"ids": ids(10, 2)})), max)
+        .unwrap();
+    let refused = index
+        .try_insert(sub(&a, "six", json!({"ids": ids(10, 3)})), max)
+        .unwrap_err();
+    assert!(refused.starts_with("invalid:") && refused.contains("max_subscription_bytes"));
+    // Another connection has its own budget; replacing a subscription counts it once.
+    index
+        .try_insert(sub(&b, "one", json!({"ids": ids(10, 4)})), max)
+        .unwrap();
+    index
+        .try_insert(sub(&a, "two", json!({"ids": ids(10, 5)})), max)
+        .unwrap();
+    assert_eq!(index.connection_bytes(1), 2 * cost);
+    // A refused replacement ends the old subscription of that id too.
+    let big = sub(&a, "two", json!({"ids": ids(20, 6)}));
+    assert!(index.try_insert(big, max).is_err());
+    assert_eq!(index.connection_bytes(1), cost);
+    assert!(index.remove(1, "one"));
+    assert_eq!(index.connection_bytes(1), 0);
+    index.remove_connection(2, &[Arc::from("one")]);
+    assert!(index.is_empty());
+    assert_eq!(Arc::strong_count(&a), 1);
+}
+
+#[test]
+fn values_shared_by_many_subscriptions_and_tags_match_exactly() {
+    let index = SubscriptionIndex::default();
+    let conns: Vec<_> = (0..5)
+        .map(|i| Arc::new(ConnectionHandle::detached(i, 8).0))
+        .collect();
+    let g1 = "a".repeat(64);
+    let g2 = "b".repeat(64);
+    for c in &conns {
+        index.insert(sub(c, "g", json!({"kinds": [445], "#h": [g1, g2]})));
+    }
+    index.insert(sub(&conns[0], "other", json!({"#h": ["g3"]})));
+    let in_g1 = event(445, vec![vec!["h".into(), g1.clone()]]);
+    let in_g3 = event(445, vec![vec!["h".into(), "g3".into()]]);
+    let in_g4 = event(445, vec![vec!["h".into(), "g4".into()]]);
+    assert_eq!(index.matching(&in_g1).len(), 5);
+    assert_eq!(index.matching(&in_g3).len(), 1);
+    assert!(index.matching(&in_g4).is_empty());
+    // Members leave one by one; the rest still match.
+    for (i, c) in conns.iter().enumerate() {
+        assert!(index.remove(c.id, "g"));
+        assert_eq!(index.matching(&in_g1).len(), 4 - i);
+    }
+    assert!(index.remove(0, "other"));
+    assert!(index.is_empty() && index.matching(&in_g3).is_empty());
+}

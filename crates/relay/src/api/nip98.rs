@@ -76,15 +76,17 @@ pub fn verify(
             .iter()
             .map(|base| normalize_url(&format!("{base}{}", req.path_and_query)))
     };
-    match ev.tag_value("u") {
-        Some(u) if expected().any(|e| e == normalize_url(u)) => {}
-        Some(_) => {
-            return Err(invalid(format!(
-                "NIP-98: u tag does not match the request URL ({})",
-                expected().collect::<Vec<_>>().join(" or ")
-            )))
-        }
-        None => return Err(invalid("NIP-98: missing u tag")),
+    // Every `u` tag must name this request (a token naming another URL too could be spent
+    // there as well).
+    let mut us = ev.tag_values("u").peekable();
+    if us.peek().is_none() {
+        return Err(invalid("NIP-98: missing u tag"));
+    }
+    if us.any(|u| !expected().any(|e| e == normalize_url(u))) {
+        return Err(invalid(format!(
+            "NIP-98: u tag does not match the request URL ({})",
+            expected().collect::<Vec<_>>().join(" or ")
+        )));
     }
     match ev.tag_value("method") {
         Some(m) if m.eq_ignore_ascii_case(req.method) => {}

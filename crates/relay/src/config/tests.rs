@@ -661,3 +661,35 @@ fn auth_bounds_are_checked() {
         vec!["auth.max_pubkeys_per_connection must be at least 1"]
     );
 }
+
+#[test]
+fn memory_bounds_have_defaults_and_are_checked() {
+    let l = &Config::default().limitation;
+    assert_eq!(l.outbox_max_bytes, 4 * 1024 * 1024);
+    assert_eq!(l.outbox_total_bytes, 256 * 1024 * 1024);
+    assert_eq!(l.max_filter_values, 2000);
+    assert_eq!(l.max_subscription_bytes, 256 * 1024);
+    let config = parse_ok(
+        "[limitation]\noutbox_max_bytes = 1048576\noutbox_total_bytes = 8388608\n\
+         max_filter_values = 500\nmax_subscription_bytes = 65536\n",
+    );
+    assert_eq!(config.limitation.outbox_total_bytes, 8 << 20);
+    assert_eq!(config.limitation.max_filter_values, 500);
+    let mut config = Config::default();
+    config.limitation.outbox_max_bytes = 0;
+    config.limitation.max_subscription_bytes = 0;
+    assert_eq!(
+        invalid_messages(&config),
+        vec![
+            "limitation.max_subscription_bytes must be at least 1",
+            "limitation.outbox_max_bytes must be at least 1",
+        ]
+    );
+    let mut config = Config::default();
+    config.limitation.outbox_total_bytes = 1024;
+    let w = config.warnings();
+    assert!(
+        w.len() == 1 && w[0].starts_with("limitation.outbox_total_bytes"),
+        "{w:?}"
+    );
+}

@@ -86,12 +86,16 @@ impl Config {
             ("max_message_length", l.max_message_length as u64),
             ("max_subscriptions", l.max_subscriptions as u64),
             ("max_filters", l.max_filters as u64),
+            ("max_filter_values", l.max_filter_values as u64),
+            ("max_subscription_bytes", l.max_subscription_bytes as u64),
             ("max_limit", l.max_limit),
             ("max_query_candidates", l.max_query_candidates),
             ("max_subid_length", l.max_subid_length as u64),
             ("max_event_tags", l.max_event_tags as u64),
             ("max_content_length", l.max_content_length as u64),
             ("outbox_capacity", l.outbox_capacity as u64),
+            ("outbox_max_bytes", l.outbox_max_bytes as u64),
+            ("outbox_total_bytes", l.outbox_total_bytes as u64),
         ];
         for (name, value) in at_least_one {
             if value == 0 {
@@ -199,6 +203,14 @@ impl Config {
             out.push(format!(
                 "auth: {} is in both pubkey_whitelist and pubkey_blacklist (the blacklist wins)",
                 mls_proto::short_pubkey(key)
+            ));
+        }
+        let l = &self.limitation;
+        if l.outbox_total_bytes < l.outbox_max_bytes {
+            out.push(format!(
+                "limitation.outbox_total_bytes = {} is less than limitation.outbox_max_bytes = {}: \
+                 the relay-wide budget cuts slow readers before their own bound does",
+                l.outbox_total_bytes, l.outbox_max_bytes
             ));
         }
         let lower = self.limitation.created_at_lower_limit;
