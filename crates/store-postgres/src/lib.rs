@@ -12,6 +12,12 @@
 //! the visibility predicate use ([`mls_store::StateRead`]) can wait for the database from any
 //! thread without deadlocking the caller's runtime. The writer is a dedicated thread; a read
 //! that must wait runs under `block_in_place`, never stalling a runtime worker's other tasks.
+//! Every database operation has a client-side deadline (statement timeout + connect timeout):
+//! a database that goes silent yields errors, not hangs, and a connection that missed its
+//! deadline is closed rather than pooled.
+//!
+//! Each stored event gets `seq`, its place in commit order, handed out inside the writer lock
+//! (no gaps, in commit order across instances), for the commit stream a later step reads.
 //!
 //! Connection strings: a URL (`postgres://user:pass@host:port/db?sslmode=require`) or
 //! key/value form (`host=/cloudsql/PROJECT:REGION:INSTANCE user=… dbname=…` for Cloud Run's
