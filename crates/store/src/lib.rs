@@ -8,6 +8,8 @@
 //! This crate knows no sockets. It knows nothing of MLS either: the rules arrive through
 //! [`Admission`] and visibility through the `visible` predicate of [`EventStore::query`].
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod embedded;
 mod feed;
 

@@ -1,14 +1,15 @@
 //! Storage conformance suite: what every backend of [`EventStore`] must do, written once
-//! against the interface. A backend runs it with
-//! `#[macro_use] mod suite; conformance_tests!(MyHarness::new());`, which makes one
-//! `#[tokio::test]` per behaviour below.
-#![allow(dead_code)]
+//! against the interface and exported (feature `conformance`) so every backend's tests run
+//! the same code. A backend implements [`Harness`] and writes
+//! `mls_store::conformance_tests!(MyHarness::new());` in a test file, which makes one
+//! `#[tokio::test]` per behaviour below (the test crate needs tokio's `macros` and
+//! `rt-multi-thread`).
 
-use mls_proto::{Event, Filter, Hex32};
-use mls_store::{
+use crate::{
     Admission, Admitted, BackupItem, EventStore, Publisher, ReadBounds, Rejection, StateRead,
     StateWrite, StoredEvent, Tombstone, WriteOutcome,
 };
+use mls_proto::{Event, Filter, Hex32};
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -25,9 +26,10 @@ pub trait Harness: Send + Sync {
 }
 
 /// Generates one test per conformance behaviour for the harness built by `$harness`.
+#[macro_export]
 macro_rules! conformance_tests {
     ($harness:expr) => {
-        conformance_tests!(@each $harness;
+        $crate::conformance_tests!(@each $harness;
             indexes_answer_each_filter_shape,
             newest_first_with_lowest_id_on_ties,
             limit_per_filter_and_max_limit,
@@ -71,7 +73,7 @@ macro_rules! conformance_tests {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $name() {
                 let harness = $harness;
-                suite::$name(&harness).await;
+                $crate::conformance::$name(&harness).await;
             }
         )*
     };
@@ -142,7 +144,7 @@ impl Admission for TestRules {
         received_at: u64,
         state: &mut dyn StateWrite,
     ) -> Result<Admitted, Rejection> {
-        let fail = |e: mls_store::StoreError| Rejection(format!("error: {e}"));
+        let fail = |e: crate::StoreError| Rejection(format!("error: {e}"));
         for t in ev.tags.iter().filter(|t| t.len() >= 3 && t[0] == "put") {
             state.put(t[1].as_bytes(), t[2].as_bytes()).map_err(fail)?;
         }
