@@ -1,12 +1,99 @@
-//! Live delivery of an accepted event: the subscription index narrows the candidates, the
-//! gateway's visibility rule decides (the event's part once, then per subscriber), and matching
-//! subscriptions get it once.
+//! Live delivery, as the one consumer of the store's commit stream in this process.
+//!
+//! The store rings its [`mls_store::CommitFeed`] after each durable commit; this task reads
+//! what was committed back from the store (`since(seq)`, in commit order) and delivers each
+//! event: the subscription index narrows the candidates, the gateway's visibility rule decides
+//! (the event's part once, then per subscriber), and matching subscriptions get it once.
+//! Publishing sessions never deliver themselves, so a bus between instances can ring the same
+//! bell later without touching sessions. Events accepted but not stored (`store: false`,
+//! ephemeral kinds) ride in the notice, placed in commit order.
 
 use crate::app::App;
 use mls_proto::Event;
+use mls_store::CommitNotice;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast::error::RecvError;
 
-pub async fn publish(app: &App, ev: &Event) {
+/// Events read from the store per catch-up read (each up to an event's size limit in memory).
+const CHUNK: usize = 64;
+/// A failing catch-up read is retried this many times (100 ms apart) before the range is
+/// given up (logged): live delivery is best effort, the store keeps everything.
+const READ_ATTEMPTS: u32 = 30;
+
+/// Runs until shutdown (or until the store's feed is gone). Starts after what is already
+/// committed: older events are served by REQ, not live.
+pub async fn run(app: Arc<App>) {
+    let mut shutdown = app.shutdown.clone();
+    let mut notices = app.store.commits().subscribe();
+    let mut cursor = app.store.commits().last_seq();
+    loop {
+        let notice = tokio::select! {
+            n = notices.recv() => n,
+            _ = crate::app::until_set(&mut shutdown) => return,
+        };
+        match notice {
+            Ok(notice) => consume(&app, &mut cursor, &notice).await,
+            Err(RecvError::Lagged(missed)) => {
+                // Stored events are read back from the store; transient ones are lost.
+                tracing::warn!(missed, "fan-out fell behind the commit stream; catching up");
+                let to = app.store.commits().last_seq();
+                catch_up(&app, &mut cursor, to).await;
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+async fn consume(app: &App, cursor: &mut u64, notice: &CommitNotice) {
+    for (after, ev) in &notice.transient {
+        catch_up(app, cursor, *after).await;
+        publish(app, ev, None).await;
+    }
+    catch_up(app, cursor, notice.last_seq).await;
+}
+
+/// Delivers the stored events with `cursor < seq <= to`, in seq order.
+async fn catch_up(app: &App, cursor: &mut u64, to: u64) {
+    if app.subscriptions.is_empty() {
+        // Nobody listens: nothing to read back. A REQ registered after this check queries
+        // the store after these events committed, so it finds them there.
+        *cursor = to.max(*cursor);
+        return;
+    }
+    let mut failures = 0;
+    while *cursor < to {
+        let batch = match app.store.since(*cursor, CHUNK).await {
+            Ok(batch) => batch,
+            Err(e) => {
+                failures += 1;
+                if failures >= READ_ATTEMPTS {
+                    tracing::error!(error = %e, from = *cursor, to, "fan-out skips events it could not read");
+                    *cursor = to;
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let whole = batch.len() < CHUNK;
+        for s in batch {
+            if s.seq > to {
+                // Committed after the point we deliver up to: read again later, in order.
+                *cursor = to;
+                return;
+            }
+            publish(app, &s.event.event, Some(s.event.json.clone())).await;
+            *cursor = s.seq;
+        }
+        if whole {
+            // Everything committed up to `to` was read (what is missing was removed since).
+            *cursor = to;
+        }
+    }
+}
+
+async fn publish(app: &App, ev: &Event, json: Option<Arc<str>>) {
     let candidates = app.subscriptions.matching(ev);
     if candidates.is_empty() {
         return;
@@ -31,7 +118,7 @@ pub async fn publish(app: &App, ev: &Event) {
         tracing::error!(error = %e, "fan-out state read failed");
         return;
     }
-    let json: Arc<str> = ev.to_json().into();
+    let json = json.unwrap_or_else(|| ev.to_json().into());
     for sub in visible {
         sub.deliver(ev.id, &json);
     }

@@ -1,7 +1,8 @@
 //! The relay server: HTTP and WebSocket on one port, sessions, live subscriptions, fan-out,
 //! NIP-42. It wires the wire model (`mls-proto`), the rules (`mls-gateway-rules`) and the
 //! storage (`mls-store`) together; the path of one event is
-//! `session` → `ingest` (relay checks) → store writer (gateway rules, commit) → `fanout`.
+//! `session` → `ingest` (relay checks) → store writer (gateway rules, commit) → the store's
+//! commit stream → `fanout` (one consumer task per process, delivering in commit order).
 
 pub mod api;
 pub mod app;
@@ -66,6 +67,8 @@ pub async fn run(config: Config) -> Result<(), String> {
     let mut app = App::new(config, store.clone(), gateway, shutdown_rx.clone());
     app.relay_urls = relay_urls;
     let app = Arc::new(app);
+    // Live delivery consumes the commit stream; sessions only write.
+    let fanout = tokio::spawn(fanout::run(app.clone()));
 
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -89,6 +92,7 @@ pub async fn run(config: Config) -> Result<(), String> {
 
     let _ = purger.await;
     store.close().await;
+    let _ = fanout.await;
     tracing::info!("relay stopped");
     Ok(())
 }

@@ -438,6 +438,15 @@ impl EventStore for MeteredStore {
     async fn restore(&self, items: Vec<BackupItem>) -> StoreResult<Vec<WriteOutcome>> {
         self.0.restore(items).await
     }
+
+    fn commits(&self) -> &mls_store::CommitFeed {
+        self.0.commits()
+    }
+
+    async fn since(&self, after: u64, limit: usize) -> StoreResult<Vec<mls_store::Sequenced>> {
+        let started = Instant::now();
+        timed("since", started, self.0.since(after, limit).await)
+    }
 }
 
 /// `GET /metrics`: the text exposition, behind `Authorization: Bearer <server.metrics_token>`

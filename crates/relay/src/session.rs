@@ -8,7 +8,7 @@
 use crate::app::App;
 use crate::outbox::{CutReason, Outbox};
 use crate::subscriptions::{check_filter_values, Subscription};
-use crate::{auth, fanout, ingest};
+use crate::{auth, ingest};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::stream::{FuturesOrdered, SplitSink};
 use futures_util::{SinkExt, StreamExt};
@@ -380,8 +380,9 @@ impl Session {
         }
         let app = self.app.clone();
         if ev.class() == KindClass::Ephemeral {
-            // Delivered live, never stored: nothing to commit before the OK.
-            fanout::publish(&app, &ev).await;
+            // Delivered live, never stored: nothing to commit before the OK. It joins the
+            // commit stream, which live fan-out consumes.
+            app.store.commits().announce(Arc::new(ev));
             self.conn.send(relay::ok(&id, true, ""));
             return;
         }
@@ -390,7 +391,7 @@ impl Session {
             match app
                 .store
                 .write(
-                    ev.clone(),
+                    ev,
                     Publisher {
                         authed,
                         operator: false,
@@ -398,10 +399,8 @@ impl Session {
                 )
                 .await
             {
-                Ok(WriteOutcome::Accepted) => {
-                    fanout::publish(&app, &ev).await;
-                    relay::ok(&id, true, "")
-                }
+                // Live fan-out reads it from the commit stream (see `fanout`).
+                Ok(WriteOutcome::Accepted) => relay::ok(&id, true, ""),
                 Ok(WriteOutcome::Duplicate) => {
                     relay::ok(&id, true, "duplicate: already have this event")
                 }

@@ -17,7 +17,8 @@
 //! deadline is closed rather than pooled.
 //!
 //! Each stored event gets `seq`, its place in commit order, handed out inside the writer lock
-//! (no gaps, in commit order across instances), for the commit stream a later step reads.
+//! (no gaps, in commit order across instances): the commit stream ([`EventStore::since`], and
+//! the [`mls_store::CommitFeed`] rung after each of this process's commits).
 //!
 //! Connection strings: a URL (`postgres://user:pass@host:port/db?sslmode=require`) or
 //! key/value form (`host=/cloudsql/PROJECT:REGION:INSTANCE user=… dbname=…` for Cloud Run's
@@ -35,8 +36,8 @@ mod writer;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use mls_proto::{Event, Filter, Hex32};
 use mls_store::{
-    Admission, BackupItem, Bounded, EventStore, Publisher, ReadBounds, Rejection, StateRead,
-    StateWrite, StoreError, StoreResult, StoredEvent, Visible, WriteOutcome,
+    Admission, BackupItem, Bounded, CommitFeed, EventStore, Publisher, ReadBounds, Rejection,
+    Sequenced, StateRead, StateWrite, StoreError, StoreResult, StoredEvent, Visible, WriteOutcome,
 };
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
@@ -258,6 +259,7 @@ pub struct PostgresStore {
     writer: Mutex<Option<JoinHandle<()>>>,
     /// What logs and errors may show of the connection string (no password).
     target: String,
+    feed: Arc<CommitFeed>,
 }
 
 impl PostgresStore {
@@ -353,11 +355,32 @@ impl PostgresStore {
             .await
             .map_err(|e| StoreError::Backend(format!("postgres: migration task failed: {e}")))??;
 
+        let last_seq = io
+            .run({
+                let pool = pool.clone();
+                let deadline = io.deadline;
+                async move {
+                    on_pooled(&pool, deadline, |client| {
+                        Box::pin(async move {
+                            let row = client
+                                .query_one("SELECT last_seq FROM store_meta", &[])
+                                .await
+                                .map_err(pg_error("read last_seq"))?;
+                            Ok(row.get::<_, i64>(0))
+                        })
+                    })
+                    .await
+                }
+            })
+            .await?;
+        let feed = Arc::new(CommitFeed::new(last_seq.max(0) as u64));
+
         let (sender, receiver) = mpsc::channel();
         let writer = writer::Writer {
             io: io.clone(),
             pool: pool.clone(),
             rules,
+            feed: feed.clone(),
             max_batch: options.max_batch.max(1),
             lock_key: lock_key("writer", options.schema.as_deref()),
         };
@@ -372,6 +395,7 @@ impl PostgresStore {
             queue: Mutex::new(Some(sender)),
             writer: Mutex::new(Some(handle)),
             target,
+            feed,
         }))
     }
 
@@ -749,5 +773,22 @@ impl EventStore for PostgresStore {
         let (reply, answered) = oneshot::channel();
         self.submit(writer::Request::Restore { items, reply })?;
         answer(answered).await
+    }
+
+    fn commits(&self) -> &CommitFeed {
+        &self.feed
+    }
+
+    async fn since(&self, after: u64, limit: usize) -> StoreResult<Vec<Sequenced>> {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.io
+            .run(query::since(
+                self.pool.clone(),
+                self.io.deadline,
+                after,
+                limit,
+            ))
+            .await
     }
 }

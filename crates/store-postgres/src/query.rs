@@ -183,6 +183,41 @@ async fn fetch(
     .await
 }
 
+/// Stored events with `seq > after`, in seq order, at most `limit` (the commit stream's
+/// catch-up read; `events_seq` serves it).
+pub(crate) async fn since(
+    pool: Pool,
+    deadline: Duration,
+    after: i64,
+    limit: i64,
+) -> StoreResult<Vec<mls_store::Sequenced>> {
+    let rows = crate::on_pooled(&pool, deadline, move |client| {
+        Box::pin(async move {
+            let sql = format!(
+                "SELECT {COLUMNS}, e.seq FROM events e WHERE e.seq > $1 ORDER BY e.seq LIMIT $2"
+            );
+            let stmt = client
+                .prepare_cached(&sql)
+                .await
+                .map_err(pg_error("read commit stream"))?;
+            client
+                .query(&stmt, &[&after, &limit])
+                .await
+                .map_err(pg_error("read commit stream"))
+        })
+    })
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let seq: i64 = r.get(5);
+            Ok(mls_store::Sequenced {
+                seq: seq as u64,
+                event: Row::from_pg(r).into_stored()?,
+            })
+        })
+        .collect()
+}
+
 /// The cursor after `row`.
 pub(crate) fn cursor_after(row: &Row) -> Cursor {
     Some((row.created_at, row.id.clone()))

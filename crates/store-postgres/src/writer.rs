@@ -113,6 +113,15 @@ pub(crate) struct Writer {
     pub max_batch: usize,
     /// The advisory lock every instance's writer takes (one per schema).
     pub lock_key: i64,
+    /// Rung after each COMMIT (the commit stream).
+    pub feed: Arc<mls_store::CommitFeed>,
+}
+
+/// What a committed batch tells the commit stream.
+struct Committed {
+    outcomes: Vec<Outcome>,
+    last_seq: i64,
+    transient: Vec<(u64, Arc<mls_proto::Event>)>,
 }
 
 impl Writer {
@@ -140,12 +149,18 @@ impl Writer {
     fn run_batch(&self, mut batch: Vec<Request>, carry: &mut VecDeque<Request>) {
         let started = std::time::Instant::now();
         match self.commit_batch(&mut batch) {
-            Ok(outcomes) => {
+            Ok(Committed {
+                outcomes,
+                last_seq,
+                transient,
+            }) => {
                 tracing::trace!(
                     size = batch.len(),
                     micros = started.elapsed().as_micros() as u64,
                     "store batch committed"
                 );
+                // Before the answers: a publisher that sees its OK finds the stream rung.
+                self.feed.committed(last_seq.max(0) as u64, transient);
                 for (request, outcome) in batch.into_iter().zip(outcomes) {
                     request.answer(outcome, carry);
                 }
@@ -167,7 +182,7 @@ impl Writer {
     }
 
     /// Runs `batch` in one transaction under the writer lock and commits it.
-    fn commit_batch(&self, batch: &mut [Request]) -> Result<Vec<Outcome>, BatchError> {
+    fn commit_batch(&self, batch: &mut [Request]) -> Result<Committed, BatchError> {
         let io = &*self.io;
         let client = match io.block_on(self.pool.get()) {
             Ok(Ok(client)) => client,
@@ -205,15 +220,23 @@ impl Writer {
             last_seq: &mut last_seq,
         };
         let mut outcomes = Vec::with_capacity(batch.len());
+        let mut transient = Vec::new();
         let mut failure = None;
         for request in batch.iter_mut() {
             let outcome = match request {
                 Request::Write {
                     event, publisher, ..
-                } => tx
-                    .write_event(event, publisher, now)
-                    .map(Outcome::Write)
-                    .map_err(|e| format!("event {}: {e}", event.id)),
+                } => {
+                    let seq = *tx.last_seq;
+                    let outcome = tx.write_event(event, publisher, now);
+                    // Accepted without taking a seq: not stored, delivered from the notice.
+                    if matches!(outcome, Ok(WriteOutcome::Accepted)) && *tx.last_seq == seq {
+                        transient.push((seq.max(0) as u64, Arc::new((**event).clone())));
+                    }
+                    outcome
+                        .map(Outcome::Write)
+                        .map_err(|e| format!("event {}: {e}", event.id))
+                }
                 Request::State { f, .. } => match f.take() {
                     Some(f) => tx.update_state(f).map_err(|e| format!("state change: {e}")),
                     None => Ok(Outcome::Failed(StoreError::Backend(
@@ -266,7 +289,11 @@ impl Writer {
             discard(io, client);
             return Err(BatchError::Commit(format!("commit write transaction: {e}")));
         }
-        Ok(outcomes)
+        Ok(Committed {
+            outcomes,
+            last_seq,
+            transient,
+        })
     }
 }
 

@@ -1,10 +1,9 @@
-//! The storage conformance suite (the same file the embedded store runs) against PostgreSQL,
+//! The storage conformance suite (`mls_store::conformance`, as the embedded store runs it) against PostgreSQL,
 //! each test in its own schema so they run in parallel. Needs `DATABASE_URL` (scripts/test.sh
 //! starts a throwaway cluster and sets it); without it every test says it was skipped.
 
-#[macro_use]
-#[path = "../../store/tests/suite/mod.rs"]
-mod suite;
+use mls_store::conformance as suite;
+use mls_store::conformance_tests;
 
 mod pg;
 

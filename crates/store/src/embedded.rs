@@ -7,7 +7,9 @@
 //!   (see [`keys`]);
 //! - `expiry` (expires_at ++ id) for purges, `addr` (address → newest version) for
 //!   replaceable and addressable events, `tomb_ids` / `tomb_addrs` for NIP-09 tombstones;
-//! - `state`: the gateway's key/value state, so a rule and its state change commit together.
+//! - `state`: the gateway's key/value state, so a rule and its state change commit together;
+//! - `seq` (commit sequence → id) and `event_seq` (id → sequence) for the commit stream, the
+//!   last sequence handed out in `meta` (`last_seq`), all written in the event's transaction.
 //!
 //! A backup ([`EventStore::backup`]) walks all of it in one read transaction; a restore puts
 //! it back verbatim in the writer's transaction (see [`backup`]).
@@ -23,8 +25,8 @@ mod state;
 mod writer;
 
 use crate::{
-    Admission, BackupItem, Bounded, EventStore, Publisher, ReadBounds, Rejection, StateRead,
-    StateWrite, StoreError, StoreResult, StoredEvent, Visible, WriteOutcome,
+    Admission, BackupItem, Bounded, CommitFeed, EventStore, Publisher, ReadBounds, Rejection,
+    Sequenced, StateRead, StateWrite, StoreError, StoreResult, StoredEvent, Visible, WriteOutcome,
 };
 use heed::{Database, Env, EnvOpenOptions, RwTxn, WithoutTls};
 use mls_proto::{Event, Filter};
@@ -72,6 +74,9 @@ pub(crate) struct Dbs {
     tomb_ids: Database<Bytes, Bytes>,
     tomb_addrs: Database<Bytes, Bytes>,
     state: Database<Bytes, Bytes>,
+    seq: Database<Bytes, Bytes>,
+    event_seq: Database<Bytes, Bytes>,
+    meta: Database<Bytes, Bytes>,
 }
 
 impl Dbs {
@@ -95,9 +100,13 @@ impl Dbs {
             tomb_ids: db("tomb_ids")?,
             tomb_addrs: db("tomb_addrs")?,
             state: db("state")?,
+            // Added after schema 1 without changing its layout: a store written before has
+            // no sequence numbers for its old events, and the stream starts after them.
+            seq: db("seq")?,
+            event_seq: db("event_seq")?,
+            meta: db("meta")?,
         };
-        let meta = db("meta")?;
-        check_schema(&mut txn, meta)?;
+        check_schema(&mut txn, dbs.meta)?;
         txn.commit().map_err(backend("commit schema transaction"))?;
         Ok(dbs)
     }
@@ -144,6 +153,7 @@ pub struct EmbeddedStore {
     /// `None` once closed: later writes get [`StoreError::Closed`].
     queue: Mutex<Option<mpsc::Sender<writer::Request>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    feed: Arc<CommitFeed>,
 }
 
 impl EmbeddedStore {
@@ -169,12 +179,18 @@ impl EmbeddedStore {
         env.clear_stale_readers()
             .map_err(backend("clear stale LMDB readers"))?;
         let dbs = Dbs::create(&env)?;
+        let last_seq = {
+            let txn = env.read_txn().map_err(backend("begin read transaction"))?;
+            keys::last_seq(&txn, &dbs)?
+        };
+        let feed = Arc::new(CommitFeed::new(last_seq));
 
         let (sender, receiver) = mpsc::channel();
         let writer = writer::Writer {
             env: env.clone(),
             dbs,
             rules,
+            feed: feed.clone(),
             max_batch: options.max_batch.max(1),
         };
         let handle = std::thread::Builder::new()
@@ -187,6 +203,7 @@ impl EmbeddedStore {
             path: path.to_path_buf(),
             queue: Mutex::new(Some(sender)),
             writer: Mutex::new(Some(handle)),
+            feed,
         }))
     }
 
@@ -357,5 +374,13 @@ impl EventStore for EmbeddedStore {
         let (reply, answered) = oneshot::channel();
         self.submit(writer::Request::Restore { items, reply })?;
         answer(answered).await
+    }
+
+    fn commits(&self) -> &CommitFeed {
+        &self.feed
+    }
+
+    async fn since(&self, after: u64, limit: usize) -> StoreResult<Vec<Sequenced>> {
+        blocking(|| query::since(&self.env, &self.dbs, after, limit))
     }
 }

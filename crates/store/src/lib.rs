@@ -8,8 +8,12 @@
 //! This crate knows no sockets. It knows nothing of MLS either: the rules arrive through
 //! [`Admission`] and visibility through the `visible` predicate of [`EventStore::query`].
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod embedded;
+mod feed;
 
+pub use feed::{CommitFeed, CommitNotice, Sequenced};
 use mls_proto::{Event, Filter, Hex32};
 use std::sync::Arc;
 
@@ -295,4 +299,15 @@ pub trait EventStore: Send + Sync + 'static {
     /// stored) or `Rejected` (a newer version of the event's address is stored, or a state key
     /// no backend can hold).
     async fn restore(&self, items: Vec<BackupItem>) -> StoreResult<Vec<WriteOutcome>>;
+
+    /// The commit stream of this store in this process: a notice after each durable commit
+    /// (the highest `seq` committed, and the accepted events that are not stored), and the
+    /// ephemeral events announced by the relay. Live fan-out consumes it.
+    fn commits(&self) -> &CommitFeed;
+
+    /// Committed events with `seq > after`, in `seq` (commit) order, at most `limit`. Every
+    /// stored event gets the next `seq` when it commits (no gaps among committed events);
+    /// events deleted, replaced or purged since are skipped. Fewer than `limit` events means
+    /// every event committed when the read began was returned.
+    async fn since(&self, after: u64, limit: usize) -> StoreResult<Vec<Sequenced>>;
 }

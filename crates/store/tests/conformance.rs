@@ -1,8 +1,8 @@
 //! The storage conformance suite run against the embedded (LMDB) backend, plus the
 //! embedded-only behaviours (close, throughput figure).
 
-#[macro_use]
-mod suite;
+use mls_store::conformance as suite;
+use mls_store::conformance_tests;
 
 use mls_proto::Event;
 use mls_store::embedded::{EmbeddedOptions, EmbeddedStore};

@@ -289,6 +289,24 @@ pub(super) fn decode_record(bytes: &[u8]) -> Result<RawRecord<'_>, String> {
     })
 }
 
+/// Key of the last commit sequence number handed out, in `meta`.
+pub(super) const LAST_SEQ: &[u8] = b"last_seq";
+
+/// The last commit sequence number handed out (0: none yet).
+pub(super) fn last_seq(txn: &heed::RoTxn<'_>, dbs: &super::Dbs) -> crate::StoreResult<u64> {
+    let v = dbs
+        .meta
+        .get(txn, LAST_SEQ)
+        .map_err(super::backend("read last_seq"))?;
+    match v {
+        None => Ok(0),
+        Some(b) => b
+            .try_into()
+            .map(u64::from_be_bytes)
+            .map_err(|_| crate::StoreError::Corrupt("meta last_seq".into())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -354,6 +354,46 @@ fn load_matching(
     Ok(Some(stored))
 }
 
+/// Stored events with `seq > after` in seq order, at most `limit` (see `EventStore::since`).
+/// Entries of events removed since are gone with them (see `writer::remove_event`).
+pub(super) fn since(
+    env: &Env<WithoutTls>,
+    dbs: &Dbs,
+    after: u64,
+    limit: usize,
+) -> StoreResult<Vec<crate::Sequenced>> {
+    let txn = env.read_txn().map_err(backend("begin read transaction"))?;
+    let Some(start) = after.checked_add(1) else {
+        return Ok(Vec::new());
+    };
+    let from = start.to_be_bytes();
+    let range = (
+        std::ops::Bound::Included(&from[..]),
+        std::ops::Bound::Unbounded,
+    );
+    let mut out = Vec::new();
+    for entry in dbs
+        .seq
+        .range(&txn, &range)
+        .map_err(backend("read seq index"))?
+    {
+        if out.len() >= limit {
+            break;
+        }
+        let (key, id) = entry.map_err(backend("read seq index"))?;
+        let (Ok(seq), Ok(id)) = (<[u8; 8]>::try_from(key), <[u8; 32]>::try_from(id)) else {
+            return Err(StoreError::Corrupt("seq index entry".into()));
+        };
+        if let Some(event) = load(&txn, dbs, &Hex32(id))? {
+            out.push(crate::Sequenced {
+                seq: u64::from_be_bytes(seq),
+                event,
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// The stored event `id`, expired or not.
 fn load(txn: &RoTxn, dbs: &Dbs, id: &Hex32) -> StoreResult<Option<StoredEvent>> {
     let Some(bytes) = dbs.events.get(txn, &id.0).map_err(backend("read event"))? else {

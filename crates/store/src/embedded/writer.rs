@@ -108,6 +108,15 @@ pub(super) struct Writer {
     pub dbs: Dbs,
     pub rules: Arc<dyn Admission>,
     pub max_batch: usize,
+    /// Rung after each durable commit (the commit stream).
+    pub feed: Arc<crate::CommitFeed>,
+}
+
+/// What a committed batch tells the commit stream.
+struct Committed {
+    outcomes: Vec<Outcome>,
+    last_seq: u64,
+    transient: Vec<(u64, Arc<Event>)>,
 }
 
 impl Writer {
@@ -135,12 +144,18 @@ impl Writer {
     fn run_batch(&self, mut batch: Vec<Request>, carry: &mut VecDeque<Request>) {
         let started = std::time::Instant::now();
         match self.commit_batch(&mut batch) {
-            Ok(outcomes) => {
+            Ok(Committed {
+                outcomes,
+                last_seq,
+                transient,
+            }) => {
                 tracing::trace!(
                     size = batch.len(),
                     micros = started.elapsed().as_micros() as u64,
                     "store batch committed"
                 );
+                // Before the answers: a publisher that sees its OK finds the stream rung.
+                self.feed.committed(last_seq, transient);
                 for (request, outcome) in batch.into_iter().zip(outcomes) {
                     request.answer(outcome, carry);
                 }
@@ -162,21 +177,34 @@ impl Writer {
     }
 
     /// Runs `batch` in one transaction and commits it durably.
-    fn commit_batch(&self, batch: &mut [Request]) -> Result<Vec<Outcome>, BatchError> {
+    fn commit_batch(&self, batch: &mut [Request]) -> Result<Committed, BatchError> {
         let now = mls_proto::unix_now();
         let mut txn = self
             .env
             .write_txn()
             .map_err(|e| BatchError::Commit(format!("begin write transaction: {e}")))?;
+        let seq_of = |txn: &RwTxn| {
+            keys::last_seq(txn, &self.dbs).map_err(|e| BatchError::Processing(e.to_string()))
+        };
+        let mut last_seq = seq_of(&txn)?;
+        let mut transient = Vec::new();
         let mut outcomes = Vec::with_capacity(batch.len());
         for request in batch.iter_mut() {
             let outcome = match request {
                 Request::Write {
                     event, publisher, ..
-                } => Outcome::Write(
-                    self.write_event(&mut txn, event, publisher, now)
-                        .map_err(|e| BatchError::Processing(format!("event {}: {e}", event.id)))?,
-                ),
+                } => {
+                    let outcome = self
+                        .write_event(&mut txn, event, publisher, now)
+                        .map_err(|e| BatchError::Processing(format!("event {}: {e}", event.id)))?;
+                    let seq = seq_of(&txn)?;
+                    // Accepted without taking a seq: not stored, delivered from the notice.
+                    if outcome == WriteOutcome::Accepted && seq == last_seq {
+                        transient.push((seq, Arc::new((**event).clone())));
+                    }
+                    last_seq = seq;
+                    Outcome::Write(outcome)
+                }
                 Request::State { f, .. } => match f.take() {
                     Some(f) => self
                         .update_state(&mut txn, f)
@@ -198,9 +226,14 @@ impl Writer {
             };
             outcomes.push(outcome);
         }
+        let last_seq = seq_of(&txn)?;
         txn.commit()
             .map_err(|e| BatchError::Commit(format!("commit write transaction: {e}")))?;
-        Ok(outcomes)
+        Ok(Committed {
+            outcomes,
+            last_seq,
+            transient,
+        })
     }
 
     /// One event, in the order the relay promises: duplicate, tombstones, newer version,
@@ -516,6 +549,18 @@ pub(super) fn store_event(
             .put(txn, &addr, &keys::addr_value(ev.created_at, &ev.id))
             .map_err(backend("write address entry"))?;
     }
+    // The next place in commit order; the counter lives in the transaction, so a batch that
+    // does not commit hands out nothing.
+    let seq = (keys::last_seq(txn, dbs)? + 1).to_be_bytes();
+    dbs.meta
+        .put(txn, keys::LAST_SEQ, &seq)
+        .map_err(backend("write last_seq"))?;
+    dbs.seq
+        .put(txn, &seq, &ev.id.0)
+        .map_err(backend("write seq entry"))?;
+    dbs.event_seq
+        .put(txn, &ev.id.0, &seq)
+        .map_err(backend("write seq entry"))?;
     Ok(())
 }
 
@@ -559,6 +604,19 @@ pub(super) fn remove_event(txn: &mut RwTxn, dbs: &Dbs, id: &Hex32) -> StoreResul
         // Its index keys cannot be computed; the entries left behind point at nothing and
         // reads skip them.
         Err(e) => tracing::error!(%id, error = %e, "removing a corrupt event record"),
+    }
+    let seq = dbs
+        .event_seq
+        .get(txn, &id.0)
+        .map_err(backend("read seq entry"))?
+        .map(<[u8]>::to_vec);
+    if let Some(seq) = seq {
+        dbs.seq
+            .delete(txn, &seq)
+            .map_err(backend("delete seq entry"))?;
+        dbs.event_seq
+            .delete(txn, &id.0)
+            .map_err(backend("delete seq entry"))?;
     }
     dbs.events
         .delete(txn, &id.0)

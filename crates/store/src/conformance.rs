@@ -1,14 +1,15 @@
 //! Storage conformance suite: what every backend of [`EventStore`] must do, written once
-//! against the interface. A backend runs it with
-//! `#[macro_use] mod suite; conformance_tests!(MyHarness::new());`, which makes one
-//! `#[tokio::test]` per behaviour below.
-#![allow(dead_code)]
+//! against the interface and exported (feature `conformance`) so every backend's tests run
+//! the same code. A backend implements [`Harness`] and writes
+//! `mls_store::conformance_tests!(MyHarness::new());` in a test file, which makes one
+//! `#[tokio::test]` per behaviour below (the test crate needs tokio's `macros` and
+//! `rt-multi-thread`).
 
-use mls_proto::{Event, Filter, Hex32};
-use mls_store::{
+use crate::{
     Admission, Admitted, BackupItem, EventStore, Publisher, ReadBounds, Rejection, StateRead,
     StateWrite, StoredEvent, Tombstone, WriteOutcome,
 };
+use mls_proto::{Event, Filter, Hex32};
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -25,9 +26,10 @@ pub trait Harness: Send + Sync {
 }
 
 /// Generates one test per conformance behaviour for the harness built by `$harness`.
+#[macro_export]
 macro_rules! conformance_tests {
     ($harness:expr) => {
-        conformance_tests!(@each $harness;
+        $crate::conformance_tests!(@each $harness;
             indexes_answer_each_filter_shape,
             newest_first_with_lowest_id_on_ties,
             limit_per_filter_and_max_limit,
@@ -60,6 +62,10 @@ macro_rules! conformance_tests {
             restore_runs_no_rules,
             restore_reports_duplicates_and_refusals,
             health_is_ok,
+            commit_stream_reads_back_in_commit_order,
+            commit_stream_is_rung_after_commit,
+            commit_stream_continues_after_reopen,
+            concurrent_commits_get_gapless_seqs,
         );
     };
     (@each $harness:expr; $($name:ident),* $(,)?) => {
@@ -67,7 +73,7 @@ macro_rules! conformance_tests {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $name() {
                 let harness = $harness;
-                suite::$name(&harness).await;
+                $crate::conformance::$name(&harness).await;
             }
         )*
     };
@@ -138,7 +144,7 @@ impl Admission for TestRules {
         received_at: u64,
         state: &mut dyn StateWrite,
     ) -> Result<Admitted, Rejection> {
-        let fail = |e: mls_store::StoreError| Rejection(format!("error: {e}"));
+        let fail = |e: crate::StoreError| Rejection(format!("error: {e}"));
         for t in ev.tags.iter().filter(|t| t.len() >= 3 && t[0] == "put") {
             state.put(t[1].as_bytes(), t[2].as_bytes()).map_err(fail)?;
         }
@@ -1514,4 +1520,155 @@ pub async fn restore_reports_duplicates_and_refusals(h: &dyn Harness) {
 pub async fn health_is_ok(h: &dyn Harness) {
     let store = open(h).await;
     store.health().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// The commit stream
+// ---------------------------------------------------------------------------------------
+
+async fn since_ids(store: &dyn EventStore, after: u64, limit: usize) -> Vec<(u64, Hex32)> {
+    store
+        .since(after, limit)
+        .await
+        .expect("since")
+        .into_iter()
+        .map(|s| (s.seq, s.event.event.id))
+        .collect()
+}
+
+pub async fn commit_stream_reads_back_in_commit_order(h: &dyn Harness) {
+    let store = open(h).await;
+    let start = store.commits().last_seq();
+    let alice = keys();
+    // Written oldest-last: commit order, not created_at, decides.
+    let a = ev(&alice, 30, 1, &[], "a");
+    let b = ev(&alice, 20, 1, &[], "b");
+    let c = ev(&alice, 10, 1, &[], "c");
+    for e in [&a, &b, &c] {
+        accept(&*store, e).await;
+    }
+    // Not stored, no seq: refused, duplicate, `store: false`, ephemeral.
+    assert!(matches!(
+        put(&*store, &ev(&alice, 1, 1, &[], "reject")).await,
+        WriteOutcome::Rejected(_)
+    ));
+    assert_eq!(put(&*store, &a).await, WriteOutcome::Duplicate);
+    accept(&*store, &ev(&alice, 1, 1, &[&["nostore"]], "")).await;
+    accept(&*store, &ev(&alice, 1, 20001, &[], "")).await;
+    let all = since_ids(&*store, start, 100).await;
+    assert_eq!(
+        all,
+        vec![(start + 1, a.id), (start + 2, b.id), (start + 3, c.id)]
+    );
+    assert_eq!(store.commits().last_seq(), start + 3);
+    // Bounded, and resumable after any seq.
+    assert_eq!(since_ids(&*store, start, 2).await, all[..2].to_vec());
+    assert_eq!(since_ids(&*store, start + 2, 2).await, all[2..].to_vec());
+    assert_eq!(since_ids(&*store, start + 3, 10).await, vec![]);
+    assert_eq!(since_ids(&*store, u64::MAX, 10).await, vec![]);
+    // A deleted event leaves the stream; the deletion itself takes the next seq, and the
+    // numbers already handed out do not move.
+    let del = ev(&alice, 40, 5, &[&["e", &b.id.to_hex()]], "");
+    accept(&*store, &del).await;
+    assert_eq!(
+        since_ids(&*store, start, 100).await,
+        vec![(start + 1, a.id), (start + 3, c.id), (start + 4, del.id)]
+    );
+    // A replaced version leaves it too; the new version is a new commit.
+    let r1 = ev(&alice, 50, 10002, &[], "v1");
+    let r2 = ev(&alice, 51, 10002, &[], "v2");
+    accept(&*store, &r1).await;
+    accept(&*store, &r2).await;
+    assert_eq!(
+        since_ids(&*store, start + 4, 100).await,
+        vec![(start + 6, r2.id)]
+    );
+    let got = store.since(start + 5, 1).await.unwrap();
+    assert_eq!(got[0].event.json.as_ref(), r2.to_json());
+}
+
+pub async fn commit_stream_is_rung_after_commit(h: &dyn Harness) {
+    let store = open(h).await;
+    let mut notices = store.commits().subscribe();
+    let start = store.commits().last_seq();
+    let alice = keys();
+    let stored = ev(&alice, 1, 1, &[], "stored");
+    accept(&*store, &stored).await;
+    let n = notices.recv().await.unwrap();
+    assert_eq!(n.last_seq, start + 1);
+    assert!(n.transient.is_empty());
+    // When the notice arrives, the event is readable.
+    assert_eq!(
+        since_ids(&*store, start, 10).await,
+        vec![(start + 1, stored.id)]
+    );
+
+    // Accepted but not stored: carried by the notice, placed after what committed before it.
+    let unstored = ev(&alice, 2, 1, &[&["nostore"]], "");
+    accept(&*store, &unstored).await;
+    let n = notices.recv().await.unwrap();
+    assert_eq!(n.last_seq, start + 1);
+    assert_eq!(n.transient.len(), 1);
+    assert_eq!(n.transient[0].0, start + 1);
+    assert_eq!(n.transient[0].1.id, unstored.id);
+
+    // An announced (ephemeral) event too.
+    let eph = Arc::new(ev(&alice, 3, 20001, &[], ""));
+    store.commits().announce(eph.clone());
+    let n = notices.recv().await.unwrap();
+    assert_eq!(n.transient[0].1.id, eph.id);
+    assert_eq!(n.last_seq, start + 1);
+
+    // A refusal rings nothing new (no stored event, nothing to deliver).
+    let _ = put(&*store, &ev(&alice, 4, 1, &[], "reject")).await;
+    while let Ok(n) = notices.try_recv() {
+        assert_eq!(n.last_seq, start + 1);
+        assert!(n.transient.is_empty());
+    }
+}
+
+pub async fn commit_stream_continues_after_reopen(h: &dyn Harness) {
+    let store = open(h).await;
+    let alice = keys();
+    accept(&*store, &ev(&alice, 1, 1, &[], "one")).await;
+    let last = store.commits().last_seq();
+    h.close(store).await;
+    let store = open(h).await;
+    assert_eq!(store.commits().last_seq(), last);
+    let two = ev(&alice, 2, 1, &[], "two");
+    accept(&*store, &two).await;
+    assert_eq!(since_ids(&*store, last, 10).await, vec![(last + 1, two.id)]);
+}
+
+pub async fn concurrent_commits_get_gapless_seqs(h: &dyn Harness) {
+    let store = open(h).await;
+    let start = store.commits().last_seq();
+    let authors: Vec<secp256k1::Keypair> = (0..10).map(|_| keys()).collect();
+    let mut tasks = Vec::new();
+    for i in 0..100u64 {
+        let e = ev(
+            &authors[(i % 10) as usize],
+            1000 + i,
+            1,
+            &[],
+            &i.to_string(),
+        );
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store.write(e, Publisher::default()).await.unwrap()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), WriteOutcome::Accepted);
+    }
+    let mut seqs = Vec::new();
+    let mut after = start;
+    loop {
+        let page = store.since(after, 7).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        seqs.extend(page.iter().map(|s| s.seq));
+    }
+    assert_eq!(seqs, (start + 1..=start + 100).collect::<Vec<_>>());
+    assert_eq!(store.commits().last_seq(), start + 100);
 }
