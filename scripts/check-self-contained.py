@@ -3,9 +3,10 @@
 
 A fresh clone must pass the test suite wherever it is placed, so nothing tracked may read
 `../shared` or any `../..` chain that climbs out of the repository. Every run of `../`
-segments found in a tracked text file is resolved from the file's crate root (the nearest
-directory with a Cargo.toml, the base of `env!("CARGO_MANIFEST_DIR")`) or, outside a crate,
-from the file's own directory; the file fails the check when that escapes the root.
+segments found in a tracked text file is resolved from, for Rust sources, the file's crate
+root (the nearest directory with a Cargo.toml, the base of `env!("CARGO_MANIFEST_DIR")`) and,
+for anything else, the file's own directory; the file fails the check when that escapes the
+root.
 """
 import os
 import re
@@ -21,6 +22,8 @@ SKIP_SUFFIXES = (".md", ".lock", ".jsonl", ".png")
 
 
 def base_dir(rel):
+    if not rel.endswith(".rs"):
+        return os.path.dirname(rel)  # scripts and configs resolve from their own directory
     d = os.path.dirname(rel)
     while True:
         if os.path.isfile(os.path.join(root, d, "Cargo.toml")):

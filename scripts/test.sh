@@ -35,17 +35,11 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 # ---------------------------------------------------------------------------------------------
-# Services (none needed yet)
+# Services
 #
-# Later issues add their setup here, each guarded so it is skipped when already running:
-#   - PostgreSQL (Debian `postgresql`): start a throwaway cluster, export DATABASE_URL
-#   - Redis (Debian `redis-server`): --save '' --appendonly no --daemonize yes, bind 127.0.0.1
-#   - Firestore emulator (npm `@firestore-emulator/server@0.3.15`): bind loopback,
-#     export FIRESTORE_EMULATOR_HOST
-# Pattern:
-#   start_x </dev/null >"$SERVICES_DIR/x.log" 2>&1 &
-#   CLEANUP+=("kill $! ")
-#   wait_for_port 127.0.0.1 PORT
+# One script per service under scripts/services/, sourced here: each defines `start_<name>`,
+# which starts it (or reuses one already running), exports where the tests find it, and adds
+# its stop to CLEANUP. Later services (Redis, Firestore emulator) follow the same pattern.
 # ---------------------------------------------------------------------------------------------
 wait_for_port() { # host port [seconds]
     local host="$1" port="$2" secs="${3:-30}" i
@@ -58,6 +52,18 @@ wait_for_port() { # host port [seconds]
     log "nothing listening on $host:$port after ${secs}s"
     return 1
 }
+
+# PostgreSQL (the `cloudsql` backend's tests): exports DATABASE_URL (a DATABASE_URL already
+# set is used as is). MLS_TEST_NO_POSTGRES=1 skips it; those tests then say they were skipped.
+# shellcheck source=services/postgres.sh
+source scripts/services/postgres.sh
+if [ "${MLS_TEST_NO_POSTGRES:-}" = 1 ]; then
+    log "MLS_TEST_NO_POSTGRES=1: the PostgreSQL tests will be skipped"
+    unset DATABASE_URL
+elif ! start_postgres; then
+    log "PostgreSQL could not be started (MLS_TEST_NO_POSTGRES=1 runs the rest without it)"
+    exit 1
+fi
 
 # ---------------------------------------------------------------------------------------------
 # Tests
@@ -77,4 +83,15 @@ cargo test --workspace --all-targets --no-fail-fast "$@" </dev/null
 if [ "$#" -eq 0 ]; then
     log "cargo test --workspace --doc"
     cargo test --workspace --doc </dev/null
+fi
+
+# The end-to-end suites that depend on the backend, again with every relay on PostgreSQL (a
+# fresh database each): privacy, reads, groups, backups, the crash test, the MDK group flow.
+if [ "$#" -eq 0 ] && [ -n "${DATABASE_URL:-}" ]; then
+    log "end-to-end suites on PostgreSQL (MLS_TEST_STORE=cloudsql)"
+    MLS_TEST_STORE=cloudsql cargo test --no-fail-fast -p mls-gateway \
+        --test mls_adversarial --test security_reads --test security_groups \
+        --test security_backup --test crash --test nip01 --test nip09_40 \
+        --test loxation_flow --test nip11_health </dev/null
+    MLS_TEST_STORE=cloudsql cargo test --no-fail-fast -p marmot-e2e </dev/null
 fi

@@ -26,7 +26,11 @@ async fn health_reports_healthy_version_and_uptime() {
 
 #[tokio::test]
 async fn health_is_503_naming_the_store_when_its_files_vanish() {
-    let relay = Relay::start().await;
+    // The embedded store's files (PostgreSQL's outage: tests/store_postgres.rs).
+    let relay = Relay::builder()
+        .config("[extensions.mls_gateway]\nstorage_backend = \"embedded\"\n")
+        .start()
+        .await;
     assert_eq!(relay.get("/health").await.status, 200);
     // What an unmounted volume looks like from inside: the store's directory is gone.
     std::fs::remove_dir_all(relay.data_path()).unwrap();

@@ -369,8 +369,10 @@ const SEEDED: usize = 25_000;
 
 #[tokio::test]
 async fn gateway_state_purge_runs_in_chunks_while_publishes_get_their_ok() {
+    // The seed goes straight into the embedded store: pinned to it whatever the run's backend.
     let mut relay = Relay::builder()
         .config("[auth]\nenabled = false\n")
+        .config("[extensions.mls_gateway]\nstorage_backend = \"embedded\"\n")
         .prepare();
     {
         let store = mls_store::embedded::EmbeddedStore::open(

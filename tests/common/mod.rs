@@ -7,6 +7,8 @@
 
 #![allow(dead_code, clippy::result_large_err)]
 
+pub mod pg;
+
 use futures_util::{SinkExt, StreamExt};
 use mls_proto::Event;
 use secp256k1::Keypair;
@@ -196,6 +198,8 @@ impl RelayBuilder {
             overrides: self.config,
             env: self.env,
             starts: 0,
+            // MLS_TEST_STORE=cloudsql: a database of its own, kept across restarts.
+            database_url: pg::e2e_on_postgres().then(pg::fresh_database),
         };
         relay.port = free_port();
         std::fs::write(relay.config_path(), relay.render_config(relay.port)).unwrap();
@@ -210,6 +214,8 @@ pub struct Relay {
     overrides: Vec<String>,
     env: Vec<(String, String)>,
     starts: u32,
+    /// Set when the relay runs on PostgreSQL (`MLS_TEST_STORE=cloudsql`).
+    pub database_url: Option<String>,
 }
 
 impl Relay {
@@ -269,6 +275,16 @@ max_group_messages_per_minute = 0
             name = self.name()
         );
         let mut table: toml::Table = base.parse().expect("base config parses");
+        if let Some(url) = &self.database_url {
+            let mut store = toml::Table::new();
+            store.insert("storage_backend".into(), "cloudsql".into());
+            store.insert("database_url".into(), url.as_str().into());
+            let mut ext = toml::Table::new();
+            ext.insert("mls_gateway".into(), store.into());
+            let mut over = toml::Table::new();
+            over.insert("extensions".into(), ext.into());
+            merge_toml(&mut table, over);
+        }
         for text in &self.overrides {
             let over: toml::Table = text
                 .parse()

@@ -62,6 +62,10 @@ pub struct GatewayConfig {
     pub project_id: Option<String>,
     /// PostgreSQL URL for `cloudsql` (env `DATABASE_URL`). A secret: masked when printed.
     pub database_url: Option<String>,
+    /// Most connections one instance opens to PostgreSQL (`cloudsql`).
+    pub database_pool_size: u32,
+    /// Longest a PostgreSQL statement may run, seconds; 0: the server's default.
+    pub database_statement_timeout: u64,
     /// KeyPackage lifetime from receipt when it carries no expiry, seconds.
     pub keypackage_ttl: u64,
     /// Longest expiry a KeyPackage may ask for, seconds from now.
@@ -91,6 +95,8 @@ impl Default for GatewayConfig {
             storage_backend: StorageBackend::Embedded,
             project_id: None,
             database_url: None,
+            database_pool_size: 16,
+            database_statement_timeout: 10,
             keypackage_ttl: 7 * 86400,
             keypackage_max_ttl: 90 * 86400,
             welcome_ttl: 7 * 86400,

@@ -50,8 +50,29 @@ impl Drop for SessionGuard {
 }
 
 /// Opens the configured store. Backends not built into this binary are a clear error.
-pub fn open_store(config: &Config, gateway: Arc<Gateway>) -> Result<Arc<dyn EventStore>, String> {
+/// PostgreSQL that cannot be reached yet is retried with backoff (logged), not given up on.
+pub async fn open_store(
+    config: &Config,
+    gateway: Arc<Gateway>,
+) -> Result<Arc<dyn EventStore>, String> {
     match config.extensions.mls_gateway.storage_backend {
+        #[cfg(feature = "postgres")]
+        StorageBackend::Cloudsql => {
+            use mls_store_postgres::{PostgresOptions, PostgresStore};
+            let g = &config.extensions.mls_gateway;
+            let url = g.database_url.clone().unwrap_or_default();
+            let options = PostgresOptions {
+                pool_size: g.database_pool_size as usize,
+                statement_timeout: (g.database_statement_timeout > 0)
+                    .then(|| std::time::Duration::from_secs(g.database_statement_timeout)),
+                ..PostgresOptions::new(url)
+            };
+            // Errors name the key; the URL itself (a secret) is never in them.
+            let store = PostgresStore::open(options, gateway, None)
+                .await
+                .map_err(|e| format!("extensions.mls_gateway.database_url: {e}"))?;
+            Ok(store)
+        }
         StorageBackend::Embedded => {
             std::fs::create_dir_all(&config.data.path).map_err(|e| {
                 format!("data.path {}: cannot create: {e}", config.data.path.display())

@@ -52,7 +52,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         .public_urls(config.server.port)
         .map_err(|e| e.to_string())?;
     let gateway = gateway(&config)?;
-    let store = metrics::MeteredStore::wrap(app::open_store(&config, gateway.clone())?);
+    let store = metrics::MeteredStore::wrap(app::open_store(&config, gateway.clone()).await?);
     let addr = config.listen_addr();
     let listener = tokio::net::TcpListener::bind(&addr)
         .await

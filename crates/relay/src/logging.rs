@@ -17,6 +17,12 @@ pub fn init(json: bool) {
         .or_else(|| std::env::var("LOG_LEVEL").ok())
         .and_then(|s| EnvFilter::try_new(s).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
+    // At debug, tokio-postgres logs every statement with its parameters (event content,
+    // pubkeys): capped at info whatever RUST_LOG asks, like the relay's own no-content rule.
+    let filter = match "tokio_postgres=info".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -54,7 +54,7 @@ pub async fn export(
     out: &mut (dyn Write + Send),
 ) -> Result<ExportSummary, String> {
     let gateway = crate::gateway(config)?;
-    let store = app::open_store(config, gateway)?;
+    let store = app::open_store(config, gateway).await?;
     let mut summary = ExportSummary::default();
     let mut failed = writeln!(
         out,
@@ -290,7 +290,7 @@ pub async fn import(
     };
     let kind = classify(&first)?;
     let gateway = crate::gateway(config)?;
-    let store = app::open_store(config, gateway.clone())?;
+    let store = app::open_store(config, gateway.clone()).await?;
     let result = match kind {
         Input::Backup => restore(&*store, &mut lines, report).await,
         Input::Events => {

@@ -85,6 +85,54 @@ pub fn relay_binary() -> &'static Path {
     })
 }
 
+/// `MLS_TEST_STORE=cloudsql`: the relay runs on PostgreSQL, in a fresh database of the cluster
+/// `DATABASE_URL` names (as the workspace's end-to-end harness does); otherwise nothing (the
+/// embedded store).
+fn store_config() -> String {
+    if std::env::var("MLS_TEST_STORE").as_deref() != Ok("cloudsql") {
+        return String::new();
+    }
+    let base = std::env::var("DATABASE_URL").expect("MLS_TEST_STORE=cloudsql needs DATABASE_URL");
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let name = format!(
+        "marmot_{}_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let create = format!("CREATE DATABASE {name}");
+    let url = base.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .expect("connect to DATABASE_URL");
+            tokio::spawn(conn);
+            client
+                .batch_execute(&create)
+                .await
+                .expect("create database");
+        })
+    })
+    .join()
+    .expect("create database");
+    let (head, query) = match base.split_once('?') {
+        Some((h, q)) => (h, format!("?{q}")),
+        None => (base.as_str(), String::new()),
+    };
+    let server = &head[..head.rfind('/').expect("postgres://…/db")];
+    format!(
+        "\n[extensions.mls_gateway]\nstorage_backend = \"cloudsql\"\ndatabase_url = \"{server}/{name}{query}\"\n"
+    )
+}
+
 /// Picks a free loopback port (bind :0, read, drop).
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
@@ -118,8 +166,9 @@ path = {data:?}
 
 [auth]
 enabled = {auth}
-"#,
+{store}"#,
             data = dir.path().join("data").to_string_lossy(),
+            store = store_config(),
         );
         let config_path = dir.path().join("relay.toml");
         std::fs::write(&config_path, config).unwrap();

@@ -400,6 +400,28 @@ fn backends_need_their_settings() {
 }
 
 #[test]
+fn database_pool_size_is_bounded_and_named() {
+    let text = "[extensions.mls_gateway]\nstorage_backend = \"cloudsql\"\n\
+                database_url = \"postgres://u:p@db/mls\"\n";
+    let config = parse_ok(text);
+    assert_eq!(config.extensions.mls_gateway.database_pool_size, 16);
+    assert_eq!(config.extensions.mls_gateway.database_statement_timeout, 10);
+    for bad in [0, 1, 1001] {
+        let config = parse_ok(&format!("{text}database_pool_size = {bad}\n"));
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("extensions.mls_gateway.database_pool_size"),
+            "{bad}: {err}"
+        );
+    }
+    parse_ok(&format!(
+        "{text}database_pool_size = 2\ndatabase_statement_timeout = 0\n"
+    ))
+    .validate()
+    .unwrap();
+}
+
+#[test]
 fn env_overrides_each_variable() {
     let mut config = Config::load(Some(Path::new(SEED))).unwrap().0;
     config

@@ -163,6 +163,16 @@ impl Config {
                         "extensions.mls_gateway.database_url required for cloudsql backend".into(),
                     );
                 }
+                // One connection is the writer's; reads need at least one more.
+                if !(2..=1000).contains(&g.database_pool_size) {
+                    fail(
+                        "extensions.mls_gateway.database_pool_size",
+                        format!(
+                            "extensions.mls_gateway.database_pool_size must be 2 to 1000, got {}",
+                            g.database_pool_size
+                        ),
+                    );
+                }
             }
         }
         if g.enable_api
