@@ -14,7 +14,7 @@
 #   4. checks from outside with the workspace's own client (tests/deployed.rs, pointed at the
 #      image by MLS_EXTERNAL_RELAY_URL): /health, NIP-11, EVENT → OK → REQ, and SIGTERM → close
 #      frames with a reason and exit within 10 s. With DATABASE_URL set (scripts/test.sh's
-#      PostgreSQL) and a build that has the PostgreSQL backend, the same again on it.
+#      PostgreSQL), the same again with the image's cloudsql config against that database.
 #
 #   bash scripts/image-test.sh
 #
@@ -34,11 +34,13 @@ RECIPE_VERSION=1
 log() { printf '[image-test] %s\n' "$*" >&2; }
 skip() {
     log "SKIPPED: $*"
-    echo "image test: skipped ($*)"
     exit 0
 }
+# Checks passed so far; the closing line is `image-test: N passed, N failed`.
+CHECKS=0
 die() {
     log "FAILED: $*"
+    echo "image-test: $CHECKS passed, 1 failed"
     exit 1
 }
 T0=$(date +%s)
@@ -206,6 +208,7 @@ BUILD_SECS=$((SECONDS - t))
 pm image prune -f >/dev/null 2>&1 || true
 SIZE=$(pm image inspect --format '{{.Size}}' "$IMAGE")
 log "built $IMAGE in ${BUILD_SECS} s: $((SIZE / 1000000)) MB"
+CHECKS=$((CHECKS + 1))
 
 # ---------------------------------------------------------------------------------------------
 # Start the image's own entrypoint, user and config from its root filesystem
@@ -292,6 +295,7 @@ check_relay() {
         --skip close_frame </dev/null >"$WORK/client-$name.log" 2>&1 ||
         { cat "$WORK/client-$name.log" >&2; tail -n 30 "$RELAY_LOG" >&2; die "$name: checks failed"; }
     grep -E '^test result' "$WORK/client-$name.log" | sed "s/^/[image-test] $name: /" >&2
+    CHECKS=$((CHECKS + 2)) # /health + NIP-11; EVENT -> OK -> REQ
 
     rm -f "$ready"
     MLS_EXTERNAL_RELAY_URL="$URL" MLS_EXTERNAL_READY_FILE="$ready" \
@@ -318,22 +322,23 @@ check_relay() {
     wait "$client_pid" ||
         { cat "$WORK/client-$name-close.log" >&2; die "$name: no close frame with a reason on SIGTERM"; }
     log "$name: SIGTERM -> close frame with a reason, exit 0 in $ms ms"
+    CHECKS=$((CHECKS + 1))
     grep -q '"severity"' "$RELAY_LOG" || die "$name: the image's logs are not JSON with severity"
+    CHECKS=$((CHECKS + 1))
 }
 
 start_relay embedded
 check_relay embedded
 
-# PostgreSQL: the same image and config file with the cloudsql backend, where this build has it.
-if [ -n "${DATABASE_URL:-}" ] && [ -d crates/store-postgres ]; then
-    cfg="$RFS/etc/mls-gateway/config.toml"
-    sed 's/^storage_backend *=.*/storage_backend = "cloudsql"/' "$cfg" >"$cfg.cloudsql"
-    mv "$cfg.cloudsql" "$cfg"
-    start_relay postgres DATABASE_URL="$DATABASE_URL"
+# PostgreSQL: the same image with its own cloudsql config (as deploy/cloudrun.yaml selects it)
+# and scripts/test.sh's database.
+if [ -n "${DATABASE_URL:-}" ]; then
+    [ -f "$RFS/etc/mls-gateway/cloudsql.toml" ] || die "the image has no /etc/mls-gateway/cloudsql.toml"
+    start_relay postgres MLS_GATEWAY_CONFIG=/etc/mls-gateway/cloudsql.toml DATABASE_URL="$DATABASE_URL"
     check_relay postgres
 else
-    log "PostgreSQL variant not run (needs DATABASE_URL and the cloudsql backend in this build)"
+    log "PostgreSQL variant not run: DATABASE_URL is not set (scripts/test.sh sets it)"
 fi
 
 log "image $IMAGE: $((SIZE / 1000000)) MB; build ${BUILD_SECS} s; whole image test $(elapsed) s"
-echo "image test: passed (image $((SIZE / 1000000)) MB, build ${BUILD_SECS} s, total $(elapsed) s)"
+echo "image-test: $CHECKS passed, 0 failed"
