@@ -96,6 +96,13 @@ pm() {
     podman --root "$WORK/storage" --runroot "$WORK/run" --storage-driver "$DRIVER" \
         --cgroup-manager cgroupfs --events-backend file "$@"
 }
+# A cache that cannot be opened (it records its absolute path: a moved checkout, an older
+# podman) is dropped and made again; a fresh storage that cannot be opened means podman cannot
+# work here.
+if ! pm info >"$WORK/podman-info.log" 2>&1 && [ -d "$WORK/storage" ]; then
+    log "podman cannot open the cached storage ($(tail -n 1 "$WORK/podman-info.log")): dropping it"
+    rm -rf "$WORK/storage" "$WORK/run" "$WORK"/stand-in.*
+fi
 if ! pm info >"$WORK/podman-info.log" 2>&1; then
     tail -n 20 "$WORK/podman-info.log" >&2
     skip "podman cannot open its storage on this machine (see above)"

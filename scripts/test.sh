@@ -98,8 +98,9 @@ fi
 
 # The container image (deploy/Dockerfile), built with podman against local stand-ins of its
 # base images and started from its root filesystem: /health, NIP-11, a publish read back,
-# SIGTERM; on the embedded store and, with DATABASE_URL, on PostgreSQL. ~7 min from cold, less
-# than a minute when only sources changed (target/image-test caches). MLS_TEST_NO_IMAGE=1 skips.
+# SIGTERM; on the embedded store and, with DATABASE_URL, on PostgreSQL. ~6 min from cold on 2
+# cores, ~1 min when only sources changed, seconds when nothing did (target/image-test caches).
+# MLS_TEST_NO_IMAGE=1 skips it.
 if [ "$#" -eq 0 ]; then
     if [ "${MLS_TEST_NO_IMAGE:-}" = 1 ]; then
         log "MLS_TEST_NO_IMAGE=1: the image test is skipped"
