@@ -34,7 +34,19 @@ pub struct App {
     /// This relay's own URLs, normalised: what NIP-42 `relay` tags and NIP-98 `u` URLs must
     /// name ([`Config::public_urls`]). Empty: no AUTH or NIP-98 token is accepted.
     pub relay_urls: Vec<String>,
+    /// Open WebSocket sessions: at shutdown the relay waits for them to answer their
+    /// in-flight writes and send their close frames before it closes the store.
+    pub sessions: watch::Sender<usize>,
     next_connection_id: AtomicU64,
+}
+
+/// Counts one WebSocket session in [`App::sessions`] while it lives.
+pub struct SessionGuard(watch::Sender<usize>);
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
 }
 
 /// Opens the configured store. Backends not built into this binary are a clear error.
@@ -99,12 +111,19 @@ impl App {
             started: Instant::now(),
             shutdown,
             nip98_seen: SeenTokens::default(),
+            sessions: watch::Sender::new(0),
             next_connection_id: AtomicU64::new(1),
         }
     }
 
     pub fn next_connection_id(&self) -> u64 {
         self.next_connection_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Counts a session until the guard is dropped.
+    pub fn session_guard(&self) -> SessionGuard {
+        self.sessions.send_modify(|n| *n += 1);
+        SessionGuard(self.sessions.clone())
     }
 
     pub fn auth_required(&self) -> bool {

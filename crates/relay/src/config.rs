@@ -54,6 +54,11 @@ pub struct ServerConfig {
     /// Take the client IP (rate limits, logs) from the last `X-Forwarded-For` entry instead of
     /// the socket. Only behind a proxy that sets it (Cloud Run, a load balancer).
     pub trust_forwarded_for: bool,
+    /// A WebSocket older than this gets a NOTICE and a close frame with a reason, so that its
+    /// client reconnects before the platform cuts it (Cloud Run ends requests at the service's
+    /// `timeoutSeconds`, at most 3600 s). Each connection's age is drawn between 90 % and 100 %
+    /// of it, so connections opened together do not all reconnect at once. 0 = no limit.
+    pub max_connection_age_seconds: u64,
 }
 
 impl Default for ServerConfig {
@@ -66,6 +71,7 @@ impl Default for ServerConfig {
             allowed_origins: Vec::new(),
             metrics_token: None,
             trust_forwarded_for: false,
+            max_connection_age_seconds: 3000,
         }
     }
 }

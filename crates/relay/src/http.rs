@@ -80,6 +80,7 @@ async fn root(
             .max(64 * 1024);
         // A small read buffer: tungstenite's default 128 KiB per connection dominates the
         // memory of idle connections; larger messages still arrive, in more reads.
+        let counted = app.session_guard();
         return ws
             .read_buffer_size(4096)
             .max_message_size(max)
@@ -87,6 +88,7 @@ async fn root(
             .on_upgrade(move |socket| async move {
                 session::run(app, socket, ip).await;
                 drop(permit);
+                drop(counted);
             });
     }
     let wants_nip11 = headers

@@ -32,6 +32,11 @@ use tokio::sync::watch;
 /// How often expired events are purged.
 const PURGE_INTERVAL: Duration = Duration::from_secs(60);
 
+/// At shutdown, how long the relay waits for its WebSocket sessions to answer their in-flight
+/// writes and send their close frames (they get `session::SHUTDOWN_DRAIN` to drain) before
+/// it closes the store and exits: Cloud Run sends SIGKILL 10 s after SIGTERM.
+const SHUTDOWN_SESSIONS_DEADLINE: Duration = Duration::from_secs(6);
+
 /// Builds the gateway from the config (auth mode and admin keys come from it).
 pub fn gateway(config: &Config) -> Result<Arc<Gateway>, String> {
     Gateway::new(config.extensions.mls_gateway.clone(), config.auth.enabled)
@@ -39,8 +44,9 @@ pub fn gateway(config: &Config) -> Result<Arc<Gateway>, String> {
         .map_err(|e| format!("extensions.mls_gateway: {e}"))
 }
 
-/// Runs the relay until SIGTERM/SIGINT, then shuts down gracefully: stop accepting, close
-/// sockets with a close frame, let the writer commit what it acknowledged.
+/// Runs the relay until SIGTERM/SIGINT, then shuts down gracefully within Cloud Run's 10 s:
+/// stop accepting, let sessions answer their in-flight writes and close their sockets with a
+/// close frame and a reason, let the store commit what it accepted, exit.
 pub async fn run(config: Config) -> Result<(), String> {
     // Before anything is opened: a public relay without its own URL does not start.
     config
@@ -70,9 +76,11 @@ pub async fn run(config: Config) -> Result<(), String> {
     // Live delivery consumes the commit stream; sessions only write.
     let fanout = tokio::spawn(fanout::run(app.clone()));
 
+    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutdown signal received");
+        let _ = signalled_tx.send(tokio::time::Instant::now());
         let _ = shutdown_tx.send(true);
     });
 
@@ -89,6 +97,22 @@ pub async fn run(config: Config) -> Result<(), String> {
         .with_graceful_shutdown(async move { app::until_set(&mut server_shutdown).await })
         .await
         .map_err(|e| format!("server error: {e}"))?;
+
+    // Upgraded WebSockets are not the server's to wait for: wait for the sessions here.
+    let since = signalled_rx
+        .await
+        .unwrap_or_else(|_| tokio::time::Instant::now());
+    let mut sessions = app.sessions.subscribe();
+    let drained = tokio::time::timeout_at(since + SHUTDOWN_SESSIONS_DEADLINE, async {
+        let _ = sessions.wait_for(|n| *n == 0).await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            open = *sessions.borrow(),
+            "sessions still open at the shutdown deadline; exiting without them"
+        );
+    }
 
     let _ = purger.await;
     store.close().await;

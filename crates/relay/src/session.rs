@@ -35,6 +35,25 @@ const MAX_IN_FLIGHT: usize = 256;
 /// client that was paused (a phone app in the background) to learn why it was closed.
 const FAREWELL_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// At shutdown, how long a connection's writer goes on sending what its session still queues
+/// (the answers to its in-flight writes) before the close frame. Within Cloud Run's 10 s
+/// between SIGTERM and SIGKILL, with room for the store to finish its commits.
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(3);
+
+/// The close frame's reason at shutdown.
+const SHUTTING_DOWN: &str = "relay shutting down";
+
+/// How long this connection may stay open (`server.max_connection_age_seconds`): between 90 %
+/// and 100 % of the setting, so connections opened together (after a deploy) do not all
+/// reconnect at the same moment. `None` = no limit.
+fn connection_lifetime(max_age_seconds: u64) -> Option<Duration> {
+    if max_age_seconds == 0 {
+        return None;
+    }
+    let max = Duration::from_secs(max_age_seconds);
+    Some(max.mul_f64(rand::random::<f64>().mul_add(0.1, 0.9)))
+}
+
 /// What the rest of the relay holds of a connection: its outbox and who it is.
 pub struct ConnectionHandle {
     pub id: u64,
@@ -152,7 +171,22 @@ pub async fn run(app: Arc<App>, socket: WebSocket, ip: IpAddr) {
         .max(1);
 
     let mut reader_slow = outbox.cut_flag();
-    let writer = tokio::spawn(write_outbox(sink, outbox, app.shutdown.clone()));
+    // Why the session ended, when its client should be told in the close frame.
+    let farewell = Arc::new(std::sync::OnceLock::new());
+    let writer = tokio::spawn(write_outbox(
+        sink,
+        outbox,
+        app.shutdown.clone(),
+        farewell.clone(),
+    ));
+    let max_age = app.config.server.max_connection_age_seconds;
+    let expired = async {
+        match connection_lifetime(max_age) {
+            Some(lifetime) => tokio::time::sleep(lifetime).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(expired);
 
     let mut session = Session {
         challenge: hex::encode(rand::random::<[u8; 16]>()),
@@ -169,6 +203,7 @@ pub async fn run(app: Arc<App>, socket: WebSocket, ip: IpAddr) {
         tokio::select! {
             _ = crate::app::until_set(&mut shutdown) => break "relay shutting down",
             _ = crate::app::until_set(&mut reader_slow) => break "slow reader",
+            _ = &mut expired => break "max connection age",
             Some(ok) = session.in_flight.next(), if !session.in_flight.is_empty() => {
                 session.conn.send(ok);
             }
@@ -186,9 +221,17 @@ pub async fn run(app: Arc<App>, socket: WebSocket, ip: IpAddr) {
         }
     };
     tracing::info!(conn = conn.id, ip = %ip, reason, "connection closed");
-    // Answer what was already accepted for writing before going away.
+    // Answer what was already accepted for writing before going away (at shutdown too: the
+    // writer goes on sending for `SHUTDOWN_DRAIN`).
     while let Some(ok) = session.in_flight.next().await {
         session.conn.send(ok);
+    }
+    if reason == "max connection age" {
+        session.conn.send(relay::notice(&format!(
+            "closing: this connection reached its maximum age \
+             (server.max_connection_age_seconds = {max_age}); reconnect"
+        )));
+        let _ = farewell.set("max connection age reached, reconnect");
     }
     app.subscriptions.remove_connection(conn.id, &session.subs);
     drop(session);
@@ -199,6 +242,7 @@ pub async fn run(app: Arc<App>, socket: WebSocket, ip: IpAddr) {
 /// How the writer's pumping ended.
 enum End {
     Cut,
+    /// Shutdown's drain time ran out.
     Shutdown,
     /// No sender left and the outbox drained.
     Finished,
@@ -213,7 +257,8 @@ enum End {
 async fn write_outbox(
     mut sink: SplitSink<WebSocket, Message>,
     outbox: Arc<Outbox>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
+    farewell: Arc<std::sync::OnceLock<&'static str>>,
 ) {
     let close = |reason: &str| {
         Message::Close(Some(CloseFrame {
@@ -226,10 +271,15 @@ async fn write_outbox(
     let end = tokio::select! {
         biased;
         _ = crate::app::until_set(&mut cut) => End::Cut,
-        // Also ends a write the client is not reading, so the session's own waiting answer
-        // (`send_wait`) is released at shutdown.
-        _ = crate::app::until_set(&mut stop) => End::Shutdown,
-        end = pump(&mut sink, &outbox, &mut shutdown) => end,
+        // At shutdown the session stops reading, answers its in-flight writes and ends: what
+        // it queued goes out first (`End::Finished`), within `SHUTDOWN_DRAIN`. The deadline
+        // also ends a write the client is not reading, so the session's own waiting answer
+        // (`send_wait`) is released.
+        _ = async {
+            crate::app::until_set(&mut stop).await;
+            tokio::time::sleep(SHUTDOWN_DRAIN).await;
+        } => End::Shutdown,
+        end = pump(&mut sink, &outbox) => end,
     };
     // Nothing more is queued; what still is, is dropped and its bytes given back.
     outbox.close();
@@ -245,23 +295,24 @@ async fn write_outbox(
             return;
         }
         End::Shutdown => {
-            let _ = sink.send(close("relay shutting down")).await;
+            let _ = sink.send(close(SHUTTING_DOWN)).await;
         }
         End::Finished => {
-            let _ = sink.send(Message::Close(None)).await;
+            let frame = match farewell.get() {
+                Some(reason) => close(reason),
+                None if *shutdown.borrow() => close(SHUTTING_DOWN),
+                None => Message::Close(None),
+            };
+            let _ = sink.send(frame).await;
         }
         End::Failed => {}
     }
     let _ = sink.close().await;
 }
 
-/// Writes the outbox to the socket until the connection is cut (then this future is dropped
-/// by the caller), shut down, finished or failed.
-async fn pump(
-    sink: &mut SplitSink<WebSocket, Message>,
-    outbox: &Outbox,
-    shutdown: &mut watch::Receiver<bool>,
-) -> End {
+/// Writes the outbox to the socket until the connection is cut or shut down (then this future
+/// is dropped by the caller), finished or failed.
+async fn pump(sink: &mut SplitSink<WebSocket, Message>, outbox: &Outbox) -> End {
     /// Bytes taken from the outbox: given back once flushed, or when the write is abandoned.
     struct Taken<'a>(&'a Outbox, usize);
     impl Drop for Taken<'_> {
@@ -270,11 +321,7 @@ async fn pump(
         }
     }
     loop {
-        let first = tokio::select! {
-            biased;
-            _ = crate::app::until_set(shutdown) => return End::Shutdown,
-            msg = outbox.pop() => msg,
-        };
+        let first = outbox.pop().await;
         let Some(first) = first else {
             return match outbox.cut_reason() {
                 Some(_) => End::Cut,
@@ -291,9 +338,7 @@ async fn pump(
             if sink.feed(Message::Text(text.into())).await.is_err() {
                 return End::Failed;
             }
-            if !*shutdown.borrow() {
-                next = outbox.try_pop();
-            }
+            next = outbox.try_pop();
         }
         if sink.flush().await.is_err() {
             return End::Failed;
@@ -716,6 +761,24 @@ impl Session {
                 self.conn.send(relay::ok(&id, true, ""));
             }
             Err(reason) => self.conn.send(relay::ok(&id, false, &reason)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod lifetime_tests {
+    use super::connection_lifetime;
+    use std::time::Duration;
+
+    #[test]
+    fn a_connection_lives_90_to_100_percent_of_the_max_age_or_forever_at_zero() {
+        assert_eq!(connection_lifetime(0), None);
+        for _ in 0..1000 {
+            let d = connection_lifetime(3000).unwrap();
+            assert!(
+                d >= Duration::from_secs(2700) && d <= Duration::from_secs(3000),
+                "{d:?}"
+            );
         }
     }
 }

@@ -6,6 +6,10 @@ use mls_proto::parse_pubkey;
 
 use super::{Config, ConfigError};
 
+/// Largest `server.max_connection_age_seconds` (a year): beyond it the limit means nothing,
+/// and the deadline it sets must stay representable.
+const MAX_CONNECTION_AGE_LIMIT: u64 = 365 * 24 * 3600;
+
 impl Config {
     /// Checks values and cross-field rules. All problems are reported at once (one per line,
     /// [`ConfigError::Many`]); a single problem is returned as itself.
@@ -67,6 +71,15 @@ impl Config {
             fail(
                 "server.metrics_token",
                 "server.metrics_token must not be empty (remove the key to serve /metrics without a token)".into(),
+            );
+        }
+
+        if server.max_connection_age_seconds > MAX_CONNECTION_AGE_LIMIT {
+            fail(
+                "server.max_connection_age_seconds",
+                format!(
+                    "server.max_connection_age_seconds must be at most {MAX_CONNECTION_AGE_LIMIT} (a year; 0 = no limit)"
+                ),
             );
         }
 
