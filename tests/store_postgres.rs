@@ -129,11 +129,34 @@ impl Drop for Proxy {
     }
 }
 
+/// How long a test waits for the relay's answer while the database misbehaves: well past the
+/// relay's own deadlines (statement timeout + connect timeout, and a rollback's), so a loaded
+/// machine does not fail the test, yet far from the hang it guards against.
+const OUTAGE_ANSWER: Duration = Duration::from_secs(60);
+
+/// The OK for `event`, waited for up to [`OUTAGE_ANSWER`].
+async fn publish_during_outage(ws: &mut Ws, event: &mls_proto::Event) -> (bool, String) {
+    ws.send(&json!(["EVENT", event])).await;
+    let id = id_hex(event);
+    loop {
+        let m = ws
+            .recv_until_closed(OUTAGE_ANSWER)
+            .await
+            .expect("relay closed the connection");
+        if m[0] == "OK" && m[1] == id.as_str() {
+            return (m[2] == true, m[3].as_str().unwrap_or_default().to_owned());
+        }
+    }
+}
+
 async fn req_ids(ws: &mut Ws, sub: &str, filter: serde_json::Value) -> Result<Vec<String>, String> {
     ws.send(&json!(["REQ", sub, filter])).await;
     let mut ids = Vec::new();
     loop {
-        let m = ws.recv().await;
+        let m = ws
+            .recv_until_closed(OUTAGE_ANSWER)
+            .await
+            .expect("relay closed the connection");
         match m[0].as_str() {
             Some("EVENT") if m[1] == sub => ids.push(m[2]["id"].as_str().unwrap().to_owned()),
             Some("EOSE") if m[1] == sub => {
@@ -216,7 +239,7 @@ async fn database_outage_is_reported_and_recovered_without_restart() {
     assert_eq!(health.status, 503, "{}", health.text());
     assert_eq!(health.json()["failing"], "store");
     let during = ev(&k, 1, &[&["t", "outage"]], "during");
-    let (ok, msg) = ws.publish(&during).await;
+    let (ok, msg) = publish_during_outage(&mut ws, &during).await;
     assert!(!ok, "OK true while the database is down");
     assert_prefix(&msg, "error:");
     let closed = req_ids(&mut ws, "down", json!({"#t": ["outage"]})).await;
@@ -264,7 +287,7 @@ async fn a_silent_database_gets_errors_in_bounded_time_not_a_hang() {
 
     proxy.silence();
     let during = ev(&k, 1, &[&["t", "silent"]], "during");
-    let (ok, msg) = ws.publish(&during).await;
+    let (ok, msg) = publish_during_outage(&mut ws, &during).await;
     assert!(!ok, "OK true while the database is silent");
     assert_prefix(&msg, "error:");
     match req_ids(&mut ws, "silent", json!({"#t": ["silent"]})).await {
