@@ -84,6 +84,7 @@ fn index_of(n: usize) -> SubscriptionIndex {
             Arc::from("live"),
             vec![member_filter(c % (n / MEMBERS))],
             conn,
+            0,
         )));
     }
     index
@@ -124,6 +125,7 @@ fn index_insert_and_remove(bencher: Bencher, n: usize) {
             Arc::from("new"),
             vec![member_filter(3)],
             conn.clone(),
+            0,
         )));
         index.remove(u64::MAX, "new")
     });
@@ -140,6 +142,7 @@ fn index_connection_closes(bencher: Bencher, n: usize) {
             ids[0].clone(),
             vec![member_filter(3)],
             conn.clone(),
+            0,
         )));
         index.remove_connection(u64::MAX, &ids)
     });

@@ -9,6 +9,7 @@
 //! ephemeral kinds) ride in the notice, placed in commit order.
 
 use crate::app::App;
+use crate::subscriptions::CommitPosition;
 use mls_proto::Event;
 use mls_store::CommitNotice;
 use std::sync::Arc;
@@ -48,7 +49,7 @@ pub async fn run(app: Arc<App>) {
 async fn consume(app: &App, cursor: &mut u64, notice: &CommitNotice) {
     for (after, ev) in &notice.transient {
         catch_up(app, cursor, *after).await;
-        publish(app, ev, None).await;
+        publish(app, ev, CommitPosition::TransientAfter(*after), None).await;
     }
     catch_up(app, cursor, notice.last_seq).await;
 }
@@ -83,7 +84,13 @@ async fn catch_up(app: &App, cursor: &mut u64, to: u64) {
                 *cursor = to;
                 return;
             }
-            publish(app, &s.event.event, Some(s.event.json.clone())).await;
+            publish(
+                app,
+                &s.event.event,
+                CommitPosition::Stored(s.seq),
+                Some(s.event.json.clone()),
+            )
+            .await;
             *cursor = s.seq;
         }
         if whole {
@@ -93,8 +100,9 @@ async fn catch_up(app: &App, cursor: &mut u64, to: u64) {
     }
 }
 
-async fn publish(app: &App, ev: &Event, json: Option<Arc<str>>) {
-    let candidates = app.subscriptions.matching(ev);
+async fn publish(app: &App, ev: &Event, position: CommitPosition, json: Option<Arc<str>>) {
+    let mut candidates = app.subscriptions.matching(ev);
+    candidates.retain(|sub| sub.is_live(position));
     if candidates.is_empty() {
         return;
     }

@@ -560,11 +560,12 @@ impl Session {
         };
         let sub_id: Arc<str> = Arc::from(sub_id);
         // Registered before the query so nothing committed meanwhile is missed; live events
-        // are held back until EOSE.
+        // are held back until EOSE, and what was committed before is left to the query.
         let sub = Arc::new(Subscription::new(
             sub_id.clone(),
             filters,
             self.conn.clone(),
+            self.app.store.commits().last_seq(),
         ));
         let max_bytes = self.app.config.limitation.max_subscription_bytes;
         if let Err(reason) = self.app.subscriptions.try_insert(sub.clone(), max_bytes) {

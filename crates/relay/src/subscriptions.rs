@@ -203,6 +203,15 @@ fn unfile_from<K: Hash + Eq, S: BuildHasher>(
 
 type SubKey = (u64, Arc<str>);
 
+/// Where an event sits in the commit stream.
+#[derive(Debug, Clone, Copy)]
+pub enum CommitPosition {
+    /// A stored event's own `seq`.
+    Stored(u64),
+    /// An accepted, unstored event, placed after the stored event with this `seq`.
+    TransientAfter(u64),
+}
+
 /// A live event held back until EOSE: its id (to skip it if the stored results had it) and JSON.
 type HeldEvent = (Hex32, Arc<str>);
 
@@ -211,23 +220,43 @@ pub struct Subscription {
     pub sub_id: Arc<str>,
     pub filters: Vec<Filter>,
     pub conn: Arc<ConnectionHandle>,
+    /// The commit stream's `seq` when this subscription was registered: stored events up to
+    /// it are the stored part's to serve (the query runs after), so live delivery skips them
+    /// even when fan-out reaches them late.
+    pub after_seq: u64,
     /// Events that arrived between registration and EOSE, and their bytes: held back so the
     /// stored results and EOSE go first. `None` once EOSE was sent.
     pending: Mutex<Option<(Vec<HeldEvent>, usize)>>,
 }
 
 impl Subscription {
-    pub fn new(sub_id: Arc<str>, filters: Vec<Filter>, conn: Arc<ConnectionHandle>) -> Self {
+    pub fn new(
+        sub_id: Arc<str>,
+        filters: Vec<Filter>,
+        conn: Arc<ConnectionHandle>,
+        after_seq: u64,
+    ) -> Self {
         Subscription {
             sub_id,
             filters,
             conn,
+            after_seq,
             pending: Mutex::new(Some((Vec::new(), 0))),
         }
     }
 
     pub fn matches(&self, ev: &Event) -> bool {
         self.filters.iter().any(|f| f.matches(ev))
+    }
+
+    /// Whether an event at this place in commit order was committed after registration.
+    /// A transient event placed after `seq` = `after_seq` may predate registration; it is
+    /// delivered (it cannot be served from the store).
+    pub fn is_live(&self, position: CommitPosition) -> bool {
+        match position {
+            CommitPosition::Stored(seq) => seq > self.after_seq,
+            CommitPosition::TransientAfter(seq) => seq >= self.after_seq,
+        }
     }
 
     /// Delivers a live event: held back before EOSE, sent after.

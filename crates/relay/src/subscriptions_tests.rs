@@ -2,7 +2,7 @@
 //! benchmark compiles on its own).
 
 use crate::session::ConnectionHandle;
-use crate::subscriptions::{Subscription, SubscriptionIndex};
+use crate::subscriptions::{CommitPosition, Subscription, SubscriptionIndex};
 use mls_proto::{Event, Filter};
 use serde_json::json;
 use std::sync::Arc;
@@ -15,7 +15,7 @@ fn event(kind: u16, tags: Vec<Vec<String>>) -> Event {
 
 fn sub(conn: &Arc<ConnectionHandle>, id: &str, filter: serde_json::Value) -> Arc<Subscription> {
     let f = Filter::from_value(&filter).expect("filter");
-    Arc::new(Subscription::new(Arc::from(id), vec![f], conn.clone()))
+    Arc::new(Subscription::new(Arc::from(id), vec![f], conn.clone(), 0))
 }
 
 #[test]
@@ -128,4 +128,15 @@ fn values_shared_by_many_subscriptions_and_tags_match_exactly() {
     }
     assert!(index.remove(0, "other"));
     assert!(index.is_empty() && index.matching(&in_g3).is_empty());
+}
+
+#[test]
+fn events_committed_before_registration_are_not_live() {
+    let (conn, _outbox) = ConnectionHandle::detached(1, 8);
+    let sub = Subscription::new(Arc::from("s"), vec![], Arc::new(conn), 7);
+    assert!(!sub.is_live(CommitPosition::Stored(6)));
+    assert!(!sub.is_live(CommitPosition::Stored(7)));
+    assert!(sub.is_live(CommitPosition::Stored(8)));
+    assert!(!sub.is_live(CommitPosition::TransientAfter(6)));
+    assert!(sub.is_live(CommitPosition::TransientAfter(7)));
 }
