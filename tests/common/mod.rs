@@ -7,6 +7,7 @@
 
 #![allow(dead_code, clippy::result_large_err)]
 
+pub mod firestore;
 pub mod pg;
 
 use futures_util::{SinkExt, StreamExt};
@@ -200,6 +201,8 @@ impl RelayBuilder {
             starts: 0,
             // MLS_TEST_STORE=cloudsql: a database of its own, kept across restarts.
             database_url: pg::e2e_on_postgres().then(pg::fresh_database),
+            // MLS_TEST_STORE=firestore: a project of its own, kept across restarts.
+            firestore_project: firestore::e2e_on_firestore().then(firestore::fresh_project),
         };
         relay.port = free_port();
         std::fs::write(relay.config_path(), relay.render_config(relay.port)).unwrap();
@@ -216,6 +219,8 @@ pub struct Relay {
     starts: u32,
     /// Set when the relay runs on PostgreSQL (`MLS_TEST_STORE=cloudsql`).
     pub database_url: Option<String>,
+    /// Set when the relay runs on the Firestore emulator (`MLS_TEST_STORE=firestore`).
+    pub firestore_project: Option<String>,
 }
 
 impl Relay {
@@ -285,6 +290,16 @@ max_group_messages_per_minute = 0
             over.insert("extensions".into(), ext.into());
             merge_toml(&mut table, over);
         }
+        if let Some(project) = &self.firestore_project {
+            let mut store = toml::Table::new();
+            store.insert("storage_backend".into(), "firestore".into());
+            store.insert("project_id".into(), project.as_str().into());
+            let mut ext = toml::Table::new();
+            ext.insert("mls_gateway".into(), store.into());
+            let mut over = toml::Table::new();
+            over.insert("extensions".into(), ext.into());
+            merge_toml(&mut table, over);
+        }
         for text in &self.overrides {
             let over: toml::Table = text
                 .parse()
@@ -326,6 +341,12 @@ max_group_messages_per_minute = 0
             cmd.env_remove(k);
         }
         cmd.env("RUST_LOG", "info");
+        if self.firestore_project.is_some() {
+            cmd.env(
+                "FIRESTORE_EMULATOR_HOST",
+                firestore::emulator_host().expect("FIRESTORE_EMULATOR_HOST"),
+            );
+        }
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -530,6 +551,13 @@ pub fn run_cli_timeout(
         .stderr(std::fs::File::create(&err_path).unwrap());
     for k in RELAY_ENV {
         cmd.env_remove(k);
+    }
+    // A relay's config on Firestore (MLS_TEST_STORE=firestore) names the emulator by env.
+    if firestore::e2e_on_firestore() {
+        cmd.env(
+            "FIRESTORE_EMULATOR_HOST",
+            firestore::emulator_host().expect("FIRESTORE_EMULATOR_HOST"),
+        );
     }
     for (k, v) in env {
         cmd.env(k, v);

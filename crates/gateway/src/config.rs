@@ -60,6 +60,8 @@ pub struct GatewayConfig {
     pub storage_backend: StorageBackend,
     /// Firestore project (env `GOOGLE_CLOUD_PROJECT` / `FIREBASE_PROJECT_ID`).
     pub project_id: Option<String>,
+    /// Firestore database in that project; `None`: `(default)`.
+    pub database_id: Option<String>,
     /// PostgreSQL URL for `cloudsql` (env `DATABASE_URL`). A secret: masked when printed.
     pub database_url: Option<String>,
     /// Most connections one instance opens to PostgreSQL (`cloudsql`).
@@ -94,6 +96,7 @@ impl Default for GatewayConfig {
         GatewayConfig {
             storage_backend: StorageBackend::Embedded,
             project_id: None,
+            database_id: None,
             database_url: None,
             database_pool_size: 16,
             database_statement_timeout: 10,

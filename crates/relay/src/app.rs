@@ -50,7 +50,8 @@ impl Drop for SessionGuard {
 }
 
 /// Opens the configured store. Backends not built into this binary are a clear error.
-/// PostgreSQL that cannot be reached yet is retried with backoff (logged), not given up on.
+/// PostgreSQL or Firestore that cannot be reached yet is retried with backoff (logged), not
+/// given up on.
 pub async fn open_store(
     config: &Config,
     gateway: Arc<Gateway>,
@@ -73,6 +74,19 @@ pub async fn open_store(
                 .map_err(|e| format!("extensions.mls_gateway.database_url: {e}"))?;
             Ok(store)
         }
+        #[cfg(feature = "firestore")]
+        StorageBackend::Firestore => {
+            use mls_store_firestore::{FirestoreOptions, FirestoreStore};
+            let g = &config.extensions.mls_gateway;
+            let mut options = FirestoreOptions::new(g.project_id.clone().unwrap_or_default());
+            if let Some(id) = &g.database_id {
+                options.database_id = id.clone();
+            }
+            let store = FirestoreStore::open(options, gateway, None)
+                .await
+                .map_err(|e| format!("extensions.mls_gateway.project_id: {e}"))?;
+            Ok(store)
+        }
         StorageBackend::Embedded => {
             std::fs::create_dir_all(&config.data.path).map_err(|e| {
                 format!("data.path {}: cannot create: {e}", config.data.path.display())
@@ -81,6 +95,8 @@ pub async fn open_store(
                 .map_err(|e| format!("data.path {}: {e}", config.data.path.display()))?;
             Ok(store)
         }
+        // Reachable when the binary is built without a backend's feature.
+        #[allow(unreachable_patterns)]
         other => Err(format!(
             "extensions.mls_gateway.storage_backend = \"{}\" is not available in this build; use \"embedded\"",
             serde_json::to_value(other)

@@ -86,9 +86,15 @@ pub fn relay_binary() -> &'static Path {
 }
 
 /// `MLS_TEST_STORE=cloudsql`: the relay runs on PostgreSQL, in a fresh database of the cluster
-/// `DATABASE_URL` names (as the workspace's end-to-end harness does); otherwise nothing (the
+/// `DATABASE_URL` names (as the workspace's end-to-end harness does); `MLS_TEST_STORE=firestore`:
+/// on the emulator `FIRESTORE_EMULATOR_HOST` names, in a fresh project; otherwise nothing (the
 /// embedded store).
 fn store_config() -> String {
+    if let Some(project) = firestore_project() {
+        return format!(
+            "\n[extensions.mls_gateway]\nstorage_backend = \"firestore\"\nproject_id = \"{project}\"\n"
+        );
+    }
     if std::env::var("MLS_TEST_STORE").as_deref() != Ok("cloudsql") {
         return String::new();
     }
@@ -131,6 +137,32 @@ fn store_config() -> String {
     format!(
         "\n[extensions.mls_gateway]\nstorage_backend = \"cloudsql\"\ndatabase_url = \"{server}/{name}{query}\"\n"
     )
+}
+
+/// `MLS_TEST_STORE=firestore`: a project id nobody used yet on the emulator.
+fn firestore_project() -> Option<String> {
+    if std::env::var("MLS_TEST_STORE").as_deref() != Ok("firestore") {
+        return None;
+    }
+    emulator_host();
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    Some(format!(
+        "marmot-{}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ))
+}
+
+/// The emulator a Firestore run uses (`FIRESTORE_EMULATOR_HOST`).
+fn emulator_host() -> String {
+    std::env::var("FIRESTORE_EMULATOR_HOST")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .expect("MLS_TEST_STORE=firestore needs FIRESTORE_EMULATOR_HOST")
 }
 
 /// Picks a free loopback port (bind :0, read, drop).
@@ -185,6 +217,9 @@ enabled = {auth}
             cmd.env_remove(k);
         }
         cmd.env("RUST_LOG", "info");
+        if std::env::var("MLS_TEST_STORE").as_deref() == Ok("firestore") {
+            cmd.env("FIRESTORE_EMULATOR_HOST", emulator_host());
+        }
         let child = cmd.spawn().expect("spawn mls-gateway");
         let mut relay = Relay {
             port,

@@ -369,6 +369,28 @@ fn server_values_are_checked() {
 }
 
 #[test]
+fn firestore_database_id_follows_firestores_rule() {
+    for ok in ["(default)", "mls-gateway", "db01"] {
+        let text = format!(
+            "[extensions.mls_gateway]\nstorage_backend = \"firestore\"\nproject_id = \"p\"\n\
+             database_id = \"{ok}\"\n"
+        );
+        parse_ok(&text).validate().unwrap();
+    }
+    for bad in ["", "abc", "Mls", "1abc", "abc-", "a_bcd"] {
+        let text = format!(
+            "[extensions.mls_gateway]\nstorage_backend = \"firestore\"\nproject_id = \"p\"\n\
+             database_id = \"{bad}\"\n"
+        );
+        let err = parse_ok(&text).validate().unwrap_err().to_string();
+        assert!(
+            err.starts_with("extensions.mls_gateway.database_id"),
+            "{bad:?}: {err}"
+        );
+    }
+}
+
+#[test]
 fn backends_need_their_settings() {
     let mut config = parse_ok("[extensions.mls_gateway]\nstorage_backend = \"firestore\"\n");
     let err = config.validate().unwrap_err();

@@ -154,6 +154,25 @@ impl Config {
                         "extensions.mls_gateway.project_id required for Firestore backend".into(),
                     );
                 }
+                // Firestore's own rule for database ids.
+                if let Some(id) = &g.database_id {
+                    let valid = id == "(default)"
+                        || ((4..=63).contains(&id.len())
+                            && id.starts_with(|c: char| c.is_ascii_lowercase())
+                            && !id.ends_with('-')
+                            && id.bytes().all(|b| {
+                                b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'
+                            }));
+                    if !valid {
+                        fail(
+                            "extensions.mls_gateway.database_id",
+                            format!(
+                                "extensions.mls_gateway.database_id {id:?}: use \"(default)\" or 4 to 63 \
+                                 lowercase letters, digits and hyphens, starting with a letter"
+                            ),
+                        );
+                    }
+                }
             }
             StorageBackend::Cloudsql => {
                 if !is_set(&g.database_url) {
