@@ -39,7 +39,7 @@ fi
 #
 # One script per service under scripts/services/, sourced here: each defines `start_<name>`,
 # which starts it (or reuses one already running), exports where the tests find it, and adds
-# its stop to CLEANUP. Later services (Redis, Firestore emulator) follow the same pattern.
+# its stop to CLEANUP.
 # ---------------------------------------------------------------------------------------------
 wait_for_port() { # host port [seconds]
     local host="$1" port="$2" secs="${3:-30}" i
@@ -63,6 +63,23 @@ if [ "${MLS_TEST_NO_POSTGRES:-}" = 1 ]; then
 elif ! start_postgres; then
     log "PostgreSQL could not be started (MLS_TEST_NO_POSTGRES=1 runs the rest without it)"
     exit 1
+fi
+
+# The Firestore emulator (the `firestore` backend's tests): exports FIRESTORE_EMULATOR_HOST (one
+# already set is used as is). MLS_TEST_NO_FIRESTORE=1 skips it; those tests then say they were
+# skipped. Every query shape the Firestore runs send is logged, then checked against
+# deploy/firestore.indexes.json at the end.
+# shellcheck source=services/firestore.sh
+source scripts/services/firestore.sh
+if [ "${MLS_TEST_NO_FIRESTORE:-}" = 1 ]; then
+    log "MLS_TEST_NO_FIRESTORE=1: the Firestore tests will be skipped"
+    unset FIRESTORE_EMULATOR_HOST
+elif ! start_firestore; then
+    log "the Firestore emulator could not be started (MLS_TEST_NO_FIRESTORE=1 runs the rest without it)"
+    exit 1
+else
+    export MLS_FIRESTORE_QUERY_LOG="$SERVICES_DIR/firestore/queries.jsonl"
+    rm -f "$MLS_FIRESTORE_QUERY_LOG"
 fi
 
 # ---------------------------------------------------------------------------------------------
@@ -94,6 +111,20 @@ if [ "$#" -eq 0 ] && [ -n "${DATABASE_URL:-}" ]; then
         --test security_backup --test crash --test nip01 --test nip09_40 \
         --test loxation_flow --test nip11_health --test shutdown </dev/null
     MLS_TEST_STORE=cloudsql cargo test --no-fail-fast -p marmot-e2e </dev/null
+fi
+
+# The same suites with every relay on the Firestore emulator (a fresh project each), then the
+# check that every query shape logged by all the Firestore runs has its index in
+# deploy/firestore.indexes.json.
+if [ "$#" -eq 0 ] && [ -n "${FIRESTORE_EMULATOR_HOST:-}" ]; then
+    log "end-to-end suites on Firestore (MLS_TEST_STORE=firestore)"
+    MLS_TEST_STORE=firestore cargo test --no-fail-fast -p mls-gateway \
+        --test mls_adversarial --test security_reads --test security_groups \
+        --test security_backup --test crash --test nip01 --test nip09_40 \
+        --test loxation_flow --test nip11_health --test shutdown </dev/null
+    MLS_TEST_STORE=firestore cargo test --no-fail-fast -p marmot-e2e </dev/null
+    log "every logged Firestore query is served by deploy/firestore.indexes.json"
+    cargo test -p mls-store-firestore --test indexes queries_logged_by_the_whole_test_run </dev/null
 fi
 
 # The container image (deploy/Dockerfile), built with podman against local stand-ins of its

@@ -8,6 +8,7 @@
 #![allow(dead_code, clippy::result_large_err)]
 
 pub mod firestore;
+pub mod outage;
 pub mod pg;
 
 use futures_util::{SinkExt, StreamExt};
