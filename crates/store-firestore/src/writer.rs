@@ -16,7 +16,9 @@
 //!
 //! Limits: at most [`MAX_WRITES`] documents per commit and [`MAX_COMMIT_BYTES`] per request
 //! (Firestore's 500 writes and 10 MiB); a batch stops taking requests before it would exceed
-//! them, and a single request that alone would is refused with an error naming the limit.
+//! them, and a single request that alone would is refused with an error naming the limit —
+//! except a state change that only deletes (the gateway's purge of expired keys): its first
+//! part commits with the transaction and the rest in further commits.
 
 use crate::client::{Client, RpcError, RpcResult};
 use crate::model::{self, from_ts, integer, Fields, EVENTS, META, META_DOC, TOMB_ADDRS, TOMB_IDS};
@@ -245,7 +247,7 @@ impl Writer {
             cache: Mutex::new(HashMap::new()),
         };
         let result = self.process(&reader, batch);
-        let (tx, outcomes, transient) = match result {
+        let (mut tx, outcomes, transient) = match result {
             Ok(done) => done,
             Err(e) => {
                 let client = self.client.clone();
@@ -254,6 +256,7 @@ impl Writer {
             }
         };
         let last_seq = tx.last_seq;
+        let overflow = std::mem::take(&mut tx.overflow);
         let writes = tx.into_writes(&self.client);
         if writes.is_empty() {
             let client = self.client.clone();
@@ -265,11 +268,39 @@ impl Writer {
             let client = self.client.clone();
             io.block_on(async move { client.commit(Some(transaction), writes).await })??;
         }
+        let mut outcomes = outcomes;
+        if let Err(e) = self.delete_state_keys(overflow) {
+            // The transaction's part is committed; the caller hears that the rest is not.
+            if let Some(last) = outcomes.last_mut() {
+                *last = Outcome::Failed(StoreError::Backend(format!(
+                    "a large state deletion was committed in part: {e}"
+                )));
+            }
+        }
         Ok(Committed {
             outcomes,
             last_seq,
             transient,
         })
+    }
+
+    /// Deletes state keys in commits of [`MAX_WRITES`], outside any transaction.
+    fn delete_state_keys(&self, keys: Vec<Vec<u8>>) -> RpcResult<()> {
+        for chunk in keys.chunks(MAX_WRITES) {
+            let writes: Vec<Write> = chunk
+                .iter()
+                .map(|k| Write {
+                    operation: Some(Operation::Delete(
+                        self.client.name(model::STATE, &state::doc_id(k)),
+                    )),
+                    ..Default::default()
+                })
+                .collect();
+            let client = self.client.clone();
+            self.io
+                .block_on(async move { client.commit(None, writes).await })??;
+        }
+        Ok(())
     }
 
     #[allow(clippy::type_complexity)]
@@ -291,6 +322,7 @@ impl Writer {
             last_seq,
             seq_at_start: last_seq,
             bytes: 0,
+            overflow: Vec::new(),
         };
         let now = mls_proto::unix_now();
         let mut outcomes = Vec::with_capacity(batch.len());
@@ -343,6 +375,19 @@ impl Writer {
             if tx.batch.writes() + layer.writes() + 1 > MAX_WRITES
                 || tx.bytes + bytes > MAX_COMMIT_BYTES
             {
+                let deletes_only = matches!(request, Request::State { .. })
+                    && layer.docs.is_empty()
+                    && layer.state.values().all(Option::is_none);
+                if outcomes.is_empty() && deletes_only {
+                    // A large deletion (the gateway's purge of expired keys): the first part
+                    // commits with the transaction, the rest in further commits (deleting is
+                    // idempotent; documented as the one change that is not atomic here).
+                    let mut keys: Vec<Vec<u8>> = layer.state.into_keys().collect();
+                    tx.overflow = keys.split_off((MAX_WRITES - 2).min(keys.len()));
+                    tx.batch.state.extend(keys.into_iter().map(|k| (k, None)));
+                    outcomes.push(outcome);
+                    break;
+                }
                 if outcomes.is_empty() {
                     // Alone it is already too large: refused, naming the limit.
                     let text = format!(
@@ -448,6 +493,8 @@ struct Tx<'a> {
     seq_at_start: i64,
     /// Bytes of the documents the batch writes.
     bytes: usize,
+    /// State keys a too-large deletion removes after the transaction, in further commits.
+    overflow: Vec<Vec<u8>>,
 }
 
 fn deleted() -> WriteOutcome {

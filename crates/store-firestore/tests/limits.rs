@@ -201,3 +201,68 @@ async fn a_transaction_that_loses_once_is_run_again_and_stored_once() {
     assert_eq!(seqs.len(), 2);
     assert_eq!(seqs[1], (2, e.id.to_hex()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_state_change_past_500_writes_is_refused_unless_it_only_deletes() {
+    let Some(project) = emulator::Project::new() else {
+        return;
+    };
+    let store = project.store(Arc::new(TestRules)).await;
+    let put = |range: std::ops::Range<u32>| -> Box<
+        dyn for<'s> FnOnce(&'s mut dyn mls_store::StateWrite) -> Result<(), mls_store::Rejection>
+            + Send,
+    > {
+        Box::new(move |s| {
+            for i in range {
+                s.put(format!("x/{i:05}").as_bytes(), b"1")
+                    .map_err(|e| mls_store::Rejection(e.to_string()))?;
+            }
+            Ok(())
+        })
+    };
+    // 600 puts in one change: more than one commit may hold, refused naming the limit.
+    let refused = store.update_state(put(0..600)).await.unwrap();
+    let Err(mls_store::Rejection(text)) = refused else {
+        panic!("a 600-write change was applied: {refused:?}");
+    };
+    assert!(text.starts_with("error:") && text.contains("500"), "{text}");
+    let count = |store: Arc<mls_store_firestore::FirestoreStore>| async move {
+        let mut n = 0;
+        store
+            .read_state(&mut |s: &dyn StateRead| {
+                n = 0;
+                s.scan_prefix(b"x/", &mut |_, _| {
+                    n += 1;
+                    true
+                })
+            })
+            .await
+            .unwrap();
+        n
+    };
+    assert_eq!(count(store.clone()).await, 0, "a refused change left keys");
+    // 1200 keys in changes of 400, then one change deleting them all (the state purge's
+    // shape): applied, in parts.
+    for part in [0..400, 400..800, 800..1200] {
+        store.update_state(put(part)).await.unwrap().unwrap();
+    }
+    assert_eq!(count(store.clone()).await, 1200);
+    store
+        .update_state(Box::new(|s| {
+            let mut keys = Vec::new();
+            s.scan_prefix(b"x/", &mut |k, _| {
+                keys.push(k.to_vec());
+                true
+            })
+            .map_err(|e| mls_store::Rejection(e.to_string()))?;
+            for k in keys {
+                s.delete(&k)
+                    .map_err(|e| mls_store::Rejection(e.to_string()))?;
+            }
+            Ok(())
+        }))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(count(store.clone()).await, 0);
+}
