@@ -202,16 +202,18 @@ async fn a_transaction_that_loses_once_is_run_again_and_stored_once() {
     assert_eq!(seqs[1], (2, e.id.to_hex()));
 }
 
+type StateChange = Box<
+    dyn for<'s> FnOnce(&'s mut dyn mls_store::StateWrite) -> Result<(), mls_store::Rejection>
+        + Send,
+>;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_state_change_past_500_writes_is_refused_unless_it_only_deletes() {
     let Some(project) = emulator::Project::new() else {
         return;
     };
     let store = project.store(Arc::new(TestRules)).await;
-    let put = |range: std::ops::Range<u32>| -> Box<
-        dyn for<'s> FnOnce(&'s mut dyn mls_store::StateWrite) -> Result<(), mls_store::Rejection>
-            + Send,
-    > {
+    let put = |range: std::ops::Range<u32>| -> StateChange {
         Box::new(move |s| {
             for i in range {
                 s.put(format!("x/{i:05}").as_bytes(), b"1")
