@@ -309,6 +309,18 @@ impl Writer {
         reader: &'r Reader<'r>,
         batch: &mut [Request],
     ) -> RpcResult<(Tx<'r>, Vec<Outcome>, Vec<(u64, Arc<Event>)>)> {
+        let mut first_reads = vec![self.client.name(META, META_DOC)];
+        for request in batch.iter() {
+            if let Request::Write { event, .. } = request {
+                let id = event.id.to_hex();
+                first_reads.push(self.client.name(EVENTS, &id));
+                first_reads.push(self.client.name(TOMB_IDS, &id));
+                if let Some(addr) = model::event_addr(event) {
+                    first_reads.push(self.client.name(TOMB_ADDRS, &addr));
+                }
+            }
+        }
+        reader.prefetch(first_reads)?;
         let meta = reader.doc(&self.client.name(META, META_DOC))?;
         let last_seq = match &meta {
             Some(doc) => Fields(doc).int("last_seq")?,
@@ -439,6 +451,32 @@ impl Reader<'_> {
             .flatten();
         crate::lock(&self.cache).insert(name.to_string(), doc.clone());
         Ok(doc)
+    }
+
+    /// Reads `names` in one round trip into the cache (what a batch's events will look up
+    /// first: their own id, its tombstone, their address's tombstone).
+    fn prefetch(&self, names: Vec<String>) -> RpcResult<()> {
+        let names: Vec<String> = {
+            let cache = crate::lock(&self.cache);
+            names
+                .into_iter()
+                .filter(|n| !cache.contains_key(n))
+                .collect()
+        };
+        for chunk in names.chunks(300) {
+            let client = self.client.clone();
+            let tx = self.transaction.clone();
+            let chunk = chunk.to_vec();
+            let asked = chunk.clone();
+            let docs = self
+                .io
+                .block_on(async move { client.get(chunk, Some(&tx)).await })??;
+            let mut cache = crate::lock(&self.cache);
+            for (name, doc) in asked.into_iter().zip(docs) {
+                cache.insert(name, doc);
+            }
+        }
+        Ok(())
     }
 
     fn query(&self, query: StructuredQuery) -> RpcResult<Vec<Document>> {
