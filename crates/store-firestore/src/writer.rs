@@ -346,6 +346,7 @@ impl Writer {
                 break; // the rest goes to the next batch
             }
             let seq = tx.last_seq;
+            let transient_before = transient.len();
             tx.request = Layer::default();
             let outcome = match request {
                 Request::Write {
@@ -409,7 +410,7 @@ impl Writer {
                         bytes
                     );
                     tx.last_seq = seq;
-                    transient.retain(|(s, _)| *s < seq.max(0) as u64);
+                    transient.truncate(transient_before);
                     outcomes.push(match request {
                         Request::Write { .. } => Outcome::Write(WriteOutcome::Rejected(text)),
                         Request::State { .. } => Outcome::State(Err(Rejection(text))),
@@ -417,7 +418,9 @@ impl Writer {
                     });
                     continue;
                 }
+                // Not in this batch after all: the next one runs it again from the start.
                 tx.last_seq = seq;
+                transient.truncate(transient_before);
                 break;
             }
             tx.bytes += bytes;
