@@ -165,3 +165,28 @@ async fn firestore_outage_is_reported_and_recovered_without_restart() {
         .expect("REQ answered after recovery");
     assert_eq!(ids, vec![id_hex(&after), id_hex(&before)]);
 }
+
+#[tokio::test]
+async fn the_containers_firestore_config_takes_its_project_from_the_environment() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/firestore.toml");
+    let out = run_cli(
+        &["check-config", "-c", path],
+        None,
+        &[("GOOGLE_CLOUD_PROJECT", "my-project")],
+    );
+    assert!(out.success(), "{} {}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("storage_backend = \"firestore\"")
+            && out.stdout.contains("project_id = \"my-project\""),
+        "{}",
+        out.stdout
+    );
+    let out = run_cli(&["check-config", "-c", path], None, &[]);
+    assert!(!out.success(), "{}", out.stdout);
+    assert!(
+        out.stderr
+            .contains("extensions.mls_gateway.project_id required for Firestore backend"),
+        "{}",
+        out.stderr
+    );
+}
