@@ -17,6 +17,7 @@ use googleapis_tonic_google_firestore_v1::google::firestore::v1::{
 };
 use mls_store::StoreError;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::metadata::MetadataValue;
@@ -77,6 +78,25 @@ impl From<StoreError> for RpcError {
 
 pub(crate) type RpcResult<T> = Result<T, RpcError>;
 
+/// RPCs sent so far, by kind (for the benchmark's "round trips per event").
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RpcCounts {
+    pub begin: u64,
+    pub get: u64,
+    pub query: u64,
+    pub commit: u64,
+    pub rollback: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    begin: AtomicU64,
+    get: AtomicU64,
+    query: AtomicU64,
+    commit: AtomicU64,
+    rollback: AtomicU64,
+}
+
 enum Auth {
     Emulator,
     Google(Arc<dyn gcp_auth::TokenProvider>),
@@ -96,9 +116,21 @@ pub(crate) struct Client {
     /// Longest any one RPC may take.
     pub deadline: Duration,
     queries: Option<Arc<QueryLog>>,
+    counters: Arc<Counters>,
 }
 
 impl Client {
+    pub fn counts(&self) -> RpcCounts {
+        let c = &self.counters;
+        RpcCounts {
+            begin: c.begin.load(Ordering::Relaxed),
+            get: c.get.load(Ordering::Relaxed),
+            query: c.query.load(Ordering::Relaxed),
+            commit: c.commit.load(Ordering::Relaxed),
+            rollback: c.rollback.load(Ordering::Relaxed),
+        }
+    }
+
     /// A client for `project` / `database` (on the store's runtime: the channel connects
     /// lazily, so an unreachable Firestore shows up in the first RPC, not here).
     pub async fn new(
@@ -151,6 +183,7 @@ impl Client {
             routing,
             deadline,
             queries,
+            counters: Arc::default(),
         })
     }
 
@@ -217,6 +250,7 @@ impl Client {
             )
             .await?;
         let mut grpc = self.grpc.clone();
+        self.counters.begin.fetch_add(1, Ordering::Relaxed);
         let response = self
             .bounded("begin transaction", grpc.begin_transaction(request))
             .await?;
@@ -237,6 +271,7 @@ impl Client {
             )
             .await?;
         let mut grpc = self.grpc.clone();
+        self.counters.commit.fetch_add(1, Ordering::Relaxed);
         self.bounded("commit", grpc.commit(request)).await?;
         Ok(())
     }
@@ -257,6 +292,7 @@ impl Client {
             return;
         };
         let mut grpc = self.grpc.clone();
+        self.counters.rollback.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = self.bounded("rollback", grpc.rollback(request)).await {
             tracing::debug!(error = %e, "rollback failed");
         }
@@ -285,6 +321,7 @@ impl Client {
             )
             .await?;
         let mut grpc = self.grpc.clone();
+        self.counters.get.fetch_add(1, Ordering::Relaxed);
         let read = async {
             let mut stream = grpc.batch_get_documents(request).await?.into_inner();
             let mut found: HashMap<String, Document> = HashMap::new();
@@ -322,6 +359,7 @@ impl Client {
             )
             .await?;
         let mut grpc = self.grpc.clone();
+        self.counters.query.fetch_add(1, Ordering::Relaxed);
         let read = async {
             let mut stream = grpc.run_query(request).await?.into_inner();
             let mut docs = Vec::new();

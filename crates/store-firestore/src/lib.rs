@@ -24,6 +24,7 @@ mod query;
 mod state;
 mod writer;
 
+pub use client::RpcCounts;
 pub use indexes::{missing_index, QueryLog, QueryShape};
 pub use writer::CommitHook;
 
@@ -214,6 +215,7 @@ impl FirestoreStore {
             max_batch: options.max_batch.max(1),
             max_attempts: options.max_attempts.max(1),
             before_commit: options.before_commit.clone(),
+            known: Default::default(),
         };
         let handle = std::thread::Builder::new()
             .name("firestore-writer".into())
@@ -239,6 +241,11 @@ impl FirestoreStore {
                 tracing::error!(database = %self.client.database, "store writer thread panicked");
             }
         }
+    }
+
+    /// RPCs this store sent so far, by kind.
+    pub fn rpc_counts(&self) -> RpcCounts {
+        self.client.counts()
     }
 
     /// `projects/{project}/databases/{database}`.

@@ -15,7 +15,7 @@ use std::ops::Bound;
 use std::sync::Mutex;
 
 /// Documents fetched per round trip of a prefix scan.
-const SCAN_PAGE: i32 = 256;
+pub(crate) const SCAN_PAGE: i32 = 256;
 
 pub(crate) type Rows = Vec<(Vec<u8>, Vec<u8>)>;
 

@@ -134,6 +134,68 @@ pub(crate) struct Writer {
     pub max_batch: usize,
     pub max_attempts: u32,
     pub before_commit: Option<CommitHook>,
+    /// What this writer knows of the committed documents (see [`Known`]).
+    pub known: std::cell::RefCell<Known>,
+}
+
+/// Documents this writer read or wrote, as they stand at `meta/store`'s commit counter
+/// `version`. Every committing transaction bumps that counter, so while it still reads
+/// `version`, nobody else committed since and these are exact: the rules' state reads need no
+/// round trip. Any other value and they are dropped. Bounded by [`KNOWN_BYTES`].
+#[derive(Default)]
+pub(crate) struct Known {
+    version: Option<i64>,
+    docs: HashMap<String, Option<Document>>,
+    /// Whole state prefixes (what a prefix scan returned, kept up to date with this writer's
+    /// own commits): the rules' per-event scans (rate counters) need no query either.
+    scans: HashMap<Vec<u8>, ScanRows>,
+    bytes: usize,
+}
+
+/// Every committed state entry under one prefix, by key.
+pub(crate) type ScanRows = BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// Most bytes of documents a writer remembers between batches.
+const KNOWN_BYTES: usize = 64 * 1024 * 1024;
+
+impl Known {
+    fn forget(&mut self) {
+        self.version = None;
+        self.docs.clear();
+        self.scans.clear();
+        self.bytes = 0;
+    }
+
+    fn insert_scan(&mut self, prefix: Vec<u8>, rows: ScanRows) {
+        self.bytes += prefix.len() + rows.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        self.scans.insert(prefix, rows);
+    }
+
+    /// A committed state change, applied to the prefixes that hold its key.
+    fn apply_state(&mut self, key: &[u8], value: Option<&[u8]>) {
+        for (prefix, rows) in self.scans.iter_mut() {
+            if !key.starts_with(prefix) {
+                continue;
+            }
+            match value {
+                Some(v) => {
+                    self.bytes += key.len() + v.len();
+                    rows.insert(key.to_vec(), v.to_vec());
+                }
+                None => {
+                    rows.remove(key);
+                }
+            }
+        }
+    }
+
+    fn insert(&mut self, name: String, doc: Option<Document>) {
+        self.bytes += name.len()
+            + doc
+                .as_ref()
+                .map_or(0, |d| model::document_size(&d.name, &d.fields));
+        self.docs.insert(name, doc);
+    }
 }
 
 /// What a committed attempt gives back.
@@ -240,13 +302,18 @@ impl Writer {
         let io = &*self.io;
         let client = self.client.clone();
         let transaction = io.block_on(async move { client.begin(false).await })??;
+        let known = self.known.borrow();
         let reader = Reader {
             io,
             client: &self.client,
             transaction: transaction.clone(),
             cache: Mutex::new(HashMap::new()),
+            known: &known.docs,
+            known_scans: &known.scans,
+            trust_known: std::cell::Cell::new(false),
+            scans: Mutex::new(HashMap::new()),
         };
-        let result = self.process(&reader, batch);
+        let result = self.process(&reader, &known, batch);
         let (mut tx, outcomes, transient) = match result {
             Ok(done) => done,
             Err(e) => {
@@ -255,26 +322,44 @@ impl Writer {
                 return Err(e);
             }
         };
-        let last_seq = tx.last_seq;
+        let (last_seq, version) = (tx.last_seq, tx.version);
         let overflow = std::mem::take(&mut tx.overflow);
         let writes = tx.into_writes(&self.client);
-        if writes.is_empty() {
-            let client = self.client.clone();
-            let _ = io.block_on(async move { client.rollback(transaction).await });
-        } else {
+        let committed = !writes.is_empty();
+        let written: Vec<(String, Option<Document>)> = writes
+            .iter()
+            .filter_map(|w| match &w.operation {
+                Some(Operation::Update(d)) => Some((d.name.clone(), Some(d.clone()))),
+                Some(Operation::Delete(name)) => Some((name.clone(), None)),
+                _ => None,
+            })
+            .collect();
+        if committed {
             if let Some(hook) = &self.before_commit {
                 hook();
             }
             let client = self.client.clone();
-            io.block_on(async move { client.commit(Some(transaction), writes).await })??;
+            io.block_on(async move { client.commit(Some(transaction.clone()), writes).await })??;
+        } else {
+            let client = self.client.clone();
+            let _ = io.block_on(async move { client.rollback(transaction).await });
         }
+        let trusted = reader.trust_known.get();
+        let reads = std::mem::take(&mut *crate::lock(&reader.cache));
+        let scans = std::mem::take(&mut *crate::lock(&reader.scans));
+        drop(reader);
+        drop(known);
+        self.remember(version, trusted, reads, scans, committed.then_some(written));
         let mut outcomes = outcomes;
-        if let Err(e) = self.delete_state_keys(overflow) {
-            // The transaction's part is committed; the caller hears that the rest is not.
-            if let Some(last) = outcomes.last_mut() {
-                *last = Outcome::Failed(StoreError::Backend(format!(
-                    "a large state deletion was committed in part: {e}"
-                )));
+        if !overflow.is_empty() {
+            self.known.borrow_mut().forget();
+            if let Err(e) = self.delete_state_keys(overflow) {
+                // The transaction's part is committed; the caller hears that the rest is not.
+                if let Some(last) = outcomes.last_mut() {
+                    *last = Outcome::Failed(StoreError::Backend(format!(
+                        "a large state deletion was committed in part: {e}"
+                    )));
+                }
             }
         }
         Ok(Committed {
@@ -284,32 +369,106 @@ impl Writer {
         })
     }
 
-    /// Deletes state keys in commits of [`MAX_WRITES`], outside any transaction.
+    /// Keeps what an attempt read at `version` and, when it committed (`version + 1`), what
+    /// it wrote.
+    fn remember(
+        &self,
+        version: i64,
+        trusted: bool,
+        reads: HashMap<String, Option<Document>>,
+        scans: HashMap<Vec<u8>, ScanRows>,
+        written: Option<Vec<(String, Option<Document>)>>,
+    ) {
+        let mut known = self.known.borrow_mut();
+        if !trusted {
+            known.forget();
+        }
+        let meta = self.client.name(META, META_DOC);
+        for (name, doc) in reads.into_iter().filter(|(n, _)| *n != meta) {
+            known.insert(name, doc);
+        }
+        for (prefix, rows) in scans {
+            known.insert_scan(prefix, rows);
+        }
+        known.version = Some(version);
+        if let Some(written) = written {
+            let state_docs = format!("{}/{}/", self.client.documents, model::STATE);
+            for (name, doc) in written.into_iter().filter(|(n, _)| *n != meta) {
+                if let Some(key) = name
+                    .strip_prefix(&state_docs)
+                    .and_then(|id| hex::decode(id).ok())
+                {
+                    let value = doc.as_ref().and_then(|d| state::row(d).ok()).map(|r| r.1);
+                    known.apply_state(&key, value.as_deref());
+                }
+                known.insert(name, doc);
+            }
+            known.version = Some(version + 1);
+        }
+        if known.bytes > KNOWN_BYTES {
+            known.forget();
+        }
+    }
+
+    /// Deletes state keys in transactions of at most [`MAX_WRITES`] writes, each bumping the
+    /// commit counter like any other commit.
     fn delete_state_keys(&self, keys: Vec<Vec<u8>>) -> RpcResult<()> {
-        for chunk in keys.chunks(MAX_WRITES) {
-            let writes: Vec<Write> = chunk
-                .iter()
-                .map(|k| Write {
-                    operation: Some(Operation::Delete(
-                        self.client.name(model::STATE, &state::doc_id(k)),
-                    )),
-                    ..Default::default()
-                })
-                .collect();
-            let client = self.client.clone();
-            self.io
-                .block_on(async move { client.commit(None, writes).await })??;
+        for chunk in keys.chunks(MAX_WRITES - 1) {
+            let mut attempt = 1;
+            loop {
+                match self.delete_chunk(chunk) {
+                    Err(e) if e.is_aborted() && attempt < self.max_attempts => attempt += 1,
+                    other => {
+                        other?;
+                        break;
+                    }
+                }
+            }
         }
         Ok(())
+    }
+
+    fn delete_chunk(&self, keys: &[Vec<u8>]) -> RpcResult<()> {
+        let client = self.client.clone();
+        let transaction = self
+            .io
+            .block_on(async move { client.begin(false).await })??;
+        let meta_name = self.client.name(META, META_DOC);
+        let (client, tx, names) = (
+            self.client.clone(),
+            transaction.clone(),
+            vec![meta_name.clone()],
+        );
+        let meta = self
+            .io
+            .block_on(async move { client.get(names, Some(&tx)).await })??
+            .pop()
+            .flatten();
+        let (last_seq, version) = meta_position(meta.as_ref())?;
+        let mut writes: Vec<Write> = keys
+            .iter()
+            .map(|k| Write {
+                operation: Some(Operation::Delete(
+                    self.client.name(model::STATE, &state::doc_id(k)),
+                )),
+                ..Default::default()
+            })
+            .collect();
+        writes.push(meta_write(meta_name, last_seq, version + 1));
+        let client = self.client.clone();
+        self.io
+            .block_on(async move { client.commit(Some(transaction), writes).await })?
     }
 
     #[allow(clippy::type_complexity)]
     fn process<'r>(
         &'r self,
         reader: &'r Reader<'r>,
+        known: &'r Known,
         batch: &mut [Request],
     ) -> RpcResult<(Tx<'r>, Vec<Outcome>, Vec<(u64, Arc<Event>)>)> {
-        let mut first_reads = vec![self.client.name(META, META_DOC)];
+        let meta_name = self.client.name(META, META_DOC);
+        let mut first_reads = vec![meta_name.clone()];
         for request in batch.iter() {
             if let Request::Write { event, .. } = request {
                 let id = event.id.to_hex();
@@ -320,19 +479,27 @@ impl Writer {
                 }
             }
         }
-        reader.prefetch(first_reads)?;
-        let meta = reader.doc(&self.client.name(META, META_DOC))?;
-        let last_seq = match &meta {
-            Some(doc) => Fields(doc).int("last_seq")?,
-            None => 0,
-        };
+        // What this writer already knows is left out, and read after all only if someone
+        // else committed since (the counter in `meta/store` says).
+        let (unknown, remembered): (Vec<String>, Vec<String>) =
+            first_reads.into_iter().partition(|n| {
+                *n == meta_name || known.version.is_none() || !known.docs.contains_key(n)
+            });
+        reader.prefetch(unknown)?;
+        let meta = reader.doc(&meta_name)?;
+        let (last_seq, version) = meta_position(meta.as_ref())?;
+        if known.version == Some(version) {
+            reader.trust_known.set(true);
+        } else {
+            reader.prefetch(remembered)?;
+        }
         let mut tx = Tx {
             reader,
             rules: &*self.rules,
             batch: Layer::default(),
             request: Layer::default(),
             last_seq,
-            seq_at_start: last_seq,
+            version,
             bytes: 0,
             overflow: Vec::new(),
         };
@@ -437,12 +604,24 @@ pub(crate) struct Reader<'a> {
     client: &'a Client,
     transaction: Vec<u8>,
     cache: Mutex<HashMap<String, Option<Document>>>,
+    /// The writer's [`Known`] documents, consulted once `meta/store` showed them current
+    /// (`trust_known`).
+    known: &'a HashMap<String, Option<Document>>,
+    known_scans: &'a HashMap<Vec<u8>, ScanRows>,
+    trust_known: std::cell::Cell<bool>,
+    /// Whole prefixes this attempt scanned (at its version).
+    scans: Mutex<HashMap<Vec<u8>, ScanRows>>,
 }
 
 impl Reader<'_> {
     fn doc(&self, name: &str) -> RpcResult<Option<Document>> {
         if let Some(d) = crate::lock(&self.cache).get(name) {
             return Ok(d.clone());
+        }
+        if self.trust_known.get() {
+            if let Some(d) = self.known.get(name) {
+                return Ok(d.clone());
+            }
         }
         let client = self.client.clone();
         let tx = self.transaction.clone();
@@ -454,6 +633,18 @@ impl Reader<'_> {
             .flatten();
         crate::lock(&self.cache).insert(name.to_string(), doc.clone());
         Ok(doc)
+    }
+
+    /// Every committed entry under `prefix`, if this attempt or (when current) the writer
+    /// already has them.
+    fn cached_scan(&self, prefix: &[u8]) -> Option<ScanRows> {
+        if let Some(rows) = crate::lock(&self.scans).get(prefix) {
+            return Some(rows.clone());
+        }
+        if self.trust_known.get() {
+            return self.known_scans.get(prefix).cloned();
+        }
+        None
     }
 
     /// Reads `names` in one round trip into the cache (what a batch's events will look up
@@ -531,7 +722,8 @@ struct Tx<'a> {
     batch: Layer,
     request: Layer,
     last_seq: i64,
-    seq_at_start: i64,
+    /// `meta/store`'s commit counter as this transaction read it.
+    version: i64,
     /// Bytes of the documents the batch writes.
     bytes: usize,
     /// State keys a too-large deletion removes after the transaction, in further commits.
@@ -1018,13 +1210,39 @@ impl<'a> Tx<'a> {
                 },
             });
         }
-        if self.last_seq != self.seq_at_start {
-            writes.push(update(
+        if !writes.is_empty() {
+            writes.push(meta_write(
                 client.name(META, META_DOC),
-                HashMap::from([("last_seq".to_string(), integer(self.last_seq))]),
+                self.last_seq,
+                self.version + 1,
             ));
         }
         writes
+    }
+}
+
+/// The commit stream's position and the commit counter in `meta/store` (0, 0 when new).
+fn meta_position(meta: Option<&Document>) -> RpcResult<(i64, i64)> {
+    Ok(match meta {
+        Some(doc) => (
+            Fields(doc).int("last_seq")?,
+            Fields(doc).opt_int("version")?.unwrap_or(0),
+        ),
+        None => (0, 0),
+    })
+}
+
+fn meta_write(name: String, last_seq: i64, version: i64) -> Write {
+    Write {
+        operation: Some(Operation::Update(Document {
+            name,
+            fields: HashMap::from([
+                ("last_seq".to_string(), integer(last_seq)),
+                ("version".to_string(), integer(version)),
+            ]),
+            ..Default::default()
+        })),
+        ..Default::default()
     }
 }
 
@@ -1106,8 +1324,33 @@ impl StateRead for TxState<'_> {
         from: &[u8],
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> StoreResult<()> {
-        let mut merged = self.batch.clone();
-        merged.extend(self.local.iter().map(|(k, v)| (k.clone(), v.clone())));
+        // The buffered changes under the prefix: the batch's, then the rules' own.
+        let under = |m: &BTreeMap<Vec<u8>, Option<Vec<u8>>>| {
+            m.range::<[u8], _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<Vec<_>>()
+        };
+        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> =
+            under(self.batch).into_iter().collect();
+        merged.extend(under(self.local));
+        if let Some(rows) = self.reader.cached_scan(prefix) {
+            let mut page = |start: Vec<u8>, end: Option<Vec<u8>>| -> StoreResult<state::Rows> {
+                Ok(rows
+                    .range(start..)
+                    .take_while(|(k, _)| end.as_ref().is_none_or(|e| k < &e))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect())
+            };
+            return scan_merged(prefix, from, &merged, &mut page, f);
+        }
+        // A walk of the whole prefix that fits one page is the whole prefix: kept.
+        let whole = from <= prefix;
+        let mut complete: Option<state::Rows> = None;
+        let mut first = true;
         let mut page = |start: Vec<u8>, end: Option<Vec<u8>>| -> StoreResult<state::Rows> {
             let client = self.reader.client.clone();
             let tx = self.reader.transaction.clone();
@@ -1117,9 +1360,18 @@ impl StateRead for TxState<'_> {
                 .block_on(async move { state::scan_page(&client, start, end, Some(&tx)).await })
                 .map_err(|e| RpcError::other(e.to_string()))
                 .and_then(|r| r);
-            self.keep(rows)
+            let rows = self.keep(rows)?;
+            if first && whole && (rows.len() as i32) < state::SCAN_PAGE {
+                complete = Some(rows.clone());
+            }
+            first = false;
+            Ok(rows)
         };
-        scan_merged(prefix, from, &merged, &mut page, f)
+        scan_merged(prefix, from, &merged, &mut page, f)?;
+        if let Some(rows) = complete {
+            crate::lock(&self.reader.scans).insert(prefix.to_vec(), rows.into_iter().collect());
+        }
+        Ok(())
     }
 }
 

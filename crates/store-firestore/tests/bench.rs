@@ -1,6 +1,7 @@
 //! Figures for docs/PERFORMANCE.md, against the emulator: the store's write throughput and
-//! commit latency (what an `OK` waits for) and its REQ rate. Ignored by default (it prints
-//! figures and asserts nothing about them):
+//! commit latency (what an `OK` waits for), its REQ rate, and the round trips (RPCs) each event
+//! costs — the figure that carries over to production, where each costs ~5–30 ms instead of
+//! the emulator's. Ignored by default (it prints figures and asserts nothing about them):
 //!
 //! `FIRESTORE_EMULATOR_HOST=… cargo test --release -p mls-store-firestore --test bench -- --ignored --nocapture`
 //!
@@ -8,7 +9,8 @@
 
 use mls_proto::Event;
 use mls_store::conformance::{ev, filter, keys, now};
-use mls_store::{AcceptAll, EventStore, Publisher, ReadBounds, WriteOutcome};
+use mls_store::{AcceptAll, Admission, EventStore, Publisher, ReadBounds, WriteOutcome};
+use mls_store_firestore::{FirestoreStore, RpcCounts};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -62,13 +64,67 @@ async fn ingest(
     (rate, all)
 }
 
+/// RPCs per event between two counts.
+fn per_event(before: RpcCounts, after: RpcCounts, events: usize) -> String {
+    let n = events as f64;
+    format!(
+        "per event: {:.2} reads, {:.2} queries, {:.2} commits ({:.2} begins)",
+        (after.get - before.get) as f64 / n,
+        (after.query - before.query) as f64 / n,
+        (after.commit - before.commit) as f64 / n,
+        (after.begin - before.begin) as f64 / n,
+    )
+}
+
+/// Kind-445 events of 256 B from 16 authors over 50 groups.
+fn group_messages(n: usize, t: u64) -> Vec<Event> {
+    let authors: Vec<_> = (0..16).map(|_| keys()).collect();
+    (0..n)
+        .map(|i| {
+            let g = format!("{:064x}", i % 50);
+            ev(
+                &authors[i % authors.len()],
+                t - (i as u64 % 3600),
+                445,
+                &[&["h", &g]],
+                &"c".repeat(256),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: prints figures"]
+async fn figures_with_the_gateway_rules() {
+    let Some(project) = emulator::Project::new() else {
+        return;
+    };
+    let rules: Arc<dyn Admission> = Arc::new(
+        mls_gateway_rules::Gateway::new(Default::default(), false).expect("default rules"),
+    );
+    let fs: Arc<FirestoreStore> = project.store(rules).await;
+    let store: Arc<dyn EventStore> = fs.clone();
+    let writers = size("MLS_BENCH_WRITERS", 64);
+    let n = size("MLS_BENCH_EVENTS", 2000);
+    let before = fs.rpc_counts();
+    let (rate, lat) = ingest(store.clone(), group_messages(n, now()), writers).await;
+    println!(
+        "gateway rules, {writers} writers, {n} kind-445 events of 256 B in 50 groups: \
+         {rate:.0} events/s, OK latency p50 {:.1} ms p99 {:.1} ms; {}",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        per_event(before, fs.rpc_counts(), n)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: prints figures"]
 async fn figures() {
     let Some(project) = emulator::Project::new() else {
         return;
     };
-    let store: Arc<dyn EventStore> = project.store(Arc::new(AcceptAll)).await;
+    let fs: Arc<FirestoreStore> = project.store(Arc::new(AcceptAll)).await;
+    let store: Arc<dyn EventStore> = fs.clone();
     let writers = size("MLS_BENCH_WRITERS", 64);
     let n = size("MLS_BENCH_EVENTS", 2000);
     let stored = size("MLS_BENCH_STORED", 2000);
@@ -79,11 +135,13 @@ async fn figures() {
     let single: Vec<Event> = (0..200)
         .map(|i| ev(&k, t - i, 445, &[&["h", "solo"]], "x"))
         .collect();
+    let before = fs.rpc_counts();
     let (rate, lat) = ingest(store.clone(), single, 1).await;
     println!(
-        "ingest, 1 writer: {rate:.0} events/s, OK latency p50 {:.2} ms p99 {:.2} ms",
+        "ingest, 1 writer: {rate:.0} events/s, OK latency p50 {:.2} ms p99 {:.2} ms; {}",
         percentile(&lat, 0.5),
-        percentile(&lat, 0.99)
+        percentile(&lat, 0.99),
+        per_event(before, fs.rpc_counts(), 200)
     );
 
     // Many writers: group commit batches what is queued behind each commit.
@@ -100,12 +158,14 @@ async fn figures() {
             )
         })
         .collect();
+    let before = fs.rpc_counts();
     let (rate, lat) = ingest(store.clone(), events, writers).await;
     println!(
         "ingest, {writers} writers, {n} kind-445 events of 256 B: {rate:.0} events/s, \
-         OK latency p50 {:.1} ms p99 {:.1} ms",
+         OK latency p50 {:.1} ms p99 {:.1} ms; {}",
         percentile(&lat, 0.5),
-        percentile(&lat, 0.99)
+        percentile(&lat, 0.99),
+        per_event(before, fs.rpc_counts(), n)
     );
 
     // Top up to `stored` events, then REQs with limit 10 from 4 concurrent readers.
