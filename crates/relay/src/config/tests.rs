@@ -128,6 +128,7 @@ fn example_file_documents_every_key() {
         "pubkey",
         "contact",
         "project_id",
+        "database_id",
         "database_url",
     ] {
         assert!(text.contains(&format!("# {key} = ")), "{key} not shown");
