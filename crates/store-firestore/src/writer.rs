@@ -6,7 +6,13 @@
 //! every instance reads and then writes that document, so their transactions conflict and
 //! Firestore serialises them: the rules' read-then-write of the state keeps the
 //! single-writer semantics across instances, and `seq` (commit order) is handed out inside
-//! that order, gapless. The contended document is written once per *batch*, not per event.
+//! that order, gapless. The contended document is written once per *batch*, not per event,
+//! and carries a commit counter (`version`) that every commit bumps.
+//!
+//! Round trips: a batch's first lookups (the stream position, its events' ids and tombstones)
+//! are one read. The writer remembers what it read and wrote ([`Known`]), and while
+//! `meta/store` still shows the counter of its own last commit (nobody else committed since),
+//! the rules' state reads and prefix scans are answered from that memory.
 //!
 //! Firestore sends no write before COMMIT: the batch's writes are buffered here, in layers
 //! (the batch's, and the current request's, discarded when the rules refuse it), and every
