@@ -3,10 +3,12 @@
 //! storage (`mls-store`) together; the path of one event is
 //! `session` → `ingest` (relay checks) → store writer (gateway rules, commit) → the store's
 //! commit stream → `fanout` (one consumer task per process, delivering in commit order).
+//! Several instances on one database hear each other's commits through `bus`.
 
 pub mod api;
 pub mod app;
 mod auth;
+pub mod bus;
 mod claims;
 pub mod config;
 mod fanout;
@@ -53,7 +55,8 @@ pub async fn run(config: Config) -> Result<(), String> {
         .public_urls(config.server.port)
         .map_err(|e| e.to_string())?;
     let gateway = gateway(&config)?;
-    let store = metrics::MeteredStore::wrap(app::open_store(&config, gateway.clone()).await?);
+    let (store, bus) = app::open_store_and_bus(&config, gateway.clone()).await?;
+    let store = metrics::MeteredStore::wrap(store);
     let addr = config.listen_addr();
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
@@ -73,8 +76,10 @@ pub async fn run(config: Config) -> Result<(), String> {
     let mut app = App::new(config, store.clone(), gateway, shutdown_rx.clone());
     app.relay_urls = relay_urls;
     let app = Arc::new(app);
-    // Live delivery consumes the commit stream; sessions only write.
-    let fanout = tokio::spawn(fanout::run(app.clone()));
+    // Live delivery consumes the commit stream (this instance's, and the others' through
+    // the bus); sessions only write.
+    let heard = bus.map(|transport| bus::start(transport, store.clone(), shutdown_rx.clone()));
+    let fanout = tokio::spawn(fanout::run(app.clone(), heard));
 
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {

@@ -47,7 +47,15 @@ pub const COMMANDS_OUT: &[&str] = &[
     "EVENT", "OK", "EOSE", "CLOSED", "NOTICE", "COUNT", "AUTH", "other",
 ];
 /// Store operations timed by [`MeteredStore`] (`state` = gateway state reads and updates).
-pub const DB_OPS: &[&str] = &["write", "query", "count", "state", "purge"];
+pub const DB_OPS: &[&str] = &[
+    "write",
+    "query",
+    "count",
+    "state",
+    "since",
+    "committed_seq",
+    "purge",
+];
 /// The relay's own rate limits (`ratelimit`).
 pub const LIMITS: &[&str] = &["events", "reqs", "connections", "api", "auth"];
 /// HTTP endpoints (route names, never paths with ids in them).
@@ -446,6 +454,11 @@ impl EventStore for MeteredStore {
     async fn since(&self, after: u64, limit: usize) -> StoreResult<Vec<mls_store::Sequenced>> {
         let started = Instant::now();
         timed("since", started, self.0.since(after, limit).await)
+    }
+
+    async fn committed_seq(&self) -> StoreResult<u64> {
+        let started = Instant::now();
+        timed("committed_seq", started, self.0.committed_seq().await)
     }
 }
 

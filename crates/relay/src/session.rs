@@ -561,11 +561,14 @@ impl Session {
         let sub_id: Arc<str> = Arc::from(sub_id);
         // Registered before the query so nothing committed meanwhile is missed; live events
         // are held back until EOSE, and what was committed before is left to the query.
+        // "Before" is the store's own position: with several instances on one database,
+        // this process may not have heard of every commit yet.
+        let after_seq = committed_seq(&self.app).await;
         let sub = Arc::new(Subscription::new(
             sub_id.clone(),
             filters,
             self.conn.clone(),
-            self.app.store.commits().last_seq(),
+            after_seq,
         ));
         let max_bytes = self.app.config.limitation.max_subscription_bytes;
         if let Err(reason) = self.app.subscriptions.try_insert(sub.clone(), max_bytes) {
@@ -583,6 +586,13 @@ impl Session {
                 self.refuse_read(&sub_id, &reason);
                 return;
             }
+        };
+        // Events committed between registration and the query's snapshot may be in both
+        // the answer and, later, live delivery: the answer's ids are kept up to this seq.
+        let served_upto = if results.is_empty() {
+            0
+        } else {
+            committed_seq(&self.app).await
         };
         let mut sent = HashSet::with_capacity(results.len());
         for (id, json) in results {
@@ -603,7 +613,7 @@ impl Session {
             return;
         }
         self.conn.send(relay::eose(&sub_id));
-        sub.release_pending(&sent);
+        sub.release_pending(sent, served_upto);
     }
 
     /// Stored events for a REQ, visible to this connection, newest first, with KeyPackage
@@ -762,6 +772,18 @@ impl Session {
                 self.conn.send(relay::ok(&id, true, ""));
             }
             Err(reason) => self.conn.send(relay::ok(&id, false, &reason)),
+        }
+    }
+}
+
+/// The store's committed `seq` ([`mls_store::EventStore::committed_seq`]); when the store
+/// cannot say, what this process has heard of (the query that follows fails the same way).
+async fn committed_seq(app: &App) -> u64 {
+    match app.store.committed_seq().await {
+        Ok(seq) => seq,
+        Err(e) => {
+            tracing::warn!(error = %e, "committed seq unavailable; using this process's");
+            app.store.commits().last_seq()
         }
     }
 }

@@ -27,6 +27,8 @@
 
 mod backup;
 mod keys;
+mod notify;
+pub use notify::MAX_NOTIFY_PAYLOAD;
 mod query;
 mod schema;
 mod state;
@@ -260,6 +262,8 @@ pub struct PostgresStore {
     /// What logs and errors may show of the connection string (no password).
     target: String,
     feed: Arc<CommitFeed>,
+    /// How to open a connection outside the pool (the LISTEN connection of [`notify`]).
+    connect: notify::Connect,
 }
 
 impl PostgresStore {
@@ -315,6 +319,12 @@ impl PostgresStore {
             pg.ssl_mode(SslMode::Disable);
         }
         let tls = tls::connector(options.ssl_root_cert.as_deref()).map_err(StoreError::Backend)?;
+        let connect = notify::Connect {
+            config: pg.clone(),
+            tls: tls.clone(),
+            channel: notify::channel_name(options.schema.as_deref()),
+            timeout: options.connect_timeout,
+        };
         let manager = Manager::from_config(
             pg,
             tls,
@@ -396,6 +406,7 @@ impl PostgresStore {
             writer: Mutex::new(Some(handle)),
             target,
             feed,
+            connect,
         }))
     }
 
@@ -790,5 +801,27 @@ impl EventStore for PostgresStore {
                 limit,
             ))
             .await
+    }
+
+    async fn committed_seq(&self) -> StoreResult<u64> {
+        // `store_meta.last_seq` moves in the same transaction as the events it numbers.
+        let pool = self.pool.clone();
+        let deadline = self.io.deadline;
+        let seq = self
+            .io
+            .run(async move {
+                on_pooled(&pool, deadline, |client| {
+                    Box::pin(async move {
+                        let row = client
+                            .query_one("SELECT last_seq FROM store_meta", &[])
+                            .await
+                            .map_err(pg_error("read last_seq"))?;
+                        Ok(row.get::<_, i64>(0))
+                    })
+                })
+                .await
+            })
+            .await?;
+        Ok(seq.max(0) as u64)
     }
 }

@@ -310,4 +310,13 @@ pub trait EventStore: Send + Sync + 'static {
     /// events deleted, replaced or purged since are skipped. Fewer than `limit` events means
     /// every event committed when the read began was returned.
     async fn since(&self, after: u64, limit: usize) -> StoreResult<Vec<Sequenced>>;
+
+    /// The highest `seq` committed in the store, by any writer: with several relay instances
+    /// on one database this is the database's own, not what this process has heard of
+    /// ([`CommitFeed::last_seq`]). Every stored event with a lower `seq` is committed too, so
+    /// a read that starts after this answer sees all of them. A store only one process
+    /// writes answers from its feed.
+    async fn committed_seq(&self) -> StoreResult<u64> {
+        Ok(self.commits().last_seq())
+    }
 }
