@@ -39,7 +39,7 @@ fi
 #
 # One script per service under scripts/services/, sourced here: each defines `start_<name>`,
 # which starts it (or reuses one already running), exports where the tests find it, and adds
-# its stop to CLEANUP. Later services (Redis, Firestore emulator) follow the same pattern.
+# its stop to CLEANUP. Later services (the Firestore emulator) follow the same pattern.
 # ---------------------------------------------------------------------------------------------
 wait_for_port() { # host port [seconds]
     local host="$1" port="$2" secs="${3:-30}" i
@@ -62,6 +62,20 @@ if [ "${MLS_TEST_NO_POSTGRES:-}" = 1 ]; then
     unset DATABASE_URL
 elif ! start_postgres; then
     log "PostgreSQL could not be started (MLS_TEST_NO_POSTGRES=1 runs the rest without it)"
+    exit 1
+fi
+
+# Redis (the bus between relay instances, tests/multi_instance.rs): installs redis-server,
+# exports REDIS_URL and REDIS_TEST_SERVER (the multi-instance test starts and restarts its own
+# server with it). MLS_TEST_NO_REDIS=1 skips it; the Redis variant then says it was skipped.
+# shellcheck source=services/redis.sh
+source scripts/services/redis.sh
+if [ "${MLS_TEST_NO_REDIS:-}" = 1 ]; then
+    log "MLS_TEST_NO_REDIS=1: the Redis bus test will be skipped"
+    unset REDIS_URL
+    export REDIS_TEST_SERVER=/nonexistent/redis-server
+elif ! start_redis; then
+    log "Redis could not be started (MLS_TEST_NO_REDIS=1 runs the rest without it)"
     exit 1
 fi
 
