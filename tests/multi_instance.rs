@@ -6,11 +6,16 @@
 //! connected elsewhere get everything exactly once, and a client that reconnects with `since`
 //! gets the rest, stored and live, without a duplicate at the seam.
 //!
+//! What a second instance would otherwise let through twice is shared through the store: a
+//! single-use NIP-98 token used on one instance is refused on another, and a KeyPackage
+//! claimed through one is not handed out by another.
+//!
 //! Two variants: the bus is Redis (`[bus] redis_url`), or PostgreSQL LISTEN/NOTIFY (no
 //! `[bus]` at all). Needs `DATABASE_URL`, and `redis-server` for the Redis variant
 //! (scripts/test.sh starts / installs both); without them the tests say they were skipped.
 
 mod common;
+mod support_api;
 mod support_mls;
 
 use common::pg;
@@ -146,18 +151,18 @@ struct People {
     watcher: Keypair,
 }
 
-/// Three relays on one fresh database, auth on, `admin` configured, with `bus_toml`.
-async fn cluster(people: &People, bus_toml: &str) -> Vec<Relay> {
+/// Three relays on one fresh database, auth on, `admin` configured, with `extra`.
+async fn cluster(admin: &Keypair, extra: &str) -> Vec<Relay> {
     let url = pg::fresh_database();
     let mut relays = Vec::new();
     for _ in 0..3 {
         let relay = Relay::builder()
             .config("[auth]\nenabled = true\n")
-            .config(&admin_pubkeys_config(&[&people.admin]))
+            .config(&admin_pubkeys_config(&[admin]))
             .config(&format!(
                 "[extensions.mls_gateway]\nstorage_backend = \"cloudsql\"\ndatabase_url = {url:?}\n"
             ))
-            .config(bus_toml)
+            .config(extra)
             .start()
             .await;
         relays.push(relay);
@@ -361,7 +366,7 @@ async fn several_instances_behave_as_one(bus: Bus) {
         mallory: keys(),
         watcher: keys(),
     };
-    let mut relays = cluster(&p, &bus_toml).await;
+    let mut relays = cluster(&p.admin, &bus_toml).await;
     let group = unique_id();
     let (alice_pk, carol_pk) = (pk_hex(&p.alice), pk_hex(&p.carol));
 
@@ -640,4 +645,91 @@ async fn three_instances_on_redis_deliver_every_event_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_instances_on_postgres_notify_deliver_every_event_once() {
     several_instances_behave_as_one(Bus::Notify).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// What must be shared is shared
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_nip98_token_used_on_one_instance_is_refused_on_another() {
+    use support_api::*;
+    if skip() {
+        return;
+    }
+    let admin = keys();
+    // Behind one load balancer every instance answers to the same public URL.
+    let relays = cluster(&admin, "[server]\nrelay_url = \"wss://relay.test\"\n").await;
+    let group = unique_hex();
+    let path = format!("{PREFIX}/admin/groups/{group}/members");
+    let post = |relay: &Relay, token: &str, body: &[u8]| {
+        let (port, path, token, body) = (relay.port, path.clone(), token.to_owned(), body.to_vec());
+        async move {
+            request(
+                port,
+                "POST",
+                &path,
+                &[("Authorization", &token)],
+                Some(&body),
+            )
+            .await
+        }
+    };
+    let body = serde_json::to_vec(&pubkeys_body(&[pk_hex(&keys())])).unwrap();
+    let token = nip98(
+        &admin,
+        &format!("https://relay.test{path}"),
+        "POST",
+        Some(&body),
+    );
+    let first = post(&relays[0], &token, &body).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+
+    for relay in &relays[1..] {
+        let replay = post(relay, &token, &body).await;
+        assert_error(&replay, 401, "auth_invalid");
+        assert!(
+            replay.json()["error"]
+                .as_str()
+                .unwrap()
+                .contains("already used"),
+            "{}",
+            replay.text()
+        );
+    }
+    // Control: a fresh token (another created_at, so another id) works on another instance.
+    let fresh = auth_header(&nip98_event(
+        &admin,
+        now() - 5,
+        &format!("https://relay.test{path}"),
+        "POST",
+        Some(&sha256_hex(&body)),
+    ));
+    assert_eq!(post(&relays[2], &fresh, &body).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_keypackage_claimed_through_one_instance_is_not_handed_out_by_another() {
+    if skip() {
+        return;
+    }
+    let relays = cluster(
+        &keys(),
+        "[extensions.mls_gateway]\nkeypackage_claims = true\nmax_keypackages_per_query = 2\n",
+    )
+    .await;
+    let (owner, inviter, second) = (keys(), keys(), keys());
+    let mut own = authed(&relays[0], &owner).await;
+    for _ in 0..3 {
+        own.publish_ok(&lox_keypackage(&owner, &unique_id())).await;
+    }
+    let f = [json!({"kinds": [443], "authors": [pk_hex(&owner)]})];
+    let first = authed(&relays[1], &inviter).await.query_ids(&f).await;
+    assert_eq!(first.len(), 2, "{first:?}");
+    let then = authed(&relays[2], &second).await.query_ids(&f).await;
+    assert_eq!(then.len(), 1, "{then:?}");
+    assert!(
+        !first.contains(&then[0]),
+        "a KeyPackage claimed through one instance was handed out by another"
+    );
 }

@@ -187,6 +187,34 @@ impl Gateway {
         self.auth_enabled
     }
 
+    /// Records that the single-use NIP-98 token `id` was used, until `forget_after` (unix
+    /// seconds: when it can no longer verify). Kept in the store's state, so every relay
+    /// instance on the same store refuses its replay; refused `restricted:` when it was used.
+    pub fn use_token_once(
+        &self,
+        id: &Hex32,
+        forget_after: u64,
+        state: &mut dyn StateWrite,
+    ) -> Result<(), Rejection> {
+        let prefix = state::used_token_prefix(id);
+        let mut used = false;
+        state
+            .scan_prefix(&prefix, &mut |_, _| {
+                used = true;
+                false
+            })
+            .map_err(state::store_err)?;
+        if used {
+            return Err(Rejection(
+                "restricted: NIP-98: this token was already used".into(),
+            ));
+        }
+        // The minute is rounded up: the purge keeps it until that minute is over.
+        let mut key = prefix;
+        key.extend_from_slice(forget_after.div_ceil(60).to_string().as_bytes());
+        state.put(&key, b"").map_err(state::store_err)
+    }
+
     /// A configured `admin_pubkeys` entry (may bootstrap any group, use the admin API).
     pub fn is_admin(&self, pk: &Hex32) -> bool {
         self.admins.contains(pk)

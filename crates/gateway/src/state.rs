@@ -14,6 +14,7 @@
 //! | `rg/{hex(group)}/{publisher}/{minute}`| 445 count in that minute (`publisher` = `anon` when unauthenticated) |
 //! | `rk/{owner}/{hour}`                   | new KeyPackages of that owner in that hour         |
 //! | `rf/{requester}/{owner}/{hour}`       | claimed fetches of that pair in that hour          |
+//! | `nt/{token id}/{minute}`              | a single-use NIP-98 token, used; kept until that minute is over |
 //!
 //! Group ids are arbitrary strings from `h` tags (they may contain `/`), so they are
 //! hex-encoded wherever they sit in the middle of a key; pubkeys are 64 hex characters.
@@ -96,6 +97,11 @@ pub(crate) fn keypackage_rate_prefix(owner: &Hex32) -> Vec<u8> {
 
 pub(crate) fn fetch_rate_prefix(requester: &Hex32, owner: &Hex32) -> Vec<u8> {
     format!("rf/{requester}/{owner}/").into_bytes()
+}
+
+/// A used NIP-98 token's entries: `nt/{id}/{minute}` (purged like a counter of that minute).
+pub(crate) fn used_token_prefix(id: &Hex32) -> Vec<u8> {
+    format!("nt/{id}/").into_bytes()
 }
 
 #[cfg(test)]
