@@ -29,6 +29,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Longest a publish may take before it is given up (fan-out elsewhere then catches up).
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most local notices merged into one message when commits come faster than publishes.
+const MERGE: usize = 256;
 
 /// What fan-out hears from the bus.
 #[derive(Debug)]
@@ -122,7 +124,8 @@ fn instance_id() -> String {
     hex::encode(b)
 }
 
-/// Publishes each of this instance's commit notices, in order.
+/// Publishes this instance's commit notices, in order; notices that queued up while the
+/// previous publish was under way go out as one message (one NOTIFY per burst, not per batch).
 async fn say(
     transport: Arc<Transport>,
     store: Arc<dyn EventStore>,
@@ -137,15 +140,30 @@ async fn say(
             _ = crate::app::until_set(&mut shutdown) => return,
         };
         let wire = match notice {
-            Ok(n) => Wire {
-                from: me.clone(),
-                seq: n.last_seq,
-                events: n
-                    .transient
-                    .iter()
-                    .map(|(after, ev)| (*after, (**ev).clone()))
-                    .collect(),
-            },
+            Ok(n) => {
+                let mut wire = Wire {
+                    from: me.clone(),
+                    seq: n.last_seq,
+                    events: Vec::new(),
+                };
+                let add = |n: &CommitNotice, wire: &mut Wire| {
+                    wire.seq = wire.seq.max(n.last_seq);
+                    let events = n.transient.iter().map(|(a, ev)| (*a, (**ev).clone()));
+                    wire.events.extend(events);
+                };
+                add(&n, &mut wire);
+                for _ in 1..MERGE {
+                    match notices.try_recv() {
+                        Ok(more) => add(&more, &mut wire),
+                        // Lagged: the stored part goes out with a later seq anyway.
+                        Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {
+                            wire.seq = wire.seq.max(store.commits().last_seq());
+                        }
+                        Err(_) => break,
+                    }
+                }
+                wire
+            }
             // The others catch up the stored part from the store; unstored events are lost.
             Err(RecvError::Lagged(missed)) => {
                 tracing::warn!(missed, "bus publisher fell behind this instance's commits");
