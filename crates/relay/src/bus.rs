@@ -31,6 +31,36 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most local notices merged into one message when commits come faster than publishes.
 const MERGE: usize = 256;
+/// An idle instance still publishes this often, so that its listener hears its own echo.
+const HEARTBEAT: Duration = Duration::from_secs(10);
+/// A listener that has not echoed this instance's messages for this long after one was
+/// published is taken for dead (a connection gone silent without closing) and replaced.
+const ECHO_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// When this instance last published, and last heard itself on the bus (milliseconds since
+/// `epoch`): both transports echo a message to its sender's own listener.
+struct Liveness {
+    epoch: tokio::time::Instant,
+    published: std::sync::atomic::AtomicU64,
+    echoed: std::sync::atomic::AtomicU64,
+}
+
+impl Liveness {
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn mark(&self, which: &std::sync::atomic::AtomicU64) {
+        which.store(self.now(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Published, and not heard back within `ECHO_TIMEOUT`.
+    fn deaf(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (published, echoed) = (self.published.load(Relaxed), self.echoed.load(Relaxed));
+        published > echoed && self.now() - echoed > ECHO_TIMEOUT.as_millis() as u64
+    }
+}
 
 /// What fan-out hears from the bus.
 #[derive(Debug)]
@@ -112,8 +142,19 @@ pub fn start(
     let me = instance_id();
     tracing::info!(transport = transport.name(), instance = %me, "bus between instances on");
     let (inbox, events) = mpsc::channel(INBOX);
-    tokio::spawn(say(transport.clone(), store, me.clone(), shutdown.clone()));
-    tokio::spawn(hear(transport, me, inbox, shutdown));
+    let live = Arc::new(Liveness {
+        epoch: tokio::time::Instant::now(),
+        published: 0.into(),
+        echoed: 0.into(),
+    });
+    tokio::spawn(say(
+        transport.clone(),
+        store,
+        me.clone(),
+        live.clone(),
+        shutdown.clone(),
+    ));
+    tokio::spawn(hear(transport, me, live, inbox, shutdown));
     events
 }
 
@@ -126,58 +167,70 @@ fn instance_id() -> String {
 
 /// Publishes this instance's commit notices, in order; notices that queued up while the
 /// previous publish was under way go out as one message (one NOTIFY per burst, not per batch).
+/// An idle instance sends its position every `HEARTBEAT`.
 async fn say(
     transport: Arc<Transport>,
     store: Arc<dyn EventStore>,
     me: String,
+    live: Arc<Liveness>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut notices = store.commits().subscribe();
     let max = transport.max_payload();
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
     loop {
         let notice = tokio::select! {
-            n = notices.recv() => n,
+            n = notices.recv() => Some(n),
+            _ = heartbeat.tick() => None,
             _ = crate::app::until_set(&mut shutdown) => return,
         };
         let wire = match notice {
-            Ok(n) => {
-                let mut wire = Wire {
-                    from: me.clone(),
-                    seq: n.last_seq,
-                    events: Vec::new(),
-                };
-                let add = |n: &CommitNotice, wire: &mut Wire| {
-                    wire.seq = wire.seq.max(n.last_seq);
-                    let events = n.transient.iter().map(|(a, ev)| (*a, (**ev).clone()));
-                    wire.events.extend(events);
-                };
-                add(&n, &mut wire);
-                for _ in 1..MERGE {
-                    match notices.try_recv() {
-                        Ok(more) => add(&more, &mut wire),
-                        // Lagged: the stored part goes out with a later seq anyway.
-                        Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {
-                            wire.seq = wire.seq.max(store.commits().last_seq());
+            None => Wire {
+                from: me.clone(),
+                seq: store.commits().last_seq(),
+                events: Vec::new(),
+            },
+            Some(notice) => match notice {
+                Ok(n) => {
+                    let mut wire = Wire {
+                        from: me.clone(),
+                        seq: n.last_seq,
+                        events: Vec::new(),
+                    };
+                    let add = |n: &CommitNotice, wire: &mut Wire| {
+                        wire.seq = wire.seq.max(n.last_seq);
+                        let events = n.transient.iter().map(|(a, ev)| (*a, (**ev).clone()));
+                        wire.events.extend(events);
+                    };
+                    add(&n, &mut wire);
+                    for _ in 1..MERGE {
+                        match notices.try_recv() {
+                            Ok(more) => add(&more, &mut wire),
+                            // Lagged: the stored part goes out with a later seq anyway.
+                            Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {
+                                wire.seq = wire.seq.max(store.commits().last_seq());
+                            }
+                            Err(_) => break,
                         }
-                        Err(_) => break,
+                    }
+                    wire
+                }
+                // The others catch up the stored part from the store; unstored events are lost.
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "bus publisher fell behind this instance's commits");
+                    Wire {
+                        from: me.clone(),
+                        seq: store.commits().last_seq(),
+                        events: Vec::new(),
                     }
                 }
-                wire
-            }
-            // The others catch up the stored part from the store; unstored events are lost.
-            Err(RecvError::Lagged(missed)) => {
-                tracing::warn!(missed, "bus publisher fell behind this instance's commits");
-                Wire {
-                    from: me.clone(),
-                    seq: store.commits().last_seq(),
-                    events: Vec::new(),
-                }
-            }
-            Err(RecvError::Closed) => return,
+                Err(RecvError::Closed) => return,
+            },
         };
+        heartbeat.reset();
         let payload = encode(wire, max);
         match tokio::time::timeout(PUBLISH_TIMEOUT, transport.publish(payload)).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => live.mark(&live.published),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "bus publish failed; other instances will catch up from the store")
             }
@@ -222,9 +275,11 @@ fn encode(mut wire: Wire, max: usize) -> String {
 async fn hear(
     transport: Arc<Transport>,
     me: String,
+    live: Arc<Liveness>,
     inbox: mpsc::Sender<BusEvent>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut watchdog = tokio::time::interval(ECHO_TIMEOUT / 3);
     let mut backoff = BACKOFF_MIN;
     let mut was_down = false;
     loop {
@@ -251,6 +306,7 @@ async fn hear(
             tracing::info!("bus reconnected");
         }
         backoff = BACKOFF_MIN;
+        live.mark(&live.echoed);
         // Anything sent while no one listened is only in the store.
         if inbox.send(BusEvent::Reconnected).await.is_err() {
             return;
@@ -258,6 +314,13 @@ async fn hear(
         loop {
             let payload = tokio::select! {
                 p = messages.recv() => p,
+                _ = watchdog.tick() => {
+                    if !live.deaf() {
+                        continue;
+                    }
+                    tracing::warn!("bus listener hears nothing, not even this instance; reconnecting");
+                    None
+                }
                 _ = crate::app::until_set(&mut shutdown) => return,
             };
             let Some(payload) = payload else {
@@ -265,29 +328,42 @@ async fn hear(
                 was_down = true;
                 break;
             };
-            let Some(notice) = decode(&payload, &me) else {
-                continue;
-            };
-            if inbox.send(BusEvent::Notice(notice)).await.is_err() {
-                return;
+            match decode(&payload, &me) {
+                Heard::Own => live.mark(&live.echoed),
+                Heard::Other(notice) => {
+                    if inbox.send(BusEvent::Notice(notice)).await.is_err() {
+                        return;
+                    }
+                }
+                Heard::Unreadable => {}
             }
         }
     }
 }
 
-/// Another instance's message as a notice; `None` for our own and for what does not parse.
-/// Unstored events are checked like any event from a client (id and signature): they reach
-/// subscribers without passing a store.
-fn decode(payload: &str, me: &str) -> Option<CommitNotice> {
+/// What a message on the bus is to this instance.
+#[derive(Debug)]
+enum Heard {
+    /// Its own, echoed back (proof the listener works).
+    Own,
+    /// Another instance's, as a notice.
+    Other(CommitNotice),
+    /// Not a message of ours at all.
+    Unreadable,
+}
+
+/// Reads a message. Unstored events are checked like any event from a client (id and
+/// signature): they reach subscribers without passing a store.
+fn decode(payload: &str, me: &str) -> Heard {
     let wire: Wire = match serde_json::from_str(payload) {
         Ok(w) => w,
         Err(e) => {
             tracing::warn!(error = %e, "bus message ignored: not ours");
-            return None;
+            return Heard::Unreadable;
         }
     };
     if wire.from == me {
-        return None;
+        return Heard::Own;
     }
     let mut transient = Vec::with_capacity(wire.events.len());
     for (after, ev) in wire.events {
@@ -296,7 +372,7 @@ fn decode(payload: &str, me: &str) -> Option<CommitNotice> {
             Err(e) => tracing::warn!(error = %e, "bus event ignored: it does not verify"),
         }
     }
-    Some(CommitNotice {
+    Heard::Other(CommitNotice {
         last_seq: wire.seq,
         transient,
     })
@@ -386,6 +462,13 @@ pub mod redis_bus {
 mod tests {
     use super::*;
 
+    fn other(heard: Heard) -> CommitNotice {
+        match heard {
+            Heard::Other(n) => n,
+            h => panic!("not another instance's notice: {h:?}"),
+        }
+    }
+
     fn signed(content: &str) -> Event {
         let keys =
             secp256k1::Keypair::new(secp256k1::SECP256K1, &mut secp256k1::rand::thread_rng());
@@ -403,8 +486,8 @@ mod tests {
             },
             usize::MAX,
         );
-        assert!(decode(&text, "a").is_none());
-        let notice = decode(&text, "b").expect("another instance's message");
+        assert!(matches!(decode(&text, "a"), Heard::Own));
+        let notice = other(decode(&text, "b"));
         assert_eq!(notice.last_seq, 7);
         assert_eq!(notice.transient.len(), 1);
         assert_eq!(notice.transient[0].0, 6);
@@ -423,10 +506,10 @@ mod tests {
             },
             usize::MAX,
         );
-        let notice = decode(&text, "b").expect("decoded");
+        let notice = other(decode(&text, "b"));
         assert_eq!(notice.last_seq, 3);
         assert!(notice.transient.is_empty());
-        assert!(decode("not json", "b").is_none());
+        assert!(matches!(decode("not json", "b"), Heard::Unreadable));
     }
 
     #[test]
@@ -442,7 +525,7 @@ mod tests {
             7999,
         );
         assert!(text.len() <= 7999, "{}", text.len());
-        let notice = decode(&text, "b").expect("decoded");
+        let notice = other(decode(&text, "b"));
         assert_eq!(notice.last_seq, 9);
         let ids: Vec<_> = notice.transient.iter().map(|(_, e)| e.id).collect();
         assert_eq!(ids, vec![small.id, small.id]);
