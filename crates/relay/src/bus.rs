@@ -111,22 +111,27 @@ impl Transport {
         }
     }
 
+    #[cfg_attr(
+        not(any(feature = "postgres", feature = "redis")),
+        allow(unused_variables)
+    )]
     async fn publish(&self, payload: String) -> Result<(), String> {
-        match self {
+        // `*self`: without either feature the enum is empty, and so is this match.
+        match *self {
             #[cfg(feature = "postgres")]
-            Transport::Notify(store) => store.notify(payload).await.map_err(|e| e.to_string()),
+            Transport::Notify(ref store) => store.notify(payload).await.map_err(|e| e.to_string()),
             #[cfg(feature = "redis")]
-            Transport::Redis(bus) => bus.publish(payload).await,
+            Transport::Redis(ref bus) => bus.publish(payload).await,
         }
     }
 
     /// A fresh subscription: payloads until the connection is lost.
     async fn listen(&self) -> Result<mpsc::Receiver<String>, String> {
-        match self {
+        match *self {
             #[cfg(feature = "postgres")]
-            Transport::Notify(store) => store.listen().await.map_err(|e| e.to_string()),
+            Transport::Notify(ref store) => store.listen().await.map_err(|e| e.to_string()),
             #[cfg(feature = "redis")]
-            Transport::Redis(bus) => bus.listen().await,
+            Transport::Redis(ref bus) => bus.listen().await,
         }
     }
 }
