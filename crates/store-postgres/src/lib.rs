@@ -35,6 +35,7 @@ mod writer;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use mls_proto::{Event, Filter, Hex32};
+use mls_store::writer::WriterHandle;
 use mls_store::{
     Admission, BackupItem, Bounded, CommitFeed, EventStore, Publisher, ReadBounds, Rejection,
     Sequenced, StateRead, StateWrite, StoreError, StoreResult, StoredEvent, Visible, WriteOutcome,
@@ -43,9 +44,7 @@ use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::Duration;
-use tokio::sync::oneshot;
 use tokio_postgres::config::SslMode;
 
 /// How to reach the database and how hard to use it.
@@ -254,9 +253,7 @@ fn lock_key(what: &str, schema: Option<&str>) -> i64 {
 pub struct PostgresStore {
     io: Arc<Io>,
     pool: Pool,
-    /// `None` once closed: later writes get [`StoreError::Closed`].
-    queue: Mutex<Option<mpsc::Sender<writer::Request>>>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    writer: WriterHandle,
     /// What logs and errors may show of the connection string (no password).
     target: String,
     feed: Arc<CommitFeed>,
@@ -375,25 +372,22 @@ impl PostgresStore {
             .await?;
         let feed = Arc::new(CommitFeed::new(last_seq.max(0) as u64));
 
-        let (sender, receiver) = mpsc::channel();
-        let writer = writer::Writer {
-            io: io.clone(),
-            pool: pool.clone(),
+        let writer = WriterHandle::start(
+            "pg-writer",
+            writer::Backend {
+                io: io.clone(),
+                pool: pool.clone(),
+                lock_key: lock_key("writer", options.schema.as_deref()),
+            },
             rules,
-            feed: feed.clone(),
-            max_batch: options.max_batch.max(1),
-            lock_key: lock_key("writer", options.schema.as_deref()),
-        };
-        let handle = std::thread::Builder::new()
-            .name("pg-writer".into())
-            .spawn(move || writer.run(receiver))
-            .map_err(|e| StoreError::Backend(format!("start the store writer thread: {e}")))?;
+            feed.clone(),
+            options.max_batch,
+        )?;
         tracing::info!(database = %target, "PostgreSQL store open");
         Ok(Arc::new(PostgresStore {
             io,
             pool,
-            queue: Mutex::new(Some(sender)),
-            writer: Mutex::new(Some(handle)),
+            writer,
             target,
             feed,
         }))
@@ -403,27 +397,14 @@ impl PostgresStore {
     /// already queued, and waits for it. Reads keep working; writes get
     /// [`StoreError::Closed`].
     pub fn close(&self) {
-        drop(lock(&self.queue).take());
-        let handle = lock(&self.writer).take();
-        if let Some(handle) = handle {
-            if handle.join().is_err() {
-                tracing::error!(database = %self.target, "store writer thread panicked");
-            }
+        if !self.writer.close() {
+            tracing::error!(database = %self.target, "store writer thread panicked");
         }
     }
 
     /// The database this store talks to, without secrets (for logs).
     pub fn target(&self) -> &str {
         &self.target
-    }
-
-    fn submit(&self, request: writer::Request) -> StoreResult<()> {
-        match lock(&self.queue).as_ref() {
-            None => Err(StoreError::Closed),
-            Some(queue) => queue
-                .send(request)
-                .map_err(|_| StoreError::Backend("store writer thread has stopped".into())),
-        }
     }
 
     /// Visible events of one filter, newest first, at most `limit`, handed to `keep`: pages
@@ -574,22 +555,10 @@ async fn migrate_with_retry(
     }
 }
 
-async fn answer<T>(reply: oneshot::Receiver<StoreResult<T>>) -> StoreResult<T> {
-    reply
-        .await
-        .map_err(|_| StoreError::Backend("store writer stopped before answering".into()))?
-}
-
 #[async_trait::async_trait]
 impl EventStore for PostgresStore {
     async fn write(&self, event: Event, publisher: Publisher) -> StoreResult<WriteOutcome> {
-        let (reply, answered) = oneshot::channel();
-        self.submit(writer::Request::Write {
-            event: Box::new(event),
-            publisher,
-            reply,
-        })?;
-        answer(answered).await
+        self.writer.write(event, publisher).await
     }
 
     async fn query(
@@ -681,26 +650,17 @@ impl EventStore for PostgresStore {
         &self,
         f: Box<dyn for<'s> FnOnce(&'s mut dyn StateWrite) -> Result<(), Rejection> + Send>,
     ) -> StoreResult<Result<(), Rejection>> {
-        let (reply, answered) = oneshot::channel();
-        self.submit(writer::Request::State { f: Some(f), reply })?;
-        answer(answered).await
+        self.writer.update_state(f).await
     }
 
     async fn purge_expired(&self, now: u64) -> StoreResult<u64> {
-        let (reply, answered) = oneshot::channel();
-        self.submit(writer::Request::Purge {
-            now,
-            purged: 0,
-            reply,
-        })?;
-        answer(answered).await
+        self.writer.purge_expired(now).await
     }
 
     /// The database answers a trivial query within a few seconds, and the writer thread is
     /// alive.
     async fn health(&self) -> StoreResult<()> {
-        let writer_died = lock(&self.writer).as_ref().is_some_and(|h| h.is_finished());
-        if writer_died {
+        if self.writer.has_died() {
             return Err(StoreError::Backend("the writer thread has stopped".into()));
         }
         let pool = self.pool.clone();
@@ -770,9 +730,7 @@ impl EventStore for PostgresStore {
     }
 
     async fn restore(&self, items: Vec<BackupItem>) -> StoreResult<Vec<WriteOutcome>> {
-        let (reply, answered) = oneshot::channel();
-        self.submit(writer::Request::Restore { items, reply })?;
-        answer(answered).await
+        self.writer.restore(items).await
     }
 
     fn commits(&self) -> &CommitFeed {

@@ -15,15 +15,16 @@
 //! it back verbatim in the writer's transaction (see [`backup`]).
 //!
 //! Writes go through one writer thread that commits everything queued in one durable
-//! transaction (group commit, see [`writer`]). Reads run on the caller's thread with their own
+//! transaction (group commit, see [`crate::writer`]; the transaction is [`txn`]). Reads run on the caller's thread with their own
 //! read transaction (LMDB readers never block the writer nor each other).
 
 mod backup;
 mod keys;
 mod query;
 mod state;
-mod writer;
+mod txn;
 
+use crate::writer::WriterHandle;
 use crate::{
     Admission, BackupItem, Bounded, CommitFeed, EventStore, Publisher, ReadBounds, Rejection,
     Sequenced, StateRead, StateWrite, StoreError, StoreResult, StoredEvent, Visible, WriteOutcome,
@@ -31,9 +32,7 @@ use crate::{
 use heed::{Database, Env, EnvOpenOptions, RwTxn, WithoutTls};
 use mls_proto::{Event, Filter};
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
-use tokio::sync::oneshot;
+use std::sync::Arc;
 
 pub(crate) type Bytes = heed::types::Bytes;
 
@@ -150,9 +149,7 @@ pub struct EmbeddedStore {
     env: Env<WithoutTls>,
     dbs: Dbs,
     path: PathBuf,
-    /// `None` once closed: later writes get [`StoreError::Closed`].
-    queue: Mutex<Option<mpsc::Sender<writer::Request>>>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    writer: WriterHandle,
     feed: Arc<CommitFeed>,
 }
 
@@ -185,24 +182,21 @@ impl EmbeddedStore {
         };
         let feed = Arc::new(CommitFeed::new(last_seq));
 
-        let (sender, receiver) = mpsc::channel();
-        let writer = writer::Writer {
-            env: env.clone(),
-            dbs,
+        let writer = WriterHandle::start(
+            "store-writer",
+            txn::Backend {
+                env: env.clone(),
+                dbs,
+            },
             rules,
-            feed: feed.clone(),
-            max_batch: options.max_batch.max(1),
-        };
-        let handle = std::thread::Builder::new()
-            .name("store-writer".into())
-            .spawn(move || writer.run(receiver))
-            .map_err(backend("start the store writer thread"))?;
+            feed.clone(),
+            options.max_batch,
+        )?;
         Ok(Arc::new(EmbeddedStore {
             env,
             dbs,
             path: path.to_path_buf(),
-            queue: Mutex::new(Some(sender)),
-            writer: Mutex::new(Some(handle)),
+            writer,
             feed,
         }))
     }
@@ -211,12 +205,8 @@ impl EmbeddedStore {
     /// already queued, and waits for it. Blocks for at most one or two commits. Reads keep
     /// working until the store is dropped; writes get [`StoreError::Closed`].
     pub fn close(&self) {
-        drop(lock(&self.queue).take());
-        let handle = lock(&self.writer).take();
-        if let Some(handle) = handle {
-            if handle.join().is_err() {
-                tracing::error!(path = %self.path.display(), "store writer thread panicked");
-            }
+        if !self.writer.close() {
+            tracing::error!(path = %self.path.display(), "store writer thread panicked");
         }
     }
 
@@ -224,33 +214,12 @@ impl EmbeddedStore {
     pub fn path(&self) -> &Path {
         &self.path
     }
-
-    fn submit(&self, request: writer::Request) -> StoreResult<()> {
-        match lock(&self.queue).as_ref() {
-            None => Err(StoreError::Closed),
-            Some(queue) => queue
-                .send(request)
-                .map_err(|_| StoreError::Backend("store writer thread has stopped".into())),
-        }
-    }
 }
 
 impl Drop for EmbeddedStore {
     fn drop(&mut self) {
         self.close();
     }
-}
-
-/// A poisoned lock only means another thread panicked while holding it; the guarded
-/// `Option`s are always in a valid state.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-async fn answer<T>(reply: oneshot::Receiver<StoreResult<T>>) -> StoreResult<T> {
-    reply
-        .await
-        .map_err(|_| StoreError::Backend("store writer stopped before answering".into()))?
 }
 
 /// Runs a synchronous LMDB read without stalling the async runtime. The interface hands us
@@ -269,13 +238,7 @@ fn blocking<R>(f: impl FnOnce() -> R) -> R {
 #[async_trait::async_trait]
 impl EventStore for EmbeddedStore {
     async fn write(&self, event: Event, publisher: Publisher) -> StoreResult<WriteOutcome> {
-        let (reply, answered) = oneshot::channel();
-        self.submit(writer::Request::Write {
-            event: Box::new(event),
-            publisher,
-            reply,
-        })?;
-        answer(answered).await
+        self.writer.write(event, publisher).await
     }
 
     async fn query(
@@ -318,19 +281,11 @@ impl EventStore for EmbeddedStore {
         &self,
         f: Box<dyn for<'s> FnOnce(&'s mut dyn StateWrite) -> Result<(), Rejection> + Send>,
     ) -> StoreResult<Result<(), Rejection>> {
-        let (reply, answered) = oneshot::channel();
-        self.submit(writer::Request::State { f: Some(f), reply })?;
-        answer(answered).await
+        self.writer.update_state(f).await
     }
 
     async fn purge_expired(&self, now: u64) -> StoreResult<u64> {
-        let (reply, answered) = oneshot::channel();
-        self.submit(writer::Request::Purge {
-            now,
-            purged: 0,
-            reply,
-        })?;
-        answer(answered).await
+        self.writer.purge_expired(now).await
     }
 
     /// The store is usable: its file is still where it was opened (not a vanished volume),
@@ -343,14 +298,8 @@ impl EventStore for EmbeddedStore {
                 file.display()
             )));
         }
-        // `None` after `close()`: reads still work. A writer that ended on its own did not.
-        let writer_died = self
-            .writer
-            .lock()
-            .map_err(|_| StoreError::Backend("writer handle poisoned".into()))?
-            .as_ref()
-            .is_some_and(|h| h.is_finished());
-        if writer_died {
+        // After `close()` reads still work; a writer that ended on its own did not.
+        if self.writer.has_died() {
             return Err(StoreError::Backend("the writer thread has stopped".into()));
         }
         self.env
@@ -371,9 +320,7 @@ impl EventStore for EmbeddedStore {
     }
 
     async fn restore(&self, items: Vec<BackupItem>) -> StoreResult<Vec<WriteOutcome>> {
-        let (reply, answered) = oneshot::channel();
-        self.submit(writer::Request::Restore { items, reply })?;
-        answer(answered).await
+        self.writer.restore(items).await
     }
 
     fn commits(&self) -> &CommitFeed {

@@ -7,11 +7,21 @@
 //!
 //! This crate knows no sockets. It knows nothing of MLS either: the rules arrive through
 //! [`Admission`] and visibility through the `visible` predicate of [`EventStore::query`].
+//!
+//! What every backend shares is written here once: the writer thread and its group commit
+//! ([`writer`]), the order of checks one write goes through and the verbatim restore
+//! ([`write_txn`]), the state overlay the rules write through ([`overlay`]), and the
+//! address keys of replaceable events ([`address`]). A backend supplies its transaction
+//! ([`writer::WriteBackend`], [`write_txn::WriteTxn`]) and its reads.
 
+pub mod address;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod embedded;
 mod feed;
+pub mod overlay;
+pub mod write_txn;
+pub mod writer;
 
 pub use feed::{CommitFeed, CommitNotice, Sequenced};
 use mls_proto::{Event, Filter, Hex32};
