@@ -2,7 +2,9 @@
 //!
 //! - rule 8: hidden events cannot make a read expensive. A stranger's `{"kinds":[1059]}` is
 //!   read through its own mailbox (it finds its own gift wrap without walking the others'),
-//!   and every REQ / COUNT stops at `limitation.max_query_candidates`, saying so;
+//!   its `{}` is kept to what it may see by the store itself (visibility as data: the others'
+//!   wraps are never examined, the answer is whole), and a REQ / COUNT that must still
+//!   examine hidden events one by one stops at `limitation.max_query_candidates`, saying so;
 //! - rule 10: answers do not reveal what they protect. A REQ for a group's 445s / 450s
 //!   answers the same whether the group is gated or does not exist; an `ids` REQ answers the
 //!   same whatever `#p` (or other field) it adds; with KeyPackage claims on, another owner's
@@ -11,6 +13,7 @@
 //! Each attack comes with its positive control: the rightful reader still gets through.
 
 mod common;
+mod support_api;
 mod support_mls;
 
 use common::*;
@@ -64,9 +67,13 @@ const BOUND: usize = 40;
 
 #[tokio::test]
 async fn hidden_events_cannot_make_a_read_expensive() {
+    let admin = keys();
     let relay = start_relay(
         true,
-        &format!("[limitation]\nmax_query_candidates = {BOUND}\n"),
+        &format!(
+            "{}[limitation]\nmax_query_candidates = {BOUND}\n",
+            admin_pubkeys_config(&[&admin])
+        ),
     )
     .await;
     let (sender, stranger, friend) = (keys(), keys(), keys());
@@ -107,24 +114,51 @@ async fn hidden_events_cannot_make_a_read_expensive() {
         );
     }
 
-    // A read that cannot use a mailbox index is bounded: the stranger's `{}` stops at the
-    // bound with a clear answer instead of walking every hidden wrap.
-    let sub = "everything";
-    other.send_req(sub, &[json!({})]).await;
+    // A read that cannot use a mailbox index is kept to the stranger's audience by the store:
+    // its `{}` walks only what it may see, so the others' wraps are never examined and the
+    // answer is whole (EOSE), the COUNT exact.
+    expect_req(&mut other, "stranger", &[json!({})], Want::Events(&mine)).await;
+    assert_eq!(
+        count_raw(&mut other, &[json!({})]).await,
+        Ok(json!({"count": 1})),
+        "COUNT {{}}"
+    );
+
+    // What the store cannot tell by itself is still bounded: messages a group served open
+    // (stored for any reader) stay in every reader's scope after an admin gates the group,
+    // and the visibility rule hides them one by one. A stranger's read of them stops at the
+    // bound, saying so, instead of walking them all.
+    let group = unique_id();
+    for _ in 0..BOUND + 20 {
+        tx.publish_ok(&group_message(&group, None)).await;
+    }
+    let gated = support_api::call(
+        &relay,
+        "POST",
+        &format!("/admin/groups/{group}/members"),
+        Some(&admin),
+        Some(&support_api::pubkeys_body(&[pk_hex(&friend)])),
+    )
+    .await;
+    assert_eq!(gated.status, 200, "{}", gated.text());
+    let sub = "group-messages";
+    other.send_req(sub, &[json!({"kinds": [445]})]).await;
     let end = other.collect(sub).await;
     let msg = end.expect_err("a REQ that reached max_query_candidates ends with CLOSED");
     assert_prefix(&msg, "invalid:");
     assert!(msg.contains("max_query_candidates"), "{msg}");
-    let counted = count_raw(&mut other, &[json!({})]).await.expect("a COUNT");
+    let counted = count_raw(&mut other, &[json!({"kinds": [445]})])
+        .await
+        .expect("a COUNT");
     assert_eq!(
         counted["approximate"],
         json!(true),
         "a COUNT that reached the bound says it is approximate: {counted}"
     );
-    assert!(
-        counted["count"].as_u64().is_some_and(|n| n <= 1),
-        "{counted}"
-    );
+    assert_eq!(counted["count"], json!(0), "{counted}");
+    // The new member reads them, a whole answer within its limit.
+    let got = rx.query(&[json!({"kinds": [445], "limit": 5})]).await;
+    assert_eq!(got.len(), 5, "the member reads the group's messages");
 
     // Positive controls: the recipient reads its wrap the same way, and a query that reaches
     // its limit before the bound is whole.

@@ -17,8 +17,8 @@
 
 use mls_proto::{Event, Filter, Hex32};
 use mls_store::{
-    BackupItem, Bounded, EventStore, Publisher, ReadBounds, Rejection, StateRead, StateWrite,
-    StoreResult, StoredEvent, Visible, WriteOutcome,
+    BackupItem, Bounded, EventStore, Publisher, ReadBounds, ReadScope, Rejection, StateRead,
+    StateWrite, StoreResult, StoredEvent, Visible, WriteOutcome,
 };
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -370,13 +370,14 @@ impl EventStore for MeteredStore {
         filters: &[Filter],
         bounds: ReadBounds,
         now: u64,
+        scope: &ReadScope,
         visible: Visible<'_>,
     ) -> StoreResult<Bounded<Vec<StoredEvent>>> {
         let started = Instant::now();
         timed(
             "query",
             started,
-            self.0.query(filters, bounds, now, visible).await,
+            self.0.query(filters, bounds, now, scope, visible).await,
         )
     }
 
@@ -385,13 +386,14 @@ impl EventStore for MeteredStore {
         filters: &[Filter],
         bounds: ReadBounds,
         now: u64,
+        scope: &ReadScope,
         visible: Visible<'_>,
     ) -> StoreResult<Bounded<u64>> {
         let started = Instant::now();
         timed(
             "count",
             started,
-            self.0.count(filters, bounds, now, visible).await,
+            self.0.count(filters, bounds, now, scope, visible).await,
         )
     }
 

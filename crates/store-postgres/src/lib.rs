@@ -37,8 +37,9 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use mls_proto::{Event, Filter, Hex32};
 use mls_store::writer::WriterHandle;
 use mls_store::{
-    Admission, BackupItem, Bounded, CommitFeed, EventStore, Publisher, ReadBounds, Rejection,
-    Sequenced, StateRead, StateWrite, StoreError, StoreResult, StoredEvent, Visible, WriteOutcome,
+    Admission, BackupItem, Bounded, CommitFeed, EventStore, Publisher, ReadBounds, ReadScope,
+    Rejection, Sequenced, StateRead, StateWrite, StoreError, StoreResult, StoredEvent, Visible,
+    WriteOutcome,
 };
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
@@ -416,6 +417,7 @@ impl PostgresStore {
         filter: &Filter,
         now: u64,
         limit: u64,
+        scope: &Option<query::Scope>,
         budget: &mut Budget,
         state: &state::PoolState<'_>,
         visible: Visible<'_>,
@@ -426,6 +428,8 @@ impl PostgresStore {
         let size = limit.saturating_add(limit / 4).clamp(16, 1000);
         let mut cursor = None;
         let mut taken = 0u64;
+        // An event under two read keys of the scope comes twice in a row.
+        let mut last: Option<Vec<u8>> = None;
         loop {
             let size = size.min(budget.left.saturating_add(1)) as i64;
             let rows = self
@@ -435,6 +439,7 @@ impl PostgresStore {
                     self.io.deadline,
                     filter.clone(),
                     now,
+                    scope.clone(),
                     cursor.clone(),
                     size,
                 ))
@@ -443,6 +448,10 @@ impl PostgresStore {
             cursor = rows.last().and_then(query::cursor_after);
             let done = blocking(|| -> StoreResult<bool> {
                 for row in rows {
+                    if last.as_ref() == Some(&row.id) {
+                        continue;
+                    }
+                    last = Some(row.id.clone());
                     if !budget.take() {
                         return Ok(true);
                     }
@@ -566,8 +575,10 @@ impl EventStore for PostgresStore {
         filters: &[Filter],
         bounds: ReadBounds,
         now: u64,
+        scope: &ReadScope,
         visible: Visible<'_>,
     ) -> StoreResult<Bounded<Vec<StoredEvent>>> {
+        let scope = query::Scope::of(scope);
         let state = state::PoolState::new(&self.io, &self.pool);
         let mut budget = Budget::new(bounds);
         let mut found: HashMap<Hex32, StoredEvent> = HashMap::new();
@@ -582,8 +593,17 @@ impl EventStore for PostgresStore {
             let mut keep = |stored: StoredEvent| {
                 found.entry(stored.event.id).or_insert(stored);
             };
-            self.walk(filter, now, limit, &mut budget, &state, visible, &mut keep)
-                .await?;
+            self.walk(
+                filter,
+                now,
+                limit,
+                &scope,
+                &mut budget,
+                &state,
+                visible,
+                &mut keep,
+            )
+            .await?;
             if budget.exhausted {
                 break;
             }
@@ -606,8 +626,10 @@ impl EventStore for PostgresStore {
         filters: &[Filter],
         bounds: ReadBounds,
         now: u64,
+        scope: &ReadScope,
         visible: Visible<'_>,
     ) -> StoreResult<Bounded<u64>> {
+        let scope = query::Scope::of(scope);
         let state = state::PoolState::new(&self.io, &self.pool);
         let mut budget = Budget::new(bounds);
         let mut ids: HashSet<Hex32> = HashSet::new();
@@ -622,6 +644,7 @@ impl EventStore for PostgresStore {
                 filter,
                 now,
                 u64::MAX,
+                &scope,
                 &mut budget,
                 &state,
                 visible,

@@ -14,6 +14,7 @@ use crate::{state, Io};
 use deadpool_postgres::{Object, Pool};
 use mls_proto::{Event, Hex32};
 use mls_store::address::Address;
+use mls_store::audience::Audience;
 use mls_store::overlay::StateChanges;
 use mls_store::write_txn::WriteTxn;
 use mls_store::writer::WriteBackend;
@@ -136,6 +137,9 @@ fn discard(io: &Io, client: Object) {
 const INSERT_EVENT: &str = "INSERT INTO events \
     (id, seq, pubkey, kind, created_at, received_at, expires_at, addr, json) \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+const INSERT_AUDIENCE: &str = "INSERT INTO event_audience \
+    (event_id, key, kind, created_at, expires_at) \
+    SELECT $1, k, $3, $4, $5 FROM unnest($2::bytea[]) AS k";
 const INSERT_TAGS: &str = "INSERT INTO event_tags (event_id, name, value, kind, created_at) \
     SELECT $1, t.name, t.value, $4, $5 FROM unnest($2::text[], $3::bytea[]) AS t (name, value)";
 
@@ -282,7 +286,13 @@ impl WriteTxn for Txn<'_> {
         .collect()
     }
 
-    fn insert(&mut self, ev: &Event, received_at: u64, expires_at: Option<u64>) -> StoreResult<()> {
+    fn insert(
+        &mut self,
+        ev: &Event,
+        received_at: u64,
+        expires_at: Option<u64>,
+        audience: &Audience,
+    ) -> StoreResult<()> {
         let seq = self.last_seq + 1;
         let id = ev.id.0.to_vec();
         let kind = i32::from(ev.kind);
@@ -302,6 +312,14 @@ impl WriteTxn for Txn<'_> {
                 &ev.to_json(),
             ],
         )?;
+        let audience = audience.key_bytes();
+        if !audience.is_empty() {
+            self.execute(
+                "insert event audience",
+                INSERT_AUDIENCE,
+                &[&id, &audience, &kind, &created_at, &expires_at.map(ts)],
+            )?;
+        }
         let tags = keys::indexed_tags(ev);
         if !tags.is_empty() {
             let (names, values): (Vec<String>, Vec<Vec<u8>>) = tags.into_iter().unzip();
@@ -316,7 +334,7 @@ impl WriteTxn for Txn<'_> {
         Ok(())
     }
 
-    /// Its tags go with it (ON DELETE CASCADE).
+    /// Its tags and audience go with it (ON DELETE CASCADE).
     fn remove(&mut self, id: &Hex32) -> StoreResult<bool> {
         Ok(self.execute(
             "delete event",

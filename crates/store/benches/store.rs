@@ -144,6 +144,7 @@ fn query(bencher: Bencher, make: impl Fn(u64, &Filled) -> serde_json::Value) {
                 &[filter],
                 mls_store::ReadBounds::unbounded(500),
                 NOW,
+                &mls_store::ReadScope::everything(),
                 &everyone,
             ))
             .unwrap()

@@ -9,7 +9,11 @@
 //!   replaceable and addressable events, `tomb_ids` / `tomb_addrs` for NIP-09 tombstones;
 //! - `state`: the gateway's key/value state, so a rule and its state change commit together;
 //! - `seq` (commit sequence → id) and `event_seq` (id → sequence) for the commit stream, the
-//!   last sequence handed out in `meta` (`last_seq`), all written in the event's transaction.
+//!   last sequence handed out in `meta` (`last_seq`), all written in the event's transaction;
+//! - `audience` (id → its read keys, see [`crate::audience`]) and the time-ordered
+//!   `audience` (read key) and `audience_kind` (read key ++ kind) indexes, so that a read
+//!   walks only events its scope holds. Events stored before these existed are given
+//!   [`crate::ReadKey::Unknown`] when the store is first opened by this version.
 //!
 //! A backup ([`EventStore::backup`]) walks all of it in one read transaction; a restore puts
 //! it back verbatim in the writer's transaction (see [`backup`]).
@@ -26,8 +30,9 @@ mod txn;
 
 use crate::writer::WriterHandle;
 use crate::{
-    Admission, BackupItem, Bounded, CommitFeed, EventStore, Publisher, ReadBounds, Rejection,
-    Sequenced, StateRead, StateWrite, StoreError, StoreResult, StoredEvent, Visible, WriteOutcome,
+    Admission, BackupItem, Bounded, CommitFeed, EventStore, Publisher, ReadBounds, ReadScope,
+    Rejection, Sequenced, StateRead, StateWrite, StoreError, StoreResult, StoredEvent, Visible,
+    WriteOutcome,
 };
 use heed::{Database, Env, EnvOpenOptions, RwTxn, WithoutTls};
 use mls_proto::{Event, Filter};
@@ -76,6 +81,9 @@ pub(crate) struct Dbs {
     seq: Database<Bytes, Bytes>,
     event_seq: Database<Bytes, Bytes>,
     meta: Database<Bytes, Bytes>,
+    audience: Database<Bytes, Bytes>,
+    audience_idx: Database<Bytes, Bytes>,
+    audience_kind_idx: Database<Bytes, Bytes>,
 }
 
 impl Dbs {
@@ -104,8 +112,13 @@ impl Dbs {
             seq: db("seq")?,
             event_seq: db("event_seq")?,
             meta: db("meta")?,
+            // Added after schema 1 too: see `backfill_audiences`.
+            audience: db("audience")?,
+            audience_idx: db("idx_audience")?,
+            audience_kind_idx: db("idx_audience_kind")?,
         };
         check_schema(&mut txn, dbs.meta)?;
+        backfill_audiences(&mut txn, &dbs)?;
         txn.commit().map_err(backend("commit schema transaction"))?;
         Ok(dbs)
     }
@@ -117,6 +130,8 @@ impl Dbs {
             keys::Index::Kind => self.kind,
             keys::Index::AuthorKind => self.author_kind,
             keys::Index::Tag => self.tag,
+            keys::Index::Audience => self.audience_idx,
+            keys::Index::AudienceKind => self.audience_kind_idx,
         }
     }
 }
@@ -137,6 +152,58 @@ fn check_schema(txn: &mut RwTxn, meta: Database<Bytes, Bytes>) -> StoreResult<()
             String::from_utf8_lossy(SCHEMA_VERSION)
         ))),
     }
+}
+
+/// Gives every event stored before audiences were recorded the audience
+/// [`crate::ReadKey::Unknown`] (held by every reader: the visibility rule alone decides
+/// them, as before), once, so that reads walking the audience indexes find them too.
+fn backfill_audiences(txn: &mut RwTxn, dbs: &Dbs) -> StoreResult<()> {
+    const DONE: &[u8] = b"audience";
+    if dbs
+        .meta
+        .get(txn, DONE)
+        .map_err(backend("read audience marker"))?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let unknown = [crate::ReadKey::Unknown.to_bytes()];
+    let mut entries = Vec::new();
+    for entry in dbs
+        .created
+        .iter(txn)
+        .map_err(backend("walk created_at index"))?
+    {
+        let (key, meta) = entry.map_err(backend("walk created_at index"))?;
+        let (Some((created_at, id)), Some((kind, _))) =
+            (keys::split_suffix(key), keys::split_meta(meta))
+        else {
+            return Err(StoreError::Corrupt("created_at index entry".into()));
+        };
+        let meta = <[u8; keys::META_LEN]>::try_from(meta)
+            .map_err(|_| StoreError::Corrupt("created_at index entry".into()))?;
+        entries.push((created_at, id, kind, meta));
+    }
+    if !entries.is_empty() {
+        tracing::info!(
+            events = entries.len(),
+            "recording the audience of events stored before audiences existed"
+        );
+    }
+    let record = keys::encode_audience(&unknown);
+    for (created_at, id, kind, meta) in entries {
+        dbs.audience
+            .put(txn, &id.0, &record)
+            .map_err(backend("write audience record"))?;
+        for (index, key) in keys::audience_index_keys(created_at, &id, kind, &unknown) {
+            dbs.index(index)
+                .put(txn, &key, &meta)
+                .map_err(backend("write audience index entry"))?;
+        }
+    }
+    dbs.meta
+        .put(txn, DONE, b"1")
+        .map_err(backend("write audience marker"))
 }
 
 /// Maps any displayable error to [`StoreError::Backend`], naming what was being done.
@@ -164,7 +231,7 @@ impl EmbeddedStore {
             .map_err(|e| StoreError::Backend(format!("create {}: {e}", path.display())))?;
         let map_size = options.map_size.max(1 << 20).div_ceil(1 << 16) << 16;
         let mut env_options = EnvOpenOptions::new().read_txn_without_tls();
-        env_options.map_size(map_size).max_dbs(16).max_readers(1024);
+        env_options.map_size(map_size).max_dbs(32).max_readers(1024);
         // SAFETY: heed marks opening unsafe because a memory-mapped file modified behind
         // LMDB's back is undefined behaviour. We keep LMDB's locking on (no NO_LOCK) and
         // only ever touch these files through LMDB. Flags stay at their defaults, which make
@@ -246,9 +313,10 @@ impl EventStore for EmbeddedStore {
         filters: &[Filter],
         bounds: ReadBounds,
         now: u64,
+        scope: &ReadScope,
         visible: Visible<'_>,
     ) -> StoreResult<Bounded<Vec<StoredEvent>>> {
-        blocking(|| query::query(&self.env, &self.dbs, filters, bounds, now, visible))
+        blocking(|| query::query(&self.env, &self.dbs, filters, bounds, now, scope, visible))
     }
 
     async fn count(
@@ -256,9 +324,10 @@ impl EventStore for EmbeddedStore {
         filters: &[Filter],
         bounds: ReadBounds,
         now: u64,
+        scope: &ReadScope,
         visible: Visible<'_>,
     ) -> StoreResult<Bounded<u64>> {
-        blocking(|| query::count(&self.env, &self.dbs, filters, bounds, now, visible))
+        blocking(|| query::count(&self.env, &self.dbs, filters, bounds, now, scope, visible))
     }
 
     async fn read_state(

@@ -6,7 +6,9 @@
 //! writer runs the [`Admission`] hook *inside* the write transaction.
 //!
 //! This crate knows no sockets. It knows nothing of MLS either: the rules arrive through
-//! [`Admission`] and visibility through the `visible` predicate of [`EventStore::query`].
+//! [`Admission`], and visibility as data ([`audience`]: each event's audience stored with it,
+//! each read's [`ReadScope`]) plus the `visible` predicate of [`EventStore::query`], the
+//! final check.
 //!
 //! What every backend shares is written here once: the writer thread and its group commit
 //! ([`writer`]), the order of checks one write goes through and the verbatim restore
@@ -15,6 +17,7 @@
 //! ([`writer::WriteBackend`], [`write_txn::WriteTxn`]) and its reads.
 
 pub mod address;
+pub mod audience;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod embedded;
@@ -23,6 +26,7 @@ pub mod overlay;
 pub mod write_txn;
 pub mod writer;
 
+pub use audience::{Audience, ReadKey, ReadScope};
 pub use feed::{CommitFeed, CommitNotice, Sequenced};
 use mls_proto::{Event, Filter, Hex32};
 use std::sync::Arc;
@@ -132,6 +136,14 @@ pub trait Admission: Send + Sync + 'static {
     /// deleter's is skipped quietly (NIP-09) and needs no refusal.
     fn refuse_deletion(&self, _deleter: &Hex32, _target: &Event) -> Option<Rejection> {
         None
+    }
+
+    /// Who may read `event` once stored, recorded with it (see [`audience`]): computed after
+    /// its own state changes, over the state as its batch left it, and for restored events
+    /// too. It must hold every key a reader needs to see the event now *or later* under the
+    /// visibility rule (a read's scope is only a pre-filter; the rule is the final check).
+    fn audience(&self, _event: &Event, _state: &dyn StateRead) -> Audience {
+        Audience::anyone()
     }
 }
 
@@ -245,25 +257,30 @@ pub trait EventStore: Send + Sync + 'static {
     /// and kind-5 deletions.
     async fn write(&self, event: Event, publisher: Publisher) -> StoreResult<WriteOutcome>;
 
-    /// Events matching any of `filters` and `visible`, newest first (ties: lowest id first),
-    /// at most `limit` per filter (the filter's own `limit`, capped by `bounds.max_limit`),
-    /// merged and de-duplicated, never expired at `now`; at most `bounds.max_candidates`
-    /// stored events examined in all.
+    /// Events matching any of `filters`, in `scope` and `visible`, newest first (ties:
+    /// lowest id first), at most `limit` per filter (the filter's own `limit`, capped by
+    /// `bounds.max_limit`), merged and de-duplicated, never expired at `now`; at most
+    /// `bounds.max_candidates` stored events examined in all. Events out of `scope` are
+    /// skipped by the backend (through its audience index where it has one) and are not
+    /// meant to count as examined; `visible` decides the rest.
     async fn query(
         &self,
         filters: &[Filter],
         bounds: ReadBounds,
         now: u64,
+        scope: &ReadScope,
         visible: Visible<'_>,
     ) -> StoreResult<Bounded<Vec<StoredEvent>>>;
 
-    /// Number of distinct events matching any of `filters` and `visible` (NIP-45), examining
-    /// at most `bounds.max_candidates` stored events (`bounds.max_limit` is not used).
+    /// Number of distinct events matching any of `filters`, in `scope` and `visible`
+    /// (NIP-45), examining at most `bounds.max_candidates` stored events (`bounds.max_limit`
+    /// is not used).
     async fn count(
         &self,
         filters: &[Filter],
         bounds: ReadBounds,
         now: u64,
+        scope: &ReadScope,
         visible: Visible<'_>,
     ) -> StoreResult<Bounded<u64>>;
 

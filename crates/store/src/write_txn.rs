@@ -9,6 +9,7 @@
 //! batch see each other.
 
 use crate::address::Address;
+use crate::audience::{Audience, ReadKey};
 use crate::overlay::{state_key_problem, Overlay, StateChanges};
 use crate::{
     Admission, Admitted, BackupItem, Publisher, Rejection, StateRead, StoreResult, StoredEvent,
@@ -38,8 +39,15 @@ pub trait WriteTxn: StateRead {
     /// Who left a tombstone for `id` (whether it counts depends on who may delete the event).
     fn id_deleters(&self, id: &Hex32) -> StoreResult<Vec<Hex32>>;
 
-    /// Stores `ev` with every index entry, giving it the next `seq` (commit order).
-    fn insert(&mut self, ev: &Event, received_at: u64, expires_at: Option<u64>) -> StoreResult<()>;
+    /// Stores `ev` with every index entry and its audience, giving it the next `seq`
+    /// (commit order).
+    fn insert(
+        &mut self,
+        ev: &Event,
+        received_at: u64,
+        expires_at: Option<u64>,
+        audience: &Audience,
+    ) -> StoreResult<()>;
 
     /// Removes the event and everything pointing at it; says whether it was there.
     fn remove(&mut self, id: &Hex32) -> StoreResult<bool>;
@@ -137,7 +145,8 @@ impl Rules<'_> {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            txn.insert(ev, now, expires_at)?;
+            let audience = self.audience(txn, ev);
+            txn.insert(ev, now, expires_at, &audience)?;
         }
         // An accepted deletion takes effect even when the rules keep the kind 5 itself out
         // of storage: the client was told its deletion was accepted.
@@ -172,6 +181,16 @@ impl Rules<'_> {
             txn.apply_state(changes)?;
         }
         Ok(decision)
+    }
+
+    /// Who may read `ev`, over the state as the transaction holds it now. A panicking rule
+    /// gives [`ReadKey::Unknown`]: every read then finds the event and the visibility rule
+    /// alone decides, as for events stored before audiences existed.
+    fn audience(&self, txn: &dyn WriteTxn, ev: &Event) -> Audience {
+        catch_unwind(AssertUnwindSafe(|| self.0.audience(ev, txn.state()))).unwrap_or_else(|_| {
+            tracing::error!(id = %ev.id, kind = ev.kind, "audience rule panicked");
+            Audience::new(vec![ReadKey::Unknown])
+        })
     }
 
     fn may_delete(&self, deleter: &Hex32, target: &Event) -> bool {
@@ -279,16 +298,24 @@ pub(crate) fn update_state(
     })
 }
 
-/// Puts backup items back verbatim: no rules run, no deletion is applied (the rules' state
-/// and the tombstones come as their own items).
-pub(crate) fn restore(
-    txn: &mut dyn WriteTxn,
-    items: &[BackupItem],
-) -> StoreResult<Vec<WriteOutcome>> {
-    items
-        .iter()
-        .map(|item| match item {
-            BackupItem::Event(stored) => restore_event(txn, stored),
+impl Rules<'_> {
+    /// Puts backup items back verbatim: no rules run, no deletion is applied (the rules'
+    /// state and the tombstones come as their own items). Only each event's audience is
+    /// worked out again (a backup does not carry it), over the state restored so far.
+    pub fn restore(
+        &self,
+        txn: &mut dyn WriteTxn,
+        items: &[BackupItem],
+    ) -> StoreResult<Vec<WriteOutcome>> {
+        items
+            .iter()
+            .map(|item| self.restore_item(txn, item))
+            .collect()
+    }
+
+    fn restore_item(&self, txn: &mut dyn WriteTxn, item: &BackupItem) -> StoreResult<WriteOutcome> {
+        match item {
+            BackupItem::Event(stored) => self.restore_event(txn, stored),
             BackupItem::State { key, value } => {
                 if let Some(problem) = state_key_problem(key) {
                     return Ok(WriteOutcome::Rejected(format!("invalid: {problem}")));
@@ -314,28 +341,33 @@ pub(crate) fn restore(
                     "invalid: kind {kind} has no address"
                 ))),
             },
-        })
-        .collect()
-}
-
-fn restore_event(txn: &mut dyn WriteTxn, stored: &StoredEvent) -> StoreResult<WriteOutcome> {
-    let ev = &stored.event;
-    if ev.class() == KindClass::Ephemeral {
-        return Ok(WriteOutcome::Rejected(
-            "invalid: ephemeral events are not stored".into(),
-        ));
-    }
-    if txn.contains(&ev.id)? {
-        return Ok(WriteOutcome::Duplicate);
-    }
-    if let Some(address) = Address::of(ev) {
-        if let Some(current) = txn.version_at(&address)? {
-            if stored_is_newer(current, ev) {
-                return Ok(newer_stored());
-            }
-            txn.remove(&current.1)?;
         }
     }
-    txn.insert(ev, stored.received_at, stored.expires_at)?;
-    Ok(WriteOutcome::Accepted)
+
+    fn restore_event(
+        &self,
+        txn: &mut dyn WriteTxn,
+        stored: &StoredEvent,
+    ) -> StoreResult<WriteOutcome> {
+        let ev = &stored.event;
+        if ev.class() == KindClass::Ephemeral {
+            return Ok(WriteOutcome::Rejected(
+                "invalid: ephemeral events are not stored".into(),
+            ));
+        }
+        if txn.contains(&ev.id)? {
+            return Ok(WriteOutcome::Duplicate);
+        }
+        if let Some(address) = Address::of(ev) {
+            if let Some(current) = txn.version_at(&address)? {
+                if stored_is_newer(current, ev) {
+                    return Ok(newer_stored());
+                }
+                txn.remove(&current.1)?;
+            }
+        }
+        let audience = self.audience(txn, ev);
+        txn.insert(ev, stored.received_at, stored.expires_at, &audience)?;
+        Ok(WriteOutcome::Accepted)
+    }
 }

@@ -278,7 +278,9 @@ impl<B: WriteBackend> Writer<B> {
                     Outcome::Purge { removed, more }
                 }
                 Request::Restore { items, .. } => Outcome::Restore(
-                    write_txn::restore(txn, items).map_err(|e| format!("restore: {e}"))?,
+                    rules
+                        .restore(txn, items)
+                        .map_err(|e| format!("restore: {e}"))?,
                 ),
             };
             outcomes.push(outcome);

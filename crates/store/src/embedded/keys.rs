@@ -133,6 +133,57 @@ pub(super) fn index_keys(ev: &Event) -> Vec<(Index, Vec<u8>)> {
     keys
 }
 
+/// The audience index entries of `ev` (see [`crate::audience`]): one per read key in
+/// `audience` (key bytes as [`crate::ReadKey::to_bytes`] makes them), and one per read key
+/// and kind, so that a read walks only what its scope holds.
+pub(super) fn audience_index_keys(
+    created_at: u64,
+    id: &Hex32,
+    kind: u16,
+    audience: &[Vec<u8>],
+) -> Vec<(Index, Vec<u8>)> {
+    let ca = created_at;
+    audience
+        .iter()
+        .flat_map(|key| {
+            [
+                (Index::Audience, with_suffix(key, ca, id)),
+                (
+                    Index::AudienceKind,
+                    with_suffix(&audience_kind_prefix(key, kind), ca, id),
+                ),
+            ]
+        })
+        .collect()
+}
+
+pub(super) fn audience_kind_prefix(key: &[u8], kind: u16) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + 2);
+    k.extend_from_slice(key);
+    k.extend_from_slice(&kind.to_be_bytes());
+    k
+}
+
+/// The `audience` record of an event: each read key's bytes after a 2-byte length.
+pub(super) fn encode_audience(keys: &[Vec<u8>]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(keys.iter().map(|k| k.len() + 2).sum());
+    for k in keys {
+        v.extend_from_slice(&(k.len() as u16).to_be_bytes());
+        v.extend_from_slice(k);
+    }
+    v
+}
+
+pub(super) fn decode_audience(mut v: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let mut keys = Vec::new();
+    while !v.is_empty() {
+        let len = u16::from_be_bytes(v.get(..2)?.try_into().ok()?) as usize;
+        keys.push(v.get(2..2 + len)?.to_vec());
+        v = &v[2 + len..];
+    }
+    Some(keys)
+}
+
 /// The time-ordered indexes (all keyed `prefix ++ rev(created_at) ++ id`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Index {
@@ -141,6 +192,10 @@ pub(super) enum Index {
     Kind,
     AuthorKind,
     Tag,
+    /// Prefix: a read key.
+    Audience,
+    /// Prefix: a read key and a kind.
+    AudienceKind,
 }
 
 /// `expires_at ++ id`: oldest expiry first, so a purge walks from the start up to `now`.
@@ -275,6 +330,14 @@ mod tests {
         assert!(!abc.starts_with(&ab));
         let long = "x".repeat(1000);
         assert_eq!(tag_prefix(b'h', &long).len(), 2 + 32);
+    }
+
+    #[test]
+    fn audience_records_round_trip() {
+        let keys = vec![vec![0], vec![3; 33], vec![4; 256]];
+        assert_eq!(decode_audience(&encode_audience(&keys)), Some(keys));
+        assert_eq!(decode_audience(&[]), Some(Vec::new()));
+        assert_eq!(decode_audience(&[0, 5, 1]), None);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use super::keys::{self, decode_record, encode_record};
 use super::state::{self, TxnState};
 use super::{backend, Dbs};
 use crate::address::Address;
+use crate::audience::Audience;
 use crate::overlay::StateChanges;
 use crate::write_txn::WriteTxn;
 use crate::writer::WriteBackend;
@@ -135,8 +136,21 @@ impl WriteTxn for Txn<'_> {
             .collect()
     }
 
-    fn insert(&mut self, ev: &Event, received_at: u64, expires_at: Option<u64>) -> StoreResult<()> {
-        store_event(&mut self.txn, &self.dbs, ev, received_at, expires_at)
+    fn insert(
+        &mut self,
+        ev: &Event,
+        received_at: u64,
+        expires_at: Option<u64>,
+        audience: &Audience,
+    ) -> StoreResult<()> {
+        store_event(
+            &mut self.txn,
+            &self.dbs,
+            ev,
+            received_at,
+            expires_at,
+            audience,
+        )
     }
 
     fn remove(&mut self, id: &Hex32) -> StoreResult<bool> {
@@ -214,12 +228,13 @@ fn load_event(txn: &RwTxn, dbs: &Dbs, id: &Hex32) -> StoreResult<Option<Event>> 
 }
 
 /// Writes the record and every index entry of `ev`.
-pub(super) fn store_event(
+fn store_event(
     txn: &mut RwTxn,
     dbs: &Dbs,
     ev: &Event,
     received_at: u64,
     expires_at: Option<u64>,
+    audience: &Audience,
 ) -> StoreResult<()> {
     let json = ev.to_json();
     dbs.events
@@ -230,11 +245,23 @@ pub(super) fn store_event(
         )
         .map_err(backend("write event record"))?;
     let meta = keys::meta(ev);
-    for (index, key) in keys::index_keys(ev) {
+    let audience = audience.key_bytes();
+    let entries = keys::index_keys(ev)
+        .into_iter()
+        .chain(keys::audience_index_keys(
+            ev.created_at,
+            &ev.id,
+            ev.kind,
+            &audience,
+        ));
+    for (index, key) in entries {
         dbs.index(index)
             .put(txn, &key, &meta)
             .map_err(backend("write index entry"))?;
     }
+    dbs.audience
+        .put(txn, &ev.id.0, &keys::encode_audience(&audience))
+        .map_err(backend("write audience record"))?;
     if let Some(expires_at) = expires_at {
         dbs.expiry
             .put(txn, &keys::expiry_key(expires_at, &ev.id), &[])
@@ -263,7 +290,7 @@ pub(super) fn store_event(
 /// Removes the event and every index entry pointing at it (the exact mirror of
 /// [`store_event`]), so a deleted, replaced or purged event vanishes from every path.
 /// Returns whether it was there.
-pub(super) fn remove_event(txn: &mut RwTxn, dbs: &Dbs, id: &Hex32) -> StoreResult<bool> {
+fn remove_event(txn: &mut RwTxn, dbs: &Dbs, id: &Hex32) -> StoreResult<bool> {
     let Some(bytes) = dbs.events.get(txn, &id.0).map_err(backend("read event"))? else {
         return Ok(false);
     };
@@ -273,7 +300,21 @@ pub(super) fn remove_event(txn: &mut RwTxn, dbs: &Dbs, id: &Hex32) -> StoreResul
     });
     match parsed {
         Ok((ev, expires_at)) => {
-            for (index, key) in keys::index_keys(&ev) {
+            let audience = dbs
+                .audience
+                .get(txn, &id.0)
+                .map_err(backend("read audience record"))?
+                .and_then(keys::decode_audience)
+                .unwrap_or_default();
+            let entries = keys::index_keys(&ev)
+                .into_iter()
+                .chain(keys::audience_index_keys(
+                    ev.created_at,
+                    id,
+                    ev.kind,
+                    &audience,
+                ));
+            for (index, key) in entries {
                 dbs.index(index)
                     .delete(txn, &key)
                     .map_err(backend("delete index entry"))?;
@@ -314,6 +355,9 @@ pub(super) fn remove_event(txn: &mut RwTxn, dbs: &Dbs, id: &Hex32) -> StoreResul
             .delete(txn, &id.0)
             .map_err(backend("delete seq entry"))?;
     }
+    dbs.audience
+        .delete(txn, &id.0)
+        .map_err(backend("delete audience record"))?;
     dbs.events
         .delete(txn, &id.0)
         .map_err(backend("delete event record"))?;
