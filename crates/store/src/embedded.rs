@@ -400,3 +400,128 @@ impl EventStore for EmbeddedStore {
         blocking(|| query::since(&self.env, &self.dbs, after, limit))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Admitted, Audience, ReadKey, StateRead};
+    use mls_proto::Hex32;
+
+    /// Every event is for the pubkey in its `p` tag alone.
+    struct ForItsP;
+
+    impl Admission for ForItsP {
+        fn admit(
+            &self,
+            _: &Event,
+            _: &Publisher,
+            _: u64,
+            _: &mut dyn StateWrite,
+        ) -> Result<Admitted, Rejection> {
+            Ok(Admitted {
+                expires_at: None,
+                store: true,
+            })
+        }
+
+        fn audience(&self, ev: &Event, _: &dyn StateRead) -> Audience {
+            Audience::new(
+                ev.tag_values("p")
+                    .filter_map(Hex32::from_hex)
+                    .map(ReadKey::Pubkey)
+                    .collect(),
+            )
+        }
+    }
+
+    fn wrap(to: &Hex32, created_at: u64) -> Event {
+        let k = secp256k1::Keypair::new(secp256k1::SECP256K1, &mut secp256k1::rand::thread_rng());
+        Event::sign(
+            &k,
+            created_at,
+            1059,
+            vec![vec!["p".into(), to.to_hex()]],
+            "x",
+        )
+    }
+
+    async fn read(store: &EmbeddedStore, scope: &ReadScope) -> Vec<Hex32> {
+        let mut answers = Vec::new();
+        for f in [
+            Filter::default(),
+            Filter::from_value(&serde_json::json!({"kinds": [1059]})).unwrap(),
+        ] {
+            let found = store
+                .query(
+                    &[f],
+                    ReadBounds::unbounded(100),
+                    mls_proto::unix_now(),
+                    scope,
+                    &|_, _| true,
+                )
+                .await
+                .unwrap();
+            let mut ids: Vec<Hex32> = found.value.iter().map(|s| s.event.id).collect();
+            ids.sort();
+            answers.push(ids);
+        }
+        assert_eq!(answers[0], answers[1], "by kind answers like no filter");
+        answers.remove(0)
+    }
+
+    #[tokio::test]
+    async fn events_stored_before_audiences_stay_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (reader, stranger) = (Hex32([1; 32]), Hex32([2; 32]));
+        let t = mls_proto::unix_now() - 100;
+        let store =
+            EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), Arc::new(ForItsP)).unwrap();
+        let mut old = Vec::new();
+        for i in 0..3 {
+            let e = wrap(&reader, t + i);
+            store.write(e.clone(), Publisher::default()).await.unwrap();
+            old.push(e.id);
+        }
+        old.sort();
+        // The store as a build before audiences left it: no audience record, index entry or
+        // marker.
+        store.close();
+        {
+            let mut txn = store.env.write_txn().unwrap();
+            for db in [
+                store.dbs.audience,
+                store.dbs.audience_idx,
+                store.dbs.audience_kind_idx,
+            ] {
+                db.clear(&mut txn).unwrap();
+            }
+            store.dbs.meta.delete(&mut txn, b"audience").unwrap();
+            txn.commit().unwrap();
+        }
+        drop(store);
+
+        let store =
+            EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), Arc::new(ForItsP)).unwrap();
+        let strangers = ReadScope::holding(vec![ReadKey::Pubkey(stranger)], false);
+        assert_eq!(
+            read(&store, &strangers).await,
+            old,
+            "old events: for the rule to decide"
+        );
+        let new = wrap(&reader, t + 10);
+        store
+            .write(new.clone(), Publisher::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            read(&store, &strangers).await,
+            old,
+            "the new one is not the stranger's"
+        );
+        let mut all = old.clone();
+        all.push(new.id);
+        all.sort();
+        let readers = ReadScope::holding(vec![ReadKey::Pubkey(reader)], false);
+        assert_eq!(read(&store, &readers).await, all);
+    }
+}
