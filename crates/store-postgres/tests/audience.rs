@@ -135,3 +135,96 @@ async fn events_stored_before_audiences_stay_readable_after_the_migration() {
         .await;
     assert_eq!(versions[0].get::<_, i64>(0), 1, "migration 2 applied once");
 }
+
+/// Figures, not a check: a stranger's `{"limit":10}` and `{"kinds":[1059],"limit":10}` over
+/// 100,000 gift wraps to others (its own 10 among the oldest), kept to its scope by the query,
+/// against the visibility predicate alone under the relay's default candidate bound.
+///
+/// `cargo test --release -p mls-store-postgres --test audience -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: prints figures"]
+async fn figures_hidden_reads() {
+    let Some(schema) = pg::Schema::new() else {
+        return;
+    };
+    let n: u64 = std::env::var("HIDDEN_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let store = schema.store(Arc::new(ForItsP)).await;
+    let (author, stranger) = (keys(), keys());
+    let stranger_pk = Hex32(stranger.x_only_public_key().0.serialize());
+    let t = mls_proto::unix_now() - n - 10;
+    let started = std::time::Instant::now();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(2000) {
+        let writes = chunk.iter().map(|&i| {
+            let to = if i < 10 {
+                stranger_pk
+            } else {
+                Hex32(keys().x_only_public_key().0.serialize())
+            };
+            store.write(for_p(&author, &to, t + i), Publisher::default())
+        });
+        for w in futures_util::future::join_all(writes).await {
+            assert_eq!(w.unwrap(), WriteOutcome::Accepted);
+        }
+    }
+    println!("filled {n} wraps in {:?}", started.elapsed());
+    schema.query("ANALYZE").await;
+    let scope = ReadScope::holding(vec![ReadKey::Pubkey(stranger_pk)], false);
+    let bounds = ReadBounds {
+        max_limit: 500,
+        max_candidates: 10_000,
+    };
+    let stranger_hex = stranger_pk.to_hex();
+    let mine = move |e: &Event, _: &dyn StateRead| e.tag_values("p").any(|p| p == stranger_hex);
+    for shape in [
+        serde_json::json!({"limit": 10}),
+        serde_json::json!({"kinds": [1059], "limit": 10}),
+    ] {
+        let f = Filter::from_value(&shape).unwrap();
+        for (name, scope, visible) in [
+            ("in scope", &scope, &mine as mls_store::Visible<'_>),
+            ("predicate only", &ReadScope::everything(), &mine),
+        ] {
+            let mut times = Vec::new();
+            let mut last = None;
+            for _ in 0..20 {
+                let s = std::time::Instant::now();
+                let found = store
+                    .query(
+                        std::slice::from_ref(&f),
+                        bounds,
+                        mls_proto::unix_now(),
+                        scope,
+                        visible,
+                    )
+                    .await
+                    .unwrap();
+                times.push(s.elapsed());
+                last = Some((found.value.len(), found.complete));
+            }
+            times.sort();
+            println!(
+                "{shape} {name}: median {:?}, min {:?}, max {:?}; found {:?} (events, complete)",
+                times[10],
+                times[0],
+                times[19],
+                last.unwrap()
+            );
+        }
+    }
+    // The plan of the broad read in scope.
+    let key = hex::encode(ReadKey::Pubkey(stranger_pk).to_bytes());
+    let plan = schema
+        .query(&format!(
+            "EXPLAIN ANALYZE SELECT e.id FROM unnest(ARRAY['\\x{key}'::bytea, '\\x00'::bytea, '\\xff'::bytea]) AS k (key) \
+             CROSS JOIN LATERAL (SELECT a.event_id, a.created_at FROM event_audience a WHERE a.key = k.key \
+             ORDER BY a.created_at DESC, a.event_id LIMIT 13) a JOIN events e ON e.id = a.event_id \
+             ORDER BY a.created_at DESC, a.event_id LIMIT 13"
+        ))
+        .await;
+    for row in plan {
+        println!("  {}", row.get::<_, String>(0));
+    }
+}
