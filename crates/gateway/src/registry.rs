@@ -342,6 +342,11 @@ impl Group {
     /// Writes the metadata and every role row that changed; returns the new record.
     pub(crate) fn save(mut self, state: &mut dyn StateWrite, now: u64) -> StoreResult<GroupRecord> {
         let group = self.meta.group_id.clone();
+        // The first membership row of a store: every row from now on comes with its by-pubkey
+        // row, so the store is born with them built.
+        if state.get(state::MEMBER_GROUPS_BUILT)?.is_none() && !any_member_row(state)? {
+            state.put(state::MEMBER_GROUPS_BUILT, b"1")?;
+        }
         for (pk, old) in &self.before {
             if !self.roles.contains_key(pk) && *old != 0 {
                 state.delete(&state::member_key(&group, pk))?;
@@ -404,6 +409,15 @@ pub(crate) fn groups_of(
     Ok(Some(groups))
 }
 
+fn any_member_row(state: &dyn StateRead) -> StoreResult<bool> {
+    let mut found = false;
+    state.scan_prefix(b"m/", &mut |_, _| {
+        found = true;
+        false
+    })?;
+    Ok(found)
+}
+
 /// Where the one-time build of the `mg/` rows stands: the `m/` key to resume at.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MemberGroupsBuild {
@@ -421,7 +435,9 @@ impl MemberGroupsBuild {
 
 /// One chunk of the build: looks at no more than `max_keys` `m/` rows, writes their `mg/`
 /// rows, and once the walk is through, the marker that says so. Nothing to do when the
-/// marker is already there (every store written by this version has it from its first run).
+/// marker is already there (a store written by this version has it from its first group), nor
+/// when there is no row at all (then the first group writes it: an empty store stays empty,
+/// and a backup can still be imported into it).
 pub(crate) fn build_member_groups_chunk(
     state: &mut dyn StateWrite,
     progress: &mut MemberGroupsBuild,
@@ -462,7 +478,9 @@ pub(crate) fn build_member_groups_chunk(
         progress.written += 1;
     }
     if !more {
-        state.put(state::MEMBER_GROUPS_BUILT, b"1")?;
+        if progress.written > 0 {
+            state.put(state::MEMBER_GROUPS_BUILT, b"1")?;
+        }
         progress.done = true;
     }
     Ok(())

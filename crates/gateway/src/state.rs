@@ -81,8 +81,9 @@ pub(crate) fn member_group_prefix(pk: &Hex32) -> Vec<u8> {
     format!("mg/{pk}/").into_bytes()
 }
 
-/// Present once every `m/` row has its `mg/` row: stores written before `mg/` existed get
-/// them from a one-time chunked walk at start-up; until then a read's scope holds every group.
+/// Present once every `m/` row has its `mg/` row: written with a store's first group, or, for
+/// stores written before `mg/` existed, by a one-time chunked walk at start-up; until then a
+/// read's scope holds every group.
 pub(crate) const MEMBER_GROUPS_BUILT: &[u8] = b"v/member-groups";
 
 pub(crate) fn kp_prefix(owner: &Hex32) -> Vec<u8> {

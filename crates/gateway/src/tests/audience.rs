@@ -120,33 +120,37 @@ fn a_group_gated_after_its_messages_were_stored_keeps_them_in_every_readers_scop
 fn scopes_hold_every_group_until_the_by_pubkey_rows_are_built() {
     let mut e = env(true);
     e.gate();
+    // A store's first group wrote the marker with its rows: scopes are exact at once.
+    assert!(e.st.0.contains_key(state::MEMBER_GROUPS_BUILT));
     let w = W::new();
     let gated = ev(&w.eph, 445, T, &[&["h", GROUP]], "x");
     let audience = e.stored(&gated);
     let carol = Viewer::authenticated_as([pk(&w.carol)]);
+    assert!(!e.gw.read_scope(&carol, &e.st).any_group());
+
+    // A store written before the by-pubkey rows existed: membership rows only.
+    let mg_rows = |st: &MemState| -> Vec<Vec<u8>> {
+        st.0.keys()
+            .filter(|k| k.starts_with(b"mg/"))
+            .cloned()
+            .collect()
+    };
+    let rows_before = mg_rows(&e.st);
+    assert!(!rows_before.is_empty());
+    e.st.0
+        .retain(|k, _| !k.starts_with(b"mg/") && k.as_slice() != state::MEMBER_GROUPS_BUILT);
     // Not built yet: wider than the rule (still exact through may_see), never narrower.
     assert!(e.gw.read_scope(&carol, &e.st).any_group());
     assert!(e.gw.read_scope(&carol, &e.st).admits(audience.keys()));
 
     // Built in chunks of one row: every m/ row gets its mg/ row, then the marker.
-    let rows_before: Vec<Vec<u8>> =
-        e.st.0
-            .keys()
-            .filter(|k| k.starts_with(b"mg/"))
-            .cloned()
-            .collect();
     let written = e.build_member_groups(1).written;
     let members = e.st.0.keys().filter(|k| k.starts_with(b"m/")).count() as u64;
     assert_eq!(written, members);
-    let rows_after: Vec<Vec<u8>> =
-        e.st.0
-            .keys()
-            .filter(|k| k.starts_with(b"mg/"))
-            .cloned()
-            .collect();
     assert_eq!(
-        rows_after, rows_before,
-        "rosters had already written the same rows"
+        mg_rows(&e.st),
+        rows_before,
+        "the same rows as the rosters write themselves"
     );
     let scope = e.gw.read_scope(&carol, &e.st);
     assert!(!scope.any_group());
@@ -158,4 +162,17 @@ fn scopes_hold_every_group_until_the_by_pubkey_rows_are_built() {
     assert!(e.gw.read_scope(&bob, &e.st).admits(audience.keys()));
     // A build that finds the marker does nothing.
     assert_eq!(e.build_member_groups(1).written, 0);
+}
+
+#[test]
+fn an_empty_store_stays_empty_until_its_first_group() {
+    let mut e = env(true);
+    let progress = e.build_member_groups(10);
+    assert_eq!(progress.written, 0);
+    assert!(
+        e.st.0.is_empty(),
+        "nothing written: a backup may still be imported"
+    );
+    e.gate();
+    assert!(e.st.0.contains_key(state::MEMBER_GROUPS_BUILT));
 }
