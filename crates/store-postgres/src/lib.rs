@@ -37,9 +37,9 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use mls_proto::{Event, Filter, Hex32};
 use mls_store::writer::WriterHandle;
 use mls_store::{
-    Admission, BackupItem, Bounded, CommitFeed, EventStore, Publisher, ReadBounds, ReadScope,
-    Rejection, Sequenced, StateRead, StateWrite, StoreError, StoreResult, StoredEvent, Visible,
-    WriteOutcome,
+    Admission, BackupItem, Bounded, Budget, CommitFeed, EventStore, Publisher, ReadBounds,
+    ReadScope, Rejection, Sequenced, StateRead, StateWrite, StoreError, StoreResult, StoredEvent,
+    Visible, WriteOutcome,
 };
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
@@ -431,7 +431,7 @@ impl PostgresStore {
         // An event under two read keys of the scope comes twice in a row.
         let mut last: Option<Vec<u8>> = None;
         loop {
-            let size = size.min(budget.left.saturating_add(1)) as i64;
+            let size = size.min(budget.left().saturating_add(1)) as i64;
             let rows = self
                 .io
                 .run(query::page(
@@ -473,31 +473,6 @@ impl PostgresStore {
                 return Ok(());
             }
         }
-    }
-}
-
-/// What is left of a read's candidate bound (`ReadBounds::max_candidates`).
-struct Budget {
-    left: u64,
-    exhausted: bool,
-}
-
-impl Budget {
-    fn new(bounds: ReadBounds) -> Budget {
-        Budget {
-            left: bounds.max_candidates,
-            exhausted: false,
-        }
-    }
-
-    /// Takes one candidate; false (and marks the read incomplete) when none is left.
-    fn take(&mut self) -> bool {
-        if self.left == 0 {
-            self.exhausted = true;
-            return false;
-        }
-        self.left -= 1;
-        true
     }
 }
 
@@ -604,7 +579,7 @@ impl EventStore for PostgresStore {
                 &mut keep,
             )
             .await?;
-            if budget.exhausted {
+            if budget.exhausted() {
                 break;
             }
         }
@@ -617,7 +592,7 @@ impl EventStore for PostgresStore {
         });
         Ok(Bounded {
             value: events,
-            complete: !budget.exhausted,
+            complete: !budget.exhausted(),
         })
     }
 
@@ -651,13 +626,13 @@ impl EventStore for PostgresStore {
                 &mut keep,
             )
             .await?;
-            if budget.exhausted {
+            if budget.exhausted() {
                 break;
             }
         }
         Ok(Bounded {
             value: ids.len() as u64,
-            complete: !budget.exhausted,
+            complete: !budget.exhausted(),
         })
     }
 

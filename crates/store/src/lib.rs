@@ -241,6 +241,43 @@ impl ReadBounds {
     }
 }
 
+/// What is left of one read's candidate bound ([`ReadBounds::max_candidates`]), for
+/// backends to count what they examine.
+#[derive(Debug)]
+pub struct Budget {
+    left: u64,
+    exhausted: bool,
+}
+
+impl Budget {
+    pub fn new(bounds: ReadBounds) -> Budget {
+        Budget {
+            left: bounds.max_candidates,
+            exhausted: false,
+        }
+    }
+
+    /// Takes one candidate; false (and marks the read incomplete) when none is left.
+    pub fn take(&mut self) -> bool {
+        if self.left == 0 {
+            self.exhausted = true;
+            return false;
+        }
+        self.left -= 1;
+        true
+    }
+
+    /// Candidates still allowed.
+    pub fn left(&self) -> u64 {
+        self.left
+    }
+
+    /// The read stopped at the bound with candidates left to examine.
+    pub fn exhausted(&self) -> bool {
+        self.exhausted
+    }
+}
+
 /// A read's answer, and whether it is whole: `complete` is false when the read stopped at
 /// `max_candidates` with candidates left to examine (the answer then covers the newest part).
 #[derive(Debug, Clone)]

@@ -16,7 +16,9 @@
 use super::keys::{self, decode_record, Index, META_LEN, SUFFIX_LEN};
 use super::state::TxnState;
 use super::{backend, Bytes, Dbs};
-use crate::{Bounded, ReadBounds, ReadScope, StoreError, StoreResult, StoredEvent, Visible};
+use crate::{
+    Bounded, Budget, ReadBounds, ReadScope, StoreError, StoreResult, StoredEvent, Visible,
+};
 use heed::{Env, RoRange, RoTxn, WithoutTls};
 use mls_proto::{Event, Filter, Hex32};
 use std::cmp::Reverse;
@@ -27,31 +29,6 @@ use std::sync::Arc;
 /// Most author × kind pairs walked in parallel on the author+kind index; a larger product
 /// falls back to a one-dimension index (still far better than scanning everything).
 const MAX_PAIRS: usize = 1024;
-
-/// What is left of a read's candidate bound.
-struct Budget {
-    left: u64,
-    exhausted: bool,
-}
-
-impl Budget {
-    fn new(bounds: ReadBounds) -> Budget {
-        Budget {
-            left: bounds.max_candidates,
-            exhausted: false,
-        }
-    }
-
-    /// Takes one candidate; false (and marks the read incomplete) when none is left.
-    fn take(&mut self) -> bool {
-        if self.left == 0 {
-            self.exhausted = true;
-            return false;
-        }
-        self.left -= 1;
-        true
-    }
-}
 
 pub(super) fn query(
     env: &Env<WithoutTls>,
@@ -86,7 +63,7 @@ pub(super) fn query(
             found.entry(stored.event.id).or_insert(stored);
             taken < limit
         })?;
-        if budget.exhausted {
+        if budget.exhausted() {
             break;
         }
     }
@@ -94,7 +71,7 @@ pub(super) fn query(
     sort_newest_first(&mut events);
     Ok(Bounded {
         value: events,
-        complete: !budget.exhausted,
+        complete: !budget.exhausted(),
     })
 }
 
@@ -124,13 +101,13 @@ pub(super) fn count(
             }
             true
         })?;
-        if budget.exhausted {
+        if budget.exhausted() {
             break;
         }
     }
     Ok(Bounded {
         value: ids.len() as u64,
-        complete: !budget.exhausted,
+        complete: !budget.exhausted(),
     })
 }
 
