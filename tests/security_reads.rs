@@ -352,3 +352,56 @@ async fn live_keypackages_follow_the_claim_rules() {
         "a claimed KeyPackage was handed out twice"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Visibility as data: the store keeps broad reads to the reader's scope
+// ---------------------------------------------------------------------------------------------
+
+/// From the rightful readers' side: a broad read (no ids, authors or tags) is kept to the
+/// reader's read keys by the store, and those never leave out what the reader may see — the
+/// recipient of a gift wrap, the author and the recipient of a Noise DM, a group's member and
+/// admin (445, 450), a configured admin (450) — while a stranger's broad read gets the public
+/// note alone. By REQ `{}`, by kinds, and by COUNT.
+#[tokio::test]
+async fn broad_reads_serve_each_reader_what_it_may_see() {
+    let configured_admin = keys();
+    let relay = start_relay(true, &admin_pubkeys_config(&[&configured_admin])).await;
+    let (owner, member, dm_author, stranger) = (keys(), keys(), keys(), keys());
+    let group = unique_id();
+    let mut o = authed(&relay, &owner).await;
+    let mut m = authed(&relay, &member).await;
+    let mut d = authed(&relay, &dm_author).await;
+    let mut s = authed(&relay, &stranger).await;
+    let mut c = authed(&relay, &configured_admin).await;
+
+    let rost = roster(&owner, &group, "bootstrap", 1, &[&member]);
+    o.publish_ok(&rost).await;
+    let msg = group_message(&group, None);
+    m.publish_ok(&msg).await;
+    let wrap = giftwrap(&[&member], None);
+    o.publish_ok(&wrap).await;
+    let dm = noise_dm(&dm_author, &[&member]);
+    d.publish_ok(&dm).await;
+    let note = ev(&stranger, 1, &[], "public");
+    s.publish_ok(&note).await;
+
+    let ids = |events: &[&Event]| -> Vec<String> { events.iter().map(|e| id(e)).collect() };
+    let cases: Vec<(&str, &mut Ws, Vec<String>)> = vec![
+        ("member", &mut m, ids(&[&rost, &msg, &wrap, &dm, &note])),
+        ("group admin", &mut o, ids(&[&rost, &msg, &note])),
+        ("DM author", &mut d, ids(&[&dm, &note])),
+        ("configured admin", &mut c, ids(&[&rost, &note])),
+        ("stranger", &mut s, ids(&[&note])),
+    ];
+    for (who, ws, want) in cases {
+        let want: Vec<&str> = want.iter().map(String::as_str).collect();
+        for f in [json!({}), json!({"kinds": [1, 445, 446, 450, 1059]})] {
+            expect_req(ws, who, std::slice::from_ref(&f), Want::Events(&want)).await;
+            assert_eq!(
+                count_raw(ws, std::slice::from_ref(&f)).await,
+                Ok(json!({"count": want.len()})),
+                "{who}: COUNT {f}"
+            );
+        }
+    }
+}
