@@ -441,6 +441,10 @@ impl EventStore for MeteredStore {
         self.0.restore(items).await
     }
 
+    async fn refresh_audiences(&self) -> StoreResult<u64> {
+        self.0.refresh_audiences().await
+    }
+
     fn commits(&self) -> &mls_store::CommitFeed {
         self.0.commits()
     }

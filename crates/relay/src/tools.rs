@@ -383,9 +383,19 @@ async fn restore(
             batch_bytes = 0;
         }
         if done {
-            return Ok(summary);
+            break;
         }
     }
+    // Each event's audience (who may read it) was worked out when it was restored, before
+    // the state it depends on (a backup lists the state after the events): again, over the
+    // whole restored state.
+    if summary.accepted > 0 {
+        store
+            .refresh_audiences()
+            .await
+            .map_err(|e| format!("import: recording who may read each event: {e}"))?;
+    }
+    Ok(summary)
 }
 
 fn n_last(numbers: &[usize]) -> usize {

@@ -386,4 +386,44 @@ impl WriteTxn for Txn<'_> {
     fn last_seq(&self) -> StoreResult<u64> {
         Ok(self.last_seq.max(0) as u64)
     }
+
+    fn events_after(&self, after: u64, max: usize) -> StoreResult<Vec<(u64, Event)>> {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let max = i64::try_from(max).unwrap_or(i64::MAX);
+        self.query(
+            "read events by seq",
+            "SELECT seq, json FROM events WHERE seq > $1 ORDER BY seq LIMIT $2",
+            &[&after, &max],
+        )?
+        .iter()
+        .map(|row| {
+            let json: String = row.get(1);
+            let ev: Event = serde_json::from_str(&json)
+                .map_err(|e| StoreError::Corrupt(format!("event JSON: {e}")))?;
+            Ok((row.get::<_, i64>(0).max(0) as u64, ev))
+        })
+        .collect()
+    }
+
+    fn set_audience(&mut self, ev: &Event, audience: &Audience) -> StoreResult<()> {
+        let id = ev.id.0.to_vec();
+        self.execute(
+            "clear event audience",
+            "DELETE FROM event_audience WHERE event_id = $1",
+            &[&id],
+        )?;
+        let keys = audience.key_bytes();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        // Kind, time and expiry come from the event's own row.
+        self.execute(
+            "write event audience",
+            "INSERT INTO event_audience (event_id, key, kind, created_at, expires_at) \
+             SELECT e.id, k, e.kind, e.created_at, e.expires_at \
+             FROM events e, unnest($2::bytea[]) AS k WHERE e.id = $1",
+            &[&id, &keys],
+        )?;
+        Ok(())
+    }
 }

@@ -68,6 +68,7 @@ macro_rules! conformance_tests {
             concurrent_commits_get_gapless_seqs,
             scope_keeps_reads_to_what_the_reader_holds,
             out_of_scope_events_are_not_candidates,
+            refreshed_audiences_follow_the_state,
         );
     };
     (@each $harness:expr; $($name:ident),* $(,)?) => {
@@ -137,7 +138,8 @@ pub fn unless_hidden(ev: &Event, state: &dyn StateRead) -> bool {
 /// - may_delete: the author, or whoever `["deleter", pubkey]` names (like a gift-wrap
 ///   recipient);
 /// - audience: one read key per `["aud", key]` tag (`readers`, `admins`, `p:<hex>`,
-///   `g:<group>`, `nobody` for none); anyone without such a tag.
+///   `g:<group>`, `nobody` for none); with `["aud-state", k]`, the pubkey the state holds at
+///   `aud:<k>` (anyone while it holds none); anyone without such tags.
 pub struct TestRules;
 
 impl Admission for TestRules {
@@ -181,7 +183,17 @@ impl Admission for TestRules {
         *deleter == target.pubkey || target.tag_value("deleter") == Some(&deleter.to_hex())
     }
 
-    fn audience(&self, ev: &Event, _: &dyn StateRead) -> Audience {
+    fn audience(&self, ev: &Event, state: &dyn StateRead) -> Audience {
+        if let Some(k) = ev.tag_value("aud-state") {
+            let held = state
+                .get(format!("aud:{k}").as_bytes())
+                .expect("state read")
+                .and_then(|v| Hex32::from_hex(std::str::from_utf8(&v).ok()?));
+            return match held {
+                Some(pk) => Audience::new(vec![ReadKey::Pubkey(pk)]),
+                None => Audience::anyone(),
+            };
+        }
         let tags: Vec<&str> = ev.tag_values("aud").collect();
         if tags.is_empty() {
             return Audience::anyone();
@@ -2013,4 +2025,58 @@ pub async fn out_of_scope_events_are_not_candidates(h: &dyn Harness) {
         .await
         .expect("query");
     assert!(!found.complete, "a closure alone walks the others' events");
+}
+
+/// `refresh_audiences` works every stored event's audience out again over today's state
+/// (what a restore needs: a backup lists events before the state), and goes through all of
+/// them, however many chunks that takes.
+pub async fn refreshed_audiences_follow_the_state(h: &dyn Harness) {
+    let store = open(h).await;
+    let s = &*store;
+    let (alice, owner, stranger) = (keys(), keys(), keys());
+    let t = now() - 100;
+    let tied = ev(&alice, t, 1, &[&["aud-state", "x"]], "tied to x");
+    let free = ev(&alice, t + 1, 1, &[], "public");
+    accept(s, &tied).await;
+    accept(s, &free).await;
+    let scope_of = |k: &secp256k1::Keypair| ReadScope::holding(vec![ReadKey::Pubkey(pk(k))], false);
+    let read = |scope: ReadScope| async move {
+        let mut ids: Vec<Hex32> = s
+            .query(
+                &[filter(json!({}))],
+                ReadBounds::unbounded(100),
+                now(),
+                &scope,
+                &everyone,
+            )
+            .await
+            .expect("query")
+            .value
+            .iter()
+            .map(|e| e.event.id)
+            .collect();
+        ids.sort();
+        ids
+    };
+    let both = {
+        let mut v = vec![tied.id, free.id];
+        v.sort();
+        v
+    };
+    assert_eq!(read(scope_of(&stranger)).await, both, "stored for anyone");
+    let owner_hex = pk(&owner).to_hex();
+    s.update_state(Box::new(move |st| {
+        st.put(b"aud:x", owner_hex.as_bytes())
+            .map_err(|e| Rejection(e.to_string()))
+    }))
+    .await
+    .expect("update_state")
+    .expect("accepted");
+    assert_eq!(read(scope_of(&stranger)).await, both, "not refreshed yet");
+    assert_eq!(s.refresh_audiences().await.expect("refresh"), 2);
+    assert_eq!(read(scope_of(&stranger)).await, vec![free.id], "refreshed");
+    assert_eq!(read(scope_of(&owner)).await, both, "the owner's now");
+    // Replaced, deleted and purged events keep no stale audience entry behind (a second
+    // refresh finds the same two events).
+    assert_eq!(s.refresh_audiences().await.expect("refresh"), 2);
 }

@@ -392,6 +392,10 @@ impl EventStore for EmbeddedStore {
         self.writer.restore(items).await
     }
 
+    async fn refresh_audiences(&self) -> StoreResult<u64> {
+        self.writer.refresh_audiences().await
+    }
+
     fn commits(&self) -> &CommitFeed {
         &self.feed
     }

@@ -364,6 +364,12 @@ pub trait EventStore: Send + Sync + 'static {
     /// no backend can hold).
     async fn restore(&self, items: Vec<BackupItem>) -> StoreResult<Vec<WriteOutcome>>;
 
+    /// Works every stored event's audience out again over the state as it is now, in chunks
+    /// of [`writer::PURGE_CHUNK`] events, one write transaction each; returns how many events
+    /// it went through. A restore needs it at the end: a backup lists the events before the
+    /// state their audience depends on (a group's gate).
+    async fn refresh_audiences(&self) -> StoreResult<u64>;
+
     /// The commit stream of this store in this process: a notice after each durable commit
     /// (the highest `seq` committed, and the accepted events that are not stored), and the
     /// ephemeral events announced by the relay. Live fan-out consumes it.

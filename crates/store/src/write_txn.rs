@@ -49,6 +49,12 @@ pub trait WriteTxn: StateRead {
         audience: &Audience,
     ) -> StoreResult<()>;
 
+    /// Stored events with `seq > after`, in `seq` order, at most `max`, each with its `seq`.
+    fn events_after(&self, after: u64, max: usize) -> StoreResult<Vec<(u64, Event)>>;
+
+    /// Replaces the stored audience of the stored event `ev` (and its index entries).
+    fn set_audience(&mut self, ev: &Event, audience: &Audience) -> StoreResult<()>;
+
     /// Removes the event and everything pointing at it; says whether it was there.
     fn remove(&mut self, id: &Hex32) -> StoreResult<bool>;
 
@@ -296,6 +302,29 @@ pub(crate) fn update_state(
         Ok(Err(rejection)) => StateOutcome::Done(Err(rejection)),
         Err(_) => StateOutcome::Panicked,
     })
+}
+
+impl Rules<'_> {
+    /// Works the audience of up to `max` stored events with `seq > after` out again; returns
+    /// the last `seq` gone through (`after` when none), how many, and whether more remain.
+    pub fn refresh_audiences(
+        &self,
+        txn: &mut dyn WriteTxn,
+        after: u64,
+        max: usize,
+    ) -> StoreResult<(u64, u64, bool)> {
+        let events = txn.events_after(after, max + 1)?;
+        let more = events.len() > max;
+        let mut last = after;
+        let mut done = 0;
+        for (seq, ev) in events.into_iter().take(max) {
+            let audience = self.audience(txn, &ev);
+            txn.set_audience(&ev, &audience)?;
+            last = seq;
+            done += 1;
+        }
+        Ok((last, done, more))
+    }
 }
 
 impl Rules<'_> {

@@ -64,6 +64,13 @@ enum Request {
         purged: u64,
         reply: oneshot::Sender<StoreResult<u64>>,
     },
+    /// Audiences worked out again (see `EventStore::refresh_audiences`), a chunk per batch.
+    Refresh {
+        /// The last `seq` gone through by earlier chunks.
+        after: u64,
+        done: u64,
+        reply: oneshot::Sender<StoreResult<u64>>,
+    },
     /// Backup items put back verbatim, in one transaction.
     Restore {
         items: Vec<BackupItem>,
@@ -77,6 +84,7 @@ enum Outcome {
     State(Result<(), Rejection>),
     Purge { removed: u64, more: bool },
     Restore(Vec<WriteOutcome>),
+    Refresh { last: u64, done: u64, more: bool },
     Failed(StoreError),
 }
 
@@ -99,6 +107,24 @@ impl Request {
                 }
             }
             (Request::Restore { reply, .. }, Outcome::Restore(o)) => drop(reply.send(Ok(o))),
+            (
+                Request::Refresh {
+                    done: before,
+                    reply,
+                    ..
+                },
+                Outcome::Refresh { last, done, more },
+            ) => {
+                if more {
+                    carry.push_back(Request::Refresh {
+                        after: last,
+                        done: before + done,
+                        reply,
+                    });
+                } else {
+                    drop(reply.send(Ok(before + done)));
+                }
+            }
             (request, Outcome::Failed(e)) => request.fail(e),
             (request, _) => request.fail(StoreError::Backend(
                 "store writer: outcome does not fit its request".into(),
@@ -112,6 +138,7 @@ impl Request {
             Request::State { reply, .. } => drop(reply.send(Err(e))),
             Request::Purge { reply, .. } => drop(reply.send(Err(e))),
             Request::Restore { reply, .. } => drop(reply.send(Err(e))),
+            Request::Refresh { reply, .. } => drop(reply.send(Err(e))),
         }
     }
 }
@@ -277,6 +304,12 @@ impl<B: WriteBackend> Writer<B> {
                         .map_err(|e| format!("purge: {e}"))?;
                     Outcome::Purge { removed, more }
                 }
+                Request::Refresh { after, .. } => {
+                    let (last, done, more) = rules
+                        .refresh_audiences(txn, *after, PURGE_CHUNK)
+                        .map_err(|e| format!("refresh audiences: {e}"))?;
+                    Outcome::Refresh { last, done, more }
+                }
                 Request::Restore { items, .. } => Outcome::Restore(
                     rules
                         .restore(txn, items)
@@ -369,6 +402,17 @@ impl WriterHandle {
         self.submit(Request::Purge {
             now,
             purged: 0,
+            reply,
+        })?;
+        answer(answered).await
+    }
+
+    /// [`crate::EventStore::refresh_audiences`], in chunks of [`PURGE_CHUNK`] events.
+    pub async fn refresh_audiences(&self) -> StoreResult<u64> {
+        let (reply, answered) = oneshot::channel();
+        self.submit(Request::Refresh {
+            after: 0,
+            done: 0,
             reply,
         })?;
         answer(answered).await

@@ -215,6 +215,58 @@ impl WriteTxn for Txn<'_> {
     fn last_seq(&self) -> StoreResult<u64> {
         keys::last_seq(&self.txn, &self.dbs)
     }
+
+    fn events_after(&self, after: u64, max: usize) -> StoreResult<Vec<(u64, Event)>> {
+        let Some(start) = after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        let from = start.to_be_bytes();
+        let range = (Bound::Included(&from[..]), Bound::Unbounded);
+        let mut out = Vec::new();
+        for entry in self
+            .dbs
+            .seq
+            .range(&self.txn, &range)
+            .map_err(backend("read seq index"))?
+        {
+            if out.len() >= max {
+                break;
+            }
+            let (key, id) = entry.map_err(backend("read seq index"))?;
+            let (Ok(seq), Ok(id)) = (<[u8; 8]>::try_from(key), <[u8; 32]>::try_from(id)) else {
+                return Err(StoreError::Corrupt("seq index entry".into()));
+            };
+            if let Some(ev) = load_event(&self.txn, &self.dbs, &Hex32(id))? {
+                out.push((u64::from_be_bytes(seq), ev));
+            }
+        }
+        Ok(out)
+    }
+
+    fn set_audience(&mut self, ev: &Event, audience: &Audience) -> StoreResult<()> {
+        let dbs = &self.dbs;
+        let old = dbs
+            .audience
+            .get(&self.txn, &ev.id.0)
+            .map_err(backend("read audience record"))?
+            .and_then(keys::decode_audience)
+            .unwrap_or_default();
+        for (index, key) in keys::audience_index_keys(ev.created_at, &ev.id, ev.kind, &old) {
+            dbs.index(index)
+                .delete(&mut self.txn, &key)
+                .map_err(backend("delete audience index entry"))?;
+        }
+        let new = audience.key_bytes();
+        let meta = keys::meta(ev);
+        for (index, key) in keys::audience_index_keys(ev.created_at, &ev.id, ev.kind, &new) {
+            dbs.index(index)
+                .put(&mut self.txn, &key, &meta)
+                .map_err(backend("write audience index entry"))?;
+        }
+        dbs.audience
+            .put(&mut self.txn, &ev.id.0, &keys::encode_audience(&new))
+            .map_err(backend("write audience record"))
+    }
 }
 
 fn load_event(txn: &RwTxn, dbs: &Dbs, id: &Hex32) -> StoreResult<Option<Event>> {
