@@ -308,7 +308,8 @@ type Lines<'a> = dyn Iterator<Item = (usize, std::io::Result<String>)> + 'a;
 
 /// Restores a backup's lines (after the header) verbatim: no rules run, so nothing is
 /// re-derived (a roster `seq` already stored, a gift wrap's membership) and nothing is refused
-/// for what the relay already accepted; signatures and ids are still checked.
+/// for what the relay already accepted; signatures and ids are still checked. Only who may
+/// read each event (its audience, an index) is worked out again, once the state is back.
 async fn restore(
     store: &dyn EventStore,
     lines: &mut Lines<'_>,
