@@ -15,12 +15,13 @@
 //!   walks only events its scope holds. Events stored before these existed are given
 //!   [`crate::ReadKey::Unknown`] when the store is first opened by this version.
 //!
-//! A backup ([`EventStore::backup`]) walks all of it in one read transaction; a restore puts
-//! it back verbatim in the writer's transaction (see [`backup`]).
+//! A backup ([`EventStore::backup`]) walks all of it in one read transaction (see `backup`); a
+//! restore puts it back verbatim in the writer's transaction ([`crate::write_txn`]).
 //!
 //! Writes go through one writer thread that commits everything queued in one durable
-//! transaction (group commit, see [`crate::writer`]; the transaction is [`txn`]). Reads run on the caller's thread with their own
-//! read transaction (LMDB readers never block the writer nor each other).
+//! transaction (group commit, see [`crate::writer`]; this backend's transaction is `txn`).
+//! Reads run on the caller's thread with their own read transaction (LMDB readers never block
+//! the writer nor each other).
 
 mod backup;
 mod keys;
