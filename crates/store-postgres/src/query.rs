@@ -75,7 +75,7 @@ impl Row {
 const COLUMNS: &str = "e.id, e.created_at, e.received_at, e.expires_at, e.json";
 
 /// A read scope as SQL uses it: the read keys held, as stored, and whether every group's key
-/// is held too (group keys begin with the byte 4, see [`mls_store::ReadKey::to_bytes`]).
+/// is held too (group keys begin with [`mls_store::audience::GROUP_KEY_PREFIX`]).
 #[derive(Debug, Clone)]
 pub(crate) struct Scope {
     pub keys: Vec<Vec<u8>>,
@@ -163,9 +163,10 @@ pub(crate) async fn page(
     if let Some(scope) = scope {
         conds.push(format!(
             "EXISTS (SELECT 1 FROM event_audience a WHERE a.event_id = e.id \
-             AND (a.key = ANY({}) OR ({} AND get_byte(a.key, 0) = 4)))",
+             AND (a.key = ANY({}) OR ({} AND get_byte(a.key, 0) = {})))",
             arg(Box::new(scope.keys)),
-            arg(Box::new(scope.any_group))
+            arg(Box::new(scope.any_group)),
+            mls_store::audience::GROUP_KEY_PREFIX
         ));
     }
     if let Some((created_at, id)) = cursor {

@@ -41,6 +41,10 @@ pub enum ReadKey {
 /// well below this.
 const GROUP_INLINE_MAX: usize = 254;
 
+/// First byte of every [`ReadKey::Group`]'s bytes (and of no other key's): what a backend
+/// matches for a scope that holds every group.
+pub const GROUP_KEY_PREFIX: u8 = 4;
+
 impl ReadKey {
     /// The key's bytes as backends index them: a type byte, then the pubkey or the group id
     /// (or `0xff ++ sha256(id)` for a long one). Distinct keys never share bytes, and a
@@ -58,7 +62,7 @@ impl ReadKey {
             }
             ReadKey::Group(g) => {
                 let mut b = Vec::with_capacity(2 + g.len().min(GROUP_INLINE_MAX));
-                b.push(4);
+                b.push(GROUP_KEY_PREFIX);
                 if g.len() <= GROUP_INLINE_MAX {
                     b.push(g.len() as u8);
                     b.extend_from_slice(g.as_bytes());
@@ -160,15 +164,6 @@ impl ReadScope {
             .iter()
             .any(|k| (self.any_group && matches!(k, ReadKey::Group(_))) || keys.contains(k))
     }
-
-    /// [`ReadScope::admits`] over stored key bytes ([`ReadKey::to_bytes`]).
-    pub fn admits_bytes<'k>(&self, mut audience: impl Iterator<Item = &'k [u8]>) -> bool {
-        let Some(keys) = &self.keys else {
-            return true;
-        };
-        let held: Vec<Vec<u8>> = keys.iter().map(ReadKey::to_bytes).collect();
-        audience.any(|k| (self.any_group && k.first() == Some(&4)) || held.iter().any(|h| h == k))
-    }
 }
 
 #[cfg(test)]
@@ -198,6 +193,13 @@ mod tests {
         }
         // The length byte keeps one key from being a prefix of another (backends walk an
         // index by key prefix).
+        for (k, b) in keys.iter().zip(&bytes) {
+            assert_eq!(
+                b[0] == GROUP_KEY_PREFIX,
+                matches!(k, ReadKey::Group(_)),
+                "{k:?}"
+            );
+        }
         for (i, a) in bytes.iter().enumerate() {
             for (j, b) in bytes.iter().enumerate() {
                 assert!(
@@ -230,17 +232,10 @@ mod tests {
             (&Audience::nobody(), false),
         ] {
             assert_eq!(scope.admits(audience.keys()), expected, "{audience:?}");
-            let bytes = audience.key_bytes();
-            assert_eq!(
-                scope.admits_bytes(bytes.iter().map(Vec::as_slice)),
-                expected,
-                "{audience:?} as bytes"
-            );
             assert!(ReadScope::everything().admits(audience.keys()));
         }
         let every_group = ReadScope::holding(Vec::new(), true);
         assert!(every_group.admits(other_group.keys()));
-        assert!(every_group.admits_bytes(other_group.key_bytes().iter().map(Vec::as_slice)));
         assert!(!every_group.admits(for_other.keys()));
     }
 }

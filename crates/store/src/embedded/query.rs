@@ -16,6 +16,7 @@
 use super::keys::{self, decode_record, Index, META_LEN, SUFFIX_LEN};
 use super::state::TxnState;
 use super::{backend, Bytes, Dbs};
+use crate::audience::GROUP_KEY_PREFIX as GROUP_KEY;
 use crate::{
     Bounded, Budget, ReadBounds, ReadScope, StoreError, StoreResult, StoredEvent, Visible,
 };
@@ -151,9 +152,6 @@ struct Held {
     keys: Vec<Vec<u8>>,
     any_group: bool,
 }
-
-/// First byte of every group's read key ([`crate::ReadKey::to_bytes`]).
-const GROUP_KEY: u8 = 4;
 
 impl Held {
     fn of(scope: &ReadScope) -> Option<Held> {
