@@ -7,6 +7,8 @@
 //! |---------------------------------------|----------------------------------------------------|
 //! | `g/{hex(group)}`                      | group metadata JSON; its existence = group *gated* |
 //! | `m/{hex(group)}/{pubkey}`             | role: `1` member, `2` admin, `3` both              |
+//! | `mg/{pubkey}/{hex(group)}`            | the same role, by pubkey: the groups a reader reads |
+//! | `v/member-groups`                     | every `m/` row has its `mg/` row (built once, see `registry`) |
 //! | `o/{hex(group)}`                      | the group was served open: receipt time of its first 445 |
 //! | `kp/{owner}/{ref}`                    | one KeyPackage (by key reference) and its events   |
 //! | `kr/{ref}`                            | owner of a key reference (uniqueness across owners)|
@@ -70,6 +72,21 @@ pub(crate) fn member_key(group: &str, pk: &Hex32) -> Vec<u8> {
     format!("m/{}/{pk}", hex::encode(group)).into_bytes()
 }
 
+/// The `m/` rows again, keyed by pubkey first, so that a reader's groups are one prefix scan
+/// (a read's scope names them; see `visibility::read_scope`).
+pub(crate) fn member_group_key(pk: &Hex32, group: &str) -> Vec<u8> {
+    format!("mg/{pk}/{}", hex::encode(group)).into_bytes()
+}
+
+pub(crate) fn member_group_prefix(pk: &Hex32) -> Vec<u8> {
+    format!("mg/{pk}/").into_bytes()
+}
+
+/// Present once every `m/` row has its `mg/` row: written with a store's first group, or, for
+/// stores written before `mg/` existed, by a one-time chunked walk at start-up; until then a
+/// read's scope holds every group.
+pub(crate) const MEMBER_GROUPS_BUILT: &[u8] = b"v/member-groups";
+
 pub(crate) fn kp_prefix(owner: &Hex32) -> Vec<u8> {
     format!("kp/{owner}/").into_bytes()
 }
@@ -118,6 +135,7 @@ mod tests {
         for key in [
             group_key(&group),
             member_key(&group, &pk),
+            member_group_key(&pk, &group),
             rate,
             kp_key(&pk, &part),
             key_ref_key(&part),

@@ -17,8 +17,8 @@
 
 use mls_proto::{Event, Filter, Hex32};
 use mls_store::{
-    BackupItem, Bounded, EventStore, Publisher, ReadBounds, Rejection, StateRead, StateWrite,
-    StoreResult, StoredEvent, Visible, WriteOutcome,
+    BackupItem, Bounded, EventStore, Publisher, ReadBounds, ReadScope, Rejection, StateRead,
+    StateWrite, StoreResult, StoredEvent, Visible, WriteOutcome,
 };
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -378,13 +378,14 @@ impl EventStore for MeteredStore {
         filters: &[Filter],
         bounds: ReadBounds,
         now: u64,
+        scope: &ReadScope,
         visible: Visible<'_>,
     ) -> StoreResult<Bounded<Vec<StoredEvent>>> {
         let started = Instant::now();
         timed(
             "query",
             started,
-            self.0.query(filters, bounds, now, visible).await,
+            self.0.query(filters, bounds, now, scope, visible).await,
         )
     }
 
@@ -393,13 +394,14 @@ impl EventStore for MeteredStore {
         filters: &[Filter],
         bounds: ReadBounds,
         now: u64,
+        scope: &ReadScope,
         visible: Visible<'_>,
     ) -> StoreResult<Bounded<u64>> {
         let started = Instant::now();
         timed(
             "count",
             started,
-            self.0.count(filters, bounds, now, visible).await,
+            self.0.count(filters, bounds, now, scope, visible).await,
         )
     }
 
@@ -445,6 +447,10 @@ impl EventStore for MeteredStore {
 
     async fn restore(&self, items: Vec<BackupItem>) -> StoreResult<Vec<WriteOutcome>> {
         self.0.restore(items).await
+    }
+
+    async fn refresh_audiences(&self) -> StoreResult<u64> {
+        self.0.refresh_audiences().await
     }
 
     fn commits(&self) -> &mls_store::CommitFeed {

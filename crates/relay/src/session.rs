@@ -14,7 +14,7 @@ use futures_util::stream::{FuturesOrdered, SplitSink};
 use futures_util::{SinkExt, StreamExt};
 use mls_gateway_rules::{within_limits, ReadRefusal, Viewer};
 use mls_proto::{relay, unix_now, ClientMessage, Event, Filter, Hex32, KindClass, MessageError};
-use mls_store::{Publisher, ReadBounds, WriteOutcome};
+use mls_store::{Publisher, ReadBounds, ReadScope, WriteOutcome};
 use std::collections::HashSet;
 use std::future::Future;
 use std::net::IpAddr;
@@ -466,8 +466,13 @@ impl Session {
     }
 
     /// The checks REQ and COUNT share. On refusal the CLOSED has been sent; else the filters of
-    /// the stored query, scoped to what this connection may see (security rule 8).
-    async fn admit_read(&mut self, sub_id: &str, filters: &[Filter]) -> Option<Vec<Filter>> {
+    /// the stored query, scoped to what this connection may see (security rule 8), and the
+    /// read keys it holds, which the store keeps the query to (visibility as data).
+    async fn admit_read(
+        &mut self,
+        sub_id: &str,
+        filters: &[Filter],
+    ) -> Option<(Vec<Filter>, ReadScope)> {
         let limits = &self.app.config.limitation;
         let refusal = if sub_id.chars().count() > limits.max_subid_length {
             Some(format!(
@@ -495,14 +500,18 @@ impl Session {
         self.settle_writes().await;
         let viewer = self.conn.viewer();
         let gateway = self.app.gateway.clone();
-        let mut verdict = Ok(Vec::new());
+        // Replaced by the state read below (which either refuses or gives both).
+        let mut verdict = Ok((Vec::new(), ReadScope::everything()));
         let read = self
             .app
             .store
             .read_state(&mut |state| {
-                verdict = gateway
-                    .check_read(&viewer, filters, state)
-                    .map(|()| gateway.scope_reads(&viewer, filters, state));
+                verdict = gateway.check_read(&viewer, filters, state).map(|()| {
+                    (
+                        gateway.scope_reads(&viewer, filters, state),
+                        gateway.read_scope(&viewer, state),
+                    )
+                });
                 Ok(())
             })
             .await;
@@ -551,7 +560,7 @@ impl Session {
             self.conn.send(relay::closed(&sub_id, &reason));
             return;
         }
-        let Some(scoped) = self.admit_read(&sub_id, &filters).await else {
+        let Some((scoped, scope)) = self.admit_read(&sub_id, &filters).await else {
             // A refused REQ that reuses an id ends the old subscription too.
             if let Some(old) = self.subs.take(sub_id.as_str()) {
                 self.app.subscriptions.remove(self.conn.id, &old);
@@ -578,7 +587,7 @@ impl Session {
         }
         self.subs.insert(sub_id.clone());
 
-        let (results, complete) = match self.stored_results(&sub.filters, &scoped).await {
+        let (results, complete) = match self.stored_results(&sub.filters, &scoped, &scope).await {
             Ok(r) => r,
             Err(reason) => {
                 self.app.subscriptions.remove(self.conn.id, &sub_id);
@@ -618,11 +627,13 @@ impl Session {
 
     /// Stored events for a REQ, visible to this connection, newest first, with KeyPackage
     /// claims applied, and whether the read was whole (false: stopped at
-    /// `max_query_candidates`). `scoped` is the query [`Session::admit_read`] made of `filters`.
+    /// `max_query_candidates`). `scoped` is the query [`Session::admit_read`] made of `filters`,
+    /// `scope` the read keys this connection holds.
     async fn stored_results(
         &mut self,
         filters: &[Filter],
         scoped: &[Filter],
+        scope: &ReadScope,
     ) -> Result<(Vec<(Hex32, Arc<str>)>, bool), String> {
         if filters.iter().all(|f| f.limit == Some(0)) {
             return Ok((Vec::new(), true));
@@ -636,7 +647,7 @@ impl Session {
         let found = self
             .app
             .store
-            .query(scoped, bounds, now, &visible)
+            .query(scoped, bounds, now, scope, &visible)
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "query failed");
@@ -693,7 +704,8 @@ impl Session {
         };
         self.app
             .store
-            .query(&probe, bounds, now, &spot_hidden)
+            // Every event, in scope or not: this lookup is for the hidden ones.
+            .query(&probe, bounds, now, &ReadScope::everything(), &spot_hidden)
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "query failed");
@@ -723,7 +735,7 @@ impl Session {
             self.conn.send(relay::closed(&sub_id, &reason));
             return;
         }
-        let Some(scoped) = self.admit_read(&sub_id, &filters).await else {
+        let Some((scoped, scope)) = self.admit_read(&sub_id, &filters).await else {
             return;
         };
         let viewer = self.conn.viewer();
@@ -734,7 +746,7 @@ impl Session {
         match self
             .app
             .store
-            .count(&scoped, bounds, unix_now(), &visible)
+            .count(&scoped, bounds, unix_now(), &scope, &visible)
             .await
         {
             Ok(n) if n.complete => self.conn.send(relay::count(&sub_id, n.value)),
