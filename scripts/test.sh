@@ -65,6 +65,20 @@ elif ! start_postgres; then
     exit 1
 fi
 
+# Redis (the bus between relay instances, tests/multi_instance.rs): installs redis-server,
+# exports REDIS_URL and REDIS_TEST_SERVER (the multi-instance test starts and restarts its own
+# server with it). MLS_TEST_NO_REDIS=1 skips it; the Redis variant then says it was skipped.
+# shellcheck source=services/redis.sh
+source scripts/services/redis.sh
+if [ "${MLS_TEST_NO_REDIS:-}" = 1 ]; then
+    log "MLS_TEST_NO_REDIS=1: the Redis bus test will be skipped"
+    unset REDIS_URL
+    export REDIS_TEST_SERVER=/nonexistent/redis-server
+elif ! start_redis; then
+    log "Redis could not be started (MLS_TEST_NO_REDIS=1 runs the rest without it)"
+    exit 1
+fi
+
 # The Firestore emulator (the `firestore` backend's tests): exports FIRESTORE_EMULATOR_HOST (one
 # already set is used as is). MLS_TEST_NO_FIRESTORE=1 skips it; those tests then say they were
 # skipped. Every query shape the Firestore runs send is logged, then checked against

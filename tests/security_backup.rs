@@ -387,3 +387,48 @@ fn resign_with_tag(k: &Keypair, e: &Event, name: &str, value: &str) -> Event {
     }
     Event::sign(k, e.created_at, e.kind, tags, &e.content)
 }
+
+/// A restore records again who may read each event once the state is back (a backup lists
+/// the events before the state that gates their groups): on the restored relay a stranger's
+/// broad read of group messages is kept to what it may see by the store — a whole, empty
+/// answer under a candidate bound smaller than the group's history — while the member reads
+/// them.
+#[tokio::test]
+async fn a_restore_records_who_may_read_each_event_over_the_restored_state() {
+    let (admin, alice, bob, eve) = (keys(), keys(), keys(), keys());
+    const BOUND: usize = 10;
+    let cfg = format!(
+        "{}[limitation]\nmax_query_candidates = {BOUND}\n",
+        config(&admin)
+    );
+    let mut a = Relay::builder().config(&cfg).start().await;
+    let group = unique_id();
+    let mut al = a.connect_authed(&alice).await;
+    al.publish_ok(&roster(&alice, &group, "bootstrap", 1, &[&bob]))
+        .await;
+    let mut bo = a.connect_authed(&bob).await;
+    for _ in 0..BOUND * 3 {
+        bo.publish_ok(&group_message(&group, None)).await;
+    }
+    a.kill();
+
+    let backup = export(&a);
+    let mut b = Relay::builder().config(&cfg).prepare();
+    let out = b.cli(&["import"], Some(backup.as_bytes()));
+    assert!(out.success(), "import failed: {out:?}");
+    b.spawn().await;
+
+    let mut ev = b.connect_authed(&eve).await;
+    let sub = "broad";
+    ev.send_req(sub, &[json!({"kinds": [445]})]).await;
+    let got = ev.collect(sub).await;
+    assert_eq!(
+        got.map(|evs| evs.len()),
+        Ok(0),
+        "eve's broad read: a whole, empty answer (EOSE), not a walk through the group's messages"
+    );
+    assert_eq!(ev.count("c", &[json!({"kinds": [445]})]).await, Ok(0));
+    let mut bo = b.connect_authed(&bob).await;
+    let got = bo.query(&[json!({"kinds": [445], "limit": 5})]).await;
+    assert_eq!(got.len(), 5, "the member reads the restored messages");
+}

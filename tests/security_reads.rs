@@ -2,7 +2,9 @@
 //!
 //! - rule 8: hidden events cannot make a read expensive. A stranger's `{"kinds":[1059]}` is
 //!   read through its own mailbox (it finds its own gift wrap without walking the others'),
-//!   and every REQ / COUNT stops at `limitation.max_query_candidates`, saying so;
+//!   its `{}` is kept to what it may see by the store itself (visibility as data: the others'
+//!   wraps are never examined, the answer is whole), and a REQ / COUNT that must still
+//!   examine hidden events one by one stops at `limitation.max_query_candidates`, saying so;
 //! - rule 10: answers do not reveal what they protect. A REQ for a group's 445s / 450s
 //!   answers the same whether the group is gated or does not exist; an `ids` REQ answers the
 //!   same whatever `#p` (or other field) it adds; with KeyPackage claims on, another owner's
@@ -11,6 +13,7 @@
 //! Each attack comes with its positive control: the rightful reader still gets through.
 
 mod common;
+mod support_api;
 mod support_mls;
 
 use common::*;
@@ -64,9 +67,13 @@ const BOUND: usize = 40;
 
 #[tokio::test]
 async fn hidden_events_cannot_make_a_read_expensive() {
+    let admin = keys();
     let relay = start_relay(
         true,
-        &format!("[limitation]\nmax_query_candidates = {BOUND}\n"),
+        &format!(
+            "{}[limitation]\nmax_query_candidates = {BOUND}\n",
+            admin_pubkeys_config(&[&admin])
+        ),
     )
     .await;
     let (sender, stranger, friend) = (keys(), keys(), keys());
@@ -107,24 +114,51 @@ async fn hidden_events_cannot_make_a_read_expensive() {
         );
     }
 
-    // A read that cannot use a mailbox index is bounded: the stranger's `{}` stops at the
-    // bound with a clear answer instead of walking every hidden wrap.
-    let sub = "everything";
-    other.send_req(sub, &[json!({})]).await;
+    // A read that cannot use a mailbox index is kept to the stranger's audience by the store:
+    // its `{}` walks only what it may see, so the others' wraps are never examined and the
+    // answer is whole (EOSE), the COUNT exact.
+    expect_req(&mut other, "stranger", &[json!({})], Want::Events(&mine)).await;
+    assert_eq!(
+        count_raw(&mut other, &[json!({})]).await,
+        Ok(json!({"count": 1})),
+        "COUNT {{}}"
+    );
+
+    // What the store cannot tell by itself is still bounded: messages a group served open
+    // (stored for any reader) stay in every reader's scope after an admin gates the group,
+    // and the visibility rule hides them one by one. A stranger's read of them stops at the
+    // bound, saying so, instead of walking them all.
+    let group = unique_id();
+    for _ in 0..BOUND + 20 {
+        tx.publish_ok(&group_message(&group, None)).await;
+    }
+    let gated = support_api::call(
+        &relay,
+        "POST",
+        &format!("/admin/groups/{group}/members"),
+        Some(&admin),
+        Some(&support_api::pubkeys_body(&[pk_hex(&friend)])),
+    )
+    .await;
+    assert_eq!(gated.status, 200, "{}", gated.text());
+    let sub = "group-messages";
+    other.send_req(sub, &[json!({"kinds": [445]})]).await;
     let end = other.collect(sub).await;
     let msg = end.expect_err("a REQ that reached max_query_candidates ends with CLOSED");
     assert_prefix(&msg, "invalid:");
     assert!(msg.contains("max_query_candidates"), "{msg}");
-    let counted = count_raw(&mut other, &[json!({})]).await.expect("a COUNT");
+    let counted = count_raw(&mut other, &[json!({"kinds": [445]})])
+        .await
+        .expect("a COUNT");
     assert_eq!(
         counted["approximate"],
         json!(true),
         "a COUNT that reached the bound says it is approximate: {counted}"
     );
-    assert!(
-        counted["count"].as_u64().is_some_and(|n| n <= 1),
-        "{counted}"
-    );
+    assert_eq!(counted["count"], json!(0), "{counted}");
+    // The new member reads them, a whole answer within its limit.
+    let got = rx.query(&[json!({"kinds": [445], "limit": 5})]).await;
+    assert_eq!(got.len(), 5, "the member reads the group's messages");
 
     // Positive controls: the recipient reads its wrap the same way, and a query that reaches
     // its limit before the bound is whole.
@@ -317,4 +351,57 @@ async fn live_keypackages_follow_the_claim_rules() {
         !first.contains(&then[0]),
         "a claimed KeyPackage was handed out twice"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Visibility as data: the store keeps broad reads to the reader's scope
+// ---------------------------------------------------------------------------------------------
+
+/// From the rightful readers' side: a broad read (no ids, authors or tags) is kept to the
+/// reader's read keys by the store, and those never leave out what the reader may see — the
+/// recipient of a gift wrap, the author and the recipient of a Noise DM, a group's member and
+/// admin (445, 450), a configured admin (450) — while a stranger's broad read gets the public
+/// note alone. By REQ `{}`, by kinds, and by COUNT.
+#[tokio::test]
+async fn broad_reads_serve_each_reader_what_it_may_see() {
+    let configured_admin = keys();
+    let relay = start_relay(true, &admin_pubkeys_config(&[&configured_admin])).await;
+    let (owner, member, dm_author, stranger) = (keys(), keys(), keys(), keys());
+    let group = unique_id();
+    let mut o = authed(&relay, &owner).await;
+    let mut m = authed(&relay, &member).await;
+    let mut d = authed(&relay, &dm_author).await;
+    let mut s = authed(&relay, &stranger).await;
+    let mut c = authed(&relay, &configured_admin).await;
+
+    let rost = roster(&owner, &group, "bootstrap", 1, &[&member]);
+    o.publish_ok(&rost).await;
+    let msg = group_message(&group, None);
+    m.publish_ok(&msg).await;
+    let wrap = giftwrap(&[&member], None);
+    o.publish_ok(&wrap).await;
+    let dm = noise_dm(&dm_author, &[&member]);
+    d.publish_ok(&dm).await;
+    let note = ev(&stranger, 1, &[], "public");
+    s.publish_ok(&note).await;
+
+    let ids = |events: &[&Event]| -> Vec<String> { events.iter().map(|e| id(e)).collect() };
+    let cases: Vec<(&str, &mut Ws, Vec<String>)> = vec![
+        ("member", &mut m, ids(&[&rost, &msg, &wrap, &dm, &note])),
+        ("group admin", &mut o, ids(&[&rost, &msg, &note])),
+        ("DM author", &mut d, ids(&[&dm, &note])),
+        ("configured admin", &mut c, ids(&[&rost, &note])),
+        ("stranger", &mut s, ids(&[&note])),
+    ];
+    for (who, ws, want) in cases {
+        let want: Vec<&str> = want.iter().map(String::as_str).collect();
+        for f in [json!({}), json!({"kinds": [1, 445, 446, 450, 1059]})] {
+            expect_req(ws, who, std::slice::from_ref(&f), Want::Events(&want)).await;
+            assert_eq!(
+                count_raw(ws, std::slice::from_ref(&f)).await,
+                Ok(json!({"count": want.len()})),
+                "{who}: COUNT {f}"
+            );
+        }
+    }
 }

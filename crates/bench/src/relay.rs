@@ -199,6 +199,7 @@ max_group_messages_per_minute = 0
             .env_remove("PORT")
             .env_remove("NOSTR_AUTH_REQUIRED")
             .env_remove("LOG_LEVEL")
+            .env_remove("REDIS_URL")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().map_err(|e| e.to_string())?)
             .stderr(log_file)

@@ -92,7 +92,7 @@ pub use config::{GatewayConfig, MembershipSource, RateLimits, StorageBackend, Un
 pub use dialect::{normalize, Dialect, MlsEvent, RosterOp};
 pub use keypackage::KeyPackageEntry;
 pub use purge::{StatePurge, STATE_PURGE_CHUNK};
-pub use registry::{GroupRecord, MembershipChange};
+pub use registry::{GroupRecord, MemberGroupsBuild, MembershipChange};
 pub use state::{MemState, MAX_GROUP_ID, MAX_KEY_PART};
 pub use visibility::{within_limits, Audience};
 
@@ -187,6 +187,34 @@ impl Gateway {
         self.auth_enabled
     }
 
+    /// Records that the single-use NIP-98 token `id` was used, until `forget_after` (unix
+    /// seconds: when it can no longer verify). Kept in the store's state, so every relay
+    /// instance on the same store refuses its replay; refused `restricted:` when it was used.
+    pub fn use_token_once(
+        &self,
+        id: &Hex32,
+        forget_after: u64,
+        state: &mut dyn StateWrite,
+    ) -> Result<(), Rejection> {
+        let prefix = state::used_token_prefix(id);
+        let mut used = false;
+        state
+            .scan_prefix(&prefix, &mut |_, _| {
+                used = true;
+                false
+            })
+            .map_err(state::store_err)?;
+        if used {
+            return Err(Rejection(
+                "restricted: NIP-98: this token was already used".into(),
+            ));
+        }
+        // The minute is rounded up: the purge keeps it until that minute is over.
+        let mut key = prefix;
+        key.extend_from_slice(forget_after.div_ceil(60).to_string().as_bytes());
+        state.put(&key, b"").map_err(state::store_err)
+    }
+
     /// A configured `admin_pubkeys` entry (may bootstrap any group, use the admin API).
     pub fn is_admin(&self, pk: &Hex32) -> bool {
         self.admins.contains(pk)
@@ -209,6 +237,26 @@ impl Gateway {
     /// [`Audience::admits`] per viewer (`may_see` is exactly `audience(..).admits(..)`).
     pub fn audience<'a>(&'a self, event: &'a Event, state: &dyn StateRead) -> Audience<'a> {
         visibility::audience(self, event, state)
+    }
+
+    /// The read keys `viewer` holds (see `mls_store::audience`): what a stored read passes to
+    /// the store so that it skips events this viewer may never see. Only a pre-filter:
+    /// `may_see` stays the final check on every event served.
+    pub fn read_scope(&self, viewer: &Viewer, state: &dyn StateRead) -> mls_store::ReadScope {
+        visibility::read_scope(self, viewer, state)
+    }
+
+    /// One chunk of the one-time build of the by-pubkey membership rows that
+    /// [`Gateway::read_scope`] reads (stores written before they existed): looks at no more
+    /// than `max_keys` rows. Run each chunk in its own state transaction until
+    /// `progress.done()`; until then scopes hold every group.
+    pub fn build_member_groups_chunk(
+        &self,
+        state: &mut dyn StateWrite,
+        progress: &mut MemberGroupsBuild,
+        max_keys: usize,
+    ) -> Result<(), StoreError> {
+        registry::build_member_groups_chunk(state, progress, max_keys)
     }
 
     /// Before a REQ / COUNT runs: `Err` when the filters can only match events this viewer may
@@ -421,6 +469,12 @@ impl Admission for Gateway {
 
     /// A recipient's kind 5 naming a gift wrap or Noise DM that someone else reads too is
     /// refused outright (`restricted:`) rather than skipped, so the client knows it stayed.
+    /// Who may read a stored event, as read keys: the visibility rule of `visibility.rs`,
+    /// widened to what it may become (an open group's messages once the group is gated).
+    fn audience(&self, event: &Event, state: &dyn StateRead) -> mls_store::Audience {
+        visibility::stored_audience(self, event, state)
+    }
+
     fn refuse_deletion(&self, deleter: &Hex32, target: &Event) -> Option<Rejection> {
         let readers = mailbox_readers(target)?;
         if *deleter == target.pubkey || !target.tag_values("p").any(|p| p == deleter.to_hex()) {

@@ -1,7 +1,7 @@
 //! Background cleanup of the gateway's own state, in bounded chunks.
 //!
-//! What goes: KeyPackage rows past their expiry (with their reference and address entries)
-//! and rate counters of past windows. The walk is split into chunks that each look at no more
+//! What goes: KeyPackage rows past their expiry (with their reference and address entries),
+//! rate counters of past windows and used NIP-98 tokens that could no longer verify. The walk is split into chunks that each look at no more
 //! than a given number of keys, each run in its own write transaction, like the store's purge
 //! of expired events: the single writer commits the events queued behind one chunk before
 //! the next starts, so a large backlog never holds up a publish's `OK`. A chunk resumes at the
@@ -15,11 +15,13 @@ use mls_store::{StateWrite, StoreResult};
 pub const STATE_PURGE_CHUNK: usize = 10_000;
 
 /// What the purge walks, in order: a prefix, and how its keys are judged.
-const SECTIONS: [(&[u8], Section); 4] = [
+const SECTIONS: [(&[u8], Section); 5] = [
     (b"kp/", Section::KeyPackages),
     (b"rg/", Section::Counter { width: 60 }),
     (b"rk/", Section::Counter { width: 3600 }),
     (b"rf/", Section::Counter { width: 3600 }),
+    // Used NIP-98 tokens, by the minute after which they can no longer verify.
+    (b"nt/", Section::Counter { width: 60 }),
 ];
 
 #[derive(Clone, Copy)]

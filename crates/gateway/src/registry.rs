@@ -342,14 +342,21 @@ impl Group {
     /// Writes the metadata and every role row that changed; returns the new record.
     pub(crate) fn save(mut self, state: &mut dyn StateWrite, now: u64) -> StoreResult<GroupRecord> {
         let group = self.meta.group_id.clone();
+        // The first membership row of a store: every row from now on comes with its by-pubkey
+        // row, so the store is born with them built.
+        if state.get(state::MEMBER_GROUPS_BUILT)?.is_none() && !any_member_row(state)? {
+            state.put(state::MEMBER_GROUPS_BUILT, b"1")?;
+        }
         for (pk, old) in &self.before {
             if !self.roles.contains_key(pk) && *old != 0 {
                 state.delete(&state::member_key(&group, pk))?;
+                state.delete(&state::member_group_key(pk, &group))?;
             }
         }
         for (pk, role) in &self.roles {
             if self.before.get(pk) != Some(role) {
                 state.put(&state::member_key(&group, pk), &[b'0' + role])?;
+                state.put(&state::member_group_key(pk, &group), &[b'0' + role])?;
             }
         }
         self.meta.member_count = self.roles.values().filter(|r| *r & MEMBER != 0).count() as u64;
@@ -358,6 +365,125 @@ impl Group {
         put_json(state, &state::group_key(&group), &self.meta)?;
         Ok(self.record())
     }
+}
+
+/// The groups any of `pubkeys` is a member or admin of, from the `mg/` rows; `None` when
+/// there are more than `max`, or the rows are not built yet (`v/member-groups` absent).
+pub(crate) fn groups_of(
+    state: &dyn StateRead,
+    pubkeys: &[Hex32],
+    max: usize,
+) -> StoreResult<Option<Vec<String>>> {
+    if state.get(state::MEMBER_GROUPS_BUILT)?.is_none() {
+        return Ok(None);
+    }
+    let mut groups = Vec::new();
+    let mut bad = None;
+    for pk in pubkeys {
+        let prefix = state::member_group_prefix(pk);
+        state.scan_prefix(&prefix, &mut |k, v| {
+            if v.first()
+                .map_or(0, |b| b.wrapping_sub(b'0') & (MEMBER | ADMIN))
+                == 0
+            {
+                return true;
+            }
+            match hex::decode(&k[prefix.len()..])
+                .ok()
+                .and_then(|g| String::from_utf8(g).ok())
+            {
+                Some(g) => groups.push(g),
+                None => bad = Some(String::from_utf8_lossy(k).into_owned()),
+            }
+            bad.is_none() && groups.len() <= max
+        })?;
+        if let Some(key) = bad {
+            return Err(StoreError::Corrupt(key));
+        }
+        if groups.len() > max {
+            return Ok(None);
+        }
+    }
+    groups.sort_unstable();
+    groups.dedup();
+    Ok(Some(groups))
+}
+
+fn any_member_row(state: &dyn StateRead) -> StoreResult<bool> {
+    let mut found = false;
+    state.scan_prefix(b"m/", &mut |_, _| {
+        found = true;
+        false
+    })?;
+    Ok(found)
+}
+
+/// Where the one-time build of the `mg/` rows stands: the `m/` key to resume at.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemberGroupsBuild {
+    resume: Option<Vec<u8>>,
+    done: bool,
+    /// Rows written so far.
+    pub written: u64,
+}
+
+impl MemberGroupsBuild {
+    pub fn done(&self) -> bool {
+        self.done
+    }
+}
+
+/// One chunk of the build: looks at no more than `max_keys` `m/` rows, writes their `mg/`
+/// rows, and once the walk is through, the marker that says so. Nothing to do when the
+/// marker is already there (a store written by this version has it from its first group), nor
+/// when there is no row at all (then the first group writes it: an empty store stays empty,
+/// and a backup can still be imported into it).
+pub(crate) fn build_member_groups_chunk(
+    state: &mut dyn StateWrite,
+    progress: &mut MemberGroupsBuild,
+    max_keys: usize,
+) -> StoreResult<()> {
+    if progress.done {
+        return Ok(());
+    }
+    if state.get(state::MEMBER_GROUPS_BUILT)?.is_some() {
+        progress.done = true;
+        return Ok(());
+    }
+    let prefix = b"m/".to_vec();
+    let from = progress.resume.clone().unwrap_or_else(|| prefix.clone());
+    let mut rows: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    state.scan_prefix_from(&prefix, &from, &mut |k, v| {
+        rows.push((k.to_vec(), v.to_vec()));
+        rows.len() <= max_keys.max(1)
+    })?;
+    let more = rows.len() > max_keys.max(1);
+    if more {
+        // The first key of the next chunk.
+        progress.resume = rows.pop().map(|(k, _)| k);
+    }
+    for (k, v) in rows {
+        // `m/{hex(group)}/{pubkey}`
+        let parsed = std::str::from_utf8(&k[2..]).ok().and_then(|rest| {
+            let (group, pk) = rest.rsplit_once('/')?;
+            let group = String::from_utf8(hex::decode(group).ok()?).ok()?;
+            Some((group, Hex32::from_hex(pk)?))
+        });
+        let Some((group, pk)) = parsed else {
+            return Err(StoreError::Corrupt(
+                String::from_utf8_lossy(&k).into_owned(),
+            ));
+        };
+        state.put(&state::member_group_key(&pk, &group), &v)?;
+        progress.written += 1;
+    }
+    if !more {
+        if progress.written > 0 {
+            state.put(state::MEMBER_GROUPS_BUILT, b"1")?;
+        }
+        progress.done = true;
+    }
+    Ok(())
 }
 
 pub(crate) fn load_record(state: &dyn StateRead, group: &str) -> StoreResult<Option<GroupRecord>> {

@@ -7,6 +7,8 @@
 //! |---------------------------------------|----------------------------------------------------|
 //! | `g/{hex(group)}`                      | group metadata JSON; its existence = group *gated* |
 //! | `m/{hex(group)}/{pubkey}`             | role: `1` member, `2` admin, `3` both              |
+//! | `mg/{pubkey}/{hex(group)}`            | the same role, by pubkey: the groups a reader reads |
+//! | `v/member-groups`                     | every `m/` row has its `mg/` row (built once, see `registry`) |
 //! | `o/{hex(group)}`                      | the group was served open: receipt time of its first 445 |
 //! | `kp/{owner}/{ref}`                    | one KeyPackage (by key reference) and its events   |
 //! | `kr/{ref}`                            | owner of a key reference (uniqueness across owners)|
@@ -14,6 +16,7 @@
 //! | `rg/{hex(group)}/{publisher}/{minute}`| 445 count in that minute (`publisher` = `anon` when unauthenticated) |
 //! | `rk/{owner}/{hour}`                   | new KeyPackages of that owner in that hour         |
 //! | `rf/{requester}/{owner}/{hour}`       | claimed fetches of that pair in that hour          |
+//! | `nt/{token id}/{minute}`              | a single-use NIP-98 token, used; kept until that minute is over |
 //!
 //! Group ids are arbitrary strings from `h` tags (they may contain `/`), so they are
 //! hex-encoded wherever they sit in the middle of a key; pubkeys are 64 hex characters.
@@ -69,6 +72,21 @@ pub(crate) fn member_key(group: &str, pk: &Hex32) -> Vec<u8> {
     format!("m/{}/{pk}", hex::encode(group)).into_bytes()
 }
 
+/// The `m/` rows again, keyed by pubkey first, so that a reader's groups are one prefix scan
+/// (a read's scope names them; see `visibility::read_scope`).
+pub(crate) fn member_group_key(pk: &Hex32, group: &str) -> Vec<u8> {
+    format!("mg/{pk}/{}", hex::encode(group)).into_bytes()
+}
+
+pub(crate) fn member_group_prefix(pk: &Hex32) -> Vec<u8> {
+    format!("mg/{pk}/").into_bytes()
+}
+
+/// Present once every `m/` row has its `mg/` row: written with a store's first group, or, for
+/// stores written before `mg/` existed, by a one-time chunked walk at start-up; until then a
+/// read's scope holds every group.
+pub(crate) const MEMBER_GROUPS_BUILT: &[u8] = b"v/member-groups";
+
 pub(crate) fn kp_prefix(owner: &Hex32) -> Vec<u8> {
     format!("kp/{owner}/").into_bytes()
 }
@@ -98,6 +116,11 @@ pub(crate) fn fetch_rate_prefix(requester: &Hex32, owner: &Hex32) -> Vec<u8> {
     format!("rf/{requester}/{owner}/").into_bytes()
 }
 
+/// A used NIP-98 token's entries: `nt/{id}/{minute}` (purged like a counter of that minute).
+pub(crate) fn used_token_prefix(id: &Hex32) -> Vec<u8> {
+    format!("nt/{id}/").into_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +135,7 @@ mod tests {
         for key in [
             group_key(&group),
             member_key(&group, &pk),
+            member_group_key(&pk, &group),
             rate,
             kp_key(&pk, &part),
             key_ref_key(&part),

@@ -9,6 +9,8 @@ use mls_proto::Tag;
 use secp256k1::{Keypair, SECP256K1};
 use serde_json::json;
 
+/// Visibility as data: stored audiences and read scopes against the visibility rule.
+mod audience;
 /// Issue 8's group and mailbox rules (takeover, roster vs gift wrap, deletions, purge chunks).
 mod security;
 

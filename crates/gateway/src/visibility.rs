@@ -28,7 +28,7 @@
 use crate::registry;
 use crate::{Gateway, ReadRefusal, Viewer};
 use mls_proto::{Event, Filter, Hex32};
-use mls_store::StateRead;
+use mls_store::{Audience as StoredAudience, ReadScope, StateRead};
 
 fn names_viewer<'a>(viewer: &Viewer, values: impl IntoIterator<Item = &'a str>) -> bool {
     values
@@ -141,6 +141,77 @@ pub(crate) fn audience<'a>(gw: &'a Gateway, ev: &'a Event, state: &dyn StateRead
         gw,
         who,
         live_owner,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Visibility as data (see `mls_store::audience`): the same rule, as read keys the store keeps
+// with each event and a reader's scope, so a backend skips what a reader may never see.
+
+/// Most groups a read's scope names one by one; a reader in more holds every group's key
+/// (still exact: `may_see` decides each event).
+pub(crate) const MAX_SCOPE_GROUPS: usize = 256;
+
+/// The read keys of `ev` once stored: every key a viewer may need to see it now or later.
+/// A 445 stored while its group is open is read by any reader *and* the group (an admin may
+/// gate the group later; `may_see` then hides it from the others); a gated group never opens
+/// again (its record is never removed), so the group's key alone serves its later 445s.
+pub(crate) fn stored_audience(gw: &Gateway, ev: &Event, state: &dyn StateRead) -> StoredAudience {
+    use mls_store::ReadKey;
+    let keys = match audience(gw, ev, state).who {
+        Who::Anyone => return StoredAudience::anyone(),
+        Who::Nobody => return StoredAudience::nobody(),
+        Who::Readers if ev.kind == 445 => match only_h(ev) {
+            Some(group) => vec![ReadKey::Readers, ReadKey::Group(group.to_string())],
+            None => vec![ReadKey::Readers],
+        },
+        Who::Readers => vec![ReadKey::Readers],
+        Who::Pubkeys(list) => list.into_iter().map(ReadKey::Pubkey).collect(),
+        Who::Members {
+            group,
+            configured_admins,
+        } => {
+            let mut keys = vec![ReadKey::Group(group.to_string())];
+            if configured_admins {
+                keys.push(ReadKey::Admins);
+            }
+            keys
+        }
+    };
+    StoredAudience::new(keys)
+}
+
+/// The read keys `viewer` holds: readers' (when it may read restricted kinds at all), its
+/// pubkeys, the administrators' (a configured admin), and its groups (every group when they
+/// are too many to name, or not indexed yet). A state error widens the scope rather than
+/// narrowing it: `may_see` is the final check either way.
+pub(crate) fn read_scope(gw: &Gateway, viewer: &Viewer, state: &dyn StateRead) -> ReadScope {
+    use mls_store::ReadKey;
+    let mut keys = Vec::new();
+    if any_reader(gw, viewer) {
+        keys.push(ReadKey::Readers);
+    }
+    for pk in &viewer.authed {
+        keys.push(ReadKey::Pubkey(*pk));
+        if gw.is_admin(pk) {
+            keys.push(ReadKey::Admins);
+        }
+    }
+    let groups = if viewer.authed.is_empty() {
+        Ok(Some(Vec::new()))
+    } else {
+        registry::groups_of(state, &viewer.authed, MAX_SCOPE_GROUPS)
+    };
+    match groups {
+        Ok(Some(groups)) => {
+            keys.extend(groups.into_iter().map(ReadKey::Group));
+            ReadScope::holding(keys, false)
+        }
+        Ok(None) => ReadScope::holding(keys, true),
+        Err(e) => {
+            tracing::warn!(error = %e, "reading a reader's groups failed; scope holds every group");
+            ReadScope::holding(keys, true)
+        }
     }
 }
 

@@ -56,6 +56,38 @@ pub async fn open_store(
     config: &Config,
     gateway: Arc<Gateway>,
 ) -> Result<Arc<dyn EventStore>, String> {
+    open_backend(config, gateway).await.map(|(store, _)| store)
+}
+
+/// [`open_store`], and the bus between instances this store needs (`[bus]`): Redis when
+/// `bus.redis_url` is set, else the database's own LISTEN/NOTIFY for PostgreSQL, none for the
+/// embedded store (one process).
+pub async fn open_store_and_bus(
+    config: &Config,
+    gateway: Arc<Gateway>,
+) -> Result<(Arc<dyn EventStore>, Option<crate::bus::Transport>), String> {
+    let (store, transport) = open_backend(config, gateway).await?;
+    if let Some(url) = &config.bus.redis_url {
+        #[cfg(feature = "redis")]
+        {
+            let bus = crate::bus::redis_bus::RedisBus::new(url, &config.bus.redis_channel)?;
+            return Ok((store, Some(crate::bus::Transport::Redis(Box::new(bus)))));
+        }
+        #[cfg(not(feature = "redis"))]
+        {
+            let _ = url;
+            return Err(
+                "bus.redis_url: Redis is not built into this binary (feature \"redis\")".into(),
+            );
+        }
+    }
+    Ok((store, transport))
+}
+
+async fn open_backend(
+    config: &Config,
+    gateway: Arc<Gateway>,
+) -> Result<(Arc<dyn EventStore>, Option<crate::bus::Transport>), String> {
     match config.extensions.mls_gateway.storage_backend {
         #[cfg(feature = "postgres")]
         StorageBackend::Cloudsql => {
@@ -72,7 +104,9 @@ pub async fn open_store(
             let store = PostgresStore::open(options, gateway, None)
                 .await
                 .map_err(|e| format!("extensions.mls_gateway.database_url: {e}"))?;
-            Ok(store)
+            let notify = crate::bus::Transport::Notify(store.clone());
+            let store: Arc<dyn EventStore> = store;
+            Ok((store, Some(notify)))
         }
         #[cfg(feature = "firestore")]
         StorageBackend::Firestore => {
@@ -85,7 +119,10 @@ pub async fn open_store(
             let store = FirestoreStore::open(options, gateway, None)
                 .await
                 .map_err(|e| format!("extensions.mls_gateway.project_id: {e}"))?;
-            Ok(store)
+            // Firestore has no notification channel of its own: several instances need
+            // `bus.redis_url`.
+            let store: Arc<dyn EventStore> = store;
+            Ok((store, None))
         }
         StorageBackend::Embedded => {
             std::fs::create_dir_all(&config.data.path).map_err(|e| {
@@ -93,7 +130,8 @@ pub async fn open_store(
             })?;
             let store = EmbeddedStore::open(&config.data.path, EmbeddedOptions::default(), gateway)
                 .map_err(|e| format!("data.path {}: {e}", config.data.path.display()))?;
-            Ok(store)
+            let store: Arc<dyn EventStore> = store;
+            Ok((store, None))
         }
         // Reachable when the binary is built without a backend's feature.
         #[allow(unreachable_patterns)]

@@ -30,7 +30,34 @@ pub struct Config {
     pub data: DataConfig,
     pub limitation: Limits,
     pub auth: AuthConfig,
+    pub bus: BusConfig,
     pub extensions: Extensions,
+}
+
+/// `[bus]`: how relay instances that share one database tell each other about commits, so
+/// that an event accepted by one reaches live subscribers on all (`crate::bus`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BusConfig {
+    /// Redis pub/sub (env `REDIS_URL`), e.g. `redis://10.0.0.3:6379/0`. Unset: PostgreSQL
+    /// LISTEN/NOTIFY when `storage_backend = "cloudsql"`, no bus for the embedded store (one
+    /// process). A secret when it holds a password: shown masked.
+    pub redis_url: Option<String>,
+    /// The Redis channel; deployments sharing one Redis need one each.
+    pub redis_channel: String,
+    /// How often each instance also reads the store for commits it heard nothing of (a lost
+    /// bus message, a bus outage), milliseconds.
+    pub catch_up_interval_ms: u64,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig {
+            redis_url: None,
+            redis_channel: "mls-gateway-commits".into(),
+            catch_up_interval_ms: 1000,
+        }
+    }
 }
 
 /// `[server]`: where to listen and how the HTTP side behaves.

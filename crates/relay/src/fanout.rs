@@ -9,12 +9,14 @@
 //! ephemeral kinds) ride in the notice, placed in commit order.
 
 use crate::app::App;
+use crate::bus::BusEvent;
 use crate::subscriptions::CommitPosition;
 use mls_proto::Event;
 use mls_store::CommitNotice;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
 
 /// Events read from the store per catch-up read (each up to an event's size limit in memory).
 const CHUNK: usize = 64;
@@ -24,25 +26,66 @@ const READ_ATTEMPTS: u32 = 30;
 
 /// Runs until shutdown (or until the store's feed is gone). Starts after what is already
 /// committed: older events are served by REQ, not live.
-pub async fn run(app: Arc<App>) {
+///
+/// With a bus (`bus`: several instances on one store), other instances' notices are consumed
+/// the same way: the stored events are read from the shared store in `seq` order, so each is
+/// delivered once whichever instance committed it. After a bus reconnect, and every
+/// `bus.catch_up_interval_ms`, the store itself is asked how far it has committed.
+pub async fn run(app: Arc<App>, mut bus: Option<mpsc::Receiver<BusEvent>>) {
     let mut shutdown = app.shutdown.clone();
     let mut notices = app.store.commits().subscribe();
     let mut cursor = app.store.commits().last_seq();
+    let mut poll = tokio::time::interval(Duration::from_millis(
+        app.config.bus.catch_up_interval_ms.max(1),
+    ));
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let notice = tokio::select! {
-            n = notices.recv() => n,
+        let heard = tokio::select! {
+            n = notices.recv() => Heard::Local(n),
+            b = recv(&mut bus), if bus.is_some() => match b {
+                Some(event) => Heard::Bus(event),
+                None => {
+                    bus = None; // the bus tasks stopped (shutdown)
+                    continue;
+                }
+            },
+            _ = poll.tick(), if bus.is_some() => Heard::Poll,
             _ = crate::app::until_set(&mut shutdown) => return,
         };
-        match notice {
-            Ok(notice) => consume(&app, &mut cursor, &notice).await,
-            Err(RecvError::Lagged(missed)) => {
+        match heard {
+            Heard::Local(Ok(notice)) => consume(&app, &mut cursor, &notice).await,
+            Heard::Bus(BusEvent::Notice(notice)) => consume(&app, &mut cursor, &notice).await,
+            Heard::Local(Err(RecvError::Lagged(missed))) => {
                 // Stored events are read back from the store; transient ones are lost.
                 tracing::warn!(missed, "fan-out fell behind the commit stream; catching up");
-                let to = app.store.commits().last_seq();
-                catch_up(&app, &mut cursor, to).await;
+                catch_up_with_store(&app, &mut cursor).await;
             }
-            Err(RecvError::Closed) => return,
+            Heard::Local(Err(RecvError::Closed)) => return,
+            Heard::Bus(BusEvent::Reconnected) | Heard::Poll => {
+                catch_up_with_store(&app, &mut cursor).await
+            }
         }
+    }
+}
+
+enum Heard {
+    Local(Result<Arc<CommitNotice>, RecvError>),
+    Bus(BusEvent),
+    Poll,
+}
+
+async fn recv(bus: &mut Option<mpsc::Receiver<BusEvent>>) -> Option<BusEvent> {
+    match bus {
+        Some(b) => b.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Delivers everything the store has committed that this process has not delivered yet.
+async fn catch_up_with_store(app: &App, cursor: &mut u64) {
+    match app.store.committed_seq().await {
+        Ok(to) => catch_up(app, cursor, to).await,
+        Err(e) => tracing::warn!(error = %e, "fan-out cannot read how far the store committed"),
     }
 }
 
@@ -128,6 +171,6 @@ async fn publish(app: &App, ev: &Event, position: CommitPosition, json: Option<A
     }
     let json = json.unwrap_or_else(|| ev.to_json().into());
     for sub in visible {
-        sub.deliver(ev.id, &json);
+        sub.deliver(ev.id, &json, position);
     }
 }

@@ -3,10 +3,12 @@
 //! storage (`mls-store`) together; the path of one event is
 //! `session` → `ingest` (relay checks) → store writer (gateway rules, commit) → the store's
 //! commit stream → `fanout` (one consumer task per process, delivering in commit order).
+//! Several instances on one database hear each other's commits through `bus`.
 
 pub mod api;
 pub mod app;
 mod auth;
+pub mod bus;
 mod claims;
 pub mod config;
 mod fanout;
@@ -53,7 +55,8 @@ pub async fn run(config: Config) -> Result<(), String> {
         .public_urls(config.server.port)
         .map_err(|e| e.to_string())?;
     let gateway = gateway(&config)?;
-    let store = metrics::MeteredStore::wrap(app::open_store(&config, gateway.clone()).await?);
+    let (store, bus) = app::open_store_and_bus(&config, gateway.clone()).await?;
+    let store = metrics::MeteredStore::wrap(store);
     let addr = config.listen_addr();
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
@@ -73,8 +76,10 @@ pub async fn run(config: Config) -> Result<(), String> {
     let mut app = App::new(config, store.clone(), gateway, shutdown_rx.clone());
     app.relay_urls = relay_urls;
     let app = Arc::new(app);
-    // Live delivery consumes the commit stream; sessions only write.
-    let fanout = tokio::spawn(fanout::run(app.clone()));
+    // Live delivery consumes the commit stream (this instance's, and the others' through
+    // the bus); sessions only write.
+    let heard = bus.map(|transport| bus::start(transport, store.clone(), shutdown_rx.clone()));
+    let fanout = tokio::spawn(fanout::run(app.clone(), heard));
 
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
@@ -128,6 +133,7 @@ async fn purge_loop(
     gateway: Arc<Gateway>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    build_member_groups(&*store, &gateway, &shutdown).await;
     let mut tick = tokio::time::interval(PURGE_INTERVAL);
     loop {
         tokio::select! {
@@ -185,6 +191,51 @@ async fn purge_state(
             removed = done.removed,
             chunks = done.chunks,
             "gateway state purged"
+        );
+    }
+}
+
+/// The one-time build of the gateway's by-pubkey membership rows (what a reader's scope reads)
+/// for a store written before they existed, one bounded chunk per write transaction like the
+/// purge. Until it is done, read scopes hold every group: reads stay exact, only slower.
+async fn build_member_groups(
+    store: &dyn mls_store::EventStore,
+    gateway: &Arc<Gateway>,
+    shutdown: &watch::Receiver<bool>,
+) {
+    use mls_gateway_rules::{MemberGroupsBuild, STATE_PURGE_CHUNK};
+    let progress = Arc::new(std::sync::Mutex::new(MemberGroupsBuild::default()));
+    let lock = |p: &std::sync::Mutex<MemberGroupsBuild>| {
+        p.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    };
+    while !lock(&progress).done() && !*shutdown.borrow() {
+        let (gateway, shared) = (gateway.clone(), progress.clone());
+        let chunk = store
+            .update_state(Box::new(move |state| {
+                let mut p = shared
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                gateway
+                    .build_member_groups_chunk(state, &mut p, STATE_PURGE_CHUNK)
+                    .map_err(|e| mls_store::Rejection(format!("error: {e}")))
+            }))
+            .await;
+        let failed = match chunk {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e.0,
+            Err(e) => e.to_string(),
+        };
+        // Tried again at the next start; reads stay exact meanwhile.
+        tracing::error!(error = %failed, "building the by-pubkey membership rows failed");
+        return;
+    }
+    let done = lock(&progress);
+    if done.written > 0 {
+        tracing::info!(
+            rows = done.written,
+            "by-pubkey membership rows built for read scopes"
         );
     }
 }

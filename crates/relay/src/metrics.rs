@@ -17,8 +17,8 @@
 
 use mls_proto::{Event, Filter, Hex32};
 use mls_store::{
-    BackupItem, Bounded, EventStore, Publisher, ReadBounds, Rejection, StateRead, StateWrite,
-    StoreResult, StoredEvent, Visible, WriteOutcome,
+    BackupItem, Bounded, EventStore, Publisher, ReadBounds, ReadScope, Rejection, StateRead,
+    StateWrite, StoreResult, StoredEvent, Visible, WriteOutcome,
 };
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -47,7 +47,15 @@ pub const COMMANDS_OUT: &[&str] = &[
     "EVENT", "OK", "EOSE", "CLOSED", "NOTICE", "COUNT", "AUTH", "other",
 ];
 /// Store operations timed by [`MeteredStore`] (`state` = gateway state reads and updates).
-pub const DB_OPS: &[&str] = &["write", "query", "count", "state", "purge"];
+pub const DB_OPS: &[&str] = &[
+    "write",
+    "query",
+    "count",
+    "state",
+    "since",
+    "committed_seq",
+    "purge",
+];
 /// The relay's own rate limits (`ratelimit`).
 pub const LIMITS: &[&str] = &["events", "reqs", "connections", "api", "auth"];
 /// HTTP endpoints (route names, never paths with ids in them).
@@ -370,13 +378,14 @@ impl EventStore for MeteredStore {
         filters: &[Filter],
         bounds: ReadBounds,
         now: u64,
+        scope: &ReadScope,
         visible: Visible<'_>,
     ) -> StoreResult<Bounded<Vec<StoredEvent>>> {
         let started = Instant::now();
         timed(
             "query",
             started,
-            self.0.query(filters, bounds, now, visible).await,
+            self.0.query(filters, bounds, now, scope, visible).await,
         )
     }
 
@@ -385,13 +394,14 @@ impl EventStore for MeteredStore {
         filters: &[Filter],
         bounds: ReadBounds,
         now: u64,
+        scope: &ReadScope,
         visible: Visible<'_>,
     ) -> StoreResult<Bounded<u64>> {
         let started = Instant::now();
         timed(
             "count",
             started,
-            self.0.count(filters, bounds, now, visible).await,
+            self.0.count(filters, bounds, now, scope, visible).await,
         )
     }
 
@@ -439,6 +449,10 @@ impl EventStore for MeteredStore {
         self.0.restore(items).await
     }
 
+    async fn refresh_audiences(&self) -> StoreResult<u64> {
+        self.0.refresh_audiences().await
+    }
+
     fn commits(&self) -> &mls_store::CommitFeed {
         self.0.commits()
     }
@@ -446,6 +460,11 @@ impl EventStore for MeteredStore {
     async fn since(&self, after: u64, limit: usize) -> StoreResult<Vec<mls_store::Sequenced>> {
         let started = Instant::now();
         timed("since", started, self.0.since(after, limit).await)
+    }
+
+    async fn committed_seq(&self) -> StoreResult<u64> {
+        let started = Instant::now();
+        timed("committed_seq", started, self.0.committed_seq().await)
     }
 }
 

@@ -14,7 +14,7 @@ use futures_util::stream::{FuturesOrdered, SplitSink};
 use futures_util::{SinkExt, StreamExt};
 use mls_gateway_rules::{within_limits, ReadRefusal, Viewer};
 use mls_proto::{relay, unix_now, ClientMessage, Event, Filter, Hex32, KindClass, MessageError};
-use mls_store::{Publisher, ReadBounds, WriteOutcome};
+use mls_store::{Publisher, ReadBounds, ReadScope, WriteOutcome};
 use std::collections::HashSet;
 use std::future::Future;
 use std::net::IpAddr;
@@ -466,8 +466,13 @@ impl Session {
     }
 
     /// The checks REQ and COUNT share. On refusal the CLOSED has been sent; else the filters of
-    /// the stored query, scoped to what this connection may see (security rule 8).
-    async fn admit_read(&mut self, sub_id: &str, filters: &[Filter]) -> Option<Vec<Filter>> {
+    /// the stored query, scoped to what this connection may see (security rule 8), and the
+    /// read keys it holds, which the store keeps the query to (visibility as data).
+    async fn admit_read(
+        &mut self,
+        sub_id: &str,
+        filters: &[Filter],
+    ) -> Option<(Vec<Filter>, ReadScope)> {
         let limits = &self.app.config.limitation;
         let refusal = if sub_id.chars().count() > limits.max_subid_length {
             Some(format!(
@@ -495,14 +500,18 @@ impl Session {
         self.settle_writes().await;
         let viewer = self.conn.viewer();
         let gateway = self.app.gateway.clone();
-        let mut verdict = Ok(Vec::new());
+        // Replaced by the state read below (which either refuses or gives both).
+        let mut verdict = Ok((Vec::new(), ReadScope::everything()));
         let read = self
             .app
             .store
             .read_state(&mut |state| {
-                verdict = gateway
-                    .check_read(&viewer, filters, state)
-                    .map(|()| gateway.scope_reads(&viewer, filters, state));
+                verdict = gateway.check_read(&viewer, filters, state).map(|()| {
+                    (
+                        gateway.scope_reads(&viewer, filters, state),
+                        gateway.read_scope(&viewer, state),
+                    )
+                });
                 Ok(())
             })
             .await;
@@ -551,7 +560,7 @@ impl Session {
             self.conn.send(relay::closed(&sub_id, &reason));
             return;
         }
-        let Some(scoped) = self.admit_read(&sub_id, &filters).await else {
+        let Some((scoped, scope)) = self.admit_read(&sub_id, &filters).await else {
             // A refused REQ that reuses an id ends the old subscription too.
             if let Some(old) = self.subs.take(sub_id.as_str()) {
                 self.app.subscriptions.remove(self.conn.id, &old);
@@ -561,11 +570,14 @@ impl Session {
         let sub_id: Arc<str> = Arc::from(sub_id);
         // Registered before the query so nothing committed meanwhile is missed; live events
         // are held back until EOSE, and what was committed before is left to the query.
+        // "Before" is the store's own position: with several instances on one database,
+        // this process may not have heard of every commit yet.
+        let after_seq = committed_seq(&self.app).await;
         let sub = Arc::new(Subscription::new(
             sub_id.clone(),
             filters,
             self.conn.clone(),
-            self.app.store.commits().last_seq(),
+            after_seq,
         ));
         let max_bytes = self.app.config.limitation.max_subscription_bytes;
         if let Err(reason) = self.app.subscriptions.try_insert(sub.clone(), max_bytes) {
@@ -575,7 +587,7 @@ impl Session {
         }
         self.subs.insert(sub_id.clone());
 
-        let (results, complete) = match self.stored_results(&sub.filters, &scoped).await {
+        let (results, complete) = match self.stored_results(&sub.filters, &scoped, &scope).await {
             Ok(r) => r,
             Err(reason) => {
                 self.app.subscriptions.remove(self.conn.id, &sub_id);
@@ -583,6 +595,13 @@ impl Session {
                 self.refuse_read(&sub_id, &reason);
                 return;
             }
+        };
+        // Events committed between registration and the query's snapshot may be in both
+        // the answer and, later, live delivery: the answer's ids are kept up to this seq.
+        let served_upto = if results.is_empty() {
+            0
+        } else {
+            committed_seq(&self.app).await
         };
         let mut sent = HashSet::with_capacity(results.len());
         for (id, json) in results {
@@ -603,16 +622,18 @@ impl Session {
             return;
         }
         self.conn.send(relay::eose(&sub_id));
-        sub.release_pending(&sent);
+        sub.release_pending(sent, served_upto);
     }
 
     /// Stored events for a REQ, visible to this connection, newest first, with KeyPackage
     /// claims applied, and whether the read was whole (false: stopped at
-    /// `max_query_candidates`). `scoped` is the query [`Session::admit_read`] made of `filters`.
+    /// `max_query_candidates`). `scoped` is the query [`Session::admit_read`] made of `filters`,
+    /// `scope` the read keys this connection holds.
     async fn stored_results(
         &mut self,
         filters: &[Filter],
         scoped: &[Filter],
+        scope: &ReadScope,
     ) -> Result<(Vec<(Hex32, Arc<str>)>, bool), String> {
         if filters.iter().all(|f| f.limit == Some(0)) {
             return Ok((Vec::new(), true));
@@ -626,7 +647,7 @@ impl Session {
         let found = self
             .app
             .store
-            .query(scoped, bounds, now, &visible)
+            .query(scoped, bounds, now, scope, &visible)
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "query failed");
@@ -683,7 +704,8 @@ impl Session {
         };
         self.app
             .store
-            .query(&probe, bounds, now, &spot_hidden)
+            // Every event, in scope or not: this lookup is for the hidden ones.
+            .query(&probe, bounds, now, &ReadScope::everything(), &spot_hidden)
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "query failed");
@@ -713,7 +735,7 @@ impl Session {
             self.conn.send(relay::closed(&sub_id, &reason));
             return;
         }
-        let Some(scoped) = self.admit_read(&sub_id, &filters).await else {
+        let Some((scoped, scope)) = self.admit_read(&sub_id, &filters).await else {
             return;
         };
         let viewer = self.conn.viewer();
@@ -724,7 +746,7 @@ impl Session {
         match self
             .app
             .store
-            .count(&scoped, bounds, unix_now(), &visible)
+            .count(&scoped, bounds, unix_now(), &scope, &visible)
             .await
         {
             Ok(n) if n.complete => self.conn.send(relay::count(&sub_id, n.value)),
@@ -762,6 +784,18 @@ impl Session {
                 self.conn.send(relay::ok(&id, true, ""));
             }
             Err(reason) => self.conn.send(relay::ok(&id, false, &reason)),
+        }
+    }
+}
+
+/// The store's committed `seq` ([`mls_store::EventStore::committed_seq`]); when the store
+/// cannot say, what this process has heard of (the query that follows fails the same way).
+async fn committed_seq(app: &App) -> u64 {
+    match app.store.committed_seq().await {
+        Ok(seq) => seq,
+        Err(e) => {
+            tracing::warn!(error = %e, "committed seq unavailable; using this process's");
+            app.store.commits().last_seq()
         }
     }
 }

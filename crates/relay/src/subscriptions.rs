@@ -227,6 +227,11 @@ pub struct Subscription {
     /// Events that arrived between registration and EOSE, and their bytes: held back so the
     /// stored results and EOSE go first. `None` once EOSE was sent.
     pending: Mutex<Option<(Vec<HeldEvent>, usize)>>,
+    /// After EOSE: the ids the stored part sent, and the store's committed `seq` read after
+    /// that query. An event up to that `seq` may have been committed after registration and
+    /// still be in the stored answer (another instance committed it, and fan-out hears of it
+    /// only later), so live delivery skips those ids; the first later event drops the set.
+    served: Mutex<Option<(u64, HashSet<Hex32>)>>,
 }
 
 impl Subscription {
@@ -242,6 +247,7 @@ impl Subscription {
             conn,
             after_seq,
             pending: Mutex::new(Some((Vec::new(), 0))),
+            served: Mutex::new(None),
         }
     }
 
@@ -259,8 +265,9 @@ impl Subscription {
         }
     }
 
-    /// Delivers a live event: held back before EOSE, sent after.
-    pub fn deliver(&self, id: Hex32, json: &Arc<str>) {
+    /// Delivers a live event: held back before EOSE, sent after unless the stored answer
+    /// already had it.
+    pub fn deliver(&self, id: Hex32, json: &Arc<str>, position: CommitPosition) {
         let mut pending = self.pending.lock().expect("pending lock");
         match pending.as_mut() {
             // Bounded like the outbox: a REQ whose stored part takes long enough to hold
@@ -276,20 +283,52 @@ impl Subscription {
                 *bytes += json.len();
             }
             None => {
+                if self.was_served(id, position) {
+                    return;
+                }
                 drop(pending);
                 self.conn.send(mls_proto::relay::event(&self.sub_id, json));
             }
         }
     }
 
-    /// Called right after EOSE: sends what was held back, skipping ids already sent as stored
-    /// results.
-    pub fn release_pending(&self, already_sent: &HashSet<Hex32>) {
-        let held = self.pending.lock().expect("pending lock").take();
-        for (id, json) in held.map(|(events, _)| events).unwrap_or_default() {
-            if !already_sent.contains(&id) {
-                self.conn.send(mls_proto::relay::event(&self.sub_id, &json));
+    /// Whether the stored answer may have had this event and did (see `served`).
+    fn was_served(&self, id: Hex32, position: CommitPosition) -> bool {
+        let CommitPosition::Stored(seq) = position else {
+            return false; // never stored, so never in a stored answer
+        };
+        let mut served = self.served.lock().expect("served lock");
+        match served.as_ref() {
+            Some((upto, ids)) if seq <= *upto => ids.contains(&id),
+            Some(_) => {
+                // Fan-out goes in seq order: nothing at or below `upto` comes any more.
+                *served = None;
+                false
             }
+            None => false,
+        }
+    }
+
+    /// Called right after EOSE: sends what was held back, skipping ids already sent as stored
+    /// results, and keeps those ids for live events up to `served_upto` (the store's committed
+    /// `seq` read after the query; 0 or `after_seq`: nothing to keep).
+    pub fn release_pending(&self, already_sent: HashSet<Hex32>, served_upto: u64) {
+        let unsent: Vec<HeldEvent> = {
+            let mut pending = self.pending.lock().expect("pending lock");
+            let held = pending.take().map(|(events, _)| events).unwrap_or_default();
+            let unsent = held
+                .into_iter()
+                .filter(|(id, _)| !already_sent.contains(id))
+                .collect();
+            if served_upto > self.after_seq && !already_sent.is_empty() {
+                // Set while `pending` is still locked: a concurrent `deliver` sees either
+                // the held list or this set, never neither.
+                *self.served.lock().expect("served lock") = Some((served_upto, already_sent));
+            }
+            unsent
+        };
+        for (_, json) in unsent {
+            self.conn.send(mls_proto::relay::event(&self.sub_id, &json));
         }
     }
 }

@@ -308,7 +308,8 @@ type Lines<'a> = dyn Iterator<Item = (usize, std::io::Result<String>)> + 'a;
 
 /// Restores a backup's lines (after the header) verbatim: no rules run, so nothing is
 /// re-derived (a roster `seq` already stored, a gift wrap's membership) and nothing is refused
-/// for what the relay already accepted; signatures and ids are still checked.
+/// for what the relay already accepted; signatures and ids are still checked. Only who may
+/// read each event (its audience, an index) is worked out again, once the state is back.
 async fn restore(
     store: &dyn EventStore,
     lines: &mut Lines<'_>,
@@ -383,9 +384,19 @@ async fn restore(
             batch_bytes = 0;
         }
         if done {
-            return Ok(summary);
+            break;
         }
     }
+    // Each event's audience (who may read it) was worked out when it was restored, before
+    // the state it depends on (a backup lists the state after the events): again, over the
+    // whole restored state.
+    if summary.accepted > 0 {
+        store
+            .refresh_audiences()
+            .await
+            .map_err(|e| format!("import: recording who may read each event: {e}"))?;
+    }
+    Ok(summary)
 }
 
 fn n_last(numbers: &[usize]) -> usize {

@@ -3,9 +3,15 @@
 //! Same promises as the other backends: a write is answered only after the COMMIT of its
 //! batch returned; the rules run inside that transaction over a view of the state that sees
 //! the batch's own writes; duplicates, tombstones, replaceable/addressable versions, kind-5
-//! deletions and NIP-40 behave the same. Several relay instances may share one database:
-//! every writer's transaction reads and writes `meta/store`, so Firestore serialises them
-//! (see [`writer`]), and a transaction that lost a conflict (`ABORTED`) is run again.
+//! deletions and NIP-40 behave the same, because the writer, its batches and the order of
+//! checks are `mls_store`'s own ([`mls_store::writer`], [`mls_store::write_txn`]): this crate
+//! supplies the transaction ([`writer`]) and the reads. Several relay instances may share one
+//! database: every writer's transaction reads and writes `meta/store`, so Firestore
+//! serialises them, and a transaction that lost a conflict (`ABORTED`) is run again.
+//!
+//! Visibility as data: each event document holds its audience (`audience`, an array of read
+//! keys), and a read's scope is an `array-contains-any` on it ([`query::plan`]), so a
+//! stranger's read does not walk the events it may not see.
 //!
 //! The document model and how it meets Firestore's limits (1 MiB documents, 500 writes per
 //! commit, contention, indexes) are in `docs/FIRESTORE.md`; [`model`] lays it out and
@@ -30,18 +36,17 @@ pub use writer::CommitHook;
 
 use client::Client;
 use mls_proto::{Event, Filter, Hex32};
+use mls_store::writer::WriterHandle;
 use mls_store::{
-    Admission, BackupItem, Bounded, CommitFeed, EventStore, Publisher, ReadBounds, Rejection,
-    Sequenced, StateRead, StateWrite, StoreError, StoreResult, StoredEvent, Tombstone, Visible,
-    WriteOutcome,
+    Admission, BackupItem, Bounded, Budget, CommitFeed, EventStore, Publisher, ReadBounds,
+    ReadScope, Rejection, Sequenced, StateRead, StateWrite, StoreError, StoreResult, StoredEvent,
+    Tombstone, Visible, WriteOutcome,
 };
 use model::{EVENTS, META, META_DOC, STATE, TOMB_ADDRS, TOMB_IDS};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::Duration;
-use tokio::sync::oneshot;
 
 /// Which database, and how hard to use it.
 #[derive(Clone)]
@@ -166,9 +171,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct FirestoreStore {
     io: Arc<Io>,
     client: Client,
-    /// `None` once closed: later writes get [`StoreError::Closed`].
-    queue: Mutex<Option<mpsc::Sender<writer::Request>>>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    writer: WriterHandle,
     feed: Arc<CommitFeed>,
 }
 
@@ -206,27 +209,27 @@ impl FirestoreStore {
                 .await?
         };
         let feed = Arc::new(CommitFeed::new(last_seq));
-        let (sender, receiver) = mpsc::channel();
-        let writer = writer::Writer {
+        let backend = writer::Backend {
             io: io.clone(),
             client: client.clone(),
-            rules,
-            feed: feed.clone(),
-            max_batch: options.max_batch.max(1),
             max_attempts: options.max_attempts.max(1),
             before_commit: options.before_commit.clone(),
             known: Default::default(),
+            aborted: Default::default(),
+            unreachable: Default::default(),
         };
-        let handle = std::thread::Builder::new()
-            .name("firestore-writer".into())
-            .spawn(move || writer.run(receiver))
-            .map_err(|e| StoreError::Backend(format!("start the store writer thread: {e}")))?;
+        let writer = WriterHandle::start(
+            "firestore-writer",
+            backend,
+            rules,
+            feed.clone(),
+            options.max_batch,
+        )?;
         tracing::info!(database = %client.database, emulator = options.emulator_host.is_some(), "Firestore store open");
         Ok(Arc::new(FirestoreStore {
             io,
             client,
-            queue: Mutex::new(Some(sender)),
-            writer: Mutex::new(Some(handle)),
+            writer,
             feed,
         }))
     }
@@ -234,12 +237,8 @@ impl FirestoreStore {
     /// Graceful shutdown: stops accepting writes, lets the writer commit and answer what is
     /// already queued, and waits for it.
     pub fn close(&self) {
-        drop(lock(&self.queue).take());
-        let handle = lock(&self.writer).take();
-        if let Some(handle) = handle {
-            if handle.join().is_err() {
-                tracing::error!(database = %self.client.database, "store writer thread panicked");
-            }
+        if !self.writer.close() {
+            tracing::error!(database = %self.client.database, "store writer thread panicked");
         }
     }
 
@@ -253,15 +252,6 @@ impl FirestoreStore {
         &self.client.database
     }
 
-    fn submit(&self, request: writer::Request) -> StoreResult<()> {
-        match lock(&self.queue).as_ref() {
-            None => Err(StoreError::Closed),
-            Some(queue) => queue
-                .send(request)
-                .map_err(|_| StoreError::Backend("store writer thread has stopped".into())),
-        }
-    }
-
     /// Visible events of one filter, newest first, at most `limit`, handed to `keep`: pages
     /// of each of the filter's queries, checked against the whole filter and `visible` until
     /// enough passed, the documents ran out, or the read's candidate `budget` did.
@@ -272,21 +262,22 @@ impl FirestoreStore {
         now: u64,
         limit: u64,
         budget: &mut Budget,
+        scope: Option<&[String]>,
         state: &state::CommittedState<'_>,
         visible: Visible<'_>,
         keep: &mut (dyn FnMut(StoredEvent) + Send),
     ) -> StoreResult<()> {
         if let Some(ids) = &filter.ids {
             return self
-                .walk_ids(ids, filter, now, limit, budget, state, visible, keep)
+                .walk_ids(ids, filter, now, limit, budget, scope, state, visible, keep)
                 .await;
         }
         let size = limit.saturating_add(limit / 4).clamp(16, 1000);
-        for part in query::plan(filter) {
+        for part in query::plan(filter, scope) {
             let mut cursor = None;
             let mut taken = 0u64;
             loop {
-                let size = size.min(budget.left.saturating_add(1)) as i32;
+                let size = size.min(budget.left().saturating_add(1)) as i32;
                 let docs = {
                     let (client, part, filter, cursor) = (
                         self.client.clone(),
@@ -310,6 +301,10 @@ impl FirestoreStore {
                         if !budget.take() {
                             return Ok(true);
                         }
+                        // A tag query cannot carry the scope: it is checked here.
+                        if !part.scoped && !in_scope(doc, scope) {
+                            continue;
+                        }
                         let Some(stored) = matching(doc, filter, now)? else {
                             continue;
                         };
@@ -324,7 +319,7 @@ impl FirestoreStore {
                     }
                     Ok(false)
                 })?;
-                if budget.exhausted {
+                if budget.exhausted() {
                     return Ok(());
                 }
                 if done || !full {
@@ -344,6 +339,7 @@ impl FirestoreStore {
         now: u64,
         limit: u64,
         budget: &mut Budget,
+        scope: Option<&[String]>,
         state: &state::CommittedState<'_>,
         visible: Visible<'_>,
         keep: &mut (dyn FnMut(StoredEvent) + Send),
@@ -366,11 +362,14 @@ impl FirestoreStore {
                 if !budget.take() {
                     break;
                 }
+                if !in_scope(&doc, scope) {
+                    continue;
+                }
                 if let Some(stored) = matching(&doc, filter, now)? {
                     found.push(stored);
                 }
             }
-            if budget.exhausted {
+            if budget.exhausted() {
                 break;
             }
         }
@@ -452,52 +451,21 @@ async fn read_last_seq_with_retry(
     }
 }
 
-/// What is left of a read's candidate bound (`ReadBounds::max_candidates`).
-struct Budget {
-    left: u64,
-    exhausted: bool,
-}
-
-impl Budget {
-    fn new(bounds: ReadBounds) -> Budget {
-        Budget {
-            left: bounds.max_candidates,
-            exhausted: false,
-        }
-    }
-
-    fn take(&mut self) -> bool {
-        if self.left == 0 {
-            self.exhausted = true;
-            return false;
-        }
-        self.left -= 1;
-        true
-    }
-}
-
 impl Drop for FirestoreStore {
     fn drop(&mut self) {
         self.close();
     }
 }
 
-async fn answer<T>(reply: oneshot::Receiver<StoreResult<T>>) -> StoreResult<T> {
-    reply
-        .await
-        .map_err(|_| StoreError::Backend("store writer stopped before answering".into()))?
-}
-
 #[async_trait::async_trait]
 impl EventStore for FirestoreStore {
     async fn write(&self, event: Event, publisher: Publisher) -> StoreResult<WriteOutcome> {
-        let (reply, answered) = oneshot::channel();
-        self.submit(writer::Request::Write {
-            event: Box::new(event),
-            publisher,
-            reply,
-        })?;
-        answer(answered).await
+        // Refused before the writer (so before the rules run and change any state): a
+        // document cannot hold it.
+        if let Some(refusal) = too_large(&self.client, &event) {
+            return Ok(WriteOutcome::Rejected(refusal));
+        }
+        self.writer.write(event, publisher).await
     }
 
     async fn query(
@@ -505,8 +473,10 @@ impl EventStore for FirestoreStore {
         filters: &[Filter],
         bounds: ReadBounds,
         now: u64,
+        scope: &ReadScope,
         visible: Visible<'_>,
     ) -> StoreResult<Bounded<Vec<StoredEvent>>> {
+        let scope = model::scope_entries(scope);
         let state = state::CommittedState::new(&self.io, &self.client);
         let mut budget = Budget::new(bounds);
         let mut found: HashMap<Hex32, StoredEvent> = HashMap::new();
@@ -524,14 +494,23 @@ impl EventStore for FirestoreStore {
             let mut keep = |stored: StoredEvent| {
                 mine.entry(stored.event.id).or_insert(stored);
             };
-            self.walk(filter, now, limit, &mut budget, &state, visible, &mut keep)
-                .await?;
+            self.walk(
+                filter,
+                now,
+                limit,
+                &mut budget,
+                scope.as_deref(),
+                &state,
+                visible,
+                &mut keep,
+            )
+            .await?;
             let mut mine: Vec<StoredEvent> = mine.into_values().collect();
             sort_newest_first(&mut mine);
             for stored in mine.into_iter().take(limit as usize) {
                 found.entry(stored.event.id).or_insert(stored);
             }
-            if budget.exhausted {
+            if budget.exhausted() {
                 break;
             }
         }
@@ -539,7 +518,7 @@ impl EventStore for FirestoreStore {
         sort_newest_first(&mut events);
         Ok(Bounded {
             value: events,
-            complete: !budget.exhausted,
+            complete: !budget.exhausted(),
         })
     }
 
@@ -548,8 +527,10 @@ impl EventStore for FirestoreStore {
         filters: &[Filter],
         bounds: ReadBounds,
         now: u64,
+        scope: &ReadScope,
         visible: Visible<'_>,
     ) -> StoreResult<Bounded<u64>> {
+        let scope = model::scope_entries(scope);
         let state = state::CommittedState::new(&self.io, &self.client);
         let mut budget = Budget::new(bounds);
         let mut ids: HashSet<Hex32> = HashSet::new();
@@ -565,18 +546,19 @@ impl EventStore for FirestoreStore {
                 now,
                 u64::MAX,
                 &mut budget,
+                scope.as_deref(),
                 &state,
                 visible,
                 &mut keep,
             )
             .await?;
-            if budget.exhausted {
+            if budget.exhausted() {
                 break;
             }
         }
         Ok(Bounded {
             value: ids.len() as u64,
-            complete: !budget.exhausted,
+            complete: !budget.exhausted(),
         })
     }
 
@@ -592,26 +574,36 @@ impl EventStore for FirestoreStore {
         &self,
         f: Box<dyn for<'s> FnOnce(&'s mut dyn StateWrite) -> Result<(), Rejection> + Send>,
     ) -> StoreResult<Result<(), Rejection>> {
-        let (reply, answered) = oneshot::channel();
-        self.submit(writer::Request::State { f: Some(f), reply })?;
-        answer(answered).await
+        // A change that writes more keys than one commit holds is refused, naming the limit,
+        // before anything is applied (one that only deletes is applied in parts: see the
+        // writer).
+        let bounded: mls_store::writer::StateFn = Box::new(move |s: &mut dyn StateWrite| {
+            let mut counted = CountedWrites {
+                inner: s,
+                puts: HashSet::new(),
+            };
+            f(&mut counted)?;
+            let puts = counted.puts.len();
+            if puts > writer::MAX_WRITES - 1 {
+                return Err(Rejection(format!(
+                    "error: this change writes {puts} state keys in one commit; Firestore \
+                     commits at most {} writes and 10 MiB",
+                    writer::MAX_WRITES
+                )));
+            }
+            Ok(())
+        });
+        self.writer.update_state(bounded).await
     }
 
     async fn purge_expired(&self, now: u64) -> StoreResult<u64> {
-        let (reply, answered) = oneshot::channel();
-        self.submit(writer::Request::Purge {
-            now,
-            purged: 0,
-            reply,
-        })?;
-        answer(answered).await
+        self.writer.purge_expired(now).await
     }
 
     /// Firestore answers a read of `meta/store` within a few seconds, and the writer thread
     /// is alive.
     async fn health(&self) -> StoreResult<()> {
-        let writer_died = lock(&self.writer).as_ref().is_some_and(|h| h.is_finished());
-        if writer_died {
+        if self.writer.has_died() {
             return Err(StoreError::Backend("the writer thread has stopped".into()));
         }
         let client = self.client.clone();
@@ -743,11 +735,27 @@ impl EventStore for FirestoreStore {
                 bytes += size;
                 part.extend(items.next());
             }
-            let (reply, answered) = oneshot::channel();
-            self.submit(writer::Request::Restore { items: part, reply })?;
-            out.extend(answer(answered).await?);
+            out.extend(self.writer.restore(part).await?);
         }
         Ok(out)
+    }
+
+    async fn refresh_audiences(&self) -> StoreResult<u64> {
+        self.writer.refresh_audiences().await
+    }
+
+    /// `meta/store`'s `last_seq`: what every instance's writer committed.
+    async fn committed_seq(&self) -> StoreResult<u64> {
+        let client = self.client.clone();
+        self.io
+            .run(async move {
+                let meta = client.get(vec![client.name(META, META_DOC)], None).await?;
+                Ok(match meta.into_iter().flatten().next() {
+                    Some(doc) => model::from_ts(model::Fields(&doc).int("last_seq")?),
+                    None => 0,
+                })
+            })
+            .await
     }
 
     fn commits(&self) -> &CommitFeed {
@@ -818,4 +826,73 @@ fn backup_items(
             until: model::from_ts(f.int("until")?),
         })],
     })
+}
+
+/// Does `doc`'s audience share a value with the read's scope (`None`: every event)?
+fn in_scope(
+    doc: &googleapis_tonic_google_firestore_v1::google::firestore::v1::Document,
+    scope: Option<&[String]>,
+) -> bool {
+    let Some(scope) = scope else {
+        return true;
+    };
+    model::Fields(doc)
+        .strings("audience")
+        .is_ok_and(|entries| entries.iter().any(|e| scope.contains(e)))
+}
+
+/// The refusal of an event no Firestore document can hold (1 MiB, counting its JSON and
+/// indexed tags), naming the limit.
+fn too_large(client: &Client, ev: &Event) -> Option<String> {
+    let name = client.name(EVENTS, &ev.id.to_hex());
+    let fields = model::event_fields(ev, &ev.to_json(), 0, 0, ev.expiration());
+    let size = model::document_size(&name, &fields);
+    (size > model::MAX_DOCUMENT_BYTES).then(|| {
+        format!(
+            "invalid: event too large to store: {size} bytes as a Firestore document (JSON \
+             and indexed tags), at most {}",
+            model::MAX_DOCUMENT_BYTES
+        )
+    })
+}
+
+/// The rules' state view, counting the distinct keys a change writes.
+struct CountedWrites<'s> {
+    inner: &'s mut dyn StateWrite,
+    puts: HashSet<Vec<u8>>,
+}
+
+impl StateRead for CountedWrites<'_> {
+    fn get(&self, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
+        self.inner.get(key)
+    }
+
+    fn scan_prefix(
+        &self,
+        prefix: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> StoreResult<()> {
+        self.inner.scan_prefix(prefix, f)
+    }
+
+    fn scan_prefix_from(
+        &self,
+        prefix: &[u8],
+        from: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> StoreResult<()> {
+        self.inner.scan_prefix_from(prefix, from, f)
+    }
+}
+
+impl StateWrite for CountedWrites<'_> {
+    fn put(&mut self, key: &[u8], value: &[u8]) -> StoreResult<()> {
+        self.puts.insert(key.to_vec());
+        self.inner.put(key, value)
+    }
+
+    fn delete(&mut self, key: &[u8]) -> StoreResult<()> {
+        self.puts.remove(key);
+        self.inner.delete(key)
+    }
 }

@@ -7,12 +7,14 @@
 //!   `#x`), `order_key` (newest first, ties lowest id first: the order of results and the
 //!   only range a query needs), `asc_key` (oldest first, ties lowest id: the backup order),
 //!   `seq` (commit order), `received_at`, `expires_at` and `addr` (replaceable/addressable
-//!   events) when they apply.
+//!   events) when they apply, and `audience` (who may read it: each read key in hex, see
+//!   [`audience_entries`]; a read's scope is an `array-contains-any` on it).
 //! - `state/{hex key}`: one per gateway state key, `k` (the hex key, for ordered prefix
 //!   scans) and `v` (bytes).
 //! - `tomb_ids/{event id}`: the pubkeys that deleted that id (`deleters`).
 //! - `tomb_addrs/{hex address}`: an address tombstone (`kind`, `pubkey`, `d`, `until`).
-//! - `meta/store`: `last_seq`, the commit stream's position (see the writer).
+//! - `meta/store`: `last_seq`, the commit stream's position, and `version`, the commit
+//!   counter (see the writer).
 //!
 //! Keys are hex so that string order is byte order (and document ids stay valid UTF-8 with no
 //! `/`). Numbers are int64 (Nostr's u64 times are clamped, as the PostgreSQL backend does).
@@ -20,9 +22,9 @@
 use googleapis_tonic_google_firestore_v1::google::firestore::v1::{
     value::ValueType, ArrayValue, Document, Value,
 };
-use mls_proto::{Event, Hex32, KindClass};
-use mls_store::{StoreError, StoreResult, StoredEvent};
-use sha2::{Digest, Sha256};
+use mls_proto::{Event, Hex32};
+use mls_store::address::Address;
+use mls_store::{Audience, ReadKey, ReadScope, StoreError, StoreResult, StoredEvent};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -35,8 +37,6 @@ pub(crate) const META_DOC: &str = "store";
 
 /// Firestore's largest document (1 MiB), as its storage-size rules count it.
 pub(crate) const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
-/// `d` values up to this many bytes are kept in the address as they are (else their sha256).
-const D_INLINE_MAX: usize = 300;
 
 pub(crate) fn string(s: impl Into<String>) -> Value {
     Value {
@@ -163,63 +163,44 @@ pub(crate) fn tag_entries(ev: &Event) -> Vec<String> {
     out
 }
 
-/// `kind ++ pubkey ++ (0x00 ++ d | 0x01 ++ sha256(d))`, hex. Replaceable kinds always use an
-/// empty `d` (their address is kind:pubkey).
-pub(crate) fn addr_key(kind: u16, pubkey: &Hex32, d: &str) -> String {
-    let d = if KindClass::of(kind) == KindClass::Addressable {
-        d.as_bytes()
-    } else {
-        b""
-    };
-    let mut k = Vec::with_capacity(35 + d.len().min(D_INLINE_MAX));
-    k.extend_from_slice(&kind.to_be_bytes());
-    k.extend_from_slice(&pubkey.0);
-    if d.len() <= D_INLINE_MAX {
-        k.push(0);
-        k.extend_from_slice(d);
-    } else {
-        k.push(1);
-        k.extend_from_slice(&Sha256::digest(d));
-    }
-    hex::encode(k)
-}
-
-/// The address of a replaceable or addressable event.
+/// The address key of a replaceable or addressable event, hex (the `addr` field and the
+/// `tomb_addrs` document id): [`mls_store::address`]'s bytes.
 pub(crate) fn event_addr(ev: &Event) -> Option<String> {
-    match ev.class() {
-        KindClass::Replaceable | KindClass::Addressable => {
-            Some(addr_key(ev.kind, &ev.pubkey, ev.d_tag()))
-        }
-        _ => None,
+    Address::of(ev).map(|a| hex::encode(a.key))
+}
+
+/// The marker an audience holding any group key also carries, so that a scope that admits
+/// every group (`ReadScope::any_group`) is one more `array-contains-any` value.
+pub(crate) const ANY_GROUP: &str = "group";
+
+/// An audience as the `audience` field: each read key's bytes in hex, plus [`ANY_GROUP`]
+/// when it names a group.
+pub(crate) fn audience_entries(audience: &Audience) -> Vec<String> {
+    let mut out: Vec<String> = audience.key_bytes().iter().map(hex::encode).collect();
+    if audience
+        .keys()
+        .iter()
+        .any(|k| matches!(k, ReadKey::Group(_)))
+    {
+        out.push(ANY_GROUP.into());
     }
+    out
 }
 
-/// An `a` tag's address, parsed.
-pub(crate) struct Address<'a> {
-    pub kind: u16,
-    pub owner: Hex32,
-    /// Empty for replaceable kinds (their address ignores `d`).
-    pub d: &'a str,
-    pub key: String,
+pub(crate) fn audience_value(audience: &Audience) -> Value {
+    array(audience_entries(audience).into_iter().map(string).collect())
 }
 
-/// Parses an `a` tag value `kind:pubkey:d`; `None` for anything that is not a replaceable or
-/// addressable address.
-pub(crate) fn parse_a_tag(value: &str) -> Option<Address<'_>> {
-    let mut parts = value.splitn(3, ':');
-    let kind: u16 = parts.next()?.parse().ok()?;
-    let owner = Hex32::from_hex(parts.next()?)?;
-    let d = match KindClass::of(kind) {
-        KindClass::Replaceable => "",
-        KindClass::Addressable => parts.next().unwrap_or(""),
-        _ => return None,
-    };
-    Some(Address {
-        kind,
-        owner,
-        d,
-        key: addr_key(kind, &owner, d),
-    })
+/// The `audience` values a read in `scope` may match; `None`: every event.
+pub(crate) fn scope_entries(scope: &ReadScope) -> Option<Vec<String>> {
+    let keys = scope.keys()?;
+    let mut out: Vec<String> = keys.iter().map(|k| hex::encode(k.to_bytes())).collect();
+    if scope.any_group() {
+        out.push(ANY_GROUP.into());
+    }
+    out.sort_unstable();
+    out.dedup();
+    Some(out)
 }
 
 /// An event as a document's fields.
@@ -316,16 +297,24 @@ mod tests {
     }
 
     #[test]
-    fn a_tags_parse_only_addresses() {
+    fn audiences_and_scopes_share_entries() {
         let pk = Hex32([3; 32]);
-        let tag = format!("30000:{pk}:x:y");
-        let a = parse_a_tag(&tag).unwrap();
-        assert_eq!((a.kind, a.owner, a.d), (30000, pk, "x:y"));
-        assert_eq!(a.key, addr_key(30000, &pk, "x:y"));
-        let tag = format!("10002:{pk}:x");
-        let r = parse_a_tag(&tag).unwrap();
-        assert_eq!((r.d, r.key), ("", addr_key(10002, &pk, "")));
-        assert!(parse_a_tag(&format!("1:{pk}:")).is_none());
+        let group = Audience::new(vec![ReadKey::Group("g".into()), ReadKey::Admins]);
+        let entries = audience_entries(&group);
+        assert!(entries.contains(&ANY_GROUP.to_string()));
+        let admin = ReadScope::holding(vec![ReadKey::Admins], false);
+        let member = ReadScope::holding(vec![ReadKey::Group("g".into())], false);
+        let stranger = ReadScope::holding(vec![ReadKey::Pubkey(pk)], false);
+        let any_group = ReadScope::holding(Vec::new(), true);
+        let shares = |scope: &ReadScope| {
+            scope_entries(scope)
+                .unwrap()
+                .iter()
+                .any(|e| entries.contains(e))
+        };
+        assert!(shares(&admin) && shares(&member) && shares(&any_group));
+        assert!(!shares(&stranger));
+        assert_eq!(scope_entries(&ReadScope::everything()), None);
     }
 
     #[test]

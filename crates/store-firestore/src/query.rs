@@ -15,7 +15,7 @@ use googleapis_tonic_google_firestore_v1::google::firestore::v1::structured_quer
     Direction, FieldFilter, FieldReference, Filter as FsFilter, Order,
 };
 use googleapis_tonic_google_firestore_v1::google::firestore::v1::{
-    Document, StructuredQuery, Value,
+    value::ValueType, Document, StructuredQuery, Value,
 };
 use mls_proto::Filter;
 
@@ -82,10 +82,19 @@ pub(crate) fn structured(
 #[derive(Debug, Clone)]
 pub(crate) struct Part {
     conds: Vec<FsFilter>,
+    /// The read's scope is one of the conditions (`audience array-contains-any`); when
+    /// false the walk checks it on each fetched event.
+    pub scoped: bool,
 }
 
-/// The queries that together find every event a filter (without `ids`) can match.
-pub(crate) fn plan(filter: &Filter) -> Vec<Part> {
+/// The queries that together find every event a filter (without `ids`) can match, in the
+/// read's scope when `scope` holds its `audience` values (`None`: every event).
+///
+/// The scope is an `array-contains-any` on `audience`. Firestore allows one such condition
+/// per query, so a filter driven by a tag (`tags array-contains-any`) leaves the scope to
+/// the walk; and it counts a query's disjunctions (the product of its `in` and
+/// `array-contains-any` list sizes, at most 30), so the lists are cut to fit.
+pub(crate) fn plan(filter: &Filter, scope: Option<&[String]>) -> Vec<Part> {
     let one_kind = filter
         .kinds
         .as_ref()
@@ -107,34 +116,77 @@ pub(crate) fn plan(filter: &Filter) -> Vec<Part> {
                 conds: std::iter::once(cond("tags", Op::ArrayContainsAny, list(chunk.to_vec())))
                     .chain(one_kind.clone())
                     .collect(),
+                scoped: scope.is_none(),
             })
             .collect();
     }
-    if let Some(authors) = filter.authors.as_ref().filter(|a| !a.is_empty()) {
-        let keys: Vec<Value> = authors.iter().map(|a| string(a.to_hex())).collect();
-        return keys
-            .chunks(MAX_DISJUNCTION)
-            .map(|chunk| Part {
-                conds: std::iter::once(cond("pubkey", Op::In, list(chunk.to_vec())))
-                    .chain(one_kind.clone())
-                    .collect(),
-            })
-            .collect();
+    // The driving `in` (or `==`) condition, if any: field and values.
+    let driving: Option<(&str, Vec<Value>)> =
+        if let Some(authors) = filter.authors.as_ref().filter(|a| !a.is_empty()) {
+            Some((
+                "pubkey",
+                authors.iter().map(|a| string(a.to_hex())).collect(),
+            ))
+        } else {
+            filter
+                .kinds
+                .as_ref()
+                .filter(|k| !k.is_empty())
+                .map(|kinds| {
+                    (
+                        "kind",
+                        kinds.iter().map(|k| integer(i64::from(*k))).collect(),
+                    )
+                })
+        };
+    let extra = match driving {
+        Some(("pubkey", _)) => one_kind.clone(),
+        _ => None,
+    };
+    // Scope values per query, and then driving values per query, within 30 disjunctions.
+    let scope_chunks: Vec<Option<Value>> = match scope {
+        None => vec![None],
+        Some(values) => {
+            let values: Vec<Value> = values.iter().map(|v| string(v.clone())).collect();
+            values
+                .chunks(MAX_DISJUNCTION)
+                .map(|c| Some(list(c.to_vec())))
+                .collect()
+        }
+    };
+    let mut parts = Vec::new();
+    for audience in scope_chunks {
+        let width = match &audience {
+            Some(Value {
+                value_type: Some(ValueType::ArrayValue(a)),
+            }) => a.values.len().max(1),
+            _ => 1,
+        };
+        let scope_cond = audience.map(|v| cond("audience", Op::ArrayContainsAny, v));
+        match &driving {
+            None => parts.push(Part {
+                conds: scope_cond.into_iter().collect(),
+                scoped: true,
+            }),
+            Some((field, values)) => {
+                for chunk in values.chunks((MAX_DISJUNCTION / width).max(1)) {
+                    let driving = if chunk.len() == 1 {
+                        cond(field, Op::Equal, chunk[0].clone())
+                    } else {
+                        cond(field, Op::In, list(chunk.to_vec()))
+                    };
+                    parts.push(Part {
+                        conds: std::iter::once(driving)
+                            .chain(extra.clone())
+                            .chain(scope_cond.clone())
+                            .collect(),
+                        scoped: true,
+                    });
+                }
+            }
+        }
     }
-    if let Some(kinds) = filter.kinds.as_ref().filter(|k| !k.is_empty()) {
-        let kinds: Vec<Value> = kinds.iter().map(|k| integer(i64::from(*k))).collect();
-        return kinds
-            .chunks(MAX_DISJUNCTION)
-            .map(|chunk| Part {
-                conds: vec![if chunk.len() == 1 {
-                    cond("kind", Op::Equal, chunk[0].clone())
-                } else {
-                    cond("kind", Op::In, list(chunk.to_vec()))
-                }],
-            })
-            .collect();
-    }
-    vec![Part { conds: Vec::new() }]
+    parts
 }
 
 /// One page of `part`'s events within the filter's time range, after `cursor` (an

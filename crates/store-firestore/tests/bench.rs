@@ -203,6 +203,7 @@ async fn figures() {
                             std::slice::from_ref(&f),
                             ReadBounds::unbounded(500),
                             now(),
+                            &mls_store::ReadScope::everything(),
                             everyone,
                         )
                         .await

@@ -11,7 +11,7 @@
 //!   them sent is checked.
 
 use mls_store::conformance::{ev, filter, keys, now, TestRules};
-use mls_store::{EventStore, Publisher, ReadBounds, StateRead, WriteOutcome};
+use mls_store::{EventStore, Publisher, ReadBounds, ReadKey, ReadScope, StateRead, WriteOutcome};
 use mls_store_firestore::{missing_index, QueryLog, QueryShape};
 use serde_json::Value;
 use std::sync::Arc;
@@ -97,17 +97,30 @@ async fn every_query_shape_of_a_full_workload_is_served_by_the_index_file() {
     ];
     let bounds = ReadBounds::unbounded(500);
     let everyone: mls_store::Visible = &mls_store::conformance::everyone;
+    // Every read scope shape: none, a few keys, more keys than one disjunction holds, and
+    // every group.
+    let pubkey = |i: u8| ReadKey::Pubkey(mls_proto::Hex32([i; 32]));
+    let scopes = [
+        ReadScope::everything(),
+        ReadScope::holding(vec![pubkey(1), ReadKey::Group("g1".into())], false),
+        ReadScope::holding((0..40).map(pubkey).collect(), false),
+        ReadScope::holding(vec![ReadKey::Admins], true),
+    ];
     for f in &filters {
         let f = filter(f.clone());
-        store
-            .query(std::slice::from_ref(&f), bounds, t, everyone)
-            .await
-            .unwrap();
-        store
-            .count(std::slice::from_ref(&f), bounds, t, everyone)
-            .await
-            .unwrap();
+        for scope in &scopes {
+            store
+                .query(std::slice::from_ref(&f), bounds, t, scope, everyone)
+                .await
+                .unwrap();
+            store
+                .count(std::slice::from_ref(&f), bounds, t, scope, everyone)
+                .await
+                .unwrap();
+        }
     }
+    store.refresh_audiences().await.unwrap();
+    store.committed_seq().await.unwrap();
     // The state: a read, a prefix scan, a state change; the commit stream, purge, export,
     // backup and restore.
     store

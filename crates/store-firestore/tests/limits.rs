@@ -27,6 +27,7 @@ async fn stored_ids(store: &dyn EventStore, author: &str) -> Vec<String> {
             &[filter(serde_json::json!({ "authors": [author] }))],
             ReadBounds::unbounded(1000),
             now(),
+            &mls_store::ReadScope::everything(),
             everyone,
         )
         .await

@@ -1,7 +1,7 @@
 //! Backups: everything the store holds, read from one snapshot (a REPEATABLE READ, READ ONLY
 //! transaction) through server-side cursors, so one sort serves the whole walk and memory
-//! stays at one page whatever the store's size. Restores run in the writer (see
-//! `writer::Tx::restore`).
+//! stays at one page whatever the store's size. Restores run in the writer
+//! ([`mls_store::write_txn`]).
 
 use crate::pg_error;
 use crate::query::Row;

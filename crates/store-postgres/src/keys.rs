@@ -1,7 +1,8 @@
-//! Byte encodings shared by the tables: addresses of replaceable/addressable events, indexed
-//! tag values, and the mapping of Nostr's u64 timestamps onto PostgreSQL's BIGINT.
+//! Byte encodings of the tables: indexed tag values, and the mapping of Nostr's u64
+//! timestamps onto PostgreSQL's BIGINT. (Addresses of replaceable/addressable events are
+//! keyed as every backend keys them: [`mls_store::address`].)
 
-use mls_proto::{Event, Hex32, KindClass};
+use mls_proto::Event;
 use sha2::{Digest, Sha256};
 
 /// Tag values up to this many bytes are indexed as they are; longer ones by their sha256, so
@@ -11,8 +12,6 @@ const TAG_INLINE_MAX: usize = 200;
 /// Marks a hashed tag value. UTF-8 text never contains the byte 0xff, so a hashed value can
 /// never equal an inline one.
 const TAG_HASHED: u8 = 0xff;
-/// `d` values up to this many bytes are kept in the address as they are.
-const D_INLINE_MAX: usize = 300;
 
 /// How a tag value is stored in `event_tags.value` and looked up by a filter.
 pub(crate) fn tag_value(value: &str) -> Vec<u8> {
@@ -43,65 +42,6 @@ pub(crate) fn indexed_tags(ev: &Event) -> Vec<(String, Vec<u8>)> {
     out.sort_unstable();
     out.dedup();
     out
-}
-
-/// `kind ++ pubkey ++ (0x00 ++ d | 0x01 ++ sha256(d))`. Replaceable kinds always use an
-/// empty `d` (their address is kind:pubkey).
-pub(crate) fn addr_key(kind: u16, pubkey: &Hex32, d: &str) -> Vec<u8> {
-    let d = if KindClass::of(kind) == KindClass::Addressable {
-        d.as_bytes()
-    } else {
-        b""
-    };
-    let mut k = Vec::with_capacity(35 + d.len().min(D_INLINE_MAX));
-    k.extend_from_slice(&kind.to_be_bytes());
-    k.extend_from_slice(&pubkey.0);
-    if d.len() <= D_INLINE_MAX {
-        k.push(0);
-        k.extend_from_slice(d);
-    } else {
-        k.push(1);
-        k.extend_from_slice(&Sha256::digest(d));
-    }
-    k
-}
-
-/// The address of a replaceable or addressable event.
-pub(crate) fn event_addr(ev: &Event) -> Option<Vec<u8>> {
-    match ev.class() {
-        KindClass::Replaceable | KindClass::Addressable => {
-            Some(addr_key(ev.kind, &ev.pubkey, ev.d_tag()))
-        }
-        _ => None,
-    }
-}
-
-/// An `a` tag's address, parsed.
-pub(crate) struct Address<'a> {
-    pub kind: u16,
-    pub owner: Hex32,
-    /// Empty for replaceable kinds (their address ignores `d`).
-    pub d: &'a str,
-    pub key: Vec<u8>,
-}
-
-/// Parses an `a` tag value `kind:pubkey:d`; `None` for anything that is not a replaceable or
-/// addressable address.
-pub(crate) fn parse_a_tag(value: &str) -> Option<Address<'_>> {
-    let mut parts = value.splitn(3, ':');
-    let kind: u16 = parts.next()?.parse().ok()?;
-    let owner = Hex32::from_hex(parts.next()?)?;
-    let d = match KindClass::of(kind) {
-        KindClass::Replaceable => "",
-        KindClass::Addressable => parts.next().unwrap_or(""),
-        _ => return None,
-    };
-    Some(Address {
-        kind,
-        owner,
-        d,
-        key: addr_key(kind, &owner, d),
-    })
 }
 
 /// Timestamps are u64 in Nostr and BIGINT here: values beyond i64::MAX (year 292e9) are
@@ -146,19 +86,6 @@ mod tests {
         assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
         assert_eq!(prefix_end(b"\xff\xff"), None);
         assert_eq!(prefix_end(b""), None);
-    }
-
-    #[test]
-    fn a_tags_parse_only_addresses() {
-        let pk = Hex32([3; 32]);
-        let tag = format!("30000:{pk}:x:y");
-        let a = parse_a_tag(&tag).unwrap();
-        assert_eq!((a.kind, a.owner, a.d), (30000, pk, "x:y"));
-        assert_eq!(a.key, addr_key(30000, &pk, "x:y"));
-        let tag = format!("10002:{pk}:x");
-        let r = parse_a_tag(&tag).unwrap();
-        assert_eq!((r.d, r.key), ("", addr_key(10002, &pk, "")));
-        assert!(parse_a_tag(&format!("1:{pk}:")).is_none());
     }
 
     #[test]

@@ -27,6 +27,8 @@
 
 mod backup;
 mod keys;
+mod notify;
+pub use notify::MAX_NOTIFY_PAYLOAD;
 mod query;
 mod schema;
 mod state;
@@ -35,17 +37,17 @@ mod writer;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use mls_proto::{Event, Filter, Hex32};
+use mls_store::writer::WriterHandle;
 use mls_store::{
-    Admission, BackupItem, Bounded, CommitFeed, EventStore, Publisher, ReadBounds, Rejection,
-    Sequenced, StateRead, StateWrite, StoreError, StoreResult, StoredEvent, Visible, WriteOutcome,
+    Admission, BackupItem, Bounded, Budget, CommitFeed, EventStore, Publisher, ReadBounds,
+    ReadScope, Rejection, Sequenced, StateRead, StateWrite, StoreError, StoreResult, StoredEvent,
+    Visible, WriteOutcome,
 };
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::Duration;
-use tokio::sync::oneshot;
 use tokio_postgres::config::SslMode;
 
 /// How to reach the database and how hard to use it.
@@ -254,12 +256,12 @@ fn lock_key(what: &str, schema: Option<&str>) -> i64 {
 pub struct PostgresStore {
     io: Arc<Io>,
     pool: Pool,
-    /// `None` once closed: later writes get [`StoreError::Closed`].
-    queue: Mutex<Option<mpsc::Sender<writer::Request>>>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    writer: WriterHandle,
     /// What logs and errors may show of the connection string (no password).
     target: String,
     feed: Arc<CommitFeed>,
+    /// How to open a connection outside the pool (the LISTEN connection of [`notify`]).
+    connect: notify::Connect,
 }
 
 impl PostgresStore {
@@ -315,6 +317,12 @@ impl PostgresStore {
             pg.ssl_mode(SslMode::Disable);
         }
         let tls = tls::connector(options.ssl_root_cert.as_deref()).map_err(StoreError::Backend)?;
+        let connect = notify::Connect {
+            config: pg.clone(),
+            tls: tls.clone(),
+            channel: notify::channel_name(options.schema.as_deref()),
+            timeout: options.connect_timeout,
+        };
         let manager = Manager::from_config(
             pg,
             tls,
@@ -375,27 +383,25 @@ impl PostgresStore {
             .await?;
         let feed = Arc::new(CommitFeed::new(last_seq.max(0) as u64));
 
-        let (sender, receiver) = mpsc::channel();
-        let writer = writer::Writer {
-            io: io.clone(),
-            pool: pool.clone(),
+        let writer = WriterHandle::start(
+            "pg-writer",
+            writer::Backend {
+                io: io.clone(),
+                pool: pool.clone(),
+                lock_key: lock_key("writer", options.schema.as_deref()),
+            },
             rules,
-            feed: feed.clone(),
-            max_batch: options.max_batch.max(1),
-            lock_key: lock_key("writer", options.schema.as_deref()),
-        };
-        let handle = std::thread::Builder::new()
-            .name("pg-writer".into())
-            .spawn(move || writer.run(receiver))
-            .map_err(|e| StoreError::Backend(format!("start the store writer thread: {e}")))?;
+            feed.clone(),
+            options.max_batch,
+        )?;
         tracing::info!(database = %target, "PostgreSQL store open");
         Ok(Arc::new(PostgresStore {
             io,
             pool,
-            queue: Mutex::new(Some(sender)),
-            writer: Mutex::new(Some(handle)),
+            writer,
             target,
             feed,
+            connect,
         }))
     }
 
@@ -403,27 +409,14 @@ impl PostgresStore {
     /// already queued, and waits for it. Reads keep working; writes get
     /// [`StoreError::Closed`].
     pub fn close(&self) {
-        drop(lock(&self.queue).take());
-        let handle = lock(&self.writer).take();
-        if let Some(handle) = handle {
-            if handle.join().is_err() {
-                tracing::error!(database = %self.target, "store writer thread panicked");
-            }
+        if !self.writer.close() {
+            tracing::error!(database = %self.target, "store writer thread panicked");
         }
     }
 
     /// The database this store talks to, without secrets (for logs).
     pub fn target(&self) -> &str {
         &self.target
-    }
-
-    fn submit(&self, request: writer::Request) -> StoreResult<()> {
-        match lock(&self.queue).as_ref() {
-            None => Err(StoreError::Closed),
-            Some(queue) => queue
-                .send(request)
-                .map_err(|_| StoreError::Backend("store writer thread has stopped".into())),
-        }
     }
 
     /// Visible events of one filter, newest first, at most `limit`, handed to `keep`: pages
@@ -435,6 +428,7 @@ impl PostgresStore {
         filter: &Filter,
         now: u64,
         limit: u64,
+        scope: &Option<query::Scope>,
         budget: &mut Budget,
         state: &state::PoolState<'_>,
         visible: Visible<'_>,
@@ -445,8 +439,10 @@ impl PostgresStore {
         let size = limit.saturating_add(limit / 4).clamp(16, 1000);
         let mut cursor = None;
         let mut taken = 0u64;
+        // An event under two read keys of the scope comes twice in a row.
+        let mut last: Option<Vec<u8>> = None;
         loop {
-            let size = size.min(budget.left.saturating_add(1)) as i64;
+            let size = size.min(budget.left().saturating_add(1)) as i64;
             let rows = self
                 .io
                 .run(query::page(
@@ -454,6 +450,7 @@ impl PostgresStore {
                     self.io.deadline,
                     filter.clone(),
                     now,
+                    scope.clone(),
                     cursor.clone(),
                     size,
                 ))
@@ -462,6 +459,10 @@ impl PostgresStore {
             cursor = rows.last().and_then(query::cursor_after);
             let done = blocking(|| -> StoreResult<bool> {
                 for row in rows {
+                    if last.as_ref() == Some(&row.id) {
+                        continue;
+                    }
+                    last = Some(row.id.clone());
                     if !budget.take() {
                         return Ok(true);
                     }
@@ -483,31 +484,6 @@ impl PostgresStore {
                 return Ok(());
             }
         }
-    }
-}
-
-/// What is left of a read's candidate bound (`ReadBounds::max_candidates`).
-struct Budget {
-    left: u64,
-    exhausted: bool,
-}
-
-impl Budget {
-    fn new(bounds: ReadBounds) -> Budget {
-        Budget {
-            left: bounds.max_candidates,
-            exhausted: false,
-        }
-    }
-
-    /// Takes one candidate; false (and marks the read incomplete) when none is left.
-    fn take(&mut self) -> bool {
-        if self.left == 0 {
-            self.exhausted = true;
-            return false;
-        }
-        self.left -= 1;
-        true
     }
 }
 
@@ -574,22 +550,10 @@ async fn migrate_with_retry(
     }
 }
 
-async fn answer<T>(reply: oneshot::Receiver<StoreResult<T>>) -> StoreResult<T> {
-    reply
-        .await
-        .map_err(|_| StoreError::Backend("store writer stopped before answering".into()))?
-}
-
 #[async_trait::async_trait]
 impl EventStore for PostgresStore {
     async fn write(&self, event: Event, publisher: Publisher) -> StoreResult<WriteOutcome> {
-        let (reply, answered) = oneshot::channel();
-        self.submit(writer::Request::Write {
-            event: Box::new(event),
-            publisher,
-            reply,
-        })?;
-        answer(answered).await
+        self.writer.write(event, publisher).await
     }
 
     async fn query(
@@ -597,8 +561,10 @@ impl EventStore for PostgresStore {
         filters: &[Filter],
         bounds: ReadBounds,
         now: u64,
+        scope: &ReadScope,
         visible: Visible<'_>,
     ) -> StoreResult<Bounded<Vec<StoredEvent>>> {
+        let scope = query::Scope::of(scope);
         let state = state::PoolState::new(&self.io, &self.pool);
         let mut budget = Budget::new(bounds);
         let mut found: HashMap<Hex32, StoredEvent> = HashMap::new();
@@ -613,9 +579,18 @@ impl EventStore for PostgresStore {
             let mut keep = |stored: StoredEvent| {
                 found.entry(stored.event.id).or_insert(stored);
             };
-            self.walk(filter, now, limit, &mut budget, &state, visible, &mut keep)
-                .await?;
-            if budget.exhausted {
+            self.walk(
+                filter,
+                now,
+                limit,
+                &scope,
+                &mut budget,
+                &state,
+                visible,
+                &mut keep,
+            )
+            .await?;
+            if budget.exhausted() {
                 break;
             }
         }
@@ -628,7 +603,7 @@ impl EventStore for PostgresStore {
         });
         Ok(Bounded {
             value: events,
-            complete: !budget.exhausted,
+            complete: !budget.exhausted(),
         })
     }
 
@@ -637,8 +612,10 @@ impl EventStore for PostgresStore {
         filters: &[Filter],
         bounds: ReadBounds,
         now: u64,
+        scope: &ReadScope,
         visible: Visible<'_>,
     ) -> StoreResult<Bounded<u64>> {
+        let scope = query::Scope::of(scope);
         let state = state::PoolState::new(&self.io, &self.pool);
         let mut budget = Budget::new(bounds);
         let mut ids: HashSet<Hex32> = HashSet::new();
@@ -653,19 +630,20 @@ impl EventStore for PostgresStore {
                 filter,
                 now,
                 u64::MAX,
+                &scope,
                 &mut budget,
                 &state,
                 visible,
                 &mut keep,
             )
             .await?;
-            if budget.exhausted {
+            if budget.exhausted() {
                 break;
             }
         }
         Ok(Bounded {
             value: ids.len() as u64,
-            complete: !budget.exhausted,
+            complete: !budget.exhausted(),
         })
     }
 
@@ -681,26 +659,17 @@ impl EventStore for PostgresStore {
         &self,
         f: Box<dyn for<'s> FnOnce(&'s mut dyn StateWrite) -> Result<(), Rejection> + Send>,
     ) -> StoreResult<Result<(), Rejection>> {
-        let (reply, answered) = oneshot::channel();
-        self.submit(writer::Request::State { f: Some(f), reply })?;
-        answer(answered).await
+        self.writer.update_state(f).await
     }
 
     async fn purge_expired(&self, now: u64) -> StoreResult<u64> {
-        let (reply, answered) = oneshot::channel();
-        self.submit(writer::Request::Purge {
-            now,
-            purged: 0,
-            reply,
-        })?;
-        answer(answered).await
+        self.writer.purge_expired(now).await
     }
 
     /// The database answers a trivial query within a few seconds, and the writer thread is
     /// alive.
     async fn health(&self) -> StoreResult<()> {
-        let writer_died = lock(&self.writer).as_ref().is_some_and(|h| h.is_finished());
-        if writer_died {
+        if self.writer.has_died() {
             return Err(StoreError::Backend("the writer thread has stopped".into()));
         }
         let pool = self.pool.clone();
@@ -770,9 +739,11 @@ impl EventStore for PostgresStore {
     }
 
     async fn restore(&self, items: Vec<BackupItem>) -> StoreResult<Vec<WriteOutcome>> {
-        let (reply, answered) = oneshot::channel();
-        self.submit(writer::Request::Restore { items, reply })?;
-        answer(answered).await
+        self.writer.restore(items).await
+    }
+
+    async fn refresh_audiences(&self) -> StoreResult<u64> {
+        self.writer.refresh_audiences().await
     }
 
     fn commits(&self) -> &CommitFeed {
@@ -790,5 +761,27 @@ impl EventStore for PostgresStore {
                 limit,
             ))
             .await
+    }
+
+    async fn committed_seq(&self) -> StoreResult<u64> {
+        // `store_meta.last_seq` moves in the same transaction as the events it numbers.
+        let pool = self.pool.clone();
+        let deadline = self.io.deadline;
+        let seq = self
+            .io
+            .run(async move {
+                on_pooled(&pool, deadline, |client| {
+                    Box::pin(async move {
+                        let row = client
+                            .query_one("SELECT last_seq FROM store_meta", &[])
+                            .await
+                            .map_err(pg_error("read last_seq"))?;
+                        Ok(row.get::<_, i64>(0))
+                    })
+                })
+                .await
+            })
+            .await?;
+        Ok(seq.max(0) as u64)
     }
 }

@@ -2,9 +2,13 @@
 //!
 //! A filter becomes one SQL statement ordered `created_at DESC, id` (the order of the
 //! `events_*` indexes and of NIP-01 results) and cut by `LIMIT`; its tag conditions go
-//! through `event_tags`. Visibility is still a closure of the caller's, so rows are fetched a
-//! page at a time (keyset pagination on `(created_at, id)`) and checked until the filter's
-//! `limit` of visible events is reached or the rows run out.
+//! through `event_tags`. The read's scope (see [`mls_store::audience`]) is part of the
+//! statement: a broad filter (no ids, authors or tags) walks `event_audience` under each read
+//! key the scope holds (and each kind), newest first, so events out of scope are never
+//! fetched; a narrow one gets an `EXISTS` on `event_audience`. The visibility rule is then
+//! the final check in Rust, so rows are fetched a page at a time (keyset pagination on
+//! `(created_at, id)`) until the filter's `limit` of visible events is reached or the rows
+//! run out.
 
 use crate::keys::{self, from_ts, ts};
 use crate::pg_error;
@@ -70,6 +74,39 @@ impl Row {
 
 const COLUMNS: &str = "e.id, e.created_at, e.received_at, e.expires_at, e.json";
 
+/// A read scope as SQL uses it: the read keys held, as stored, and whether every group's key
+/// is held too (group keys begin with [`mls_store::audience::GROUP_KEY_PREFIX`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Scope {
+    pub keys: Vec<Vec<u8>>,
+    pub any_group: bool,
+}
+
+impl Scope {
+    /// `None` for a scope that holds everything.
+    pub fn of(scope: &mls_store::ReadScope) -> Option<Scope> {
+        Some(Scope {
+            keys: scope
+                .keys()?
+                .iter()
+                .map(mls_store::ReadKey::to_bytes)
+                .collect(),
+            any_group: scope.any_group(),
+        })
+    }
+}
+
+/// Most (read key, kind) pairs a broad read walks one index range each; more fall back to
+/// the `EXISTS` form.
+const MAX_PAIRS: usize = 1024;
+
+/// Does `filter` name nothing narrower than kinds (no ids, authors or indexed tags)?
+fn is_broad(filter: &Filter) -> bool {
+    filter.ids.is_none()
+        && filter.authors.is_none()
+        && !filter.tags.keys().any(|l| l.is_ascii_alphabetic())
+}
+
 /// One page of rows matching `filter` (as far as SQL can tell) and not expired at `now`,
 /// newest first (ties: lowest id first), after `cursor`.
 pub(crate) async fn page(
@@ -77,9 +114,16 @@ pub(crate) async fn page(
     deadline: Duration,
     filter: Filter,
     now: u64,
+    scope: Option<Scope>,
     cursor: Cursor,
     size: i64,
 ) -> StoreResult<Vec<Row>> {
+    if let Some(scope) = &scope {
+        let pairs = scope.keys.len() * filter.kinds.as_ref().map_or(1, Vec::len);
+        if is_broad(&filter) && !scope.any_group && pairs <= MAX_PAIRS {
+            return audience_page(&pool, deadline, &filter, now, scope, cursor, size).await;
+        }
+    }
     let mut params: Vec<Param> = Vec::new();
     let mut arg = |p: Param| {
         params.push(p);
@@ -116,6 +160,15 @@ pub(crate) async fn page(
             arg(Box::new(values))
         ));
     }
+    if let Some(scope) = scope {
+        conds.push(format!(
+            "EXISTS (SELECT 1 FROM event_audience a WHERE a.event_id = e.id \
+             AND (a.key = ANY({}) OR ({} AND get_byte(a.key, 0) = {})))",
+            arg(Box::new(scope.keys)),
+            arg(Box::new(scope.any_group)),
+            mls_store::audience::GROUP_KEY_PREFIX
+        ));
+    }
     if let Some((created_at, id)) = cursor {
         let c = arg(Box::new(created_at));
         conds.push(format!(
@@ -129,6 +182,81 @@ pub(crate) async fn page(
         arg(Box::new(size))
     );
     fetch(&pool, deadline, sql, params).await
+}
+
+/// One page of a broad filter (kinds at most) in `scope`: for each read key held (and each
+/// kind asked for), the newest `size` rows of that `event_audience` index range, merged
+/// newest first and cut to `size`. Every condition of a broad filter is inside each range
+/// (kind, time bounds, expiry, the cursor), so the merge is exact; an event under two held
+/// keys comes twice, next to itself.
+async fn audience_page(
+    pool: &Pool,
+    deadline: Duration,
+    filter: &Filter,
+    now: u64,
+    scope: &Scope,
+    cursor: Cursor,
+    size: i64,
+) -> StoreResult<Vec<Row>> {
+    let mut params: Vec<Param> = Vec::new();
+    let mut arg = |p: Param| {
+        params.push(p);
+        format!("${}", params.len())
+    };
+    let (ranges, by_kind) = match &filter.kinds {
+        None => (
+            format!(
+                "unnest({}::bytea[]) AS k (key)",
+                arg(Box::new(scope.keys.clone()))
+            ),
+            "",
+        ),
+        Some(kinds) => {
+            let (keys, kinds): (Vec<Vec<u8>>, Vec<i32>) = scope
+                .keys
+                .iter()
+                .flat_map(|key| kinds.iter().map(move |k| (key.clone(), i32::from(*k))))
+                .unzip();
+            (
+                format!(
+                    "unnest({}::bytea[], {}::int[]) AS k (key, kind)",
+                    arg(Box::new(keys)),
+                    arg(Box::new(kinds))
+                ),
+                " AND a.kind = k.kind",
+            )
+        }
+    };
+    let mut conds = vec![
+        format!("a.key = k.key{by_kind}"),
+        format!(
+            "(a.expires_at IS NULL OR a.expires_at > {})",
+            arg(Box::new(ts(now)))
+        ),
+    ];
+    if let Some(since) = filter.since {
+        conds.push(format!("a.created_at >= {}", arg(Box::new(ts(since)))));
+    }
+    if let Some(until) = filter.until {
+        conds.push(format!("a.created_at <= {}", arg(Box::new(ts(until)))));
+    }
+    if let Some((created_at, id)) = cursor {
+        let c = arg(Box::new(created_at));
+        conds.push(format!(
+            "(a.created_at < {c} OR (a.created_at = {c} AND a.event_id > {}))",
+            arg(Box::new(id))
+        ));
+    }
+    let limit = arg(Box::new(size));
+    let sql = format!(
+        "SELECT {COLUMNS} FROM {ranges} CROSS JOIN LATERAL \
+         (SELECT a.event_id, a.created_at FROM event_audience a WHERE {} \
+          ORDER BY a.created_at DESC, a.event_id LIMIT {limit}) a \
+         JOIN events e ON e.id = a.event_id \
+         ORDER BY a.created_at DESC, a.event_id LIMIT {limit}",
+        conds.join(" AND ")
+    );
+    fetch(pool, deadline, sql, params).await
 }
 
 /// One page of every stored event, oldest first (ties: highest id first, the embedded

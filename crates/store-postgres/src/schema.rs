@@ -14,14 +14,19 @@
 //!   cannot return rows in order;
 //! - `tomb_ids`, `tomb_addrs`: NIP-09 tombstones (an address tombstone keeps its kind, pubkey
 //!   and `d` whole, so a backup can name it); `state`: the gateway's key/value state;
-//! - `store_meta`: the last commit sequence number handed out.
+//! - `store_meta`: the last commit sequence number handed out;
+//! - `event_audience` (version 2): one row per read key of each event's audience (see
+//!   [`mls_store::audience`]), with kind, created_at and expires_at copied in, so a broad read
+//!   walks, per read key its scope holds, an index newest first and never sees events out of
+//!   its scope.
 
 use tokio_postgres::Client;
 
 /// Statements of each version, applied in order. Never edit one that shipped: add another.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE events (
     id          BYTEA PRIMARY KEY,
     seq         BIGINT NOT NULL,
@@ -75,7 +80,27 @@ CREATE TABLE store_meta (
 );
 INSERT INTO store_meta (last_seq) VALUES (0);
 "#,
-)];
+    ),
+    (
+        2,
+        // Events stored before audiences existed read as `ReadKey::Unknown` (0xff), which
+        // every scope holds: the visibility rule alone decides them, as before.
+        r#"
+CREATE TABLE event_audience (
+    event_id   BYTEA NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+    key        BYTEA NOT NULL,
+    kind       INTEGER NOT NULL,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT,
+    PRIMARY KEY (event_id, key)
+);
+CREATE INDEX event_audience_key ON event_audience (key, created_at DESC, event_id);
+CREATE INDEX event_audience_key_kind ON event_audience (key, kind, created_at DESC, event_id);
+INSERT INTO event_audience (event_id, key, kind, created_at, expires_at)
+    SELECT id, '\xff'::bytea, kind, created_at, expires_at FROM events;
+"#,
+    ),
+];
 
 /// The newest schema version this build knows.
 pub(crate) fn latest() -> i32 {

@@ -1,15 +1,16 @@
-//! The gateway's key/value state (table `state`) behind the synchronous [`StateRead`] /
-//! [`StateWrite`] the rules use: a read view for queries and REST, and a buffering overlay
-//! for the rules inside the writer's transaction.
+//! The gateway's key/value state (table `state`) behind the synchronous [`StateRead`] the
+//! rules and the visibility rule use: a read view through the pool for queries and REST
+//! ([`PoolState`]), the writer's transaction for the rules (`writer::Txn`, with
+//! [`mls_store::overlay::Overlay`] on top), and the application of accepted changes.
 //!
 //! Both wait for the database from a thread that may block (see [`crate::Io::wait`]).
 
 use crate::keys::prefix_end;
 use crate::{pg_error, Io};
 use deadpool_postgres::{Object, Pool};
-use mls_store::{StateRead, StateWrite, StoreError, StoreResult};
-use std::collections::{BTreeMap, HashMap};
-use std::ops::Bound;
+use mls_store::overlay::StateChanges;
+use mls_store::{StateRead, StoreResult};
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 /// Longest state key accepted (every backend's limit, so the gateway sees one rule).
@@ -29,7 +30,11 @@ const DELETE: &str = "DELETE FROM state WHERE key = ANY($1)";
 type Rows = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// Up to [`SCAN_PAGE`] rows of `[from, end)` in key order, on `client`.
-async fn scan_page(client: &Object, from: Vec<u8>, end: Option<Vec<u8>>) -> StoreResult<Rows> {
+pub(crate) async fn scan_page(
+    client: &Object,
+    from: Vec<u8>,
+    end: Option<Vec<u8>>,
+) -> StoreResult<Rows> {
     let rows = match &end {
         Some(end) => {
             let stmt = client
@@ -50,7 +55,7 @@ async fn scan_page(client: &Object, from: Vec<u8>, end: Option<Vec<u8>>) -> Stor
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
-async fn get_on(client: &Object, key: Vec<u8>) -> StoreResult<Option<Vec<u8>>> {
+pub(crate) async fn get_on(client: &Object, key: Vec<u8>) -> StoreResult<Option<Vec<u8>>> {
     let stmt = client
         .prepare_cached(GET)
         .await
@@ -62,70 +67,34 @@ async fn get_on(client: &Object, key: Vec<u8>) -> StoreResult<Option<Vec<u8>>> {
         .map(|r| r.get(0)))
 }
 
-/// Walks `prefix` in key order from the first key `>= from` over the stored rows (fetched a
-/// page at a time by `page`, from an inclusive start key) with `buffer` laid on top (a
-/// buffered `None` hides a stored key), until `f` returns false.
-fn scan_merged(
+/// Walks `prefix` in key order from the first key `>= from` over the stored rows, fetched a
+/// page at a time by `page` (from an inclusive start key to an exclusive end), until `f`
+/// returns false.
+pub(crate) fn scan_paged(
     prefix: &[u8],
     from: &[u8],
-    buffer: &BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     page: &mut dyn FnMut(Vec<u8>, Option<Vec<u8>>) -> StoreResult<Rows>,
     f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
 ) -> StoreResult<()> {
-    let from = from.max(prefix);
     let end = prefix_end(prefix);
-    let mut stored: std::vec::IntoIter<(Vec<u8>, Vec<u8>)> = Vec::new().into_iter();
-    let mut next_from = Some(from.to_vec());
-    let mut next_stored = || -> StoreResult<Option<(Vec<u8>, Vec<u8>)>> {
-        if let Some(row) = stored.next() {
-            return Ok(Some(row));
-        }
-        let Some(from) = next_from.take() else {
-            return Ok(None);
-        };
-        let rows = page(from, end.clone())?;
-        if rows.len() as i64 == SCAN_PAGE {
-            // The smallest key after the last one: the last key with a 0x00 appended.
-            let mut after = rows[rows.len() - 1].0.clone();
-            after.push(0);
-            next_from = Some(after);
-        }
-        stored = rows.into_iter();
-        Ok(stored.next())
-    };
-    let mut buffered = buffer
-        .range::<[u8], _>((Bound::Included(from), Bound::Unbounded))
-        .take_while(|(k, _)| k.starts_with(prefix))
-        .peekable();
-    let mut head = next_stored()?;
+    let mut next_from = from.max(prefix).to_vec();
     loop {
-        let take_buffered = match (&head, buffered.peek()) {
-            (None, None) => return Ok(()),
-            (Some(_), None) => false,
-            (None, Some(_)) => true,
-            (Some((sk, _)), Some((bk, _))) => bk.as_slice() <= sk.as_slice(),
+        let rows = page(next_from, end.clone())?;
+        let full = rows.len() as i64 == SCAN_PAGE;
+        let Some(last) = rows.last().map(|(k, _)| k.clone()) else {
+            return Ok(());
         };
-        if take_buffered {
-            let Some((bk, bv)) = buffered.next() else {
-                return Ok(());
-            };
-            if head.as_ref().is_some_and(|(sk, _)| sk == bk) {
-                head = next_stored()?;
-            }
-            if let Some(v) = bv {
-                if !f(bk, v) {
-                    return Ok(());
-                }
-            }
-        } else {
-            let Some((sk, sv)) = head.take() else {
-                return Ok(());
-            };
-            if !f(&sk, &sv) {
+        for (k, v) in &rows {
+            if !f(k, v) {
                 return Ok(());
             }
-            head = next_stored()?;
         }
+        if !full {
+            return Ok(());
+        }
+        // The smallest key after the last one: the last key with a 0x00 appended.
+        next_from = last;
+        next_from.push(0);
     }
 }
 
@@ -188,39 +157,13 @@ impl StateRead for PoolState<'_> {
                 .await
             })
         };
-        scan_merged(prefix, from, &BTreeMap::new(), &mut page, f)
-    }
-}
-
-/// What the rules write while deciding on one event: buffered in memory over the writer's
-/// transaction (whose reads already see the batch's earlier writes), and applied only if the
-/// rules accept. A refused event thus leaves no trace, while its batch-mates keep theirs.
-pub(crate) struct Overlay<'t> {
-    io: &'t Io,
-    client: &'t Object,
-    buffer: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-}
-
-impl<'t> Overlay<'t> {
-    pub fn new(io: &'t Io, client: &'t Object) -> Self {
-        Overlay {
-            io,
-            client,
-            buffer: BTreeMap::new(),
-        }
-    }
-
-    pub fn into_changes(self) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
-        self.buffer
+        scan_paged(prefix, from, &mut page, f)
     }
 }
 
 /// Writes buffered changes into the writer's transaction: one statement for the puts and
 /// one for the deletes, whatever their number (a purge chunk deletes thousands of keys).
-pub(crate) async fn apply(
-    client: &Object,
-    changes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-) -> StoreResult<()> {
+pub(crate) async fn apply(client: &Object, changes: StateChanges) -> StoreResult<()> {
     let mut put_keys = Vec::new();
     let mut put_values = Vec::new();
     let mut deletes = Vec::new();
@@ -254,61 +197,4 @@ pub(crate) async fn apply(
             .map_err(pg_error("write state keys"))?;
     }
     Ok(())
-}
-
-fn check_key(key: &[u8]) -> StoreResult<()> {
-    if key.is_empty() || key.len() > MAX_KEY {
-        return Err(StoreError::Backend(format!(
-            "state key must be 1 to {MAX_KEY} bytes, got {}",
-            key.len()
-        )));
-    }
-    Ok(())
-}
-
-impl StateRead for Overlay<'_> {
-    fn get(&self, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
-        if let Some(v) = self.buffer.get(key) {
-            return Ok(v.clone());
-        }
-        if key.is_empty() || key.len() > MAX_KEY {
-            return Ok(None);
-        }
-        // The writer thread is not a runtime worker: it may block on the store's runtime.
-        self.io.block_on(get_on(self.client, key.to_vec()))?
-    }
-
-    fn scan_prefix(
-        &self,
-        prefix: &[u8],
-        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> StoreResult<()> {
-        self.scan_prefix_from(prefix, prefix, f)
-    }
-
-    fn scan_prefix_from(
-        &self,
-        prefix: &[u8],
-        from: &[u8],
-        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> StoreResult<()> {
-        let mut page = |start: Vec<u8>, end: Option<Vec<u8>>| {
-            self.io.block_on(scan_page(self.client, start, end))?
-        };
-        scan_merged(prefix, from, &self.buffer, &mut page, f)
-    }
-}
-
-impl StateWrite for Overlay<'_> {
-    fn put(&mut self, key: &[u8], value: &[u8]) -> StoreResult<()> {
-        check_key(key)?;
-        self.buffer.insert(key.to_vec(), Some(value.to_vec()));
-        Ok(())
-    }
-
-    fn delete(&mut self, key: &[u8]) -> StoreResult<()> {
-        check_key(key)?;
-        self.buffer.insert(key.to_vec(), None);
-        Ok(())
-    }
 }

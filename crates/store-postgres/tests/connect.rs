@@ -32,6 +32,7 @@ async fn write_and_read(store: &PostgresStore) {
             &[filter],
             mls_store::ReadBounds::unbounded(10),
             mls_proto::unix_now(),
+            &mls_store::ReadScope::everything(),
             &|_, _| true,
         )
         .await

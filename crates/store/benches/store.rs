@@ -1,6 +1,8 @@
 //! Microbenchmarks of the embedded (LMDB) store: a batch of N concurrent `write()`s (one group
-//! commit with its fsync, as under load), and the typical REQ queries (by kind, by author, by
-//! `#h` tag, each `limit` 10) on a pre-filled store.
+//! commit with its fsync, as under load), the typical REQ queries (by kind, by author, by
+//! `#h` tag, each `limit` 10) on a pre-filled store, and a stranger's broad reads over a store
+//! of gift wraps to others (kept to its scope by the audience index, against the visibility
+//! predicate alone under the relay's default candidate bound).
 //!
 //! `cargo bench -p mls-store` (divan). The store lives in a temporary directory on the same
 //! disk as the relay's data; write figures include the fsync of every commit.
@@ -144,6 +146,7 @@ fn query(bencher: Bencher, make: impl Fn(u64, &Filled) -> serde_json::Value) {
                 &[filter],
                 mls_store::ReadBounds::unbounded(500),
                 NOW,
+                &mls_store::ReadScope::everything(),
                 &everyone,
             ))
             .unwrap()
@@ -176,4 +179,125 @@ fn query_group_tag_limit_10(bencher: Bencher) {
         bencher,
         |i, f| serde_json::json!({"kinds":[445],"#h":[group(i % f.groups)],"limit":10}),
     );
+}
+
+/// Every event is for the pubkey in its `p` tag alone (the shape of a gift wrap's audience).
+struct ForItsP;
+
+impl mls_store::Admission for ForItsP {
+    fn admit(
+        &self,
+        _: &Event,
+        _: &Publisher,
+        _: u64,
+        _: &mut dyn mls_store::StateWrite,
+    ) -> Result<mls_store::Admitted, mls_store::Rejection> {
+        Ok(mls_store::Admitted {
+            expires_at: None,
+            store: true,
+        })
+    }
+
+    fn audience(&self, ev: &Event, _: &dyn mls_store::StateRead) -> mls_store::Audience {
+        mls_store::Audience::new(
+            ev.tag_values("p")
+                .filter_map(Hex32::from_hex)
+                .map(mls_store::ReadKey::Pubkey)
+                .collect(),
+        )
+    }
+}
+
+/// 100k kind-1059 wraps (1k under `cargo test`), each to a recipient of its own, and the
+/// stranger's own 10 wraps among the oldest.
+fn hidden() -> &'static (tempfile::TempDir, Arc<EmbeddedStore>) {
+    static HIDDEN: OnceLock<(tempfile::TempDir, Arc<EmbeddedStore>)> = OnceLock::new();
+    HIDDEN.get_or_init(|| {
+        let n: u64 = if bench_mode() { 100_000 } else { 1_000 };
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), Arc::new(ForItsP)).unwrap();
+        let rt = runtime();
+        let wrap = |i: u64, to: Hex32| Event {
+            id: hex32(i, 0xdd),
+            pubkey: hex32(i, 0xbb),
+            created_at: NOW + i,
+            kind: 1059,
+            tags: vec![vec!["p".to_owned(), to.to_hex()]],
+            content: "A".repeat(512),
+            sig: Hex64([0; 64]),
+        };
+        for chunk in (0..n).collect::<Vec<_>>().chunks(10_000) {
+            let events = chunk
+                .iter()
+                .map(|&i| wrap(i, if i < 10 { STRANGER } else { hex32(i, 0xcc) }))
+                .collect();
+            rt.block_on(write_all(&store, events));
+        }
+        (dir, store)
+    })
+}
+
+const STRANGER: Hex32 = Hex32([0x5a; 32]);
+
+/// The stranger's `{"limit":10}` (and `{"kinds":[1059],"limit":10}`): its own 10 wraps,
+/// found through the audience index under its read keys, whatever else is stored.
+#[divan::bench(args = ["{}", "kinds"])]
+fn hidden_read_in_scope(bencher: Bencher, shape: &str) {
+    let store = &hidden().1;
+    let rt = runtime();
+    let filter = broad(shape);
+    let scope = mls_store::ReadScope::holding(vec![mls_store::ReadKey::Pubkey(STRANGER)], false);
+    let everyone = |_: &Event, _: &dyn mls_store::StateRead| true;
+    bencher.bench_local(|| {
+        let found = rt
+            .block_on(store.query(
+                std::slice::from_ref(&filter),
+                mls_store::ReadBounds {
+                    max_limit: 500,
+                    max_candidates: 10_000,
+                },
+                NOW,
+                &scope,
+                &everyone,
+            ))
+            .unwrap();
+        assert!(found.complete && found.value.len() == 10);
+        black_box(found)
+    });
+}
+
+/// The same read with the visibility predicate alone (no scope): it examines candidates up to
+/// the relay's default bound (`max_query_candidates` 10,000) and stops incomplete.
+#[divan::bench(args = ["{}", "kinds"])]
+fn hidden_read_predicate_only(bencher: Bencher, shape: &str) {
+    let store = &hidden().1;
+    let rt = runtime();
+    let filter = broad(shape);
+    let stranger = STRANGER.to_hex();
+    let mine =
+        move |e: &Event, _: &dyn mls_store::StateRead| e.tag_values("p").any(|p| p == stranger);
+    bencher.bench_local(|| {
+        let found = rt
+            .block_on(store.query(
+                std::slice::from_ref(&filter),
+                mls_store::ReadBounds {
+                    max_limit: 500,
+                    max_candidates: 10_000,
+                },
+                NOW,
+                &mls_store::ReadScope::everything(),
+                &mine,
+            ))
+            .unwrap();
+        black_box(found)
+    });
+}
+
+fn broad(shape: &str) -> Filter {
+    Filter::from_value(&match shape {
+        "kinds" => serde_json::json!({"kinds": [1059], "limit": 10}),
+        _ => serde_json::json!({"limit": 10}),
+    })
+    .unwrap()
 }

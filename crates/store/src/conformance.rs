@@ -6,8 +6,8 @@
 //! `rt-multi-thread`).
 
 use crate::{
-    Admission, Admitted, BackupItem, EventStore, Publisher, ReadBounds, Rejection, StateRead,
-    StateWrite, StoredEvent, Tombstone, WriteOutcome,
+    Admission, Admitted, Audience, BackupItem, EventStore, Publisher, ReadBounds, ReadKey,
+    ReadScope, Rejection, StateRead, StateWrite, StoredEvent, Tombstone, WriteOutcome,
 };
 use mls_proto::{Event, Filter, Hex32};
 use serde_json::{json, Value};
@@ -66,6 +66,9 @@ macro_rules! conformance_tests {
             commit_stream_is_rung_after_commit,
             commit_stream_continues_after_reopen,
             concurrent_commits_get_gapless_seqs,
+            scope_keeps_reads_to_what_the_reader_holds,
+            out_of_scope_events_are_not_candidates,
+            refreshed_audiences_follow_the_state,
         );
     };
     (@each $harness:expr; $($name:ident),* $(,)?) => {
@@ -133,7 +136,10 @@ pub fn unless_hidden(ev: &Event, state: &dyn StateRead) -> bool {
 /// - `["nostore"]`: accepted but not stored;
 /// - `["retain", secs]`: expires `secs` after receipt (like a retention rule);
 /// - may_delete: the author, or whoever `["deleter", pubkey]` names (like a gift-wrap
-///   recipient).
+///   recipient);
+/// - audience: one read key per `["aud", key]` tag (`readers`, `admins`, `p:<hex>`,
+///   `g:<group>`, `nobody` for none); with `["aud-state", k]`, the pubkey the state holds at
+///   `aud:<k>` (anyone while it holds none); anyone without such tags.
 pub struct TestRules;
 
 impl Admission for TestRules {
@@ -176,6 +182,36 @@ impl Admission for TestRules {
     fn may_delete(&self, deleter: &Hex32, target: &Event) -> bool {
         *deleter == target.pubkey || target.tag_value("deleter") == Some(&deleter.to_hex())
     }
+
+    fn audience(&self, ev: &Event, state: &dyn StateRead) -> Audience {
+        if let Some(k) = ev.tag_value("aud-state") {
+            let held = state
+                .get(format!("aud:{k}").as_bytes())
+                .expect("state read")
+                .and_then(|v| Hex32::from_hex(std::str::from_utf8(&v).ok()?));
+            return match held {
+                Some(pk) => Audience::new(vec![ReadKey::Pubkey(pk)]),
+                None => Audience::anyone(),
+            };
+        }
+        let tags: Vec<&str> = ev.tag_values("aud").collect();
+        if tags.is_empty() {
+            return Audience::anyone();
+        }
+        Audience::new(
+            tags.into_iter()
+                .filter_map(|t| match t {
+                    "readers" => Some(ReadKey::Readers),
+                    "admins" => Some(ReadKey::Admins),
+                    _ => match t.split_once(':') {
+                        Some(("p", pk)) => Hex32::from_hex(pk).map(ReadKey::Pubkey),
+                        Some(("g", g)) => Some(ReadKey::Group(g.to_string())),
+                        _ => None,
+                    },
+                })
+                .collect(),
+        )
+    }
 }
 
 async fn open(h: &dyn Harness) -> Arc<dyn EventStore> {
@@ -207,7 +243,13 @@ async fn query_with(
 ) -> Vec<StoredEvent> {
     let filters: Vec<Filter> = filters.iter().cloned().map(filter).collect();
     store
-        .query(&filters, ReadBounds::unbounded(max_limit), now, visible)
+        .query(
+            &filters,
+            ReadBounds::unbounded(max_limit),
+            now,
+            &ReadScope::everything(),
+            visible,
+        )
         .await
         .expect("query")
         .value
@@ -234,7 +276,13 @@ async fn count_with(
     visible: &(dyn Fn(&Event, &dyn StateRead) -> bool + Send + Sync),
 ) -> u64 {
     let counted = store
-        .count(filters, ReadBounds::unbounded(500), now, visible)
+        .count(
+            filters,
+            ReadBounds::unbounded(500),
+            now,
+            &ReadScope::everything(),
+            visible,
+        )
         .await
         .expect("count");
     assert!(counted.complete, "an unbounded count is complete");
@@ -866,7 +914,13 @@ pub async fn reads_stop_at_max_candidates(h: &dyn Harness) {
     for f in [json!({}), json!({"kinds": [1]}), json!({"#t": ["x"]})] {
         let filters = vec![filter(f.clone())];
         let got = s
-            .query(&filters, bounds(8), now(), &unless_hidden)
+            .query(
+                &filters,
+                bounds(8),
+                now(),
+                &ReadScope::everything(),
+                &unless_hidden,
+            )
             .await
             .unwrap();
         let ids: Vec<Hex32> = got.value.iter().map(|e| e.event.id).collect();
@@ -877,18 +931,36 @@ pub async fn reads_stop_at_max_candidates(h: &dyn Harness) {
         );
         assert!(!got.complete, "{f}: stopped with candidates left");
         let got = s
-            .query(&filters, bounds(10), now(), &unless_hidden)
+            .query(
+                &filters,
+                bounds(10),
+                now(),
+                &ReadScope::everything(),
+                &unless_hidden,
+            )
             .await
             .unwrap();
         assert_eq!(got.value.len(), 4, "{f}");
         assert!(got.complete, "{f}: exactly enough is complete");
         let counted = s
-            .count(&filters, bounds(8), now(), &unless_hidden)
+            .count(
+                &filters,
+                bounds(8),
+                now(),
+                &ReadScope::everything(),
+                &unless_hidden,
+            )
             .await
             .unwrap();
         assert_eq!((counted.value, counted.complete), (2, false), "{f}");
         let counted = s
-            .count(&filters, bounds(10), now(), &unless_hidden)
+            .count(
+                &filters,
+                bounds(10),
+                now(),
+                &ReadScope::everything(),
+                &unless_hidden,
+            )
             .await
             .unwrap();
         assert_eq!((counted.value, counted.complete), (4, true), "{f}");
@@ -896,7 +968,13 @@ pub async fn reads_stop_at_max_candidates(h: &dyn Harness) {
     // A limit reached before the bound is a complete answer.
     let filters = vec![filter(json!({"kinds": [1], "limit": 1}))];
     let got = s
-        .query(&filters, bounds(7), now(), &everyone)
+        .query(
+            &filters,
+            bounds(7),
+            now(),
+            &ReadScope::everything(),
+            &everyone,
+        )
         .await
         .unwrap();
     assert!(got.complete && got.value.len() == 1);
@@ -904,7 +982,13 @@ pub async fn reads_stop_at_max_candidates(h: &dyn Harness) {
     let ids: Vec<String> = all.iter().map(|e| e.id.to_hex()).collect();
     let filters = vec![filter(json!({"kinds": [1]})), filter(json!({"ids": ids}))];
     let got = s
-        .count(&filters, bounds(15), now(), &everyone)
+        .count(
+            &filters,
+            bounds(15),
+            now(),
+            &ReadScope::everything(),
+            &everyone,
+        )
         .await
         .unwrap();
     assert_eq!((got.value, got.complete), (10, false));
@@ -1671,4 +1755,328 @@ pub async fn concurrent_commits_get_gapless_seqs(h: &dyn Harness) {
     }
     assert_eq!(seqs, (start + 1..=start + 100).collect::<Vec<_>>());
     assert_eq!(store.commits().last_seq(), start + 100);
+}
+
+/// Ids (sorted) of what a read in `scope` returns for each filter shape, and its count; every
+/// shape must give the same answer (each takes another index or path).
+async fn scoped_ids(store: &dyn EventStore, scope: &ReadScope, author: &Hex32) -> Vec<Hex32> {
+    let shapes = [
+        json!({}),
+        json!({"kinds": [1, 7]}),
+        json!({"authors": [author.to_hex()]}),
+        json!({"kinds": [1, 7], "#t": ["x"]}),
+    ];
+    let mut answers = Vec::new();
+    for shape in shapes {
+        let filters = vec![filter(shape.clone())];
+        let found = store
+            .query(
+                &filters,
+                ReadBounds::unbounded(500),
+                now(),
+                scope,
+                &everyone,
+            )
+            .await
+            .expect("query");
+        assert!(found.complete);
+        let mut ids: Vec<Hex32> = found.value.iter().map(|s| s.event.id).collect();
+        ids.sort();
+        let counted = store
+            .count(
+                &filters,
+                ReadBounds::unbounded(500),
+                now(),
+                scope,
+                &everyone,
+            )
+            .await
+            .expect("count");
+        assert_eq!(counted.value, ids.len() as u64, "count of {shape}");
+        answers.push((shape, ids));
+    }
+    let first = answers[0].1.clone();
+    for (shape, ids) in &answers {
+        assert_eq!(ids, &first, "{shape} answers like {{}}");
+    }
+    // By ids: the same events, whatever else was asked for.
+    let all_ids: Vec<String> = ids(store, &[json!({})])
+        .await
+        .iter()
+        .map(Hex32::to_hex)
+        .collect();
+    let by_id = store
+        .query(
+            &[filter(json!({ "ids": all_ids }))],
+            ReadBounds::unbounded(500),
+            now(),
+            scope,
+            &everyone,
+        )
+        .await
+        .expect("query by ids");
+    let mut by_id: Vec<Hex32> = by_id.value.iter().map(|s| s.event.id).collect();
+    by_id.sort();
+    assert_eq!(by_id, first, "lookup by ids");
+    first
+}
+
+/// A read in a scope returns exactly the events whose audience shares a key with it, on
+/// every index path (broad, by kind, by author, by tag, by ids) and in COUNT; audiences go
+/// with the event when it is replaced, deleted or restored.
+pub async fn scope_keeps_reads_to_what_the_reader_holds(h: &dyn Harness) {
+    let store = open(h).await;
+    let s = &*store;
+    let (alice, me, other) = (keys(), keys(), keys());
+    let me_p = format!("p:{}", pk(&me).to_hex());
+    let other_p = format!("p:{}", pk(&other).to_hex());
+    let t = now() - 100;
+    let public = ev(&alice, t, 1, &[&["t", "x"]], "public");
+    let mine = ev(&alice, t + 1, 7, &[&["t", "x"], &["aud", &me_p]], "mine");
+    let shared = ev(
+        &alice,
+        t + 2,
+        1,
+        &[&["t", "x"], &["aud", &other_p], &["aud", &me_p]],
+        "shared",
+    );
+    let theirs = ev(
+        &alice,
+        t + 3,
+        1,
+        &[&["t", "x"], &["aud", &other_p]],
+        "theirs",
+    );
+    let g1 = ev(&alice, t + 4, 7, &[&["t", "x"], &["aud", "g:g1"]], "g1");
+    let g2 = ev(&alice, t + 5, 1, &[&["t", "x"], &["aud", "g:g2"]], "g2");
+    let readers = ev(
+        &alice,
+        t + 6,
+        1,
+        &[&["t", "x"], &["aud", "readers"]],
+        "readers",
+    );
+    let admins = ev(
+        &alice,
+        t + 7,
+        7,
+        &[&["t", "x"], &["aud", "admins"]],
+        "admins",
+    );
+    let nobody = ev(
+        &alice,
+        t + 8,
+        1,
+        &[&["t", "x"], &["aud", "nobody"]],
+        "nobody",
+    );
+    let all = [
+        &public, &mine, &shared, &theirs, &g1, &g2, &readers, &admins, &nobody,
+    ];
+    for e in all {
+        accept(s, e).await;
+    }
+    let sorted = |events: &[&Event]| {
+        let mut v: Vec<Hex32> = events.iter().map(|e| e.id).collect();
+        v.sort();
+        v
+    };
+    let me_in_g1 = ReadScope::holding(
+        vec![ReadKey::Pubkey(pk(&me)), ReadKey::Group("g1".into())],
+        false,
+    );
+    let a = pk(&alice);
+    assert_eq!(
+        scoped_ids(s, &me_in_g1, &a).await,
+        sorted(&[&public, &mine, &shared, &g1]),
+        "my pubkey and my group"
+    );
+    assert_eq!(
+        scoped_ids(
+            s,
+            &ReadScope::holding(vec![ReadKey::Readers, ReadKey::Admins], true),
+            &a
+        )
+        .await,
+        sorted(&[&public, &g1, &g2, &readers, &admins]),
+        "readers, admins and every group"
+    );
+    assert_eq!(
+        scoped_ids(s, &ReadScope::holding(Vec::new(), false), &a).await,
+        sorted(&[&public]),
+        "a stranger"
+    );
+    assert_eq!(
+        scoped_ids(s, &ReadScope::everything(), &a).await,
+        sorted(&all),
+        "no scope"
+    );
+
+    // Replaced and deleted events leave no audience behind; their successors bring theirs.
+    let profile = ev(&alice, t + 10, 0, &[&["aud", &me_p]], "v1");
+    accept(s, &profile).await;
+    let profile2 = ev(&alice, t + 11, 0, &[&["aud", &other_p]], "v2");
+    accept(s, &profile2).await;
+    // (Read by nobody, so every filter shape below still answers alike.)
+    let del = ev(
+        &alice,
+        t + 12,
+        5,
+        &[&["e", &mine.id.to_hex()], &["aud", "nobody"]],
+        "",
+    );
+    accept(s, &del).await;
+    let seen = scoped_ids(s, &me_in_g1, &a).await;
+    assert!(
+        !seen.contains(&profile.id) && !seen.contains(&profile2.id),
+        "replaced"
+    );
+    assert!(!seen.contains(&mine.id), "deleted");
+    let them = ReadScope::holding(vec![ReadKey::Pubkey(pk(&other))], false);
+    let found = s
+        .query(
+            &[filter(json!({"kinds": [0]}))],
+            ReadBounds::unbounded(10),
+            now(),
+            &them,
+            &everyone,
+        )
+        .await
+        .expect("query");
+    assert_eq!(
+        found.value.iter().map(|e| e.event.id).collect::<Vec<_>>(),
+        vec![profile2.id],
+        "the new version's audience"
+    );
+
+    // A restored store works the audiences out again.
+    let target = h.open_other(Arc::new(TestRules)).await;
+    let items = backup_items(s).await;
+    target.restore(items).await.expect("restore");
+    assert_eq!(
+        scoped_ids(&*target, &me_in_g1, &a).await,
+        scoped_ids(s, &me_in_g1, &a).await,
+        "after restore"
+    );
+}
+
+/// Events out of a read's scope are skipped by the backend, not examined one by one: a
+/// reader whose few events sit under many others' gets them all within a small candidate
+/// bound, by kind and with no filter at all.
+pub async fn out_of_scope_events_are_not_candidates(h: &dyn Harness) {
+    let store = open(h).await;
+    let s = &*store;
+    let (alice, me, other) = (keys(), keys(), keys());
+    let me_p = format!("p:{}", pk(&me).to_hex());
+    let other_p = format!("p:{}", pk(&other).to_hex());
+    let t = now() - 1000;
+    let mut mine = Vec::new();
+    for i in 0..3 {
+        let e = ev(&alice, t + i, 1059, &[&["aud", &me_p]], "mine");
+        accept(s, &e).await;
+        mine.push(e.id);
+    }
+    // Newer, and many more than the bound below.
+    for i in 0..60 {
+        accept(
+            s,
+            &ev(&alice, t + 10 + i, 1059, &[&["aud", &other_p]], "theirs"),
+        )
+        .await;
+    }
+    mine.sort();
+    let scope = ReadScope::holding(vec![ReadKey::Pubkey(pk(&me))], false);
+    let bounds = ReadBounds {
+        max_limit: 500,
+        max_candidates: 10,
+    };
+    for shape in [
+        json!({}),
+        json!({"kinds": [1059]}),
+        json!({"kinds": [1059], "limit": 3}),
+    ] {
+        let filters = vec![filter(shape.clone())];
+        let found = s
+            .query(&filters, bounds, now(), &scope, &everyone)
+            .await
+            .expect("query");
+        assert!(found.complete, "{shape}: the bound is not reached");
+        let mut ids: Vec<Hex32> = found.value.iter().map(|e| e.event.id).collect();
+        ids.sort();
+        assert_eq!(ids, mine, "{shape}");
+        let counted = s
+            .count(&filters, bounds, now(), &scope, &everyone)
+            .await
+            .expect("count");
+        assert!(
+            counted.complete && counted.value == 3,
+            "{shape}: {counted:?}"
+        );
+    }
+    // Control: without the scope, the same read stops at the bound.
+    let found = s
+        .query(
+            &[filter(json!({"kinds": [1059]}))],
+            bounds,
+            now(),
+            &ReadScope::everything(),
+            &|e: &Event, _: &dyn StateRead| e.content == "mine",
+        )
+        .await
+        .expect("query");
+    assert!(!found.complete, "a closure alone walks the others' events");
+}
+
+/// `refresh_audiences` works every stored event's audience out again over today's state
+/// (what a restore needs: a backup lists events before the state), and goes through all of
+/// them, however many chunks that takes.
+pub async fn refreshed_audiences_follow_the_state(h: &dyn Harness) {
+    let store = open(h).await;
+    let s = &*store;
+    let (alice, owner, stranger) = (keys(), keys(), keys());
+    let t = now() - 100;
+    let tied = ev(&alice, t, 1, &[&["aud-state", "x"]], "tied to x");
+    let free = ev(&alice, t + 1, 1, &[], "public");
+    accept(s, &tied).await;
+    accept(s, &free).await;
+    let scope_of = |k: &secp256k1::Keypair| ReadScope::holding(vec![ReadKey::Pubkey(pk(k))], false);
+    let read = |scope: ReadScope| async move {
+        let mut ids: Vec<Hex32> = s
+            .query(
+                &[filter(json!({}))],
+                ReadBounds::unbounded(100),
+                now(),
+                &scope,
+                &everyone,
+            )
+            .await
+            .expect("query")
+            .value
+            .iter()
+            .map(|e| e.event.id)
+            .collect();
+        ids.sort();
+        ids
+    };
+    let both = {
+        let mut v = vec![tied.id, free.id];
+        v.sort();
+        v
+    };
+    assert_eq!(read(scope_of(&stranger)).await, both, "stored for anyone");
+    let owner_hex = pk(&owner).to_hex();
+    s.update_state(Box::new(move |st| {
+        st.put(b"aud:x", owner_hex.as_bytes())
+            .map_err(|e| Rejection(e.to_string()))
+    }))
+    .await
+    .expect("update_state")
+    .expect("accepted");
+    assert_eq!(read(scope_of(&stranger)).await, both, "not refreshed yet");
+    assert_eq!(s.refresh_audiences().await.expect("refresh"), 2);
+    assert_eq!(read(scope_of(&stranger)).await, vec![free.id], "refreshed");
+    assert_eq!(read(scope_of(&owner)).await, both, "the owner's now");
+    // Replaced, deleted and purged events keep no stale audience entry behind (a second
+    // refresh finds the same two events).
+    assert_eq!(s.refresh_audiences().await.expect("refresh"), 2);
 }

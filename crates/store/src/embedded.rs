@@ -9,31 +9,36 @@
 //!   replaceable and addressable events, `tomb_ids` / `tomb_addrs` for NIP-09 tombstones;
 //! - `state`: the gateway's key/value state, so a rule and its state change commit together;
 //! - `seq` (commit sequence → id) and `event_seq` (id → sequence) for the commit stream, the
-//!   last sequence handed out in `meta` (`last_seq`), all written in the event's transaction.
+//!   last sequence handed out in `meta` (`last_seq`), all written in the event's transaction;
+//! - `audience` (id → its read keys, see [`crate::audience`]) and the time-ordered
+//!   `audience` (read key) and `audience_kind` (read key ++ kind) indexes, so that a read
+//!   walks only events its scope holds. Events stored before these existed are given
+//!   [`crate::ReadKey::Unknown`] when the store is first opened by this version.
 //!
-//! A backup ([`EventStore::backup`]) walks all of it in one read transaction; a restore puts
-//! it back verbatim in the writer's transaction (see [`backup`]).
+//! A backup ([`EventStore::backup`]) walks all of it in one read transaction (see `backup`); a
+//! restore puts it back verbatim in the writer's transaction ([`crate::write_txn`]).
 //!
 //! Writes go through one writer thread that commits everything queued in one durable
-//! transaction (group commit, see [`writer`]). Reads run on the caller's thread with their own
-//! read transaction (LMDB readers never block the writer nor each other).
+//! transaction (group commit, see [`crate::writer`]; this backend's transaction is `txn`).
+//! Reads run on the caller's thread with their own read transaction (LMDB readers never block
+//! the writer nor each other).
 
 mod backup;
 mod keys;
 mod query;
 mod state;
-mod writer;
+mod txn;
 
+use crate::writer::WriterHandle;
 use crate::{
-    Admission, BackupItem, Bounded, CommitFeed, EventStore, Publisher, ReadBounds, Rejection,
-    Sequenced, StateRead, StateWrite, StoreError, StoreResult, StoredEvent, Visible, WriteOutcome,
+    Admission, BackupItem, Bounded, CommitFeed, EventStore, Publisher, ReadBounds, ReadScope,
+    Rejection, Sequenced, StateRead, StateWrite, StoreError, StoreResult, StoredEvent, Visible,
+    WriteOutcome,
 };
 use heed::{Database, Env, EnvOpenOptions, RwTxn, WithoutTls};
 use mls_proto::{Event, Filter};
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
-use tokio::sync::oneshot;
+use std::sync::Arc;
 
 pub(crate) type Bytes = heed::types::Bytes;
 
@@ -77,6 +82,9 @@ pub(crate) struct Dbs {
     seq: Database<Bytes, Bytes>,
     event_seq: Database<Bytes, Bytes>,
     meta: Database<Bytes, Bytes>,
+    audience: Database<Bytes, Bytes>,
+    audience_idx: Database<Bytes, Bytes>,
+    audience_kind_idx: Database<Bytes, Bytes>,
 }
 
 impl Dbs {
@@ -105,8 +113,13 @@ impl Dbs {
             seq: db("seq")?,
             event_seq: db("event_seq")?,
             meta: db("meta")?,
+            // Added after schema 1 too: see `backfill_audiences`.
+            audience: db("audience")?,
+            audience_idx: db("idx_audience")?,
+            audience_kind_idx: db("idx_audience_kind")?,
         };
         check_schema(&mut txn, dbs.meta)?;
+        backfill_audiences(&mut txn, &dbs)?;
         txn.commit().map_err(backend("commit schema transaction"))?;
         Ok(dbs)
     }
@@ -118,6 +131,8 @@ impl Dbs {
             keys::Index::Kind => self.kind,
             keys::Index::AuthorKind => self.author_kind,
             keys::Index::Tag => self.tag,
+            keys::Index::Audience => self.audience_idx,
+            keys::Index::AudienceKind => self.audience_kind_idx,
         }
     }
 }
@@ -140,6 +155,58 @@ fn check_schema(txn: &mut RwTxn, meta: Database<Bytes, Bytes>) -> StoreResult<()
     }
 }
 
+/// Gives every event stored before audiences were recorded the audience
+/// [`crate::ReadKey::Unknown`] (held by every reader: the visibility rule alone decides
+/// them, as before), once, so that reads walking the audience indexes find them too.
+fn backfill_audiences(txn: &mut RwTxn, dbs: &Dbs) -> StoreResult<()> {
+    const DONE: &[u8] = b"audience";
+    if dbs
+        .meta
+        .get(txn, DONE)
+        .map_err(backend("read audience marker"))?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let unknown = [crate::ReadKey::Unknown.to_bytes()];
+    let mut entries = Vec::new();
+    for entry in dbs
+        .created
+        .iter(txn)
+        .map_err(backend("walk created_at index"))?
+    {
+        let (key, meta) = entry.map_err(backend("walk created_at index"))?;
+        let (Some((created_at, id)), Some((kind, _))) =
+            (keys::split_suffix(key), keys::split_meta(meta))
+        else {
+            return Err(StoreError::Corrupt("created_at index entry".into()));
+        };
+        let meta = <[u8; keys::META_LEN]>::try_from(meta)
+            .map_err(|_| StoreError::Corrupt("created_at index entry".into()))?;
+        entries.push((created_at, id, kind, meta));
+    }
+    if !entries.is_empty() {
+        tracing::info!(
+            events = entries.len(),
+            "recording the audience of events stored before audiences existed"
+        );
+    }
+    let record = keys::encode_audience(&unknown);
+    for (created_at, id, kind, meta) in entries {
+        dbs.audience
+            .put(txn, &id.0, &record)
+            .map_err(backend("write audience record"))?;
+        for (index, key) in keys::audience_index_keys(created_at, &id, kind, &unknown) {
+            dbs.index(index)
+                .put(txn, &key, &meta)
+                .map_err(backend("write audience index entry"))?;
+        }
+    }
+    dbs.meta
+        .put(txn, DONE, b"1")
+        .map_err(backend("write audience marker"))
+}
+
 /// Maps any displayable error to [`StoreError::Backend`], naming what was being done.
 pub(crate) fn backend<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> StoreError {
     move |e| StoreError::Backend(format!("{what}: {e}"))
@@ -150,9 +217,7 @@ pub struct EmbeddedStore {
     env: Env<WithoutTls>,
     dbs: Dbs,
     path: PathBuf,
-    /// `None` once closed: later writes get [`StoreError::Closed`].
-    queue: Mutex<Option<mpsc::Sender<writer::Request>>>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    writer: WriterHandle,
     feed: Arc<CommitFeed>,
 }
 
@@ -167,7 +232,7 @@ impl EmbeddedStore {
             .map_err(|e| StoreError::Backend(format!("create {}: {e}", path.display())))?;
         let map_size = options.map_size.max(1 << 20).div_ceil(1 << 16) << 16;
         let mut env_options = EnvOpenOptions::new().read_txn_without_tls();
-        env_options.map_size(map_size).max_dbs(16).max_readers(1024);
+        env_options.map_size(map_size).max_dbs(32).max_readers(1024);
         // SAFETY: heed marks opening unsafe because a memory-mapped file modified behind
         // LMDB's back is undefined behaviour. We keep LMDB's locking on (no NO_LOCK) and
         // only ever touch these files through LMDB. Flags stay at their defaults, which make
@@ -185,24 +250,21 @@ impl EmbeddedStore {
         };
         let feed = Arc::new(CommitFeed::new(last_seq));
 
-        let (sender, receiver) = mpsc::channel();
-        let writer = writer::Writer {
-            env: env.clone(),
-            dbs,
+        let writer = WriterHandle::start(
+            "store-writer",
+            txn::Backend {
+                env: env.clone(),
+                dbs,
+            },
             rules,
-            feed: feed.clone(),
-            max_batch: options.max_batch.max(1),
-        };
-        let handle = std::thread::Builder::new()
-            .name("store-writer".into())
-            .spawn(move || writer.run(receiver))
-            .map_err(backend("start the store writer thread"))?;
+            feed.clone(),
+            options.max_batch,
+        )?;
         Ok(Arc::new(EmbeddedStore {
             env,
             dbs,
             path: path.to_path_buf(),
-            queue: Mutex::new(Some(sender)),
-            writer: Mutex::new(Some(handle)),
+            writer,
             feed,
         }))
     }
@@ -211,12 +273,8 @@ impl EmbeddedStore {
     /// already queued, and waits for it. Blocks for at most one or two commits. Reads keep
     /// working until the store is dropped; writes get [`StoreError::Closed`].
     pub fn close(&self) {
-        drop(lock(&self.queue).take());
-        let handle = lock(&self.writer).take();
-        if let Some(handle) = handle {
-            if handle.join().is_err() {
-                tracing::error!(path = %self.path.display(), "store writer thread panicked");
-            }
+        if !self.writer.close() {
+            tracing::error!(path = %self.path.display(), "store writer thread panicked");
         }
     }
 
@@ -224,33 +282,12 @@ impl EmbeddedStore {
     pub fn path(&self) -> &Path {
         &self.path
     }
-
-    fn submit(&self, request: writer::Request) -> StoreResult<()> {
-        match lock(&self.queue).as_ref() {
-            None => Err(StoreError::Closed),
-            Some(queue) => queue
-                .send(request)
-                .map_err(|_| StoreError::Backend("store writer thread has stopped".into())),
-        }
-    }
 }
 
 impl Drop for EmbeddedStore {
     fn drop(&mut self) {
         self.close();
     }
-}
-
-/// A poisoned lock only means another thread panicked while holding it; the guarded
-/// `Option`s are always in a valid state.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-async fn answer<T>(reply: oneshot::Receiver<StoreResult<T>>) -> StoreResult<T> {
-    reply
-        .await
-        .map_err(|_| StoreError::Backend("store writer stopped before answering".into()))?
 }
 
 /// Runs a synchronous LMDB read without stalling the async runtime. The interface hands us
@@ -269,13 +306,7 @@ fn blocking<R>(f: impl FnOnce() -> R) -> R {
 #[async_trait::async_trait]
 impl EventStore for EmbeddedStore {
     async fn write(&self, event: Event, publisher: Publisher) -> StoreResult<WriteOutcome> {
-        let (reply, answered) = oneshot::channel();
-        self.submit(writer::Request::Write {
-            event: Box::new(event),
-            publisher,
-            reply,
-        })?;
-        answer(answered).await
+        self.writer.write(event, publisher).await
     }
 
     async fn query(
@@ -283,9 +314,10 @@ impl EventStore for EmbeddedStore {
         filters: &[Filter],
         bounds: ReadBounds,
         now: u64,
+        scope: &ReadScope,
         visible: Visible<'_>,
     ) -> StoreResult<Bounded<Vec<StoredEvent>>> {
-        blocking(|| query::query(&self.env, &self.dbs, filters, bounds, now, visible))
+        blocking(|| query::query(&self.env, &self.dbs, filters, bounds, now, scope, visible))
     }
 
     async fn count(
@@ -293,9 +325,10 @@ impl EventStore for EmbeddedStore {
         filters: &[Filter],
         bounds: ReadBounds,
         now: u64,
+        scope: &ReadScope,
         visible: Visible<'_>,
     ) -> StoreResult<Bounded<u64>> {
-        blocking(|| query::count(&self.env, &self.dbs, filters, bounds, now, visible))
+        blocking(|| query::count(&self.env, &self.dbs, filters, bounds, now, scope, visible))
     }
 
     async fn read_state(
@@ -318,19 +351,11 @@ impl EventStore for EmbeddedStore {
         &self,
         f: Box<dyn for<'s> FnOnce(&'s mut dyn StateWrite) -> Result<(), Rejection> + Send>,
     ) -> StoreResult<Result<(), Rejection>> {
-        let (reply, answered) = oneshot::channel();
-        self.submit(writer::Request::State { f: Some(f), reply })?;
-        answer(answered).await
+        self.writer.update_state(f).await
     }
 
     async fn purge_expired(&self, now: u64) -> StoreResult<u64> {
-        let (reply, answered) = oneshot::channel();
-        self.submit(writer::Request::Purge {
-            now,
-            purged: 0,
-            reply,
-        })?;
-        answer(answered).await
+        self.writer.purge_expired(now).await
     }
 
     /// The store is usable: its file is still where it was opened (not a vanished volume),
@@ -343,14 +368,8 @@ impl EventStore for EmbeddedStore {
                 file.display()
             )));
         }
-        // `None` after `close()`: reads still work. A writer that ended on its own did not.
-        let writer_died = self
-            .writer
-            .lock()
-            .map_err(|_| StoreError::Backend("writer handle poisoned".into()))?
-            .as_ref()
-            .is_some_and(|h| h.is_finished());
-        if writer_died {
+        // After `close()` reads still work; a writer that ended on its own did not.
+        if self.writer.has_died() {
             return Err(StoreError::Backend("the writer thread has stopped".into()));
         }
         self.env
@@ -371,9 +390,11 @@ impl EventStore for EmbeddedStore {
     }
 
     async fn restore(&self, items: Vec<BackupItem>) -> StoreResult<Vec<WriteOutcome>> {
-        let (reply, answered) = oneshot::channel();
-        self.submit(writer::Request::Restore { items, reply })?;
-        answer(answered).await
+        self.writer.restore(items).await
+    }
+
+    async fn refresh_audiences(&self) -> StoreResult<u64> {
+        self.writer.refresh_audiences().await
     }
 
     fn commits(&self) -> &CommitFeed {
@@ -382,5 +403,130 @@ impl EventStore for EmbeddedStore {
 
     async fn since(&self, after: u64, limit: usize) -> StoreResult<Vec<Sequenced>> {
         blocking(|| query::since(&self.env, &self.dbs, after, limit))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Admitted, Audience, ReadKey, StateRead};
+    use mls_proto::Hex32;
+
+    /// Every event is for the pubkey in its `p` tag alone.
+    struct ForItsP;
+
+    impl Admission for ForItsP {
+        fn admit(
+            &self,
+            _: &Event,
+            _: &Publisher,
+            _: u64,
+            _: &mut dyn StateWrite,
+        ) -> Result<Admitted, Rejection> {
+            Ok(Admitted {
+                expires_at: None,
+                store: true,
+            })
+        }
+
+        fn audience(&self, ev: &Event, _: &dyn StateRead) -> Audience {
+            Audience::new(
+                ev.tag_values("p")
+                    .filter_map(Hex32::from_hex)
+                    .map(ReadKey::Pubkey)
+                    .collect(),
+            )
+        }
+    }
+
+    fn wrap(to: &Hex32, created_at: u64) -> Event {
+        let k = secp256k1::Keypair::new(secp256k1::SECP256K1, &mut secp256k1::rand::thread_rng());
+        Event::sign(
+            &k,
+            created_at,
+            1059,
+            vec![vec!["p".into(), to.to_hex()]],
+            "x",
+        )
+    }
+
+    async fn read(store: &EmbeddedStore, scope: &ReadScope) -> Vec<Hex32> {
+        let mut answers = Vec::new();
+        for f in [
+            Filter::default(),
+            Filter::from_value(&serde_json::json!({"kinds": [1059]})).unwrap(),
+        ] {
+            let found = store
+                .query(
+                    &[f],
+                    ReadBounds::unbounded(100),
+                    mls_proto::unix_now(),
+                    scope,
+                    &|_, _| true,
+                )
+                .await
+                .unwrap();
+            let mut ids: Vec<Hex32> = found.value.iter().map(|s| s.event.id).collect();
+            ids.sort();
+            answers.push(ids);
+        }
+        assert_eq!(answers[0], answers[1], "by kind answers like no filter");
+        answers.remove(0)
+    }
+
+    #[tokio::test]
+    async fn events_stored_before_audiences_stay_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (reader, stranger) = (Hex32([1; 32]), Hex32([2; 32]));
+        let t = mls_proto::unix_now() - 100;
+        let store =
+            EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), Arc::new(ForItsP)).unwrap();
+        let mut old = Vec::new();
+        for i in 0..3 {
+            let e = wrap(&reader, t + i);
+            store.write(e.clone(), Publisher::default()).await.unwrap();
+            old.push(e.id);
+        }
+        old.sort();
+        // The store as a build before audiences left it: no audience record, index entry or
+        // marker.
+        store.close();
+        {
+            let mut txn = store.env.write_txn().unwrap();
+            for db in [
+                store.dbs.audience,
+                store.dbs.audience_idx,
+                store.dbs.audience_kind_idx,
+            ] {
+                db.clear(&mut txn).unwrap();
+            }
+            store.dbs.meta.delete(&mut txn, b"audience").unwrap();
+            txn.commit().unwrap();
+        }
+        drop(store);
+
+        let store =
+            EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), Arc::new(ForItsP)).unwrap();
+        let strangers = ReadScope::holding(vec![ReadKey::Pubkey(stranger)], false);
+        assert_eq!(
+            read(&store, &strangers).await,
+            old,
+            "old events: for the rule to decide"
+        );
+        let new = wrap(&reader, t + 10);
+        store
+            .write(new.clone(), Publisher::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            read(&store, &strangers).await,
+            old,
+            "the new one is not the stranger's"
+        );
+        let mut all = old.clone();
+        all.push(new.id);
+        all.sort();
+        let readers = ReadScope::holding(vec![ReadKey::Pubkey(reader)], false);
+        assert_eq!(read(&store, &readers).await, all);
     }
 }

@@ -6,13 +6,27 @@
 //! writer runs the [`Admission`] hook *inside* the write transaction.
 //!
 //! This crate knows no sockets. It knows nothing of MLS either: the rules arrive through
-//! [`Admission`] and visibility through the `visible` predicate of [`EventStore::query`].
+//! [`Admission`], and visibility as data ([`audience`]: each event's audience stored with it,
+//! each read's [`ReadScope`]) plus the `visible` predicate of [`EventStore::query`], the
+//! final check.
+//!
+//! What every backend shares is written here once: the writer thread and its group commit
+//! ([`writer`]), the order of checks one write goes through and the verbatim restore
+//! ([`write_txn`]), the state overlay the rules write through ([`overlay`]), and the
+//! address keys of replaceable events ([`address`]). A backend supplies its transaction
+//! ([`writer::WriteBackend`], [`write_txn::WriteTxn`]) and its reads.
 
+pub mod address;
+pub mod audience;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod embedded;
 mod feed;
+pub mod overlay;
+pub mod write_txn;
+pub mod writer;
 
+pub use audience::{Audience, ReadKey, ReadScope};
 pub use feed::{CommitFeed, CommitNotice, Sequenced};
 use mls_proto::{Event, Filter, Hex32};
 use std::sync::Arc;
@@ -123,6 +137,14 @@ pub trait Admission: Send + Sync + 'static {
     fn refuse_deletion(&self, _deleter: &Hex32, _target: &Event) -> Option<Rejection> {
         None
     }
+
+    /// Who may read `event` once stored, recorded with it (see [`audience`]): computed after
+    /// its own state changes, over the state as its batch left it, and for restored events
+    /// too. It must hold every key a reader needs to see the event now *or later* under the
+    /// visibility rule (a read's scope is only a pre-filter; the rule is the final check).
+    fn audience(&self, _event: &Event, _state: &dyn StateRead) -> Audience {
+        Audience::anyone()
+    }
 }
 
 /// The default rules: accept everything, keep NIP-40 expiration. Used by tools and tests.
@@ -219,6 +241,43 @@ impl ReadBounds {
     }
 }
 
+/// What is left of one read's candidate bound ([`ReadBounds::max_candidates`]), for
+/// backends to count what they examine.
+#[derive(Debug)]
+pub struct Budget {
+    left: u64,
+    exhausted: bool,
+}
+
+impl Budget {
+    pub fn new(bounds: ReadBounds) -> Budget {
+        Budget {
+            left: bounds.max_candidates,
+            exhausted: false,
+        }
+    }
+
+    /// Takes one candidate; false (and marks the read incomplete) when none is left.
+    pub fn take(&mut self) -> bool {
+        if self.left == 0 {
+            self.exhausted = true;
+            return false;
+        }
+        self.left -= 1;
+        true
+    }
+
+    /// Candidates still allowed.
+    pub fn left(&self) -> u64 {
+        self.left
+    }
+
+    /// The read stopped at the bound with candidates left to examine.
+    pub fn exhausted(&self) -> bool {
+        self.exhausted
+    }
+}
+
 /// A read's answer, and whether it is whole: `complete` is false when the read stopped at
 /// `max_candidates` with candidates left to examine (the answer then covers the newest part).
 #[derive(Debug, Clone)]
@@ -235,25 +294,30 @@ pub trait EventStore: Send + Sync + 'static {
     /// and kind-5 deletions.
     async fn write(&self, event: Event, publisher: Publisher) -> StoreResult<WriteOutcome>;
 
-    /// Events matching any of `filters` and `visible`, newest first (ties: lowest id first),
-    /// at most `limit` per filter (the filter's own `limit`, capped by `bounds.max_limit`),
-    /// merged and de-duplicated, never expired at `now`; at most `bounds.max_candidates`
-    /// stored events examined in all.
+    /// Events matching any of `filters`, in `scope` and `visible`, newest first (ties:
+    /// lowest id first), at most `limit` per filter (the filter's own `limit`, capped by
+    /// `bounds.max_limit`), merged and de-duplicated, never expired at `now`; at most
+    /// `bounds.max_candidates` stored events examined in all. Events out of `scope` are
+    /// skipped by the backend (through its audience index where it has one) and are not
+    /// meant to count as examined; `visible` decides the rest.
     async fn query(
         &self,
         filters: &[Filter],
         bounds: ReadBounds,
         now: u64,
+        scope: &ReadScope,
         visible: Visible<'_>,
     ) -> StoreResult<Bounded<Vec<StoredEvent>>>;
 
-    /// Number of distinct events matching any of `filters` and `visible` (NIP-45), examining
-    /// at most `bounds.max_candidates` stored events (`bounds.max_limit` is not used).
+    /// Number of distinct events matching any of `filters`, in `scope` and `visible`
+    /// (NIP-45), examining at most `bounds.max_candidates` stored events (`bounds.max_limit`
+    /// is not used).
     async fn count(
         &self,
         filters: &[Filter],
         bounds: ReadBounds,
         now: u64,
+        scope: &ReadScope,
         visible: Visible<'_>,
     ) -> StoreResult<Bounded<u64>>;
 
@@ -300,6 +364,12 @@ pub trait EventStore: Send + Sync + 'static {
     /// no backend can hold).
     async fn restore(&self, items: Vec<BackupItem>) -> StoreResult<Vec<WriteOutcome>>;
 
+    /// Works every stored event's audience out again over the state as it is now, in chunks
+    /// of [`writer::PURGE_CHUNK`] events, one write transaction each; returns how many events
+    /// it went through. A restore needs it at the end: a backup lists the events before the
+    /// state their audience depends on (a group's gate).
+    async fn refresh_audiences(&self) -> StoreResult<u64>;
+
     /// The commit stream of this store in this process: a notice after each durable commit
     /// (the highest `seq` committed, and the accepted events that are not stored), and the
     /// ephemeral events announced by the relay. Live fan-out consumes it.
@@ -310,4 +380,13 @@ pub trait EventStore: Send + Sync + 'static {
     /// events deleted, replaced or purged since are skipped. Fewer than `limit` events means
     /// every event committed when the read began was returned.
     async fn since(&self, after: u64, limit: usize) -> StoreResult<Vec<Sequenced>>;
+
+    /// The highest `seq` committed in the store, by any writer: with several relay instances
+    /// on one database this is the database's own, not what this process has heard of
+    /// ([`CommitFeed::last_seq`]). Every stored event with a lower `seq` is committed too, so
+    /// a read that starts after this answer sees all of them. A store only one process
+    /// writes answers from its feed.
+    async fn committed_seq(&self) -> StoreResult<u64> {
+        Ok(self.commits().last_seq())
+    }
 }

@@ -92,6 +92,7 @@ fn check_present(dir: &Path, ids: &[Hex32]) {
                     &[filter],
                     mls_store::ReadBounds::unbounded(1000),
                     mls_proto::unix_now(),
+                    &mls_store::ReadScope::everything(),
                     &everyone,
                 )
                 .await

@@ -6,6 +6,10 @@
 //! member), so each delivery also runs the membership check of `may_see`; `--open-group`
 //! skips the roster (an unknown group is open to any authenticated reader).
 //!
+//! Several instances (`--sub-urls`, `--pub-urls`): subscribers and publishers are spread
+//! round-robin over those relays (instances sharing one database, with `--relay-url` naming
+//! their common public URL), so most deliveries cross the bus between instances.
+//!
 //! Figures: delivery latency (scheduled publish time → frame received by the subscriber),
 //! delivered / lost / duplicate counts, subscribers the relay dropped as slow readers, the
 //! publishers' OK latency, and the relay's CPU per delivery.
@@ -45,6 +49,38 @@ pub struct FanoutOpts {
     /// How long a subscriber waits for missing events after its last frame, seconds.
     #[arg(long, default_value_t = 5.0)]
     pub drain: f64,
+    /// Relays the subscribers connect to, comma-separated, round-robin (default: --url).
+    #[arg(long, value_delimiter = ',')]
+    pub sub_urls: Vec<String>,
+    /// Relays the publishers connect to, comma-separated, round-robin (default: --url).
+    #[arg(long, value_delimiter = ',')]
+    pub pub_urls: Vec<String>,
+}
+
+/// Opens one authenticated connection per key, key `i` on `urls[i % urls.len()]` (or on
+/// `fallback` when `urls` is empty), in key order.
+async fn open_spread(
+    urls: &[String],
+    fallback: &str,
+    relay_url: &str,
+    keys: &[secp256k1::Keypair],
+    concurrency: usize,
+) -> Result<Vec<Ws>, String> {
+    let fallback = [fallback.to_owned()];
+    let urls = if urls.is_empty() { &fallback[..] } else { urls };
+    let mut slots: Vec<Option<Ws>> = (0..keys.len()).map(|_| None).collect();
+    for (u, url) in urls.iter().enumerate() {
+        let mine: Vec<usize> = (u..keys.len()).step_by(urls.len()).collect();
+        let their_keys: Vec<_> = mine.iter().map(|&i| keys[i]).collect();
+        let opened = client::open_many(url, relay_url, &their_keys, concurrency).await?;
+        for (i, (ws, _)) in mine.into_iter().zip(opened) {
+            slots[i] = Some(ws);
+        }
+    }
+    Ok(slots
+        .into_iter()
+        .map(|w| w.expect("every key opened"))
+        .collect())
 }
 
 /// Roster events (kind 450) that create `group` with `members` (chunks of 1000 `p` tags).
@@ -158,13 +194,27 @@ pub async fn run(target: &Target, opts: &FanoutOpts) -> Result<Record, String> {
     }
 
     eprintln!("fanout: opening {s} subscribers");
-    let subs = client::open_many(&target.url, &target.relay_url, &sub_keys, 128).await?;
-    let subs: Vec<Ws> = stream::iter(subs.into_iter().map(|(ws, _)| Ok(ws)))
+    let subs = open_spread(
+        &opts.sub_urls,
+        &target.url,
+        &target.relay_url,
+        &sub_keys,
+        128,
+    )
+    .await?;
+    let subs: Vec<Ws> = stream::iter(subs.into_iter().map(Ok))
         .map_ok(|ws| subscribe(ws, &group))
         .try_buffer_unordered(128)
         .try_collect()
         .await?;
-    let pubs = client::open_many(&target.url, &target.relay_url, &pub_keys, 64).await?;
+    let pubs = open_spread(
+        &opts.pub_urls,
+        &target.url,
+        &target.relay_url,
+        &pub_keys,
+        64,
+    )
+    .await?;
 
     let now = mls_proto::unix_now();
     let events = client::sign_parallel(opts.events, |i| {
@@ -197,7 +247,7 @@ pub async fn run(target: &Target, opts: &FanoutOpts) -> Result<Record, String> {
     let pub_tasks: Vec<_> = pubs
         .into_iter()
         .zip(per_pub)
-        .map(|((ws, _), (evs, due, slots))| {
+        .map(|(ws, (evs, due, slots))| {
             let batch = Batch::new(&evs, Some(due), slots);
             tokio::spawn(ingest::pipeline(ws, batch, usize::MAX, t0, sent.clone()))
         })
@@ -235,6 +285,8 @@ pub async fn run(target: &Target, opts: &FanoutOpts) -> Result<Record, String> {
     let mut rec = Record::new("fanout");
     rec.text("group", if opts.open_group { "open" } else { "gated" });
     rec.int("subscribers", s as u64);
+    rec.int("sub_instances", opts.sub_urls.len().max(1) as u64);
+    rec.int("pub_instances", opts.pub_urls.len().max(1) as u64);
     rec.int("publishers", p as u64);
     rec.int("events", opts.events as u64);
     rec.num("rate", opts.rate);

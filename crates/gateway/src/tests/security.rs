@@ -326,3 +326,30 @@ fn the_state_purge_looks_at_a_bounded_number_of_keys_per_chunk() {
         1
     );
 }
+
+#[test]
+fn a_nip98_token_is_used_once_and_forgotten_by_the_purge_after_it_expires() {
+    let mut e = env(true);
+    let token = Hex32([7; 32]);
+    let other = Hex32([8; 32]);
+    let forget_after = T + 121;
+    e.gw.use_token_once(&token, forget_after, &mut e.st)
+        .unwrap();
+    let again = e.gw.use_token_once(&token, forget_after, &mut e.st);
+    assert!(
+        matches!(&again, Err(r) if r.0.starts_with("restricted:") && r.0.contains("already used")),
+        "{again:?}"
+    );
+    e.gw.use_token_once(&other, forget_after, &mut e.st)
+        .unwrap();
+    // Still remembered while it could verify; gone after.
+    e.gw.purge_state(forget_after, &mut e.st).unwrap();
+    assert!(e
+        .gw
+        .use_token_once(&token, forget_after, &mut e.st)
+        .is_err());
+    let removed = e.gw.purge_state(forget_after + 120, &mut e.st).unwrap();
+    assert_eq!(removed, 2);
+    e.gw.use_token_once(&token, forget_after + 200, &mut e.st)
+        .unwrap();
+}

@@ -42,9 +42,10 @@ fn record_json(rec: &GroupRecord) -> Value {
 }
 
 /// The calling admin's pubkey (NIP-98, `admin_pubkeys`), or the refusal.
-fn authorize_admin(call: &ApiCall, app: &App, body: &[u8]) -> Result<Hex32, ApiError> {
+async fn authorize_admin(call: &ApiCall, app: &App, body: &[u8]) -> Result<Hex32, ApiError> {
     Ok(call
-        .authorize(app, body, Access::Admin)?
+        .authorize(app, body, Access::Admin)
+        .await?
         .expect("admin access implies a caller"))
 }
 
@@ -72,7 +73,7 @@ pub async fn list_groups(
     State(app): State<Arc<App>>,
     call: ApiCall,
 ) -> Result<Json<Value>, ApiError> {
-    authorize_admin(&call, &app, &[])?;
+    authorize_admin(&call, &app, &[]).await?;
     let mut groups = Vec::new();
     app.store
         .read_state(&mut |state| {
@@ -91,7 +92,7 @@ pub async fn group(
     call: ApiCall,
     group_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let admin = authorize_admin(&call, &app, &[])?;
+    let admin = authorize_admin(&call, &app, &[]).await?;
     let group_id = path(group_id)?;
     match read_group(&app, &Viewer::authenticated_as([admin]), &group_id).await? {
         Some(rec) => Ok(Json(json!({ "group": record_json(&rec) }))),
@@ -218,7 +219,7 @@ async fn roster_change(
     op: RosterOp,
 ) -> Result<Json<Value>, ApiError> {
     let bytes = body(bytes)?;
-    let admin = authorize_admin(&call, &app, &bytes)?;
+    let admin = authorize_admin(&call, &app, &bytes).await?;
     let group_id = path(group_id)?;
     let req: PubkeysBody = parse_json(&bytes)?;
     let pubkeys = parse_pubkeys(&req.pubkeys)?;
@@ -269,7 +270,7 @@ pub async fn rename(
     bytes: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let bytes = body(bytes)?;
-    let admin = authorize_admin(&call, &app, &bytes)?;
+    let admin = authorize_admin(&call, &app, &bytes).await?;
     let group_id = path(group_id)?;
     let req: RenameBody = parse_json(&bytes)?;
     let rec = apply(&app, admin, group_id, Change::Rename(req.display_name)).await?;

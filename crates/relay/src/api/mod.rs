@@ -152,7 +152,7 @@ impl FromRequestParts<Arc<App>> for ApiCall {
 
 impl ApiCall {
     /// [`authorize`] for this request with its `body`.
-    pub fn authorize(
+    pub async fn authorize(
         &self,
         app: &App,
         body: &[u8],
@@ -165,7 +165,7 @@ impl ApiCall {
             headers: &self.headers,
             body,
         };
-        authorize(app, &call, access)
+        authorize(app, &call, access).await
     }
 }
 
@@ -182,7 +182,11 @@ pub struct Call<'a> {
 /// signing pubkey, the allow/deny lists and the endpoint's access rule, in that order; last,
 /// a state-changing token is marked used. Returns the caller's pubkey (`None`: anonymous,
 /// allowed for [`Access::Public`]).
-pub fn authorize(app: &App, call: &Call<'_>, access: Access) -> Result<Option<Hex32>, ApiError> {
+pub async fn authorize(
+    app: &App,
+    call: &Call<'_>,
+    access: Access,
+) -> Result<Option<Hex32>, ApiError> {
     let rate_limited = |wait: std::time::Duration| {
         crate::metrics::rate_limited("api");
         let mut e = ApiError::new(
@@ -247,8 +251,26 @@ pub fn authorize(app: &App, call: &Call<'_>, access: Access) -> Result<Option<He
         ));
     }
     if let Some(id) = verified.and_then(|v| v.single_use) {
-        match app.nip98_seen.first_use(id, mls_proto::unix_now()) {
-            Ok(()) => {}
+        let now = mls_proto::unix_now();
+        match app.nip98_seen.first_use(id, now) {
+            // This instance has not seen it; neither may any other on the same store.
+            Ok(()) => {
+                let gateway = app.gateway.clone();
+                let forget_after = now + 2 * nip98::WINDOW_SECS + 1;
+                let marked = app
+                    .store
+                    .update_state(Box::new(move |state| {
+                        gateway.use_token_once(&id, forget_after, state)
+                    }))
+                    .await
+                    .map_err(ApiError::storage)?;
+                if marked.is_err() {
+                    return Err(ApiError::unauthorized(
+                        "auth_invalid",
+                        "NIP-98: this token was already used",
+                    ));
+                }
+            }
             Err(nip98::Reuse::AlreadyUsed) => {
                 return Err(ApiError::unauthorized(
                     "auth_invalid",

@@ -7,7 +7,7 @@ impl Config {
     /// Applies `PORT`, `NOSTR_AUTH_REQUIRED` (true/false/1/0), `ALLOWED_ORIGINS` and `RELAY_URL`
     /// (comma-separated),
     /// `DATABASE_URL`, `GOOGLE_CLOUD_PROJECT` / `FIREBASE_PROJECT_ID` (project id; the first one
-    /// set wins) and `METRICS_TOKEN`. `lookup` is `|k| std::env::var(k).ok()` in the binary; tests
+    /// set wins), `METRICS_TOKEN` and `REDIS_URL`. `lookup` is `|k| std::env::var(k).ok()` in the binary; tests
     /// pass their own. A variable that is set but empty counts as unset.
     pub fn apply_env(
         &mut self,
@@ -56,6 +56,9 @@ impl Config {
         }
         if let Some(v) = get("METRICS_TOKEN") {
             self.server.metrics_token = Some(v);
+        }
+        if let Some(v) = get("REDIS_URL") {
+            self.bus.redis_url = Some(v);
         }
         Ok(())
     }

@@ -7,13 +7,17 @@ const MASK: &str = "***";
 
 impl Config {
     /// The effective config as TOML with secrets masked: the password inside
-    /// `extensions.mls_gateway.database_url` and `server.metrics_token`.
+    /// `extensions.mls_gateway.database_url`, `bus.redis_url` and `server.metrics_token`.
     pub fn to_masked_toml(&self) -> String {
         let mut masked = self.clone();
         if let Some(token) = &mut masked.server.metrics_token {
             *token = MASK.into();
         }
         if let Some(url) = &mut masked.extensions.mls_gateway.database_url {
+            *url = mask_database_url(url);
+        }
+        // redis://user:secret@host or redis://:secret@host: the same URL form.
+        if let Some(url) = &mut masked.bus.redis_url {
             *url = mask_database_url(url);
         }
         toml::to_string(&masked)

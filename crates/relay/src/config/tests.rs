@@ -130,6 +130,7 @@ fn example_file_documents_every_key() {
         "project_id",
         "database_id",
         "database_url",
+        "redis_url",
     ] {
         assert!(text.contains(&format!("# {key} = ")), "{key} not shown");
     }
@@ -714,5 +715,56 @@ fn memory_bounds_have_defaults_and_are_checked() {
     assert!(
         w.len() == 1 && w[0].starts_with("limitation.outbox_total_bytes"),
         "{w:?}"
+    );
+}
+
+#[test]
+fn bus_keys_are_checked_named_and_masked() {
+    let cloudsql = "[extensions.mls_gateway]\nstorage_backend = \"cloudsql\"\n\
+                    database_url = \"postgres://u:p@db/mls\"\n";
+    let config = parse_ok(cloudsql);
+    assert_eq!(config.bus, BusConfig::default());
+    assert_eq!(config.bus.catch_up_interval_ms, 1000);
+    config.validate().unwrap();
+
+    // REDIS_URL is the same key.
+    let mut config = parse_ok(cloudsql);
+    config
+        .apply_env(&env(&[(
+            "REDIS_URL",
+            "redis://:r3dis-s3cret@10.0.0.3:6379",
+        )]))
+        .unwrap();
+    config.validate().unwrap();
+    let shown = config.to_masked_toml();
+    assert!(!shown.contains("r3dis-s3cret"), "{shown}");
+    assert!(shown.contains("redis://:***@10.0.0.3:6379"), "{shown}");
+
+    for (extra, key) in [
+        ("[bus]\nredis_url = \"10.0.0.3:6379\"\n", "bus.redis_url"),
+        ("[bus]\nredis_channel = \"\"\n", "bus.redis_channel"),
+        (
+            "[bus]\ncatch_up_interval_ms = 0\n",
+            "bus.catch_up_interval_ms",
+        ),
+        (
+            "[bus]\ncatch_up_interval_ms = 60001\n",
+            "bus.catch_up_interval_ms",
+        ),
+    ] {
+        let err = parse_ok(&format!("{cloudsql}{extra}"))
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key), "{extra}: {err}");
+    }
+    // A bus joins instances sharing a database; the embedded store is one process's.
+    let err = parse_ok("[bus]\nredis_url = \"redis://127.0.0.1:6379\"\n")
+        .validate()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("bus.redis_url") && err.contains("cloudsql"),
+        "{err}"
     );
 }

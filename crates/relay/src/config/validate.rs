@@ -194,6 +194,38 @@ impl Config {
                 }
             }
         }
+        // [bus]
+        let bus = &self.bus;
+        if let Some(url) = &bus.redis_url {
+            if !url.starts_with("redis://") {
+                fail(
+                    "bus.redis_url",
+                    "bus.redis_url must be a redis:// URL (e.g. redis://10.0.0.3:6379; TLS, rediss://, is not built in)".into(),
+                );
+            }
+            if g.storage_backend == StorageBackend::Embedded {
+                fail(
+                    "bus.redis_url",
+                    "bus.redis_url joins instances that share one database: it needs a shared store, storage_backend = \"cloudsql\" or \"firestore\" (the embedded store belongs to one process)".into(),
+                );
+            }
+        }
+        if bus.redis_channel.is_empty() {
+            fail(
+                "bus.redis_channel",
+                "bus.redis_channel must not be empty".into(),
+            );
+        }
+        if !(10..=60_000).contains(&bus.catch_up_interval_ms) {
+            fail(
+                "bus.catch_up_interval_ms",
+                format!(
+                    "bus.catch_up_interval_ms must be 10 to 60000, got {}",
+                    bus.catch_up_interval_ms
+                ),
+            );
+        }
+
         if g.enable_api
             && (!g.api_prefix.starts_with('/')
                 || (g.api_prefix.len() > 1 && g.api_prefix.ends_with('/')))

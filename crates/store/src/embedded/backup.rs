@@ -1,14 +1,12 @@
-//! Backups of the embedded store: everything it holds, read from one snapshot ([`backup`]),
-//! and put back verbatim inside the writer's transaction ([`restore`]).
+//! Backups of the embedded store: everything it holds, read from one snapshot ([`backup`]).
+//! A restore runs in the writer's transaction ([`crate::write_txn`]).
 
 use super::keys::{self, decode_record};
-use super::writer::{remove_event, store_event};
 use super::{backend, Dbs};
-use crate::{
-    BackupItem, StoreError, StoreResult, StoredEvent, Tombstone, WriteOutcome, MAX_STATE_KEY_LEN,
-};
-use heed::{Env, RoTxn, RwTxn, WithoutTls};
-use mls_proto::{Event, Hex32, KindClass};
+use crate::address::split_address_key;
+use crate::{BackupItem, StoreError, StoreResult, StoredEvent, Tombstone};
+use heed::{Env, RoTxn, WithoutTls};
+use mls_proto::{Event, Hex32};
 use std::sync::Arc;
 
 type Sink<'f> = &'f mut (dyn FnMut(&BackupItem) -> bool + Send);
@@ -50,10 +48,9 @@ pub(super) fn backup(env: &Env<WithoutTls>, dbs: &Dbs, f: Sink<'_>) -> StoreResu
         .map_err(backend("walk address tombstones"))?
     {
         let (key, value) = entry.map_err(backend("walk address tombstones"))?;
-        let (Some((kind, pubkey, inline)), Some((until, carried))) = (
-            keys::split_addr_key(key),
-            keys::split_tomb_addr_value(value),
-        ) else {
+        let (Some((kind, pubkey, inline)), Some((until, carried))) =
+            (split_address_key(key), keys::split_tomb_addr_value(value))
+        else {
             return Err(StoreError::Corrupt("address tombstone".into()));
         };
         let d = match inline {
@@ -129,97 +126,4 @@ fn flush(txn: &RoTxn, dbs: &Dbs, ids: &mut Vec<Hex32>, f: Sink<'_>) -> StoreResu
         }
     }
     Ok(true)
-}
-
-/// Puts `items` back verbatim in the writer's transaction: no rules, no deletions applied.
-pub(super) fn restore(
-    txn: &mut RwTxn,
-    dbs: &Dbs,
-    items: &[BackupItem],
-) -> StoreResult<Vec<WriteOutcome>> {
-    items
-        .iter()
-        .map(|item| match item {
-            BackupItem::Event(stored) => restore_event(txn, dbs, stored),
-            BackupItem::State { key, value } => {
-                if key.is_empty() || key.len() > MAX_STATE_KEY_LEN {
-                    return Ok(WriteOutcome::Rejected(format!(
-                        "invalid: state key must be 1 to {MAX_STATE_KEY_LEN} bytes, got {}",
-                        key.len()
-                    )));
-                }
-                dbs.state
-                    .put(txn, key, value)
-                    .map_err(backend("write state key"))?;
-                Ok(WriteOutcome::Accepted)
-            }
-            BackupItem::Tombstone(Tombstone::Id { id, deleter }) => {
-                dbs.tomb_ids
-                    .put(txn, &keys::tomb_id_key(id, deleter), &[])
-                    .map_err(backend("write id tombstone"))?;
-                Ok(WriteOutcome::Accepted)
-            }
-            BackupItem::Tombstone(Tombstone::Address {
-                kind,
-                pubkey,
-                d,
-                until,
-            }) => {
-                if !matches!(
-                    KindClass::of(*kind),
-                    KindClass::Replaceable | KindClass::Addressable
-                ) {
-                    return Ok(WriteOutcome::Rejected(format!(
-                        "invalid: kind {kind} has no address"
-                    )));
-                }
-                let addr = keys::addr_key(*kind, pubkey, d);
-                let until = dbs
-                    .tomb_addrs
-                    .get(txn, &addr)
-                    .map_err(backend("look up address tombstone"))?
-                    .and_then(keys::split_tomb_addr_value)
-                    .map_or(*until, |(t, _)| t.max(*until));
-                dbs.tomb_addrs
-                    .put(txn, &addr, &keys::tomb_addr_value(until, d))
-                    .map_err(backend("write address tombstone"))?;
-                Ok(WriteOutcome::Accepted)
-            }
-        })
-        .collect()
-}
-
-fn restore_event(txn: &mut RwTxn, dbs: &Dbs, stored: &StoredEvent) -> StoreResult<WriteOutcome> {
-    let ev = &stored.event;
-    if ev.class() == KindClass::Ephemeral {
-        return Ok(WriteOutcome::Rejected(
-            "invalid: ephemeral events are not stored".into(),
-        ));
-    }
-    if dbs
-        .events
-        .get(txn, &ev.id.0)
-        .map_err(backend("look up event id"))?
-        .is_some()
-    {
-        return Ok(WriteOutcome::Duplicate);
-    }
-    if let Some(addr) = keys::event_addr_key(ev) {
-        if let Some(current) = dbs
-            .addr
-            .get(txn, &addr)
-            .map_err(backend("look up address"))?
-        {
-            let (created_at, id) = keys::split_addr_value(current)
-                .ok_or_else(|| StoreError::Corrupt("address entry".into()))?;
-            if created_at > ev.created_at || (created_at == ev.created_at && id < ev.id) {
-                return Ok(WriteOutcome::Rejected(
-                    "invalid: a newer version of this event is already stored".into(),
-                ));
-            }
-            remove_event(txn, dbs, &id)?;
-        }
-    }
-    store_event(txn, dbs, ev, stored.received_at, stored.expires_at)?;
-    Ok(WriteOutcome::Accepted)
 }

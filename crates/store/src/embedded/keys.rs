@@ -5,7 +5,8 @@
 //! first and ties come out lowest id first — the order NIP-01 results must have — and merging
 //! several cursors only needs to compare suffixes.
 
-use mls_proto::{Event, Hex32, KindClass};
+use crate::address::{Address, D_INLINE_MAX};
+use mls_proto::{Event, Hex32};
 use sha2::{Digest, Sha256};
 
 pub(super) const ID_LEN: usize = 32;
@@ -20,8 +21,6 @@ pub(super) const META_LEN: usize = 2 + 32;
 const TAG_INLINE_MAX: usize = 200;
 /// Length byte marking a hashed tag value (never a real inline length).
 const TAG_HASHED: u8 = 0xff;
-/// `d` values up to this many bytes are stored in the address key as they are.
-const D_INLINE_MAX: usize = 300;
 
 pub(super) fn rev(ts: u64) -> [u8; 8] {
     (u64::MAX - ts).to_be_bytes()
@@ -134,6 +133,57 @@ pub(super) fn index_keys(ev: &Event) -> Vec<(Index, Vec<u8>)> {
     keys
 }
 
+/// The audience index entries of `ev` (see [`crate::audience`]): one per read key in
+/// `audience` (key bytes as [`crate::ReadKey::to_bytes`] makes them), and one per read key
+/// and kind, so that a read walks only what its scope holds.
+pub(super) fn audience_index_keys(
+    created_at: u64,
+    id: &Hex32,
+    kind: u16,
+    audience: &[Vec<u8>],
+) -> Vec<(Index, Vec<u8>)> {
+    let ca = created_at;
+    audience
+        .iter()
+        .flat_map(|key| {
+            [
+                (Index::Audience, with_suffix(key, ca, id)),
+                (
+                    Index::AudienceKind,
+                    with_suffix(&audience_kind_prefix(key, kind), ca, id),
+                ),
+            ]
+        })
+        .collect()
+}
+
+pub(super) fn audience_kind_prefix(key: &[u8], kind: u16) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + 2);
+    k.extend_from_slice(key);
+    k.extend_from_slice(&kind.to_be_bytes());
+    k
+}
+
+/// The `audience` record of an event: each read key's bytes after a 2-byte length.
+pub(super) fn encode_audience(keys: &[Vec<u8>]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(keys.iter().map(|k| k.len() + 2).sum());
+    for k in keys {
+        v.extend_from_slice(&(k.len() as u16).to_be_bytes());
+        v.extend_from_slice(k);
+    }
+    v
+}
+
+pub(super) fn decode_audience(mut v: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let mut keys = Vec::new();
+    while !v.is_empty() {
+        let len = u16::from_be_bytes(v.get(..2)?.try_into().ok()?) as usize;
+        keys.push(v.get(2..2 + len)?.to_vec());
+        v = &v[2 + len..];
+    }
+    Some(keys)
+}
+
 /// The time-ordered indexes (all keyed `prefix ++ rev(created_at) ++ id`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Index {
@@ -142,6 +192,10 @@ pub(super) enum Index {
     Kind,
     AuthorKind,
     Tag,
+    /// Prefix: a read key.
+    Audience,
+    /// Prefix: a read key and a kind.
+    AudienceKind,
 }
 
 /// `expires_at ++ id`: oldest expiry first, so a purge walks from the start up to `now`.
@@ -152,60 +206,9 @@ pub(super) fn expiry_key(expires_at: u64, id: &Hex32) -> [u8; 8 + ID_LEN] {
     k
 }
 
-/// `kind ++ pubkey ++ (0x00 ++ d | 0x01 ++ sha256(d))`. Replaceable kinds always use an
-/// empty `d` (their address is kind:pubkey).
-pub(super) fn addr_key(kind: u16, pubkey: &Hex32, d: &str) -> Vec<u8> {
-    let d = if KindClass::of(kind) == KindClass::Addressable {
-        d.as_bytes()
-    } else {
-        b""
-    };
-    let mut k = Vec::with_capacity(35 + d.len().min(D_INLINE_MAX));
-    k.extend_from_slice(&kind.to_be_bytes());
-    k.extend_from_slice(&pubkey.0);
-    if d.len() <= D_INLINE_MAX {
-        k.push(0);
-        k.extend_from_slice(d);
-    } else {
-        k.push(1);
-        k.extend_from_slice(&Sha256::digest(d));
-    }
-    k
-}
-
-/// The address key of a replaceable or addressable event.
+/// The address key of a replaceable or addressable event (see [`crate::address`]).
 pub(super) fn event_addr_key(ev: &Event) -> Option<Vec<u8>> {
-    match ev.class() {
-        KindClass::Replaceable | KindClass::Addressable => {
-            Some(addr_key(ev.kind, &ev.pubkey, ev.d_tag()))
-        }
-        _ => None,
-    }
-}
-
-/// Parses an `a` tag value `kind:pubkey:d` into its owner, address key and `d` (empty for
-/// replaceable kinds); `None` for anything that is not a replaceable or addressable address.
-pub(super) fn parse_a_tag(value: &str) -> Option<(Hex32, Vec<u8>, &str)> {
-    let mut parts = value.splitn(3, ':');
-    let kind: u16 = parts.next()?.parse().ok()?;
-    let pubkey = Hex32::from_hex(parts.next()?)?;
-    let d = parts.next().unwrap_or("");
-    match KindClass::of(kind) {
-        KindClass::Replaceable => Some((pubkey, addr_key(kind, &pubkey, d), "")),
-        KindClass::Addressable => Some((pubkey, addr_key(kind, &pubkey, d), d)),
-        _ => None,
-    }
-}
-
-/// Kind, pubkey and (when stored inline, not hashed) `d` back from an address key.
-pub(super) fn split_addr_key(key: &[u8]) -> Option<(u16, Hex32, Option<&[u8]>)> {
-    let kind = u16::from_be_bytes(key.get(..2)?.try_into().ok()?);
-    let pubkey = Hex32(key.get(2..34)?.try_into().ok()?);
-    match key.get(34)? {
-        0 => Some((kind, pubkey, Some(&key[35..]))),
-        1 => Some((kind, pubkey, None)),
-        _ => None,
-    }
+    Address::of(ev).map(|a| a.key)
 }
 
 /// Value of an address tombstone: `until` (the newest deleted `created_at`), followed by `d`
@@ -330,6 +333,14 @@ mod tests {
     }
 
     #[test]
+    fn audience_records_round_trip() {
+        let keys = vec![vec![0], vec![3; 33], vec![4; 256]];
+        assert_eq!(decode_audience(&encode_audience(&keys)), Some(keys));
+        assert_eq!(decode_audience(&[]), Some(Vec::new()));
+        assert_eq!(decode_audience(&[0, 5, 1]), None);
+    }
+
+    #[test]
     fn records_round_trip() {
         let r = encode_record(5, Some(7), "{}");
         let d = decode_record(&r).unwrap();
@@ -340,32 +351,12 @@ mod tests {
 
     #[test]
     fn long_d_tags_are_kept_in_the_tombstone_value() {
-        let pk = Hex32([3; 32]);
         let long = "d".repeat(D_INLINE_MAX + 1);
-        let key = addr_key(30000, &pk, &long);
-        assert_eq!(split_addr_key(&key), Some((30000, pk, None)));
         let v = tomb_addr_value(9, &long);
         assert_eq!(split_tomb_addr_value(&v), Some((9, long.as_bytes())));
         assert_eq!(
             split_tomb_addr_value(&tomb_addr_value(9, "x")),
             Some((9, &b""[..]))
         );
-    }
-
-    #[test]
-    fn a_tags_parse_only_addresses() {
-        let pk = Hex32([3; 32]);
-        let tag = format!("30000:{pk}:x:y");
-        let (p, k, d) = parse_a_tag(&tag).unwrap();
-        assert_eq!((p, d), (pk, "x:y"));
-        assert_eq!(k, addr_key(30000, &pk, "x:y"));
-        assert_eq!(split_addr_key(&k), Some((30000, pk, Some(&b"x:y"[..]))));
-        assert_eq!(
-            parse_a_tag(&format!("10002:{pk}:")).unwrap().1,
-            addr_key(10002, &pk, "")
-        );
-        assert_eq!(parse_a_tag(&format!("10002:{pk}:x")).unwrap().2, "");
-        assert!(parse_a_tag(&format!("1:{pk}:")).is_none());
-        assert!(parse_a_tag("30000:zz:x").is_none());
     }
 }

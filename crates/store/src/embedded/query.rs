@@ -6,11 +6,20 @@
 //!
 //! Every index entry (or id) a read examines is a candidate, matching or not, visible or not;
 //! one read examines at most `ReadBounds::max_candidates` of them and then stops, saying so.
+//!
+//! A read's scope (see [`crate::audience`]) decides which index a broad filter walks: with
+//! no kinds, authors, tags or ids, the `audience` index under the scope's read keys; with
+//! only kinds, the `audience_kind` index under each read key and kind. Events out of scope
+//! are then never candidates. The other plans are already narrow (an author, a tag value,
+//! ids): there each candidate's audience record is checked before its JSON is read.
 
 use super::keys::{self, decode_record, Index, META_LEN, SUFFIX_LEN};
 use super::state::TxnState;
 use super::{backend, Bytes, Dbs};
-use crate::{Bounded, ReadBounds, StoreError, StoreResult, StoredEvent, Visible};
+use crate::audience::GROUP_KEY_PREFIX as GROUP_KEY;
+use crate::{
+    Bounded, Budget, ReadBounds, ReadScope, StoreError, StoreResult, StoredEvent, Visible,
+};
 use heed::{Env, RoRange, RoTxn, WithoutTls};
 use mls_proto::{Event, Filter, Hex32};
 use std::cmp::Reverse;
@@ -22,37 +31,13 @@ use std::sync::Arc;
 /// falls back to a one-dimension index (still far better than scanning everything).
 const MAX_PAIRS: usize = 1024;
 
-/// What is left of a read's candidate bound.
-struct Budget {
-    left: u64,
-    exhausted: bool,
-}
-
-impl Budget {
-    fn new(bounds: ReadBounds) -> Budget {
-        Budget {
-            left: bounds.max_candidates,
-            exhausted: false,
-        }
-    }
-
-    /// Takes one candidate; false (and marks the read incomplete) when none is left.
-    fn take(&mut self) -> bool {
-        if self.left == 0 {
-            self.exhausted = true;
-            return false;
-        }
-        self.left -= 1;
-        true
-    }
-}
-
 pub(super) fn query(
     env: &Env<WithoutTls>,
     dbs: &Dbs,
     filters: &[Filter],
     bounds: ReadBounds,
     now: u64,
+    scope: &ReadScope,
     visible: Visible<'_>,
 ) -> StoreResult<Bounded<Vec<StoredEvent>>> {
     let txn = env.read_txn().map_err(backend("begin read transaction"))?;
@@ -71,7 +56,7 @@ pub(super) fn query(
             continue;
         }
         let mut taken = 0u64;
-        walk(&txn, dbs, filter, now, &mut budget, &mut |stored| {
+        walk(&txn, dbs, filter, now, scope, &mut budget, &mut |stored| {
             if !visible(&stored.event, &state) {
                 return true;
             }
@@ -79,7 +64,7 @@ pub(super) fn query(
             found.entry(stored.event.id).or_insert(stored);
             taken < limit
         })?;
-        if budget.exhausted {
+        if budget.exhausted() {
             break;
         }
     }
@@ -87,7 +72,7 @@ pub(super) fn query(
     sort_newest_first(&mut events);
     Ok(Bounded {
         value: events,
-        complete: !budget.exhausted,
+        complete: !budget.exhausted(),
     })
 }
 
@@ -97,6 +82,7 @@ pub(super) fn count(
     filters: &[Filter],
     bounds: ReadBounds,
     now: u64,
+    scope: &ReadScope,
     visible: Visible<'_>,
 ) -> StoreResult<Bounded<u64>> {
     let txn = env.read_txn().map_err(backend("begin read transaction"))?;
@@ -110,19 +96,19 @@ pub(super) fn count(
         if filter.is_empty_match() {
             continue;
         }
-        walk(&txn, dbs, filter, now, &mut budget, &mut |stored| {
+        walk(&txn, dbs, filter, now, scope, &mut budget, &mut |stored| {
             if visible(&stored.event, &state) {
                 ids.insert(stored.event.id);
             }
             true
         })?;
-        if budget.exhausted {
+        if budget.exhausted() {
             break;
         }
     }
     Ok(Bounded {
         value: ids.len() as u64,
-        complete: !budget.exhausted,
+        complete: !budget.exhausted(),
     })
 }
 
@@ -159,6 +145,73 @@ fn sort_newest_first(events: &mut [StoredEvent]) {
 enum Plan {
     Ids(Vec<Hex32>),
     Index(Index, Vec<Vec<u8>>),
+}
+
+/// The read keys a scope holds, as stored (`None`: everything is in scope).
+struct Held {
+    keys: Vec<Vec<u8>>,
+    any_group: bool,
+}
+
+impl Held {
+    fn of(scope: &ReadScope) -> Option<Held> {
+        Some(Held {
+            keys: scope.keys()?.iter().map(crate::ReadKey::to_bytes).collect(),
+            any_group: scope.any_group(),
+        })
+    }
+
+    /// Is the event `id` in scope? An event without an audience record (none is missing
+    /// after the backfill at open) is decided by the visibility rule alone.
+    fn admits(&self, txn: &RoTxn, dbs: &Dbs, id: &Hex32) -> StoreResult<bool> {
+        let Some(record) = dbs
+            .audience
+            .get(txn, &id.0)
+            .map_err(backend("read audience record"))?
+        else {
+            return Ok(true);
+        };
+        let keys = keys::decode_audience(record)
+            .ok_or_else(|| StoreError::Corrupt(format!("{id}: audience record")))?;
+        Ok(keys
+            .iter()
+            .any(|k| (self.any_group && k.first() == Some(&GROUP_KEY)) || self.keys.contains(k)))
+    }
+
+    /// The audience index prefixes that hold exactly this scope's events.
+    fn prefixes(&self) -> Vec<Vec<u8>> {
+        let mut out = self.keys.clone();
+        if self.any_group {
+            out.retain(|k| k.first() != Some(&GROUP_KEY));
+            out.push(vec![GROUP_KEY]);
+        }
+        out
+    }
+}
+
+/// The plan for `filter` under `held`, and whether its index already keeps to the scope.
+fn plan_in_scope(filter: &Filter, held: Option<&Held>) -> (Plan, bool) {
+    let Some(held) = held else {
+        return (plan(filter), true);
+    };
+    let broad = filter.ids.is_none()
+        && filter.authors.is_none()
+        && !filter.tags.keys().any(|l| l.is_ascii_alphabetic());
+    if broad {
+        match &filter.kinds {
+            None => return (Plan::Index(Index::Audience, held.prefixes()), true),
+            Some(kinds) if !held.any_group && held.keys.len() * kinds.len() <= MAX_PAIRS => {
+                let prefixes = held
+                    .keys
+                    .iter()
+                    .flat_map(|key| kinds.iter().map(|k| keys::audience_kind_prefix(key, *k)))
+                    .collect();
+                return (Plan::Index(Index::AudienceKind, prefixes), true);
+            }
+            Some(_) => {}
+        }
+    }
+    (plan(filter), false)
 }
 
 /// Picks the most selective index the filter allows: author+kind, a tag, kind, author,
@@ -203,17 +256,22 @@ fn plan(filter: &Filter) -> Plan {
     Plan::Index(Index::Created, vec![Vec::new()])
 }
 
-/// Calls `f` with each event matching `filter` and not expired at `now`, newest first (ties:
-/// lowest id first), until it returns false or `budget` runs out.
+/// Calls `f` with each event matching `filter`, in `scope` and not expired at `now`, newest
+/// first (ties: lowest id first), until it returns false or `budget` runs out.
 fn walk(
     txn: &RoTxn,
     dbs: &Dbs,
     filter: &Filter,
     now: u64,
+    scope: &ReadScope,
     budget: &mut Budget,
     f: &mut dyn FnMut(StoredEvent) -> bool,
 ) -> StoreResult<()> {
-    let (index, prefixes) = match plan(filter) {
+    let held = Held::of(scope);
+    let (plan, in_scope) = plan_in_scope(filter, held.as_ref());
+    // Each candidate's audience is checked unless the index walked holds only the scope's.
+    let check = if in_scope { None } else { held.as_ref() };
+    let (index, prefixes) = match plan {
         Plan::Ids(mut ids) => {
             ids.sort_unstable();
             ids.dedup();
@@ -221,6 +279,11 @@ fn walk(
             for id in &ids {
                 if !budget.take() {
                     break;
+                }
+                if let Some(held) = check {
+                    if !held.admits(txn, dbs, id)? {
+                        continue;
+                    }
                 }
                 if let Some(stored) = load_matching(txn, dbs, id, filter, now)? {
                     events.push(stored);
@@ -304,6 +367,11 @@ fn walk(
         let Some((_, id)) = keys::split_suffix(&suffix) else {
             continue;
         };
+        if let Some(held) = check {
+            if !held.admits(txn, dbs, &id)? {
+                continue;
+            }
+        }
         if let Some(stored) = load_matching(txn, dbs, &id, filter, now)? {
             if !f(stored) {
                 break;
