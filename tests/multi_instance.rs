@@ -1,4 +1,4 @@
-//! Three relay instances on one PostgreSQL behave as one relay (issue 12): subscribers and
+//! Three relay instances on one database behave as one relay (issue 12): subscribers and
 //! publishers spread over the instances, a gated group, gift wraps, public and ephemeral
 //! events; every acknowledged event reaches every allowed, still-connected subscriber exactly
 //! once, in each publisher's order, and no one else. Then, mid-stream, one instance is
@@ -10,9 +10,11 @@
 //! single-use NIP-98 token used on one instance is refused on another, and a KeyPackage
 //! claimed through one is not handed out by another.
 //!
-//! Two variants: the bus is Redis (`[bus] redis_url`), or PostgreSQL LISTEN/NOTIFY (no
-//! `[bus]` at all). Needs `DATABASE_URL`, and `redis-server` for the Redis variant
-//! (scripts/test.sh starts / installs both); without them the tests say they were skipped.
+//! Three variants: the bus is Redis (`[bus] redis_url`), or PostgreSQL LISTEN/NOTIFY (no
+//! `[bus]` at all); and the instances on one Firestore project (the emulator) joined by
+//! Redis (with the KeyPackage claim again). Needs `DATABASE_URL`, `FIRESTORE_EMULATOR_HOST`
+//! and `redis-server` (scripts/test.sh starts / installs them); without them the tests say
+//! they were skipped.
 
 mod common;
 mod support_api;
@@ -41,11 +43,23 @@ const QUIET: Duration = Duration::from_millis(2500);
 const EPHEMERAL: u16 = 20001;
 
 fn skip() -> bool {
-    if pg::database_url().is_none() {
-        eprintln!("skipped: DATABASE_URL is not set (scripts/test.sh starts a PostgreSQL)");
-        return true;
+    skip_on(Store::Postgres)
+}
+
+fn skip_on(store: Store) -> bool {
+    match store {
+        Store::Postgres if pg::database_url().is_none() => {
+            eprintln!("skipped: DATABASE_URL is not set (scripts/test.sh starts a PostgreSQL)");
+            true
+        }
+        Store::Firestore if common::firestore::emulator_host().is_none() => {
+            eprintln!(
+                "skipped: FIRESTORE_EMULATOR_HOST is not set (scripts/test.sh starts the emulator)"
+            );
+            true
+        }
+        _ => false,
     }
-    false
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -142,6 +156,15 @@ enum Bus {
     Notify,
 }
 
+/// The database the instances share.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Store {
+    Postgres,
+    /// A fresh project on the emulator; the instances need the Redis bus (Firestore has no
+    /// notifications of its own).
+    Firestore,
+}
+
 struct People {
     admin: Keypair,
     alice: Keypair,
@@ -151,21 +174,40 @@ struct People {
     watcher: Keypair,
 }
 
-/// Three relays on one fresh database, auth on, `admin` configured, with `extra`.
+/// Three relays on one fresh PostgreSQL database, auth on, `admin` configured, with `extra`.
 async fn cluster(admin: &Keypair, extra: &str) -> Vec<Relay> {
-    let url = pg::fresh_database();
+    cluster_on(Store::Postgres, admin, extra).await
+}
+
+/// Three relays on one fresh database of `store`, auth on, `admin` configured, with `extra`.
+async fn cluster_on(store: Store, admin: &Keypair, extra: &str) -> Vec<Relay> {
+    let (backend, env) = match store {
+        Store::Postgres => (
+            format!(
+                "[extensions.mls_gateway]\nstorage_backend = \"cloudsql\"\ndatabase_url = {:?}\n",
+                pg::fresh_database()
+            ),
+            None,
+        ),
+        Store::Firestore => (
+            format!(
+                "[extensions.mls_gateway]\nstorage_backend = \"firestore\"\nproject_id = {:?}\n",
+                common::firestore::fresh_project()
+            ),
+            common::firestore::emulator_host(),
+        ),
+    };
     let mut relays = Vec::new();
     for _ in 0..3 {
-        let relay = Relay::builder()
+        let mut builder = Relay::builder()
             .config("[auth]\nenabled = true\n")
             .config(&admin_pubkeys_config(&[admin]))
-            .config(&format!(
-                "[extensions.mls_gateway]\nstorage_backend = \"cloudsql\"\ndatabase_url = {url:?}\n"
-            ))
-            .config(extra)
-            .start()
-            .await;
-        relays.push(relay);
+            .config(&backend)
+            .config(extra);
+        if let Some(host) = &env {
+            builder = builder.env("FIRESTORE_EMULATOR_HOST", host);
+        }
+        relays.push(builder.start().await);
     }
     relays
 }
@@ -340,8 +382,8 @@ async fn expect_exactly(rec: &Recorder, want: &HashSet<String>, ledger: &Ledger)
     }
 }
 
-async fn several_instances_behave_as_one(bus: Bus) {
-    if skip() {
+async fn several_instances_behave_as_one(bus: Bus, store: Store) {
+    if skip_on(store) {
         return;
     }
     let mut redis = match bus {
@@ -366,7 +408,7 @@ async fn several_instances_behave_as_one(bus: Bus) {
         mallory: keys(),
         watcher: keys(),
     };
-    let mut relays = cluster(&p.admin, &bus_toml).await;
+    let mut relays = cluster_on(store, &p.admin, &bus_toml).await;
     let group = unique_id();
     let (alice_pk, carol_pk) = (pk_hex(&p.alice), pk_hex(&p.carol));
 
@@ -495,7 +537,14 @@ async fn several_instances_behave_as_one(bus: Bus) {
         carol_makes,
         ledger.clone(),
     ));
-    let (pub_alice, pub_bob, pub_carol) = (t1.await.unwrap(), t2.await.unwrap(), t3.await.unwrap());
+    let (r1, r2, r3) = (t1.await, t2.await, t3.await);
+    if r1.is_err() || r2.is_err() || r3.is_err() {
+        // Why a publish was refused is in the instances' logs.
+        for (i, relay) in relays.iter().enumerate() {
+            eprintln!("instance {i}, log tail:\n{}", relay.log_tail(40));
+        }
+    }
+    let (pub_alice, pub_bob, pub_carol) = (r1.unwrap(), r2.unwrap(), r3.unwrap());
     drop(pub_carol);
     let l1 = ledger.lock().unwrap().clone();
     let in_group = |e: &Event| e.kind == 445 && has_tag(e, "h", &group);
@@ -639,12 +688,17 @@ async fn several_instances_behave_as_one(bus: Bus) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_instances_on_redis_deliver_every_event_once() {
-    several_instances_behave_as_one(Bus::Redis).await;
+    several_instances_behave_as_one(Bus::Redis, Store::Postgres).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_instances_on_postgres_notify_deliver_every_event_once() {
-    several_instances_behave_as_one(Bus::Notify).await;
+    several_instances_behave_as_one(Bus::Notify, Store::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_instances_on_firestore_and_redis_deliver_every_event_once() {
+    several_instances_behave_as_one(Bus::Redis, Store::Firestore).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -710,10 +764,20 @@ async fn a_nip98_token_used_on_one_instance_is_refused_on_another() {
 
 #[tokio::test]
 async fn a_keypackage_claimed_through_one_instance_is_not_handed_out_by_another() {
-    if skip() {
+    keypackage_claimed_once_across_instances(Store::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_keypackage_claimed_through_one_instance_is_not_handed_out_by_another_on_firestore() {
+    keypackage_claimed_once_across_instances(Store::Firestore).await;
+}
+
+async fn keypackage_claimed_once_across_instances(store: Store) {
+    if skip_on(store) {
         return;
     }
-    let relays = cluster(
+    let relays = cluster_on(
+        store,
         &keys(),
         "[extensions.mls_gateway]\nkeypackage_claims = true\nmax_keypackages_per_query = 2\n",
     )

@@ -216,12 +216,17 @@ impl<B: WriteBackend> Writer<B> {
                         )));
                     }
                     tracing::debug!(error = %e, attempt, "store transaction aborted by contention; running it again");
-                    // Back off a little, with jitter, so two contenders stop colliding.
-                    let jitter = u64::from(std::process::id() % 7)
-                        + u64::from(started.elapsed().subsec_nanos() % 13);
-                    std::thread::sleep(std::time::Duration::from_millis(
-                        (5u64 << attempt.min(6)) + jitter,
-                    ));
+                    // Back off, doubling, with as much jitter again, so contenders spread out
+                    // rather than colliding again in step.
+                    let base = 5u64 << attempt.min(6);
+                    let seed = u64::from(std::process::id())
+                        ^ u64::from(
+                            std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .unwrap_or_default()
+                                .subsec_nanos(),
+                        );
+                    std::thread::sleep(std::time::Duration::from_millis(base + seed % base));
                     attempt += 1;
                 }
                 other => break other,
