@@ -80,7 +80,7 @@ impl FirestoreOptions {
                 .filter(|h| !h.is_empty()),
             deadline: Duration::from_secs(10),
             max_batch: 100,
-            max_attempts: 10,
+            max_attempts: 20,
             query_log: QueryLog::from_env().map(Arc::new),
             before_commit: None,
         }
