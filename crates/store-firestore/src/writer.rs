@@ -745,7 +745,11 @@ impl WriteTxn for Txn<'_> {
         Ok(())
     }
 
+    /// At most [`MAX_WRITES`] per call: the refresh that asks rewrites each event it gets
+    /// and stops, with more to do, once the transaction is full (at 400 writes), so a
+    /// shorter page than it asked for is never taken for the end.
     fn events_after(&self, after: u64, max: usize) -> StoreResult<Vec<(u64, Event)>> {
+        let max = max.min(MAX_WRITES);
         let limit = i32::try_from(max).unwrap_or(i32::MAX);
         let found = self.rpc(self.reader.query(structured(
             EVENTS,

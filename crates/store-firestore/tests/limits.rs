@@ -269,3 +269,70 @@ async fn a_state_change_past_500_writes_is_refused_unless_it_only_deletes() {
         .unwrap();
     assert_eq!(count(store.clone()).await, 0);
 }
+
+/// `refresh_audiences` goes through more events than one commit may rewrite (500 writes),
+/// in several transactions, and every event gets its new audience.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn audiences_of_more_events_than_one_commit_holds_are_all_refreshed() {
+    let Some(project) = emulator::Project::new() else {
+        return;
+    };
+    let store = project.store(Arc::new(TestRules)).await;
+    let (author, owner, stranger) = (keys(), keys(), keys());
+    let owner_hex = hex::encode(owner.x_only_public_key().0.serialize());
+    let t = now() - 10_000;
+    // Stored while `aud:k` is unset: readable by anyone.
+    let events: Vec<_> = (0..1100)
+        .map(|i| ev(&author, t + i, 1, &[&["aud-state", "k"]], &format!("{i}")))
+        .collect();
+    for chunk in events.chunks(100) {
+        let writes = chunk
+            .iter()
+            .map(|e| store.write(e.clone(), Publisher::default()));
+        for got in futures_util::future::join_all(writes).await {
+            assert_eq!(got.unwrap(), WriteOutcome::Accepted);
+        }
+    }
+    let owner_hex2 = owner_hex.clone();
+    store
+        .update_state(Box::new(move |s| {
+            s.put(b"aud:k", owner_hex2.as_bytes())
+                .map_err(|e| mls_store::Rejection(e.to_string()))
+        }))
+        .await
+        .unwrap()
+        .unwrap();
+    let count = |scope: mls_store::ReadScope| {
+        let store = store.clone();
+        async move {
+            let everyone: mls_store::Visible = &mls_store::conformance::everyone;
+            store
+                .count(
+                    &[filter(serde_json::json!({"kinds": [1]}))],
+                    ReadBounds::unbounded(500),
+                    now(),
+                    &scope,
+                    everyone,
+                )
+                .await
+                .unwrap()
+                .value
+        }
+    };
+    let scope_of = |k: &secp256k1::Keypair| {
+        mls_store::ReadScope::holding(
+            vec![mls_store::ReadKey::Pubkey(mls_proto::Hex32(
+                k.x_only_public_key().0.serialize(),
+            ))],
+            false,
+        )
+    };
+    assert_eq!(count(scope_of(&stranger)).await, 1100, "before the refresh");
+    assert_eq!(store.refresh_audiences().await.unwrap(), 1100);
+    assert_eq!(
+        count(scope_of(&stranger)).await,
+        0,
+        "after: the owner's only"
+    );
+    assert_eq!(count(scope_of(&owner)).await, 1100);
+}

@@ -331,6 +331,10 @@ impl Rules<'_> {
         let mut last = after;
         let mut done = 0;
         for (seq, ev) in events.into_iter().take(max) {
+            // A backend's commit limit: the rest goes to the next transaction.
+            if done > 0 && txn.full() {
+                return Ok((last, done, true));
+            }
             let audience = self.audience(txn, &ev);
             txn.set_audience(&ev, &audience)?;
             last = seq;
