@@ -5,16 +5,16 @@
 //! the batch's own writes; duplicates, tombstones, replaceable/addressable versions, kind-5
 //! deletions and NIP-40 behave the same, because the writer, its batches and the order of
 //! checks are `mls_store`'s own ([`mls_store::writer`], [`mls_store::write_txn`]): this crate
-//! supplies the transaction ([`writer`]) and the reads. Several relay instances may share one
+//! supplies the transaction (`writer`) and the reads. Several relay instances may share one
 //! database: every writer's transaction reads and writes `meta/store`, so Firestore
 //! serialises them, and a transaction that lost a conflict (`ABORTED`) is run again.
 //!
 //! Visibility as data: each event document holds its audience (`audience`, an array of read
-//! keys), and a read's scope is an `array-contains-any` on it ([`query::plan`]), so a
+//! keys), and a read's scope is an `array-contains-any` on it (`query::plan`), so a
 //! stranger's read does not walk the events it may not see.
 //!
 //! The document model and how it meets Firestore's limits (1 MiB documents, 500 writes per
-//! commit, contention, indexes) are in `docs/FIRESTORE.md`; [`model`] lays it out and
+//! commit, contention, indexes) are in `docs/FIRESTORE.md`; `model` lays it out and
 //! [`indexes`] checks that `deploy/firestore.indexes.json` serves every query the store sends.
 //!
 //! Threads: the gRPC client is async and runs on the store's own small runtime, so that the
