@@ -19,6 +19,8 @@ use mls_store::overlay::StateChanges;
 use mls_store::write_txn::WriteTxn;
 use mls_store::writer::WriteBackend;
 use mls_store::{StateRead, StoreError, StoreResult};
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Opens the writer's transactions.
@@ -30,12 +32,94 @@ pub(crate) struct Backend {
 }
 
 /// One batch's transaction, on a connection of its own.
+///
+/// Round trips are what a batch costs here, so the transaction buffers its inserts
+/// ([`Pending`], sent as one statement per table by [`WriteTxn::flush`] or before a read of
+/// the events tables needs them) and answers the duplicate, tombstone and version checks of
+/// the batch's own events from what [`WriteTxn::prefetch`] read at once ([`Known`]).
 pub(crate) struct Txn<'a> {
     io: &'a Io,
     client: Object,
     /// The last `seq` handed out, this transaction's included; written back at commit.
     last_seq: i64,
     seq_before: i64,
+    pending: RefCell<Pending>,
+    known: RefCell<Known>,
+    /// State keys read or written by this transaction (nobody else writes under the lock).
+    state_cache: RefCell<HashMap<Vec<u8>, Option<Vec<u8>>>>,
+}
+
+/// Rows this transaction wrote but has not sent yet.
+#[derive(Default)]
+struct Pending {
+    events: HashMap<Hex32, PendingEvent>,
+    /// Address key → the pending event stored at it.
+    addresses: HashMap<Vec<u8>, Hex32>,
+    /// New audiences of events already sent (event id → keys).
+    audiences: HashMap<Hex32, Vec<Vec<u8>>>,
+}
+
+struct PendingEvent {
+    event: Event,
+    seq: i64,
+    received_at: i64,
+    expires_at: Option<i64>,
+    address: Option<Vec<u8>>,
+    audience: Vec<Vec<u8>>,
+}
+
+/// The columns of [`INSERT_EVENTS`].
+#[derive(Default)]
+struct EventColumns {
+    ids: Vec<Vec<u8>>,
+    seqs: Vec<i64>,
+    pubkeys: Vec<Vec<u8>>,
+    kinds: Vec<i32>,
+    created: Vec<i64>,
+    received: Vec<i64>,
+    expires: Vec<Option<i64>>,
+    addresses: Vec<Option<Vec<u8>>>,
+    json: Vec<String>,
+}
+
+/// The columns of [`INSERT_AUDIENCE`] and [`INSERT_TAGS`] (`names` for tags only).
+#[derive(Default)]
+struct RowColumns {
+    ids: Vec<Vec<u8>>,
+    names: Vec<String>,
+    values: Vec<Vec<u8>>,
+    kinds: Vec<i32>,
+    created: Vec<i64>,
+    expires: Vec<Option<i64>>,
+}
+
+impl RowColumns {
+    fn push(&mut self, id: &[u8], value: Vec<u8>, kind: i32, created: i64, expires: Option<i64>) {
+        self.ids.push(id.to_vec());
+        self.values.push(value);
+        self.kinds.push(kind);
+        self.created.push(created);
+        self.expires.push(expires);
+    }
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.audiences.is_empty()
+    }
+}
+
+/// What the database held, when the batch began, for the ids and addresses of its events;
+/// kept up to date by this transaction's own writes. Anything not in here is read.
+#[derive(Default)]
+struct Known {
+    /// Id → stored in the database (pending rows not counted).
+    stored: HashMap<Hex32, bool>,
+    deleters: HashMap<Hex32, Vec<Hex32>>,
+    /// Address key → `created_at` and id of the version in the database.
+    versions: HashMap<Vec<u8>, Option<(u64, Hex32)>>,
+    /// Address key → `until` of its tombstone.
+    address_tombstones: HashMap<Vec<u8>, Option<u64>>,
 }
 
 impl WriteBackend for Backend {
@@ -69,6 +153,9 @@ impl WriteBackend for Backend {
                 client,
                 last_seq: seq,
                 seq_before: seq,
+                pending: RefCell::default(),
+                known: RefCell::default(),
+                state_cache: RefCell::default(),
             }),
             Err(e) => {
                 discard(io, client);
@@ -78,11 +165,18 @@ impl WriteBackend for Backend {
     }
 
     fn commit(&self, txn: Txn<'_>) -> Result<(), String> {
+        // The writer flushes before it commits; this only guards against a caller that did not.
+        if let Err(e) = txn.send_pending() {
+            let error = e.to_string();
+            discard(txn.io, txn.client);
+            return Err(error);
+        }
         let Txn {
             io,
             client,
             last_seq,
             seq_before,
+            ..
         } = txn;
         let commit = async {
             if last_seq != seq_before {
@@ -134,16 +228,131 @@ fn discard(io: &Io, client: Object) {
     drop(Object::take(client));
 }
 
-const INSERT_EVENT: &str = "INSERT INTO events \
+// Many rows per statement: one array per column.
+const INSERT_EVENTS: &str = "INSERT INTO events \
     (id, seq, pubkey, kind, created_at, received_at, expires_at, addr, json) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+    SELECT * FROM unnest($1::bytea[], $2::int8[], $3::bytea[], $4::int4[], $5::int8[], \
+    $6::int8[], $7::int8[], $8::bytea[], $9::text[])";
 const INSERT_AUDIENCE: &str = "INSERT INTO event_audience \
     (event_id, key, kind, created_at, expires_at) \
-    SELECT $1, k, $3, $4, $5 FROM unnest($2::bytea[]) AS k";
+    SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::int4[], $4::int8[], $5::int8[])";
 const INSERT_TAGS: &str = "INSERT INTO event_tags (event_id, name, value, kind, created_at) \
-    SELECT $1, t.name, t.value, $4, $5 FROM unnest($2::text[], $3::bytea[]) AS t (name, value)";
+    SELECT * FROM unnest($1::bytea[], $2::text[], $3::bytea[], $4::int4[], $5::int8[])";
+// Kind, time and expiry come from the event's own row; an event removed meanwhile gets none.
+const REPLACE_AUDIENCE: &str = "INSERT INTO event_audience \
+    (event_id, key, kind, created_at, expires_at) \
+    SELECT e.id, a.key, e.kind, e.created_at, e.expires_at \
+    FROM unnest($1::bytea[], $2::bytea[]) AS a (event_id, key) JOIN events e ON e.id = a.event_id";
+
+fn hex32(bytes: &[u8], what: &str) -> StoreResult<Hex32> {
+    <[u8; 32]>::try_from(bytes)
+        .map(Hex32)
+        .map_err(|_| StoreError::Corrupt(format!("{what}: not 32 bytes")))
+}
 
 impl Txn<'_> {
+    /// Sends the buffered rows: one statement per table, whatever their number.
+    fn send_pending(&self) -> StoreResult<()> {
+        let pending = std::mem::take(&mut *self.pending.borrow_mut());
+        if pending.is_empty() {
+            return Ok(());
+        }
+        // What was known about the database no longer holds once these rows are in it.
+        *self.known.borrow_mut() = Known::default();
+        let mut events: Vec<PendingEvent> = pending.events.into_values().collect();
+        events.sort_unstable_by_key(|p| p.seq);
+        if !events.is_empty() {
+            let mut cols = EventColumns::default();
+            let mut audience = RowColumns::default();
+            let mut tags = RowColumns::default();
+            for p in &events {
+                let id = p.event.id.0.to_vec();
+                let kind = i32::from(p.event.kind);
+                let created_at = ts(p.event.created_at);
+                for key in &p.audience {
+                    audience.push(&id, key.clone(), kind, created_at, p.expires_at);
+                }
+                for (name, value) in keys::indexed_tags(&p.event) {
+                    tags.names.push(name);
+                    tags.push(&id, value, kind, created_at, None);
+                }
+                cols.ids.push(id);
+                cols.seqs.push(p.seq);
+                cols.pubkeys.push(p.event.pubkey.0.to_vec());
+                cols.kinds.push(kind);
+                cols.created.push(created_at);
+                cols.received.push(p.received_at);
+                cols.expires.push(p.expires_at);
+                cols.addresses.push(p.address.clone());
+                cols.json.push(p.event.to_json());
+            }
+            self.execute(
+                "insert events",
+                INSERT_EVENTS,
+                &[
+                    &cols.ids,
+                    &cols.seqs,
+                    &cols.pubkeys,
+                    &cols.kinds,
+                    &cols.created,
+                    &cols.received,
+                    &cols.expires,
+                    &cols.addresses,
+                    &cols.json,
+                ],
+            )?;
+            if !audience.ids.is_empty() {
+                self.execute(
+                    "insert event audience",
+                    INSERT_AUDIENCE,
+                    &[
+                        &audience.ids,
+                        &audience.values,
+                        &audience.kinds,
+                        &audience.created,
+                        &audience.expires,
+                    ],
+                )?;
+            }
+            if !tags.ids.is_empty() {
+                self.execute(
+                    "insert event tags",
+                    INSERT_TAGS,
+                    &[
+                        &tags.ids,
+                        &tags.names,
+                        &tags.values,
+                        &tags.kinds,
+                        &tags.created,
+                    ],
+                )?;
+            }
+        }
+        if !pending.audiences.is_empty() {
+            let ids: Vec<Vec<u8>> = pending.audiences.keys().map(|id| id.0.to_vec()).collect();
+            self.execute(
+                "clear event audience",
+                "DELETE FROM event_audience WHERE event_id = ANY($1)",
+                &[&ids],
+            )?;
+            let (mut event_ids, mut keys) = (Vec::new(), Vec::new());
+            for (id, audience) in pending.audiences {
+                for key in audience {
+                    event_ids.push(id.0.to_vec());
+                    keys.push(key);
+                }
+            }
+            if !event_ids.is_empty() {
+                self.execute(
+                    "write event audience",
+                    REPLACE_AUDIENCE,
+                    &[&event_ids, &keys],
+                )?;
+            }
+        }
+        Ok(())
+    }
+
     fn block<T>(
         &self,
         what: &'static str,
@@ -187,9 +396,17 @@ impl StateRead for Txn<'_> {
         if key.is_empty() || key.len() > mls_store::MAX_STATE_KEY_LEN {
             return Ok(None);
         }
+        if let Some(value) = self.state_cache.borrow().get(key) {
+            return Ok(value.clone());
+        }
         // The writer thread is not a runtime worker: it may block on the store's runtime.
-        self.io
-            .block_on(state::get_on(&self.client, key.to_vec()))?
+        let value = self
+            .io
+            .block_on(state::get_on(&self.client, key.to_vec()))??;
+        self.state_cache
+            .borrow_mut()
+            .insert(key.to_vec(), value.clone());
+        Ok(value)
     }
 
     fn scan_prefix(
@@ -220,6 +437,12 @@ impl WriteTxn for Txn<'_> {
     }
 
     fn contains(&self, id: &Hex32) -> StoreResult<bool> {
+        if self.pending.borrow().events.contains_key(id) {
+            return Ok(true);
+        }
+        if let Some(stored) = self.known.borrow().stored.get(id) {
+            return Ok(*stored);
+        }
         Ok(!self
             .query(
                 "look up event id",
@@ -230,6 +453,9 @@ impl WriteTxn for Txn<'_> {
     }
 
     fn load(&self, id: &Hex32) -> StoreResult<Option<Event>> {
+        if let Some(p) = self.pending.borrow().events.get(id) {
+            return Ok(Some(p.event.clone()));
+        }
         let rows = self.query(
             "read event",
             "SELECT json FROM events WHERE id = $1",
@@ -245,6 +471,16 @@ impl WriteTxn for Txn<'_> {
     }
 
     fn version_at(&self, address: &Address) -> StoreResult<Option<(u64, Hex32)>> {
+        {
+            let pending = self.pending.borrow();
+            if let Some(id) = pending.addresses.get(&address.key) {
+                let p = &pending.events[id];
+                return Ok(Some((p.event.created_at, *id)));
+            }
+        }
+        if let Some(version) = self.known.borrow().versions.get(&address.key) {
+            return Ok(*version);
+        }
         let rows = self.query(
             "look up address",
             "SELECT created_at, id FROM events WHERE addr = $1",
@@ -254,12 +490,16 @@ impl WriteTxn for Txn<'_> {
             return Ok(None);
         };
         let id: Vec<u8> = row.get(1);
-        let id = <[u8; 32]>::try_from(id.as_slice())
-            .map_err(|_| StoreError::Corrupt("event id of an address".into()))?;
-        Ok(Some((from_ts(row.get(0)), Hex32(id))))
+        Ok(Some((
+            from_ts(row.get(0)),
+            hex32(&id, "event id of an address")?,
+        )))
     }
 
     fn address_deleted_until(&self, address: &Address) -> StoreResult<Option<u64>> {
+        if let Some(until) = self.known.borrow().address_tombstones.get(&address.key) {
+            return Ok(*until);
+        }
         Ok(self
             .query(
                 "look up address tombstone",
@@ -271,18 +511,16 @@ impl WriteTxn for Txn<'_> {
     }
 
     fn id_deleters(&self, id: &Hex32) -> StoreResult<Vec<Hex32>> {
+        if let Some(deleters) = self.known.borrow().deleters.get(id) {
+            return Ok(deleters.clone());
+        }
         self.query(
             "read id tombstones",
             "SELECT deleter FROM tomb_ids WHERE id = $1",
             &[&id.0.to_vec()],
         )?
         .iter()
-        .map(|row| {
-            let deleter: Vec<u8> = row.get(0);
-            <[u8; 32]>::try_from(deleter.as_slice())
-                .map(Hex32)
-                .map_err(|_| StoreError::Corrupt(format!("tombstone for {id}")))
-        })
+        .map(|row| hex32(row.get::<_, &[u8]>(0), &format!("tombstone for {id}")))
         .collect()
     }
 
@@ -294,53 +532,58 @@ impl WriteTxn for Txn<'_> {
         audience: &Audience,
     ) -> StoreResult<()> {
         let seq = self.last_seq + 1;
-        let id = ev.id.0.to_vec();
-        let kind = i32::from(ev.kind);
-        let created_at = ts(ev.created_at);
-        self.execute(
-            "insert event",
-            INSERT_EVENT,
-            &[
-                &id,
-                &seq,
-                &ev.pubkey.0.to_vec(),
-                &kind,
-                &created_at,
-                &ts(received_at),
-                &expires_at.map(ts),
-                &Address::of(ev).map(|a| a.key),
-                &ev.to_json(),
-            ],
-        )?;
-        let audience = audience.key_bytes();
-        if !audience.is_empty() {
-            self.execute(
-                "insert event audience",
-                INSERT_AUDIENCE,
-                &[&id, &audience, &kind, &created_at, &expires_at.map(ts)],
-            )?;
+        let address = Address::of(ev).map(|a| a.key);
+        let mut pending = self.pending.borrow_mut();
+        if let Some(key) = &address {
+            pending.addresses.insert(key.clone(), ev.id);
         }
-        let tags = keys::indexed_tags(ev);
-        if !tags.is_empty() {
-            let (names, values): (Vec<String>, Vec<Vec<u8>>) = tags.into_iter().unzip();
-            self.execute(
-                "insert event tags",
-                INSERT_TAGS,
-                &[&id, &names, &values, &kind, &created_at],
-            )?;
-        }
-        // Taken only once stored: a failed insert hands out nothing.
+        pending.events.insert(
+            ev.id,
+            PendingEvent {
+                event: ev.clone(),
+                seq,
+                received_at: ts(received_at),
+                expires_at: expires_at.map(ts),
+                address,
+                audience: audience.key_bytes(),
+            },
+        );
         self.last_seq = seq;
         Ok(())
     }
 
     /// Its tags and audience go with it (ON DELETE CASCADE).
     fn remove(&mut self, id: &Hex32) -> StoreResult<bool> {
-        Ok(self.execute(
+        let removed_pending = {
+            let mut pending = self.pending.borrow_mut();
+            let gone = pending.events.remove(id);
+            if let Some(key) = gone.as_ref().and_then(|p| p.address.as_ref()) {
+                pending.addresses.remove(key);
+            }
+            pending.audiences.remove(id);
+            gone.is_some()
+        };
+        if removed_pending {
+            return Ok(true);
+        }
+        let rows = self.query(
             "delete event",
-            "DELETE FROM events WHERE id = $1",
+            "DELETE FROM events WHERE id = $1 RETURNING addr",
             &[&id.0.to_vec()],
-        )? > 0)
+        )?;
+        let Some(row) = rows.first() else {
+            return Ok(false);
+        };
+        let known = self.known.get_mut();
+        if let Some(stored) = known.stored.get_mut(id) {
+            *stored = false;
+        }
+        if let Some(key) = row.get::<_, Option<Vec<u8>>>(0) {
+            if let Some(version) = known.versions.get_mut(&key) {
+                *version = None;
+            }
+        }
+        Ok(true)
     }
 
     fn put_id_tombstone(&mut self, id: &Hex32, deleter: &Hex32) -> StoreResult<()> {
@@ -349,6 +592,11 @@ impl WriteTxn for Txn<'_> {
             "INSERT INTO tomb_ids (id, deleter) VALUES ($1, $2) ON CONFLICT DO NOTHING",
             &[&id.0.to_vec(), &deleter.0.to_vec()],
         )?;
+        if let Some(deleters) = self.known.get_mut().deleters.get_mut(id) {
+            if !deleters.contains(deleter) {
+                deleters.push(*deleter);
+            }
+        }
         Ok(())
     }
 
@@ -365,14 +613,27 @@ impl WriteTxn for Txn<'_> {
                 &ts(until),
             ],
         )?;
+        if let Some(known) = self
+            .known
+            .get_mut()
+            .address_tombstones
+            .get_mut(&address.key)
+        {
+            *known = Some(known.map_or(until, |u| u.max(until)));
+        }
         Ok(())
     }
 
     fn apply_state(&mut self, changes: StateChanges) -> StoreResult<()> {
+        let cache = self.state_cache.get_mut();
+        for (key, value) in &changes {
+            cache.insert(key.clone(), value.clone());
+        }
         self.io.block_on(state::apply(&self.client, changes))?
     }
 
     fn purge_expired(&mut self, now: u64, max: usize) -> StoreResult<(u64, bool)> {
+        self.send_pending()?;
         let max = i64::try_from(max).unwrap_or(i64::MAX);
         let removed = self.execute(
             "purge expired events",
@@ -380,6 +641,10 @@ impl WriteTxn for Txn<'_> {
              (SELECT id FROM events WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2)",
             &[&ts(now), &max],
         )?;
+        if removed > 0 {
+            // Which of the known ids went is not said: forget them all (they are read again).
+            *self.known.get_mut() = Known::default();
+        }
         Ok((removed, removed >= max as u64))
     }
 
@@ -388,6 +653,7 @@ impl WriteTxn for Txn<'_> {
     }
 
     fn events_after(&self, after: u64, max: usize) -> StoreResult<Vec<(u64, Event)>> {
+        self.send_pending()?;
         let after = i64::try_from(after).unwrap_or(i64::MAX);
         let max = i64::try_from(max).unwrap_or(i64::MAX);
         self.query(
@@ -406,24 +672,79 @@ impl WriteTxn for Txn<'_> {
     }
 
     fn set_audience(&mut self, ev: &Event, audience: &Audience) -> StoreResult<()> {
-        let id = ev.id.0.to_vec();
-        self.execute(
-            "clear event audience",
-            "DELETE FROM event_audience WHERE event_id = $1",
-            &[&id],
-        )?;
         let keys = audience.key_bytes();
-        if keys.is_empty() {
+        let mut pending = self.pending.borrow_mut();
+        match pending.events.get_mut(&ev.id) {
+            Some(p) => p.audience = keys,
+            None => {
+                pending.audiences.insert(ev.id, keys);
+            }
+        }
+        Ok(())
+    }
+
+    /// Four reads for the whole batch instead of several per event: which ids are stored,
+    /// their tombstones, and the versions and tombstones of their addresses.
+    fn prefetch(&mut self, events: &[&Event]) -> StoreResult<()> {
+        let ids: Vec<Vec<u8>> = events.iter().map(|ev| ev.id.0.to_vec()).collect();
+        if ids.is_empty() {
             return Ok(());
         }
-        // Kind, time and expiry come from the event's own row.
-        self.execute(
-            "write event audience",
-            "INSERT INTO event_audience (event_id, key, kind, created_at, expires_at) \
-             SELECT e.id, k, e.kind, e.created_at, e.expires_at \
-             FROM events e, unnest($2::bytea[]) AS k WHERE e.id = $1",
-            &[&id, &keys],
-        )?;
+        let mut known = Known::default();
+        for ev in events {
+            known.stored.insert(ev.id, false);
+            known.deleters.insert(ev.id, Vec::new());
+        }
+        for row in self.query(
+            "look up event ids",
+            "SELECT id FROM events WHERE id = ANY($1)",
+            &[&ids],
+        )? {
+            known.stored.insert(hex32(row.get(0), "event id")?, true);
+        }
+        for row in self.query(
+            "read id tombstones",
+            "SELECT id, deleter FROM tomb_ids WHERE id = ANY($1)",
+            &[&ids],
+        )? {
+            let id = hex32(row.get(0), "tombstone id")?;
+            let deleter = hex32(row.get(1), &format!("tombstone for {id}"))?;
+            known.deleters.entry(id).or_default().push(deleter);
+        }
+        let addresses: Vec<Vec<u8>> = events
+            .iter()
+            .filter_map(|ev| Address::of(ev).map(|a| a.key))
+            .collect();
+        if !addresses.is_empty() {
+            for key in &addresses {
+                known.versions.insert(key.clone(), None);
+                known.address_tombstones.insert(key.clone(), None);
+            }
+            for row in self.query(
+                "look up addresses",
+                "SELECT addr, created_at, id FROM events WHERE addr = ANY($1)",
+                &[&addresses],
+            )? {
+                let id = hex32(row.get(2), "event id of an address")?;
+                known
+                    .versions
+                    .insert(row.get(0), Some((from_ts(row.get(1)), id)));
+            }
+            for row in self.query(
+                "look up address tombstones",
+                "SELECT addr, until FROM tomb_addrs WHERE addr = ANY($1)",
+                &[&addresses],
+            )? {
+                known
+                    .address_tombstones
+                    .insert(row.get(0), Some(from_ts(row.get(1))));
+            }
+        }
+        *self.known.get_mut() = known;
         Ok(())
+    }
+
+    fn flush(&mut self) -> StoreResult<()> {
+        self.send_pending()
     }
 }

@@ -69,6 +69,7 @@ macro_rules! conformance_tests {
             scope_keeps_reads_to_what_the_reader_holds,
             out_of_scope_events_are_not_candidates,
             refreshed_audiences_follow_the_state,
+            a_batch_sees_its_own_writes,
         );
     };
     (@each $harness:expr; $($name:ident),* $(,)?) => {
@@ -2079,4 +2080,73 @@ pub async fn refreshed_audiences_follow_the_state(h: &dyn Harness) {
     // Replaced, deleted and purged events keep no stale audience entry behind (a second
     // refresh finds the same two events).
     assert_eq!(s.refresh_audiences().await.expect("refresh"), 2);
+}
+
+/// Writes submitted together, in order, so a backend that buffers a batch's writes (or answers
+/// its checks from what it read at once) must see the batch's own earlier writes: a version
+/// replaced, a duplicate, an event deleted and its tombstone, an address deleted, all inside
+/// what is likely one transaction. The outcomes and the store afterwards are those of the
+/// same writes one by one.
+pub async fn a_batch_sees_its_own_writes(h: &dyn Harness) {
+    let store = open(h).await;
+    let s = &*store;
+    let alice = keys();
+    let a = pk(&alice).to_hex();
+    let v100 = ev(&alice, 100, 0, &[&["t", "p"]], "v100");
+    let v110 = ev(&alice, 110, 0, &[&["t", "p"]], "v110");
+    let v90 = ev(&alice, 90, 0, &[], "v90");
+    let note = ev(&alice, 120, 1, &[&["t", "n"]], "note");
+    let del_note = ev(&alice, 130, 5, &[&["e", &note.id.to_hex()]], "");
+    let x100 = ev(&alice, 100, 30000, &[&["d", "x"]], "");
+    let del_x = ev(&alice, 150, 5, &[&["a", &format!("30000:{a}:x")]], "");
+    let x140 = ev(&alice, 140, 30000, &[&["d", "x"]], "");
+    let x160 = ev(&alice, 160, 30000, &[&["d", "x"], &["t", "x"]], "");
+    let plan: Vec<(&Event, WriteOutcome)> = vec![
+        (&v100, WriteOutcome::Accepted),
+        (&v110, WriteOutcome::Accepted),
+        (&v90, newer_stored()),
+        (&note, WriteOutcome::Accepted),
+        (&note, WriteOutcome::Duplicate),
+        (&del_note, WriteOutcome::Accepted),
+        (&note, deleted()),
+        (&x100, WriteOutcome::Accepted),
+        (&del_x, WriteOutcome::Accepted),
+        (&x140, deleted()),
+        (&x160, WriteOutcome::Accepted),
+    ];
+    // Polled in order: each write is queued before the next.
+    let outcomes = futures_util::future::join_all(
+        plan.iter()
+            .map(|(e, _)| s.write((*e).clone(), Publisher::default())),
+    )
+    .await;
+    for ((e, want), got) in plan.iter().zip(outcomes) {
+        assert_eq!(
+            &got.expect("write"),
+            want,
+            "writing {} ({})",
+            e.id,
+            e.content
+        );
+    }
+    assert_eq!(ids(s, &[json!({"kinds": [0]})]).await, vec![v110.id]);
+    assert_eq!(ids(s, &[json!({"#t": ["p"]})]).await, vec![v110.id]);
+    assert!(ids(s, &[json!({"ids": [note.id.to_hex()]})])
+        .await
+        .is_empty());
+    assert!(ids(s, &[json!({"#t": ["n"]})]).await.is_empty());
+    assert_eq!(ids(s, &[json!({"kinds": [30000]})]).await, vec![x160.id]);
+    assert_eq!(ids(s, &[json!({"#t": ["x"]})]).await, vec![x160.id]);
+    assert_eq!(count(s, &[json!({})]).await, 4, "v110, two deletions, x160");
+    // The commit stream holds what is stored, in the order it was written.
+    let streamed: Vec<Hex32> = since_ids(s, 0, 100)
+        .await
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect();
+    assert_eq!(streamed, vec![v110.id, del_note.id, del_x.id, x160.id]);
+    // Nothing was left half-written: the same writes again are all refused or duplicates.
+    assert_eq!(put(s, &v100).await, newer_stored());
+    assert_eq!(put(s, &note).await, deleted());
+    assert_eq!(put(s, &x160).await, WriteOutcome::Duplicate);
 }

@@ -85,6 +85,14 @@ pub trait WriteTxn: StateRead {
     fn full(&self) -> bool {
         false
     }
+
+    /// Sends writes the backend buffered (to pay one round trip per batch rather than per
+    /// event). Called after the last request, before the commit; a failure here is handled
+    /// like a failed request (the batch is rolled back and each request retried alone).
+    /// Default: nothing buffered.
+    fn flush(&mut self) -> StoreResult<()> {
+        Ok(())
+    }
 }
 
 /// The rules and what calls them, with a panicking rule turned into a refusal rather than

@@ -280,9 +280,16 @@ impl<B: WriteBackend> Writer<B> {
             .map_err(|e| BatchError::Commit(format!("begin write transaction: {e}")))?;
         let events: Vec<&Event> = batch
             .iter()
-            .filter_map(|r| match r {
-                Request::Write { event, .. } => Some(&**event),
-                _ => None,
+            .flat_map(|r| match r {
+                Request::Write { event, .. } => vec![&**event],
+                Request::Restore { items, .. } => items
+                    .iter()
+                    .filter_map(|item| match item {
+                        BackupItem::Event(stored) => Some(&stored.event),
+                        _ => None,
+                    })
+                    .collect(),
+                _ => Vec::new(),
             })
             .collect();
         if let Err(e) = txn.prefetch(&events) {
@@ -290,6 +297,9 @@ impl<B: WriteBackend> Writer<B> {
         }
         match self.run_requests(&mut txn, batch) {
             Ok((outcomes, transient)) => {
+                if let Err(e) = txn.flush() {
+                    return Err(self.abandon(txn, format!("flush: {e}")));
+                }
                 let last_seq = match txn.last_seq() {
                     Ok(seq) => seq,
                     Err(e) => return Err(self.abandon(txn, format!("read last seq: {e}"))),
