@@ -187,7 +187,7 @@ impl Bench {
                     Scenario::Fanout(o) => fanout::run(&target, o).await,
                     Scenario::Query(o) => {
                         let data = data.as_ref().expect("data set built above");
-                        if self.global.url.is_some() && run == 1 && data.n > 0 {
+                        if self.global.url.is_some() && run == 1 && data.n > 0 && !o.prefilled {
                             let n = query::fill_socket(&target, data).await?;
                             eprintln!("query: published {n} events to fill the relay");
                         }

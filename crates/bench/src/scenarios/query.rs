@@ -52,6 +52,10 @@ pub struct QueryOpts {
     /// temporary directory. Only when this tool starts the relay.
     #[arg(long)]
     pub store_dir: Option<PathBuf>,
+    /// With `--url`: the relay already holds this data set (same `--stored`, `--mix` and
+    /// `--content`), e.g. restored from a backup with `mls-gateway import`; skip the fill.
+    #[arg(long)]
+    pub prefilled: bool,
 }
 
 fn req_text(sub: &str, shape: usize, j: usize, data: &DataSet) -> String {
