@@ -20,7 +20,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const REFUSED_AUTH: &[&str] = &["invalid:", "auth-required:"];
 
-/// A raw HTTP/1.1 GET with a `Host` of the caller's choosing: `(status, body)`.
+/// A raw HTTP/1.1 GET with a `Host` of the caller's choosing: `(status, body)`. Raw on
+/// purpose: a client crate derives `Host` from the URL, and these tests forge it.
 async fn get_with_host(
     port: u16,
     path: &str,

@@ -1,112 +1,21 @@
 //! Helpers for the operator-surface tests (API, metrics, rate limits, logs), on top of the
-//! shared harness in `tests/common`: any-method HTTP/1.1 requests with bodies, NIP-98 tokens,
+//! shared harness in `tests/common` (whose client makes any-method requests): NIP-98 tokens,
 //! Prometheus text parsing, and the MLS events the tests publish.
 
 #![allow(dead_code)]
 
-use crate::common::{ev, now, pk_hex, HttpResponse, Relay, RECV_TIMEOUT};
+use crate::common::{ev, now, pk_hex, HttpResponse, Relay};
 use base64::Engine as _;
 use mls_proto::Event;
 use secp256k1::Keypair;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 pub const PREFIX: &str = "/api/v1/mls";
 
-/// A raw HTTP/1.1 request (`Connection: close`), any method, optional body.
-pub async fn request(
-    port: u16,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Option<&[u8]>,
-) -> HttpResponse {
-    let fut = async {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        let mut req =
-            format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        if let Some(b) = body {
-            req.push_str(&format!(
-                "Content-Type: application/json\r\nContent-Length: {}\r\n",
-                b.len()
-            ));
-        }
-        req.push_str("\r\n");
-        let mut bytes = req.into_bytes();
-        if let Some(b) = body {
-            bytes.extend_from_slice(b);
-        }
-        // The relay may answer (413, 401) and close before reading a large body: keep what
-        // it sent even if the connection is then reset.
-        let _ = s.write_all(&bytes).await;
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 16 * 1024];
-        loop {
-            match s.read(&mut chunk).await {
-                Ok(0) => break,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                Err(e) if buf.is_empty() => panic!("{method} {path}: {e}"),
-                Err(_) => break,
-            }
-        }
-        parse_response(&buf)
-    };
-    tokio::time::timeout(RECV_TIMEOUT, fut)
-        .await
-        .unwrap_or_else(|_| panic!("{method} {path}: no response within {RECV_TIMEOUT:?}"))
-}
-
-fn parse_response(buf: &[u8]) -> HttpResponse {
-    let split = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("header terminator");
-    let head = std::str::from_utf8(&buf[..split]).unwrap();
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let raw = &buf[split + 4..];
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
-    let body = if chunked { dechunk(raw) } else { raw.to_vec() };
-    HttpResponse {
-        status,
-        headers,
-        body,
-    }
-}
-
-fn dechunk(mut raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let eol = raw.windows(2).position(|w| w == b"\r\n").unwrap();
-        let size =
-            usize::from_str_radix(std::str::from_utf8(&raw[..eol]).unwrap().trim(), 16).unwrap();
-        raw = &raw[eol + 2..];
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&raw[..size]);
-        raw = &raw[size + 2..];
-    }
-}
+/// Any-method requests live with the harness's HTTP client (`tests/common/http.rs`).
+pub use crate::common::request;
 
 pub fn sha256_hex(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))

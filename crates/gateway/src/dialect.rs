@@ -132,13 +132,13 @@ pub struct MlsEvent<'a> {
     /// `p` values as pubkeys: recipients (446/1059), owner claims (443), targets (450).
     pub recipients: Vec<Hex32>,
     pub roster: Option<RosterFields>,
-    /// NIP-70 `["-"]`.
-    pub protected: bool,
     /// NIP-40 `expiration`.
     pub nip40: Option<u64>,
 }
 
-fn invalid(msg: impl std::fmt::Display) -> Rejection {
+/// The one `invalid:` refusal (NIP-01 prefix) every rule builds its malformed-event answers
+/// with.
+pub(crate) fn invalid(msg: impl std::fmt::Display) -> Rejection {
     Rejection(format!("invalid: {msg}"))
 }
 
@@ -194,7 +194,6 @@ pub fn normalize(ev: &Event) -> Result<MlsEvent<'_>, Rejection> {
         epoch: None,
         recipients: Vec::new(),
         roster: None,
-        protected: ev.is_protected(),
         nip40,
     };
     match ev.kind {
@@ -292,7 +291,8 @@ fn check_key_parts(ev: &Event, m: &MlsEvent<'_>) -> Result<(), Rejection> {
     Ok(())
 }
 
-/// A group id shortened for messages and logs.
+/// A group id (or key reference, event id) shortened for messages and logs: its first 8
+/// characters and `…`. The one shortener of the workspace.
 pub fn short(group: &str) -> String {
     match group.char_indices().nth(8) {
         Some((i, _)) => format!("{}…", &group[..i]),
@@ -301,31 +301,4 @@ pub fn short(group: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ciphersuite_names_and_ids_agree() {
-        for (id, name) in CIPHERSUITES {
-            assert_eq!(ciphersuite_id(name), Some(id));
-            assert_eq!(ciphersuite_id(&format!("0x{id:04x}")), Some(id));
-            assert_eq!(ciphersuite_id(&format!("0x{id:04X}")), Some(id));
-        }
-        assert_eq!(
-            ciphersuite_id("0x0001"),
-            ciphersuite_id("MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519")
-        );
-        assert_eq!(ciphersuite_id("0x004a"), Some(0x4a));
-        assert!(!ciphersuite_known(0x4a));
-        assert_eq!(ciphersuite_id("MLS_FAKE"), None);
-        assert_eq!(ciphersuite_id("0x"), None);
-        assert_eq!(ciphersuite_id("0x00001"), None);
-        assert_eq!(ciphersuite_id("1"), None);
-    }
-
-    #[test]
-    fn short_group_ids() {
-        assert_eq!(short("abc"), "abc");
-        assert_eq!(short("0123456789"), "01234567…");
-    }
-}
+mod tests;

@@ -6,22 +6,29 @@
 //! [`Admission::admit`] inside its write transaction, so every check and the state change it
 //! implies commit together; reads call [`Gateway::may_see`].
 //!
-//! One file per kind family — the rule for a kind is in one place:
+//! One module per kind family owns its whole rule (accept, refusal wording, audience, read
+//! pre-check and scope, state keys, retention), so everything about kind 445 is in one file:
 //!
-//! | file               | kinds / concern                                              |
-//! |--------------------|--------------------------------------------------------------|
-//! | `dialect.rs`       | Marmot and Loxation tags → one model ([`MlsEvent`])          |
-//! | `keypackage.rs`    | 443 / 30443 KeyPackages and the directory                    |
-//! | `claims.rs`        | KeyPackage claiming (§5)                                     |
-//! | `giftwrap.rs`      | 1059 gift wraps, 444 Welcome rumors                          |
-//! | `group_message.rs` | 445 group messages                                           |
-//! | `noise_dm.rs`      | 446 Noise DMs                                                |
-//! | `roster.rs`        | 450 roster events                                            |
-//! | `registry.rs`      | group records and membership (roster, giftwrap, api sources) |
-//! | `visibility.rs`    | the one visibility rule and the REQ pre-check                |
-//! | `retention.rs`     | how long each kind is kept                                   |
-//! | `purge.rs`         | background cleanup of the state, in bounded chunks           |
-//! | `state.rs`         | the key layout of the gateway's state                        |
+//! | module                       | kinds / concern                                            |
+//! |------------------------------|------------------------------------------------------------|
+//! | `kinds/keypackage.rs`        | 443 / 30443 KeyPackages, the directory, their purge        |
+//! | `kinds/keypackage/claims.rs` | KeyPackage claiming (§5)                                   |
+//! | `kinds/giftwrap.rs`          | 1059 gift wraps, 444 Welcome rumors                        |
+//! | `kinds/group_message.rs`     | 445 group messages                                         |
+//! | `kinds/noise_dm.rs`          | 446 Noise DMs                                              |
+//! | `kinds/roster.rs`            | 450 roster events                                          |
+//! | `kinds/mod.rs`               | the family index, shared retention and scoping helpers     |
+//! | `dialect.rs`                 | Marmot and Loxation tags → one model ([`MlsEvent`]); `invalid()`, [`dialect::short`] |
+//! | `registry.rs`                | group records and membership (roster, giftwrap, api sources) |
+//! | `visibility.rs`              | the viewer model, the one visibility rule (dispatching to the kinds), read scopes |
+//! | `purge.rs`                   | background cleanup of the state, in bounded chunks         |
+//! | `state.rs`                   | the state's namespace, typed helpers, [`MemState`]         |
+//! | `config.rs`                  | `[extensions.mls_gateway]`                                 |
+//! | `lib.rs`                     | [`Gateway`]: admission (dispatching to the kinds), NIP-70, deletions, NIP-98 tokens, NIP-11 |
+//!
+//! Tests mirror the modules: `kinds/group_message/tests.rs` tests `kinds/group_message.rs`,
+//! and so on; `tests.rs` (with its shared fixtures in `tests/fixtures.rs`) tests `lib.rs`;
+//! `tests/audience.rs` and `tests/security.rs` are suites across modules.
 //!
 //! Decisions where PROTOCOL.md is silent:
 //! - 450 shape: `h`, `op`, `seq` (one each), `p` targets, optional `name`; `bootstrap` by a
@@ -73,15 +80,9 @@
 pub mod config;
 pub mod dialect;
 
-mod claims;
-mod giftwrap;
-mod group_message;
-mod keypackage;
-mod noise_dm;
+mod kinds;
 mod purge;
 mod registry;
-mod retention;
-mod roster;
 mod state;
 mod visibility;
 
@@ -90,56 +91,17 @@ mod tests;
 
 pub use config::{GatewayConfig, MembershipSource, RateLimits, StorageBackend, UnknownGroups};
 pub use dialect::{normalize, Dialect, MlsEvent, RosterOp};
-pub use keypackage::KeyPackageEntry;
+pub use kinds::keypackage::KeyPackageEntry;
 pub use purge::{StatePurge, STATE_PURGE_CHUNK};
 pub use registry::{GroupRecord, MemberGroupsBuild, MembershipChange};
 pub use state::{MemState, MAX_GROUP_ID, MAX_KEY_PART};
-pub use visibility::{within_limits, Audience};
+pub use visibility::{within_limits, Audience, ReadRefusal, Viewer};
+
+use kinds::keypackage::claims;
+use kinds::{giftwrap, group_message, keypackage, noise_dm, roster};
 
 use mls_proto::{parse_pubkey, Event, Filter, Hex32};
 use mls_store::{Admission, Admitted, Publisher, Rejection, StateRead, StateWrite, StoreError};
-
-/// Who is reading: the connection's NIP-42 authenticated pubkeys (empty = unauthenticated).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Viewer {
-    pub authed: Vec<Hex32>,
-}
-
-impl Viewer {
-    pub fn anonymous() -> Viewer {
-        Viewer::default()
-    }
-
-    pub fn authenticated_as(pubkeys: impl IntoIterator<Item = Hex32>) -> Viewer {
-        Viewer {
-            authed: pubkeys.into_iter().collect(),
-        }
-    }
-}
-
-/// Why a REQ / COUNT is refused before it runs. The message carries its prefix
-/// (`auth-required: …` / `restricted: …`) for `CLOSED`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReadRefusal {
-    /// Not authenticated: the relay sends an AUTH challenge with the `CLOSED`.
-    AuthRequired(String),
-    /// Authenticated, but as someone the filters can never match for.
-    Restricted(String),
-}
-
-impl ReadRefusal {
-    pub fn message(&self) -> &str {
-        match self {
-            ReadRefusal::AuthRequired(m) | ReadRefusal::Restricted(m) => m,
-        }
-    }
-}
-
-impl std::fmt::Display for ReadRefusal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.message())
-    }
-}
 
 /// The gateway: configuration plus the rules. Holds no state of its own (everything lives in
 /// the store), so one instance may serve every connection and several relays may share a backend.
@@ -327,7 +289,7 @@ impl Gateway {
                 .iter()
                 .map(|(id, _)| format!("0x{id:04x}"))
                 .collect::<Vec<_>>(),
-            "retention": retention::describe(cfg),
+            "retention": kinds::describe_retention(cfg),
             "membership": {
                 "sources": cfg.membership_sources,
                 "unknown_groups": cfg.unknown_groups,
@@ -444,13 +406,14 @@ impl Admission for Gateway {
             5 => {
                 keypackage::on_deletion(event, state).map_err(state::store_err)?;
                 Ok(Admitted {
-                    expires_at: retention::default(event.expiration()),
+                    expires_at: event.expiration(),
                     store: true,
                 })
             }
-            // 10050 / 10051 / 10002 relay lists and every other kind: ordinary Nostr rules.
+            // 10050 / 10051 / 10002 relay lists and every other kind: ordinary Nostr rules,
+            // kept until their NIP-40 expiration.
             _ => Ok(Admitted {
-                expires_at: retention::default(event.expiration()),
+                expires_at: event.expiration(),
                 store: true,
             }),
         }
@@ -472,7 +435,7 @@ impl Admission for Gateway {
     /// Who may read a stored event, as read keys: the visibility rule of `visibility.rs`,
     /// widened to what it may become (an open group's messages once the group is gated).
     fn audience(&self, event: &Event, state: &dyn StateRead) -> mls_store::Audience {
-        visibility::stored_audience(self, event, state)
+        visibility::stored_audience(event, state)
     }
 
     fn refuse_deletion(&self, deleter: &Hex32, target: &Event) -> Option<Rejection> {
@@ -491,15 +454,12 @@ impl Admission for Gateway {
     }
 }
 
-/// Who reads a mailbox event: the distinct `p` recipients of a 1059 gift wrap (its author is a
-/// throwaway key), plus the author of a 446 Noise DM; `None` for other kinds.
+/// Who reads a mailbox event (the kind family decides: `kinds/giftwrap.rs`,
+/// `kinds/noise_dm.rs`); `None` for other kinds.
 fn mailbox_readers(target: &Event) -> Option<std::collections::BTreeSet<Hex32>> {
-    let mut readers: std::collections::BTreeSet<Hex32> = match target.kind {
-        1059 | 446 => target.tag_values("p").filter_map(Hex32::from_hex).collect(),
-        _ => return None,
-    };
-    if target.kind == 446 {
-        readers.insert(target.pubkey);
+    match target.kind {
+        1059 => Some(giftwrap::readers(target)),
+        446 => Some(noise_dm::readers(target)),
+        _ => None,
     }
-    Some(readers)
 }

@@ -8,20 +8,25 @@
 //! key after the last one the previous chunk looked at (`StateRead::scan_prefix_from`), so
 //! live keys are read once per purge, not once per chunk.
 
-use crate::keypackage;
+use crate::kinds::{group_message, keypackage};
+use crate::state::USED_TOKENS_PREFIX;
 use mls_store::{StateWrite, StoreResult};
 
 /// Most state keys one chunk looks at (the same bound as the store's `PURGE_CHUNK` of events).
 pub const STATE_PURGE_CHUNK: usize = 10_000;
 
 /// What the purge walks, in order: a prefix, and how its keys are judged.
+/// Each prefix is owned by the module named (which builds its keys).
 const SECTIONS: [(&[u8], Section); 5] = [
-    (b"kp/", Section::KeyPackages),
-    (b"rg/", Section::Counter { width: 60 }),
-    (b"rk/", Section::Counter { width: 3600 }),
-    (b"rf/", Section::Counter { width: 3600 }),
+    (keypackage::ROWS_PREFIX, Section::KeyPackages),
+    (group_message::RATE_PREFIX, Section::Counter { width: 60 }),
+    (keypackage::RATE_PREFIX, Section::Counter { width: 3600 }),
+    (
+        keypackage::claims::FETCH_RATE_PREFIX,
+        Section::Counter { width: 3600 },
+    ),
     // Used NIP-98 tokens, by the minute after which they can no longer verify.
-    (b"nt/", Section::Counter { width: 60 }),
+    (USED_TOKENS_PREFIX, Section::Counter { width: 60 }),
 ];
 
 #[derive(Clone, Copy)]
@@ -123,3 +128,6 @@ pub(crate) fn all(state: &mut dyn StateWrite, now: u64) -> StoreResult<u64> {
     }
     Ok(progress.removed)
 }
+
+#[cfg(test)]
+mod tests;

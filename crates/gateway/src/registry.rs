@@ -6,10 +6,18 @@
 //! lookup, and metadata (name, owner, counts, last epoch, last roster seq) is one record.
 //! Changes are computed in memory first and written at the end, so a refused change writes
 //! nothing even if the store did not discard partial writes.
+//!
+//! State keys (see `state.rs` for the whole namespace): `g/{hex(group)}` metadata,
+//! `m/{hex(group)}/{pubkey}` roles, `mg/{pubkey}/{hex(group)}` the same roles by pubkey,
+//! `v/member-groups` once those are built, `o/{hex(group)}` a group served open.
+//!
+//! The kind rules that change membership call in here: `kinds::roster` (450),
+//! `kinds::giftwrap` (1059 with `h`), `kinds::group_message` (445: served open, `last_epoch`);
+//! and the admin API ([`apply_admin_change`]).
 
 use crate::config::MembershipSource;
-use crate::dialect::{short, RosterOp};
-use crate::state::{self, get_json, put_json, scan, store_err};
+use crate::dialect::{invalid, short, RosterOp};
+use crate::state::{get_json, put_json, scan, store_err};
 use crate::Gateway;
 use mls_proto::Hex32;
 use mls_store::{Rejection, StateRead, StateWrite, StoreError, StoreResult};
@@ -23,6 +31,40 @@ pub(crate) const ADMIN: u8 = 2;
 /// Longest group id (`h` value) and display name accepted, in bytes.
 pub(crate) use crate::state::MAX_GROUP_ID;
 pub(crate) const MAX_NAME: usize = 256;
+
+pub(crate) fn group_key(group: &str) -> Vec<u8> {
+    format!("g/{}", hex::encode(group)).into_bytes()
+}
+
+/// Written once, with the first 445 accepted while the group had no known membership (read
+/// before write: not one write per 445). Never removed: a group once used open stays
+/// protected from a stranger's bootstrap (PROTOCOL §4).
+pub(crate) fn served_open_key(group: &str) -> Vec<u8> {
+    format!("o/{}", hex::encode(group)).into_bytes()
+}
+
+pub(crate) fn member_prefix(group: &str) -> Vec<u8> {
+    format!("m/{}/", hex::encode(group)).into_bytes()
+}
+
+pub(crate) fn member_key(group: &str, pk: &Hex32) -> Vec<u8> {
+    format!("m/{}/{pk}", hex::encode(group)).into_bytes()
+}
+
+/// The `m/` rows again, keyed by pubkey first, so that a reader's groups are one prefix scan
+/// (a read's scope names them; see `visibility::read_scope`).
+pub(crate) fn member_group_key(pk: &Hex32, group: &str) -> Vec<u8> {
+    format!("mg/{pk}/{}", hex::encode(group)).into_bytes()
+}
+
+pub(crate) fn member_group_prefix(pk: &Hex32) -> Vec<u8> {
+    format!("mg/{pk}/").into_bytes()
+}
+
+/// Present once every `m/` row has its `mg/` row: written with a store's first group, or, for
+/// stores written before `mg/` existed, by a one-time chunked walk at start-up; until then a
+/// read's scope holds every group.
+pub(crate) const MEMBER_GROUPS_BUILT: &[u8] = b"v/member-groups";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct GroupMeta {
@@ -96,8 +138,8 @@ pub struct MembershipChange {
 
 pub(crate) fn validate_group_id(group: &str) -> Result<(), Rejection> {
     if group.is_empty() || group.len() > MAX_GROUP_ID {
-        return Err(Rejection(format!(
-            "invalid: group id (h tag) must be 1 to {MAX_GROUP_ID} bytes"
+        return Err(invalid(format!(
+            "group id (h tag) must be 1 to {MAX_GROUP_ID} bytes"
         )));
     }
     Ok(())
@@ -105,8 +147,8 @@ pub(crate) fn validate_group_id(group: &str) -> Result<(), Rejection> {
 
 pub(crate) fn validate_name(name: &str) -> Result<(), Rejection> {
     if name.len() > MAX_NAME {
-        return Err(Rejection(format!(
-            "invalid: group display name longer than {MAX_NAME} bytes"
+        return Err(invalid(format!(
+            "group display name longer than {MAX_NAME} bytes"
         )));
     }
     Ok(())
@@ -114,14 +156,14 @@ pub(crate) fn validate_name(name: &str) -> Result<(), Rejection> {
 
 /// True when the group's membership is known (it has a record): its 445s are members-only.
 pub(crate) fn is_gated(state: &dyn StateRead, group: &str) -> StoreResult<bool> {
-    Ok(state.get(&state::group_key(group))?.is_some())
+    Ok(state.get(&group_key(group))?.is_some())
 }
 
 /// True when a 445 was accepted for `group` while its membership was unknown (stored, or
 /// delivered live when the archive is off): the group is in use by people the relay does not
 /// know, so seeing its `h` must not let a stranger gate it (PROTOCOL §4).
 pub(crate) fn served_open(state: &dyn StateRead, group: &str) -> StoreResult<bool> {
-    Ok(state.get(&state::served_open_key(group))?.is_some())
+    Ok(state.get(&served_open_key(group))?.is_some())
 }
 
 /// Records that `group` was served open. Read before write: only the first open 445 writes,
@@ -131,7 +173,7 @@ pub(crate) fn mark_served_open(
     group: &str,
     now: u64,
 ) -> StoreResult<()> {
-    let key = state::served_open_key(group);
+    let key = served_open_key(group);
     if state.get(&key)?.is_none() {
         state.put(&key, now.to_string().as_bytes())?;
     }
@@ -159,7 +201,7 @@ pub(crate) fn check_may_gate(
 
 fn role_of(state: &dyn StateRead, group: &str, pk: &Hex32) -> StoreResult<u8> {
     Ok(state
-        .get(&state::member_key(group, pk))?
+        .get(&member_key(group, pk))?
         .and_then(|v| v.first().map(|b| b.wrapping_sub(b'0') & (MEMBER | ADMIN)))
         .unwrap_or(0))
 }
@@ -179,7 +221,7 @@ pub(crate) fn participant(
 }
 
 pub(crate) fn load_meta(state: &dyn StateRead, group: &str) -> StoreResult<Option<GroupMeta>> {
-    get_json(state, &state::group_key(group))
+    get_json(state, &group_key(group))
 }
 
 /// Raises `last_epoch` to `epoch` (never lowers it).
@@ -194,7 +236,7 @@ pub(crate) fn record_epoch(
     }
     meta.last_epoch = Some(epoch);
     meta.updated_at = now;
-    let key = state::group_key(&meta.group_id);
+    let key = group_key(&meta.group_id);
     put_json(state, &key, &meta)
 }
 
@@ -211,7 +253,7 @@ impl Group {
         let Some(meta) = load_meta(state, group)? else {
             return Ok(None);
         };
-        let prefix = state::member_prefix(group);
+        let prefix = member_prefix(group);
         let mut roles = BTreeMap::new();
         for (k, v) in scan(state, &prefix)? {
             let pk = std::str::from_utf8(&k[prefix.len()..])
@@ -344,25 +386,25 @@ impl Group {
         let group = self.meta.group_id.clone();
         // The first membership row of a store: every row from now on comes with its by-pubkey
         // row, so the store is born with them built.
-        if state.get(state::MEMBER_GROUPS_BUILT)?.is_none() && !any_member_row(state)? {
-            state.put(state::MEMBER_GROUPS_BUILT, b"1")?;
+        if state.get(MEMBER_GROUPS_BUILT)?.is_none() && !any_member_row(state)? {
+            state.put(MEMBER_GROUPS_BUILT, b"1")?;
         }
         for (pk, old) in &self.before {
             if !self.roles.contains_key(pk) && *old != 0 {
-                state.delete(&state::member_key(&group, pk))?;
-                state.delete(&state::member_group_key(pk, &group))?;
+                state.delete(&member_key(&group, pk))?;
+                state.delete(&member_group_key(pk, &group))?;
             }
         }
         for (pk, role) in &self.roles {
             if self.before.get(pk) != Some(role) {
-                state.put(&state::member_key(&group, pk), &[b'0' + role])?;
-                state.put(&state::member_group_key(pk, &group), &[b'0' + role])?;
+                state.put(&member_key(&group, pk), &[b'0' + role])?;
+                state.put(&member_group_key(pk, &group), &[b'0' + role])?;
             }
         }
         self.meta.member_count = self.roles.values().filter(|r| *r & MEMBER != 0).count() as u64;
         self.meta.admin_count = self.admin_count() as u64;
         self.meta.updated_at = now;
-        put_json(state, &state::group_key(&group), &self.meta)?;
+        put_json(state, &group_key(&group), &self.meta)?;
         Ok(self.record())
     }
 }
@@ -374,13 +416,13 @@ pub(crate) fn groups_of(
     pubkeys: &[Hex32],
     max: usize,
 ) -> StoreResult<Option<Vec<String>>> {
-    if state.get(state::MEMBER_GROUPS_BUILT)?.is_none() {
+    if state.get(MEMBER_GROUPS_BUILT)?.is_none() {
         return Ok(None);
     }
     let mut groups = Vec::new();
     let mut bad = None;
     for pk in pubkeys {
-        let prefix = state::member_group_prefix(pk);
+        let prefix = member_group_prefix(pk);
         state.scan_prefix(&prefix, &mut |k, v| {
             if v.first()
                 .map_or(0, |b| b.wrapping_sub(b'0') & (MEMBER | ADMIN))
@@ -446,7 +488,7 @@ pub(crate) fn build_member_groups_chunk(
     if progress.done {
         return Ok(());
     }
-    if state.get(state::MEMBER_GROUPS_BUILT)?.is_some() {
+    if state.get(MEMBER_GROUPS_BUILT)?.is_some() {
         progress.done = true;
         return Ok(());
     }
@@ -474,12 +516,12 @@ pub(crate) fn build_member_groups_chunk(
                 String::from_utf8_lossy(&k).into_owned(),
             ));
         };
-        state.put(&state::member_group_key(&pk, &group), &v)?;
+        state.put(&member_group_key(&pk, &group), &v)?;
         progress.written += 1;
     }
     if !more {
         if progress.written > 0 {
-            state.put(state::MEMBER_GROUPS_BUILT, b"1")?;
+            state.put(MEMBER_GROUPS_BUILT, b"1")?;
         }
         progress.done = true;
     }
@@ -519,21 +561,21 @@ pub(crate) fn apply_admin_change(
         validate_name(name)?;
     }
     if change.op == RosterOp::Bootstrap {
-        return Err(Rejection(
-            "invalid: bootstrap is a roster (kind 450) operation; use add or promote".into(),
+        return Err(invalid(
+            "bootstrap is a roster (kind 450) operation; use add or promote",
         ));
     }
     if change.pubkeys.is_empty() && change.op != RosterOp::Replace {
-        return Err(Rejection(format!(
-            "invalid: {} needs at least one pubkey",
+        return Err(invalid(format!(
+            "{} needs at least one pubkey",
             change.op.as_str()
         )));
     }
     let mut group = match Group::load(state, &change.group_id).map_err(store_err)? {
         Some(g) => g,
         None if matches!(change.op, RosterOp::Remove | RosterOp::Demote) => {
-            return Err(Rejection(format!(
-                "invalid: unknown group {}",
+            return Err(invalid(format!(
+                "unknown group {}",
                 short(&change.group_id)
             )))
         }
@@ -547,3 +589,6 @@ pub(crate) fn apply_admin_change(
     group.meta.api_managed = true;
     group.save(state, now).map_err(store_err)
 }
+
+#[cfg(test)]
+mod tests;

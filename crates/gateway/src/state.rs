@@ -3,24 +3,25 @@
 //! Everything the rules remember lives here, in the same backend and transaction as the
 //! events, so a rule and the state change it implies commit together (PROTOCOL §10).
 //!
-//! | key                                   | value                                              |
-//! |---------------------------------------|----------------------------------------------------|
-//! | `g/{hex(group)}`                      | group metadata JSON; its existence = group *gated* |
-//! | `m/{hex(group)}/{pubkey}`             | role: `1` member, `2` admin, `3` both              |
-//! | `mg/{pubkey}/{hex(group)}`            | the same role, by pubkey: the groups a reader reads |
-//! | `v/member-groups`                     | every `m/` row has its `mg/` row (built once, see `registry`) |
-//! | `o/{hex(group)}`                      | the group was served open: receipt time of its first 445 |
-//! | `kp/{owner}/{ref}`                    | one KeyPackage (by key reference) and its events   |
-//! | `kr/{ref}`                            | owner of a key reference (uniqueness across owners)|
-//! | `ka/{owner}/{d}`                      | current 30443 version of an address                |
-//! | `rg/{hex(group)}/{publisher}/{minute}`| 445 count in that minute (`publisher` = `anon` when unauthenticated) |
-//! | `rk/{owner}/{hour}`                   | new KeyPackages of that owner in that hour         |
-//! | `rf/{requester}/{owner}/{hour}`       | claimed fetches of that pair in that hour          |
-//! | `nt/{token id}/{minute}`              | a single-use NIP-98 token, used; kept until that minute is over |
+//! The whole namespace, by owner (each module builds its own keys):
+//!
+//! | key                                   | value                                              | owner |
+//! |---------------------------------------|----------------------------------------------------|-------|
+//! | `g/{hex(group)}`                      | group metadata JSON; its existence = group *gated* | `registry` |
+//! | `m/{hex(group)}/{pubkey}`             | role: `1` member, `2` admin, `3` both              | `registry` |
+//! | `mg/{pubkey}/{hex(group)}`            | the same role, by pubkey: the groups a reader reads | `registry` |
+//! | `v/member-groups`                     | every `m/` row has its `mg/` row (built once)      | `registry` |
+//! | `o/{hex(group)}`                      | the group was served open: receipt time of its first 445 | `registry` |
+//! | `kp/{owner}/{ref}`                    | one KeyPackage (by key reference) and its events   | `kinds::keypackage` |
+//! | `kr/{ref}`                            | owner of a key reference (uniqueness across owners)| `kinds::keypackage` |
+//! | `ka/{owner}/{d}`                      | current 30443 version of an address                | `kinds::keypackage` |
+//! | `rk/{owner}/{hour}`                   | new KeyPackages of that owner in that hour         | `kinds::keypackage` |
+//! | `rf/{requester}/{owner}/{hour}`       | claimed fetches of that pair in that hour          | `kinds::keypackage::claims` |
+//! | `rg/{hex(group)}/{publisher}/{minute}`| 445 count in that minute (`publisher` = `anon` when unauthenticated) | `kinds::group_message` |
+//! | `nt/{token id}/{minute}`              | a single-use NIP-98 token, used; kept until that minute is over | here (`Gateway::use_token_once`) |
 //!
 //! Group ids are arbitrary strings from `h` tags (they may contain `/`), so they are
 //! hex-encoded wherever they sit in the middle of a key; pubkeys are 64 hex characters.
-//! References without a `kpr`/`i` tag are stored as `id:{event id}`.
 //!
 //! Keys are at most [`MAX_STATE_KEY_LEN`] bytes (what every backend holds), so the parts a
 //! client chooses are bounded: group ids to [`MAX_GROUP_ID`] bytes, key references and 30443
@@ -53,68 +54,8 @@ const GROUP_KEY_OVERHEAD: usize = 3 + 1 + 64 + 1 + 20;
 const _: () = assert!(2 * MAX_GROUP_ID + GROUP_KEY_OVERHEAD <= MAX_STATE_KEY_LEN);
 const _: () = assert!(3 + 64 + 1 + MAX_KEY_PART <= MAX_STATE_KEY_LEN);
 
-pub(crate) fn group_key(group: &str) -> Vec<u8> {
-    format!("g/{}", hex::encode(group)).into_bytes()
-}
-
-/// Written once, with the first 445 accepted while the group had no known membership (read
-/// before write: not one write per 445). Never removed: a group once used open stays
-/// protected from a stranger's bootstrap (PROTOCOL §4).
-pub(crate) fn served_open_key(group: &str) -> Vec<u8> {
-    format!("o/{}", hex::encode(group)).into_bytes()
-}
-
-pub(crate) fn member_prefix(group: &str) -> Vec<u8> {
-    format!("m/{}/", hex::encode(group)).into_bytes()
-}
-
-pub(crate) fn member_key(group: &str, pk: &Hex32) -> Vec<u8> {
-    format!("m/{}/{pk}", hex::encode(group)).into_bytes()
-}
-
-/// The `m/` rows again, keyed by pubkey first, so that a reader's groups are one prefix scan
-/// (a read's scope names them; see `visibility::read_scope`).
-pub(crate) fn member_group_key(pk: &Hex32, group: &str) -> Vec<u8> {
-    format!("mg/{pk}/{}", hex::encode(group)).into_bytes()
-}
-
-pub(crate) fn member_group_prefix(pk: &Hex32) -> Vec<u8> {
-    format!("mg/{pk}/").into_bytes()
-}
-
-/// Present once every `m/` row has its `mg/` row: written with a store's first group, or, for
-/// stores written before `mg/` existed, by a one-time chunked walk at start-up; until then a
-/// read's scope holds every group.
-pub(crate) const MEMBER_GROUPS_BUILT: &[u8] = b"v/member-groups";
-
-pub(crate) fn kp_prefix(owner: &Hex32) -> Vec<u8> {
-    format!("kp/{owner}/").into_bytes()
-}
-
-pub(crate) fn kp_key(owner: &Hex32, reference: &str) -> Vec<u8> {
-    format!("kp/{owner}/{reference}").into_bytes()
-}
-
-pub(crate) fn key_ref_key(reference: &str) -> Vec<u8> {
-    format!("kr/{reference}").into_bytes()
-}
-
-pub(crate) fn address_key(owner: &Hex32, d: &str) -> Vec<u8> {
-    format!("ka/{owner}/{d}").into_bytes()
-}
-
-pub(crate) fn group_rate_prefix(group: &str, publisher: Option<&Hex32>) -> Vec<u8> {
-    let who = publisher.map_or_else(|| "anon".to_string(), Hex32::to_hex);
-    format!("rg/{}/{who}/", hex::encode(group)).into_bytes()
-}
-
-pub(crate) fn keypackage_rate_prefix(owner: &Hex32) -> Vec<u8> {
-    format!("rk/{owner}/").into_bytes()
-}
-
-pub(crate) fn fetch_rate_prefix(requester: &Hex32, owner: &Hex32) -> Vec<u8> {
-    format!("rf/{requester}/{owner}/").into_bytes()
-}
+/// Where used NIP-98 tokens live (the state purge walks them like counters).
+pub(crate) const USED_TOKENS_PREFIX: &[u8] = b"nt/";
 
 /// A used NIP-98 token's entries: `nt/{id}/{minute}` (purged like a counter of that minute).
 pub(crate) fn used_token_prefix(id: &Hex32) -> Vec<u8> {
@@ -124,22 +65,24 @@ pub(crate) fn used_token_prefix(id: &Hex32) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kinds::{group_message, keypackage};
+    use crate::registry::{group_key, member_group_key, member_key};
 
     #[test]
     fn keys_built_from_the_longest_client_parts_fit_every_backend() {
         let group = "g".repeat(MAX_GROUP_ID);
         let part = "r".repeat(MAX_KEY_PART);
         let pk = Hex32([0xab; 32]);
-        let mut rate = group_rate_prefix(&group, Some(&pk));
+        let mut rate = group_message::rate_prefix(&group, Some(&pk));
         rate.extend_from_slice(u64::MAX.to_string().as_bytes());
         for key in [
             group_key(&group),
             member_key(&group, &pk),
             member_group_key(&pk, &group),
             rate,
-            kp_key(&pk, &part),
-            key_ref_key(&part),
-            address_key(&pk, &part),
+            keypackage::row_key(&pk, &part),
+            keypackage::reference_key(&part),
+            keypackage::address_key(&pk, &part),
         ] {
             assert!(key.len() <= MAX_STATE_KEY_LEN, "{} bytes", key.len());
         }

@@ -1,4 +1,5 @@
-//! Who may see what (PROTOCOL §3 "served to"): the ONE visibility rule, used by stored REQ
+//! Who may see what (PROTOCOL §3 "served to"): the viewer model ([`Viewer`], [`Audience`]) and
+//! the ONE visibility rule, used by stored REQ
 //! results (also by `ids`), live fan-out, COUNT and REST, so a leak fixed here is fixed on
 //! every path; the REQ pre-check that answers a filter which can only match invisible
 //! events with `CLOSED auth-required:` / `restricted:` instead of silence; and the scoping
@@ -23,31 +24,63 @@
 //!
 //! ¹ any authenticated viewer when auth is on; anyone when it is off.
 //!
+//! Each kind family's part of the rule (its audience, its REQ pre-check, how a read of it is
+//! scoped) is in its module under `kinds/`; this module dispatches to them on the kind number
+//! and does the rest: the viewer model, read keys, splitting filters, trimming to limits.
+//!
 //! A storage error while deciding means "not visible": fail closed.
 
+use crate::kinds::{giftwrap, group_message, keypackage, noise_dm, roster};
 use crate::registry;
-use crate::{Gateway, ReadRefusal, Viewer};
+use crate::Gateway;
 use mls_proto::{Event, Filter, Hex32};
 use mls_store::{Audience as StoredAudience, ReadScope, StateRead};
 
-fn names_viewer<'a>(viewer: &Viewer, values: impl IntoIterator<Item = &'a str>) -> bool {
-    values
-        .into_iter()
-        .filter_map(Hex32::from_hex)
-        .any(|pk| viewer.authed.contains(&pk))
+/// Who is reading: the connection's NIP-42 authenticated pubkeys (empty = unauthenticated).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Viewer {
+    pub authed: Vec<Hex32>,
+}
+
+impl Viewer {
+    pub fn anonymous() -> Viewer {
+        Viewer::default()
+    }
+
+    pub fn authenticated_as(pubkeys: impl IntoIterator<Item = Hex32>) -> Viewer {
+        Viewer {
+            authed: pubkeys.into_iter().collect(),
+        }
+    }
+}
+
+/// Why a REQ / COUNT is refused before it runs. The message carries its prefix
+/// (`auth-required: …` / `restricted: …`) for `CLOSED`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadRefusal {
+    /// Not authenticated: the relay sends an AUTH challenge with the `CLOSED`.
+    AuthRequired(String),
+    /// Authenticated, but as someone the filters can never match for.
+    Restricted(String),
+}
+
+impl ReadRefusal {
+    pub fn message(&self) -> &str {
+        match self {
+            ReadRefusal::AuthRequired(m) | ReadRefusal::Restricted(m) => m,
+        }
+    }
+}
+
+impl std::fmt::Display for ReadRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.message())
+    }
 }
 
 /// Readers of non-restricted gateway kinds (open-group 445, KeyPackages).
-fn any_reader(gw: &Gateway, viewer: &Viewer) -> bool {
+pub(crate) fn any_reader(gw: &Gateway, viewer: &Viewer) -> bool {
     !gw.auth_enabled() || !viewer.authed.is_empty()
-}
-
-fn only_h(ev: &Event) -> Option<&str> {
-    let mut hs = ev.tag_values("h");
-    match (hs.next(), hs.next()) {
-        (Some(h), None) => Some(h),
-        _ => None,
-    }
 }
 
 /// Who may see one event, decided once per event: live fan-out asks it for every matching
@@ -61,7 +94,8 @@ pub struct Audience<'a> {
     live_owner: Option<Hex32>,
 }
 
-enum Who<'a> {
+/// Who an event is for, as its kind family decides it (`kinds/`).
+pub(crate) enum Who<'a> {
     Anyone,
     Nobody,
     /// Any authenticated viewer when auth is on; anyone when it is off.
@@ -75,7 +109,16 @@ enum Who<'a> {
     },
 }
 
-impl Audience<'_> {
+impl<'a> Audience<'a> {
+    /// An audience with no live restriction.
+    pub(crate) fn of(gw: &'a Gateway, who: Who<'a>) -> Audience<'a> {
+        Audience {
+            gw,
+            who,
+            live_owner: None,
+        }
+    }
+
     pub fn admits(&self, viewer: &Viewer, state: &dyn StateRead) -> bool {
         match &self.who {
             Who::Anyone => true,
@@ -103,43 +146,27 @@ impl Audience<'_> {
     }
 }
 
-fn pubkeys<'e>(values: impl Iterator<Item = &'e str>) -> Vec<Hex32> {
-    values.filter_map(Hex32::from_hex).collect()
+/// The kind family's audience of `ev` (the dispatch of the visibility rule).
+fn who<'a>(ev: &'a Event, state: &dyn StateRead) -> Who<'a> {
+    match ev.kind {
+        1059 => giftwrap::audience(ev),
+        444 => giftwrap::rumor_audience(),
+        446 => noise_dm::audience(ev),
+        445 => group_message::audience(ev, state),
+        450 => roster::audience(ev),
+        443 | 30443 => keypackage::audience(),
+        _ => Who::Anyone,
+    }
 }
 
 pub(crate) fn audience<'a>(gw: &'a Gateway, ev: &'a Event, state: &dyn StateRead) -> Audience<'a> {
-    let who = match ev.kind {
-        1059 => Who::Pubkeys(pubkeys(ev.tag_values("p"))),
-        446 => {
-            let mut list = pubkeys(ev.tag_values("p"));
-            list.push(ev.pubkey);
-            Who::Pubkeys(list)
-        }
-        445 => match only_h(ev).map(|g| (g, registry::is_gated(state, g))) {
-            Some((group, Ok(true))) => Who::Members {
-                group,
-                configured_admins: false,
-            },
-            Some((_, Ok(false))) => Who::Readers,
-            // No single group, or its state unreadable: fail closed.
-            None | Some((_, Err(_))) => Who::Nobody,
-        },
-        450 => match only_h(ev) {
-            Some(group) => Who::Members {
-                group,
-                configured_admins: true,
-            },
-            None => Who::Nobody,
-        },
-        443 | 30443 => Who::Readers,
-        444 => Who::Nobody,
-        _ => Who::Anyone,
+    let live_owner = match ev.kind {
+        443 | 30443 => keypackage::live_owner(gw, ev),
+        _ => None,
     };
-    let live_owner =
-        (gw.config().keypackage_claims && matches!(ev.kind, 443 | 30443)).then_some(ev.pubkey);
     Audience {
         gw,
-        who,
+        who: who(ev, state),
         live_owner,
     }
 }
@@ -152,19 +179,20 @@ pub(crate) fn audience<'a>(gw: &'a Gateway, ev: &'a Event, state: &dyn StateRead
 /// (still exact: `may_see` decides each event).
 pub(crate) const MAX_SCOPE_GROUPS: usize = 256;
 
-/// The read keys of `ev` once stored: every key a viewer may need to see it now or later.
-/// A 445 stored while its group is open is read by any reader *and* the group (an admin may
-/// gate the group later; `may_see` then hides it from the others); a gated group never opens
-/// again (its record is never removed), so the group's key alone serves its later 445s.
-pub(crate) fn stored_audience(gw: &Gateway, ev: &Event, state: &dyn StateRead) -> StoredAudience {
+/// The read keys of `ev` once stored: every key a viewer may need to see it now or later
+/// (its audience's keys, widened where a kind's audience may grow: see
+/// `group_message::stored_audience`).
+pub(crate) fn stored_audience(ev: &Event, state: &dyn StateRead) -> StoredAudience {
     use mls_store::ReadKey;
-    let keys = match audience(gw, ev, state).who {
+    let who = who(ev, state);
+    if ev.kind == 445 {
+        if let Some(widened) = group_message::stored_audience(&who, ev) {
+            return widened;
+        }
+    }
+    let keys = match who {
         Who::Anyone => return StoredAudience::anyone(),
         Who::Nobody => return StoredAudience::nobody(),
-        Who::Readers if ev.kind == 445 => match only_h(ev) {
-            Some(group) => vec![ReadKey::Readers, ReadKey::Group(group.to_string())],
-            None => vec![ReadKey::Readers],
-        },
         Who::Readers => vec![ReadKey::Readers],
         Who::Pubkeys(list) => list.into_iter().map(ReadKey::Pubkey).collect(),
         Who::Members {
@@ -213,20 +241,6 @@ pub(crate) fn read_scope(gw: &Gateway, viewer: &Viewer, state: &dyn StateRead) -
             ReadScope::holding(keys, true)
         }
     }
-}
-
-/// A roster reader: a member or admin of `group`, or a configured admin.
-fn group_participant(gw: &Gateway, viewer: &Viewer, group: &str, state: &dyn StateRead) -> bool {
-    let who = Who::Members {
-        group,
-        configured_admins: true,
-    };
-    Audience {
-        gw,
-        who,
-        live_owner: None,
-    }
-    .admits(viewer, state)
 }
 
 pub(crate) fn may_see(gw: &Gateway, viewer: &Viewer, ev: &Event, state: &dyn StateRead) -> bool {
@@ -291,33 +305,13 @@ fn filter_refusal(gw: &Gateway, viewer: &Viewer, f: &Filter, evidence: Evidence)
     reason
 }
 
+/// The kind family's REQ pre-check (445 and kinds without one: never refused).
 fn kind_refusal(gw: &Gateway, viewer: &Viewer, kind: u16, f: &Filter) -> Option<String> {
-    let tag = |c: char| f.tags.get(&c);
-    let authed = !viewer.authed.is_empty();
     match kind {
-        1059 => {
-            // A `#p` naming only others is refused even though a multi-recipient wrap could
-            // also name the viewer: a reader asks for its own mailbox, not someone else's.
-            let refused = !authed
-                || tag('p').is_some_and(|ps| !names_viewer(viewer, ps.iter().map(String::as_str)));
-            refused.then(|| "kind 1059 is only served to its recipients".to_string())
-        }
-        446 => {
-            let p_others =
-                tag('p').is_some_and(|ps| !names_viewer(viewer, ps.iter().map(String::as_str)));
-            let authors_others = f
-                .authors
-                .as_ref()
-                .is_some_and(|a| !a.iter().any(|pk| viewer.authed.contains(pk)));
-            let refused = !authed || (p_others && authors_others);
-            refused.then(|| "kind 446 is only served to its recipients and author".to_string())
-        }
-        // 445 / 450 by `#h`: never refused on the group's state (gated, or unknown), so the
-        // answer does not say whether a group exists; the stored query is scoped to the
-        // reader's groups instead (`scope`), and `may_see` decides every event.
-        450 => (!authed).then(|| "kind 450 is only served to group members and admins".into()),
-        443 | 30443 => (!any_reader(gw, viewer))
-            .then(|| "keypackages are only served to authenticated users".to_string()),
+        1059 => giftwrap::read_refusal(viewer, f),
+        446 => noise_dm::read_refusal(viewer, f),
+        450 => roster::read_refusal(viewer),
+        443 | 30443 => keypackage::read_refusal(gw, viewer),
         _ => None,
     }
 }
@@ -356,11 +350,30 @@ pub(crate) fn scope(
     out
 }
 
+/// Kinds whose read is narrowed by their family (for this filter).
 fn is_scoped_kind(kind: u16, f: &Filter) -> bool {
     match kind {
         1059 | 446 => true,
         445 | 450 => f.tags.contains_key(&'h'),
         _ => false,
+    }
+}
+
+/// The kind family's narrowing of `f` to what `viewer` may read, one filter per output
+/// (none: nothing of that kind to read).
+fn scope_kind(
+    gw: &Gateway,
+    viewer: &Viewer,
+    kind: u16,
+    f: &Filter,
+    state: &dyn StateRead,
+) -> Vec<Filter> {
+    match kind {
+        1059 => giftwrap::scope(viewer, f),
+        446 => noise_dm::scope(viewer, f),
+        445 => group_message::scope(viewer, f, state),
+        450 => roster::scope(gw, viewer, f, state),
+        _ => vec![f.clone()],
     }
 }
 
@@ -379,10 +392,6 @@ fn scope_one(
         out.push(f.clone());
         return;
     }
-    let with_kind = |kind: u16| Filter {
-        kinds: Some(vec![kind]),
-        ..f.clone()
-    };
     let plain: Vec<u16> = kinds
         .iter()
         .copied()
@@ -394,68 +403,13 @@ fn scope_one(
             ..f.clone()
         });
     }
-    // The reader's pubkeys, narrowed by what the filter already asks for.
-    let own_p: Vec<String> = viewer
-        .authed
-        .iter()
-        .map(Hex32::to_hex)
-        .filter(|pk| f.tags.get(&'p').is_none_or(|ps| ps.contains(pk)))
-        .collect();
-    let own_authors: Vec<Hex32> = viewer
-        .authed
-        .iter()
-        .copied()
-        .filter(|pk| f.authors.as_ref().is_none_or(|a| a.contains(pk)))
-        .collect();
     let mut seen = Vec::new();
     for &kind in kinds {
         if !is_scoped_kind(kind, f) || seen.contains(&kind) {
             continue;
         }
         seen.push(kind);
-        match kind {
-            1059 | 446 => {
-                if !own_p.is_empty() {
-                    let mut g = with_kind(kind);
-                    g.tags.insert('p', own_p.clone());
-                    out.push(g);
-                }
-                if kind == 446 && !own_authors.is_empty() {
-                    let mut g = with_kind(kind);
-                    g.authors = Some(own_authors.clone());
-                    out.push(g);
-                }
-            }
-            _ => {
-                let groups: Vec<String> = f.tags[&'h']
-                    .iter()
-                    .filter(|g| readable_group(gw, viewer, kind, g, state))
-                    .cloned()
-                    .collect();
-                if !groups.is_empty() {
-                    let mut g = with_kind(kind);
-                    g.tags.insert('h', groups);
-                    out.push(g);
-                }
-            }
-        }
-    }
-}
-
-/// May `viewer` read some of `group`'s events of `kind` (445 or 450)? Unknown groups are
-/// readable (open 445 traffic); a state error drops the group (fail closed).
-fn readable_group(
-    gw: &Gateway,
-    viewer: &Viewer,
-    kind: u16,
-    group: &str,
-    state: &dyn StateRead,
-) -> bool {
-    match registry::is_gated(state, group) {
-        Err(_) => false,
-        Ok(false) => true,
-        Ok(true) if kind == 450 => group_participant(gw, viewer, group, state),
-        Ok(true) => registry::participant(state, group, &viewer.authed).is_ok_and(|p| p.is_some()),
+        out.extend(scope_kind(gw, viewer, kind, f, state));
     }
 }
 
@@ -488,3 +442,6 @@ pub fn within_limits<T>(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests;

@@ -121,7 +121,7 @@ fn scopes_hold_every_group_until_the_by_pubkey_rows_are_built() {
     let mut e = env(true);
     e.gate();
     // A store's first group wrote the marker with its rows: scopes are exact at once.
-    assert!(e.st.0.contains_key(state::MEMBER_GROUPS_BUILT));
+    assert!(e.st.0.contains_key(registry::MEMBER_GROUPS_BUILT));
     let w = W::new();
     let gated = ev(&w.eph, 445, T, &[&["h", GROUP]], "x");
     let audience = e.stored(&gated);
@@ -138,7 +138,7 @@ fn scopes_hold_every_group_until_the_by_pubkey_rows_are_built() {
     let rows_before = mg_rows(&e.st);
     assert!(!rows_before.is_empty());
     e.st.0
-        .retain(|k, _| !k.starts_with(b"mg/") && k.as_slice() != state::MEMBER_GROUPS_BUILT);
+        .retain(|k, _| !k.starts_with(b"mg/") && k.as_slice() != registry::MEMBER_GROUPS_BUILT);
     // Not built yet: wider than the rule (still exact through may_see), never narrower.
     assert!(e.gw.read_scope(&carol, &e.st).any_group());
     assert!(e.gw.read_scope(&carol, &e.st).admits(audience.keys()));
@@ -174,5 +174,5 @@ fn an_empty_store_stays_empty_until_its_first_group() {
         "nothing written: a backup may still be imported"
     );
     e.gate();
-    assert!(e.st.0.contains_key(state::MEMBER_GROUPS_BUILT));
+    assert!(e.st.0.contains_key(registry::MEMBER_GROUPS_BUILT));
 }

@@ -1,22 +1,36 @@
-//! Kinds 443 / 30443: KeyPackages (PROTOCOL §3 table, §5 directory).
+//! Kinds 443 / 30443: KeyPackages (PROTOCOL §3 table, §5 directory): accept, audience (and
+//! live delivery under claims), read pre-check, retention, deletion, the REST directory, and
+//! its state (the keys below) with their purge. Claims (§5) are in `keypackage/claims.rs`.
 //!
 //! Accepted when: signed by the owner (a `p` tag, if any, equals the author; with auth on the
 //! author is also authenticated on the connection); content non-empty and decoding per
 //! `encoding` (base64, or hex when absent); a known ciphersuite; a key reference not used by
 //! another event; an expiry in the future and within `keypackage_max_ttl`; within
 //! `max_keypackages_per_hour` for the owner. Served to any authenticated user (anyone when auth
-//! is off) — see `visibility.rs`; claims are in `claims.rs`.
+//! is off); with claims on, another owner's KeyPackage is not delivered live (only a stored
+//! REQ hands it out, under the claim rules). Kept until its own expiry (`exp`, else NIP-40
+//! `expiration`), else receipt + `keypackage_ttl`.
 //!
 //! Bookkeeping is one row per *key reference* (`kp/{owner}/{ref}`), not per event: MDK
 //! dual-publishes the same KeyPackage as a 443 and a 30443 with the same `i`, and both must be
 //! accepted, count once against the hourly cap, and be claimed together. A reference may
 //! therefore be carried by at most one 443 and one 30443 address of the same owner; a 30443
 //! replacing its own previous version keeps (or changes) its reference.
+//!
+//! | key                | value                                                  |
+//! |--------------------|--------------------------------------------------------|
+//! | `kp/{owner}/{ref}` | one KeyPackage (by key reference) and its events       |
+//! | `kr/{ref}`         | owner of a key reference (uniqueness across owners)    |
+//! | `ka/{owner}/{d}`   | current 30443 version of an address                    |
+//! | `rk/{owner}/{hour}`| new KeyPackages of that owner in that hour             |
+//!
+//! References without a `kpr`/`i` tag are stored as `id:{event id}`.
 
-use crate::dialect::{ciphersuite_known, short, Encoding, MlsEvent};
-use crate::retention;
+use crate::config::GatewayConfig;
+use crate::dialect::{ciphersuite_known, invalid, short, Encoding, MlsEvent};
 use crate::state::{self, get_json, put_json, scan, store_err, WindowCounter};
-use crate::Gateway;
+use crate::visibility::Who;
+use crate::{Gateway, Viewer};
 use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine;
@@ -95,8 +109,61 @@ pub struct KeyPackageEntry {
     pub created_at: u64,
 }
 
-fn invalid(msg: impl std::fmt::Display) -> Rejection {
-    Rejection(format!("invalid: {msg}"))
+pub(crate) mod claims;
+
+/// Where the KeyPackage rows live (the state purge walks them).
+pub(crate) const ROWS_PREFIX: &[u8] = b"kp/";
+/// Where the hourly counters of new KeyPackages live.
+pub(crate) const RATE_PREFIX: &[u8] = b"rk/";
+
+pub(crate) fn rows_prefix(owner: &Hex32) -> Vec<u8> {
+    format!("kp/{owner}/").into_bytes()
+}
+
+pub(crate) fn row_key(owner: &Hex32, reference: &str) -> Vec<u8> {
+    format!("kp/{owner}/{reference}").into_bytes()
+}
+
+pub(crate) fn reference_key(reference: &str) -> Vec<u8> {
+    format!("kr/{reference}").into_bytes()
+}
+
+pub(crate) fn address_key(owner: &Hex32, d: &str) -> Vec<u8> {
+    format!("ka/{owner}/{d}").into_bytes()
+}
+
+pub(crate) fn rate_prefix(owner: &Hex32) -> Vec<u8> {
+    format!("rk/{owner}/").into_bytes()
+}
+
+/// The KeyPackage's own expiry (already checked against `keypackage_max_ttl`), else receipt +
+/// `keypackage_ttl`; a NIP-40 `expiration` if earlier.
+pub(crate) fn expiry(
+    cfg: &GatewayConfig,
+    received_at: u64,
+    expiry: Option<u64>,
+    nip40: Option<u64>,
+) -> u64 {
+    let own = expiry.unwrap_or(received_at.saturating_add(cfg.keypackage_ttl));
+    nip40.map_or(own, |e| e.min(own))
+}
+
+/// Served to any reader (authenticated, when auth is on).
+pub(crate) fn audience() -> Who<'static> {
+    Who::Readers
+}
+
+/// With claims on, another owner's KeyPackage is pushed live only to its owner: a live push
+/// would hand it out without the claim rules of PROTOCOL §5 (a stored REQ serves and claims
+/// it).
+pub(crate) fn live_owner(gw: &Gateway, ev: &Event) -> Option<Hex32> {
+    gw.config().keypackage_claims.then_some(ev.pubkey)
+}
+
+/// The REQ pre-check: refused when the viewer may not read KeyPackages at all.
+pub(crate) fn read_refusal(gw: &Gateway, viewer: &Viewer) -> Option<String> {
+    (!crate::visibility::any_reader(gw, viewer))
+        .then(|| "keypackages are only served to authenticated users".to_string())
 }
 
 /// The row key of an event's KeyPackage: its key reference, or `id:{event id}` without one.
@@ -172,8 +239,7 @@ pub(crate) fn admit(
             )));
         }
     }
-    let expires_at = retention::keypackage(cfg, received_at, m.expiry, m.nip40)
-        .unwrap_or(received_at.saturating_add(cfg.keypackage_ttl));
+    let expires_at = expiry(cfg, received_at, m.expiry, m.nip40);
     let admitted = Admitted {
         expires_at: Some(expires_at),
         store: true,
@@ -191,7 +257,7 @@ pub(crate) fn admit(
     let mut replaced = None;
     if let Some(d) = &d {
         let current: Option<AddressEntry> =
-            get_json(state, &state::address_key(&owner, d)).map_err(store_err)?;
+            get_json(state, &address_key(&owner, d)).map_err(store_err)?;
         if let Some(cur) = current {
             if cur.id == ev.id || !supersedes(ev, &cur) {
                 // The same event again, or an older version: the store answers it
@@ -203,11 +269,11 @@ pub(crate) fn admit(
     }
 
     // Key reference not used by another event (expired KeyPackages no longer count).
-    let row_key = state::kp_key(&owner, &reference);
+    let own_row = row_key(&owner, &reference);
     if let Some(other) = reference_owner(state, &reference).map_err(store_err)? {
         if other != owner {
             let theirs: Option<KpRow> =
-                get_json(state, &state::kp_key(&other, &reference)).map_err(store_err)?;
+                get_json(state, &row_key(&other, &reference)).map_err(store_err)?;
             if theirs.is_some_and(|r| r.live(received_at)) {
                 return Err(invalid(format!(
                     "key reference {} is already used by another event",
@@ -216,7 +282,7 @@ pub(crate) fn admit(
             }
         }
     }
-    let existing: Option<KpRow> = get_json::<KpRow>(state, &row_key)
+    let existing: Option<KpRow> = get_json::<KpRow>(state, &own_row)
         .map_err(store_err)?
         .filter(|r| r.live(received_at));
     if let Some(row) = &existing {
@@ -237,13 +303,8 @@ pub(crate) fn admit(
 
     // Per-owner hourly cap, counted in new KeyPackages (a dual-published one counts once).
     let counter = if existing.is_none() {
-        let c = WindowCounter::read(
-            state,
-            state::keypackage_rate_prefix(&owner),
-            received_at,
-            3600,
-        )
-        .map_err(store_err)?;
+        let c = WindowCounter::read(state, rate_prefix(&owner), received_at, 3600)
+            .map_err(store_err)?;
         if c.exhausted(cfg.rate_limits.max_keypackages_per_hour) {
             return Err(Rejection(format!(
                 "rate-limited: max_keypackages_per_hour reached ({})",
@@ -280,15 +341,15 @@ pub(crate) fn admit(
         d: d.clone(),
     });
     (|| -> StoreResult<()> {
-        put_json(state, &row_key, &row)?;
-        state.put(&state::key_ref_key(&reference), owner.to_hex().as_bytes())?;
+        put_json(state, &own_row, &row)?;
+        state.put(&reference_key(&reference), owner.to_hex().as_bytes())?;
         if let Some(d) = &d {
             let entry = AddressEntry {
                 id: ev.id,
                 created_at: ev.created_at,
                 reference: reference.clone(),
             };
-            put_json(state, &state::address_key(&owner, d), &entry)?;
+            put_json(state, &address_key(&owner, d), &entry)?;
         }
         if let Some(c) = counter {
             c.bump(state)?;
@@ -301,7 +362,7 @@ pub(crate) fn admit(
 
 fn reference_owner(state: &dyn StateRead, reference: &str) -> StoreResult<Option<Hex32>> {
     Ok(state
-        .get(&state::key_ref_key(reference))?
+        .get(&reference_key(reference))?
         .and_then(|v| std::str::from_utf8(&v).ok().and_then(Hex32::from_hex)))
 }
 
@@ -312,7 +373,7 @@ fn remove_event(
     reference: &str,
     id: &Hex32,
 ) -> StoreResult<()> {
-    let key = state::kp_key(owner, reference);
+    let key = row_key(owner, reference);
     let Some(mut row) = get_json::<KpRow>(state, &key)? else {
         return Ok(());
     };
@@ -325,9 +386,9 @@ fn remove_event(
 }
 
 fn delete_row(state: &mut dyn StateWrite, owner: &Hex32, reference: &str) -> StoreResult<()> {
-    state.delete(&state::kp_key(owner, reference))?;
+    state.delete(&row_key(owner, reference))?;
     if reference_owner(state, reference)? == Some(*owner) {
-        state.delete(&state::key_ref_key(reference))?;
+        state.delete(&reference_key(reference))?;
     }
     Ok(())
 }
@@ -339,7 +400,7 @@ pub(crate) fn on_deletion(ev: &Event, state: &mut dyn StateWrite) -> StoreResult
     let owner = ev.pubkey;
     let ids: Vec<Hex32> = ev.tag_values("e").filter_map(Hex32::from_hex).collect();
     if !ids.is_empty() {
-        let prefix = state::kp_prefix(&owner);
+        let prefix = rows_prefix(&owner);
         for (k, v) in scan(state, &prefix)? {
             let mut row: KpRow = serde_json::from_slice(&v).map_err(|e| {
                 StoreError::Corrupt(format!("{}: {e}", String::from_utf8_lossy(&k)))
@@ -361,7 +422,7 @@ pub(crate) fn on_deletion(ev: &Event, state: &mut dyn StateWrite) -> StoreResult
                 put_json(state, &k, &row)?;
             }
             for e in gone.iter().filter(|e| e.d.is_some()) {
-                let akey = state::address_key(&owner, e.d.as_deref().unwrap_or(""));
+                let akey = address_key(&owner, e.d.as_deref().unwrap_or(""));
                 if get_json::<AddressEntry>(state, &akey)?.is_some_and(|a| a.id == e.id) {
                     state.delete(&akey)?;
                 }
@@ -373,7 +434,7 @@ pub(crate) fn on_deletion(ev: &Event, state: &mut dyn StateWrite) -> StoreResult
         let Some(d) = a.strip_prefix(&own_address) else {
             continue;
         };
-        let akey = state::address_key(&owner, d);
+        let akey = address_key(&owner, d);
         if let Some(cur) = get_json::<AddressEntry>(state, &akey)? {
             if cur.created_at <= ev.created_at {
                 remove_event(state, &owner, &cur.reference, &cur.id)?;
@@ -390,7 +451,7 @@ pub(crate) fn rows_of(
     owner: &Hex32,
     now: u64,
 ) -> StoreResult<Vec<(String, KpRow)>> {
-    let prefix = state::kp_prefix(owner);
+    let prefix = rows_prefix(owner);
     let mut rows = Vec::new();
     for (k, v) in scan(state, &prefix)? {
         let row: KpRow = serde_json::from_slice(&v)
@@ -452,14 +513,14 @@ pub(crate) fn purge_row(
     if row.live(now) {
         return Ok(false);
     }
-    let prefix = state::kp_prefix(&row.owner);
+    let prefix = rows_prefix(&row.owner);
     let Some(reference) = key.strip_prefix(prefix.as_slice()) else {
         return Ok(false);
     };
     let reference = String::from_utf8_lossy(reference).into_owned();
     for e in &row.events {
         if let Some(d) = &e.d {
-            let akey = state::address_key(&row.owner, d);
+            let akey = address_key(&row.owner, d);
             if get_json::<AddressEntry>(state, &akey)?.is_some_and(|a| a.id == e.id) {
                 state.delete(&akey)?;
             }
@@ -468,3 +529,6 @@ pub(crate) fn purge_row(
     delete_row(state, &row.owner, &reference)?;
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests;

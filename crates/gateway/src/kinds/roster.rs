@@ -1,4 +1,6 @@
-//! Kind 450: roster / policy events (Loxation), membership source `roster` (PROTOCOL §3, §4).
+//! Kind 450: roster / policy events (Loxation), membership source `roster` (PROTOCOL §3, §4):
+//! accept, audience, read pre-check and scope, retention. State: the group's roles, `last_seq`
+//! and display name, through `registry`.
 //!
 //! Shape (see `dialect.rs`): `h` (one), `op` (bootstrap, add, remove, promote, demote,
 //! replace), `seq` (decimal), `p` targets (for `replace` the new full member list; for
@@ -9,21 +11,20 @@
 //! `admin_pubkeys` entry; `bootstrap` only for an unknown group that has not been served open
 //! (no 445 accepted for it yet), or by a configured admin (who thereby resets the roster); the change leaves the group at least one admin. The signature
 //! proves the signer; with auth on, the signer must also be authenticated on the connection.
-//! Served to the group's members and admins (and configured admins, who need the last `seq`).
-//! Kept while the group exists (NIP-40 `expiration` still applies).
+//! Served to the group's members and admins (and configured admins, who need the last `seq`);
+//! an unauthenticated REQ for 450s is refused `auth-required:`, an authenticated one by `#h`
+//! is scoped to the groups it may read (never refused on a group's state, so the answer does
+//! not say whether a group exists). Kept while the group exists (NIP-40 `expiration` still
+//! applies).
 
 use crate::config::MembershipSource;
-use crate::dialect::{short, MlsEvent, RosterOp};
+use crate::dialect::{invalid, short, MlsEvent, RosterOp};
 use crate::registry::{self, Group, ADMIN};
-use crate::retention;
 use crate::state::store_err;
-use crate::Gateway;
-use mls_proto::Event;
-use mls_store::{Admitted, Publisher, Rejection, StateWrite};
-
-fn invalid(msg: impl std::fmt::Display) -> Rejection {
-    Rejection(format!("invalid: {msg}"))
-}
+use crate::visibility::{Audience, Who};
+use crate::{Gateway, Viewer};
+use mls_proto::{Event, Filter};
+use mls_store::{Admitted, Publisher, Rejection, StateRead, StateWrite};
 
 pub(crate) fn admit(
     gw: &Gateway,
@@ -127,7 +128,52 @@ pub(crate) fn admit(
     g.meta.last_seq = Some(seq);
     g.save(state, received_at).map_err(store_err)?;
     Ok(Admitted {
-        expires_at: retention::default(m.nip40),
+        expires_at: m.nip40,
         store: true,
     })
 }
+
+/// Served to the group's members and admins, and to configured admins. No single `h`: nobody.
+pub(crate) fn audience(ev: &Event) -> Who<'_> {
+    match super::only_h(ev) {
+        Some(group) => Who::Members {
+            group,
+            configured_admins: true,
+        },
+        None => Who::Nobody,
+    }
+}
+
+/// The REQ pre-check: only unauthenticated reads are refused (see the module doc).
+pub(crate) fn read_refusal(viewer: &Viewer) -> Option<String> {
+    viewer
+        .authed
+        .is_empty()
+        .then(|| "kind 450 is only served to group members and admins".into())
+}
+
+/// A read of 450s by `#h` keeps the groups the reader may read: open or unknown ones, gated
+/// ones it is a member or admin of, every one for a configured admin. A state error drops
+/// the group (fail closed).
+pub(crate) fn scope(
+    gw: &Gateway,
+    viewer: &Viewer,
+    f: &Filter,
+    state: &dyn StateRead,
+) -> Vec<Filter> {
+    super::scope_by_h(f, 450, |group| match registry::is_gated(state, group) {
+        Err(_) => false,
+        Ok(false) => true,
+        Ok(true) => Audience::of(
+            gw,
+            Who::Members {
+                group,
+                configured_admins: true,
+            },
+        )
+        .admits(viewer, state),
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,4 +1,6 @@
-//! Kind 1059 (NIP-59 gift wrap, carrying Welcomes) and kind 444 (the Welcome rumor itself).
+//! Kind 1059 (NIP-59 gift wrap, carrying Welcomes) and kind 444 (the Welcome rumor itself):
+//! accept, audience, read pre-check and scope, deletion by a recipient, retention. State: none
+//! of its own; a wrap with `h` changes membership through `registry`.
 //!
 //! 444 is never accepted top-level: a Welcome travels sealed (13) inside a gift wrap, and a
 //! bare one would expose who joins which group.
@@ -18,22 +20,23 @@
 //! the admin API manage the group, the wrap is delivered but changes no membership: admins'
 //! decisions win.
 
-use crate::config::MembershipSource;
-use crate::dialect::{short, MlsEvent, RosterOp};
+use crate::config::{GatewayConfig, MembershipSource};
+use crate::dialect::{invalid, short, MlsEvent, RosterOp};
 use crate::registry::{self, Group};
-use crate::retention;
 use crate::state::store_err;
-use crate::Gateway;
-use mls_proto::Event;
+use crate::visibility::Who;
+use crate::{Gateway, Viewer};
+use mls_proto::{Event, Filter, Hex32};
 use mls_store::{Admitted, Publisher, Rejection, StateWrite};
+use std::collections::BTreeSet;
 
 /// Kind 444 at top level.
 pub(crate) fn refuse_rumor() -> Rejection {
-    Rejection("invalid: kind 444 must be gift-wrapped".into())
+    invalid("kind 444 must be gift-wrapped")
 }
 
 /// Seconds of slack on `giftwrap_max_backdate` for clock skew and transit time.
-pub const GIFTWRAP_CLOCK_GRACE: u64 = 600;
+pub(crate) const GIFTWRAP_CLOCK_GRACE: u64 = 600;
 
 pub(crate) fn admit(
     gw: &Gateway,
@@ -45,23 +48,19 @@ pub(crate) fn admit(
 ) -> Result<Admitted, Rejection> {
     let cfg = gw.config();
     if m.recipients.is_empty() {
-        return Err(Rejection(
-            "invalid: kind 1059 must have at least one p tag".into(),
-        ));
+        return Err(invalid("kind 1059 must have at least one p tag"));
     }
     // The grace covers clock skew and transit: clients backdate up to exactly the maximum.
     let oldest = received_at.saturating_sub(cfg.giftwrap_max_backdate + GIFTWRAP_CLOCK_GRACE);
     // An operator's replay (import) brings wraps received long ago: freshness was checked then.
     if !publisher.operator && ev.created_at < oldest {
-        return Err(Rejection(format!(
-            "invalid: gift wrap created_at is more than giftwrap_max_backdate ({}s) in the past",
+        return Err(invalid(format!(
+            "gift wrap created_at is more than giftwrap_max_backdate ({}s) in the past",
             cfg.giftwrap_max_backdate
         )));
     }
     if m.group_ids.len() > 1 {
-        return Err(Rejection(
-            "invalid: kind 1059 may have at most one h tag".into(),
-        ));
+        return Err(invalid("kind 1059 may have at most one h tag"));
     }
 
     // An operator's replay does not know who published the wrap: it grants no membership.
@@ -103,7 +102,51 @@ pub(crate) fn admit(
     }
 
     Ok(Admitted {
-        expires_at: retention::giftwrap(cfg, received_at, m.nip40),
+        expires_at: expiry(cfg, received_at, m.nip40),
         store: cfg.enable_message_archive,
     })
 }
+
+/// Kept receipt + `welcome_ttl`.
+pub(crate) fn expiry(cfg: &GatewayConfig, received_at: u64, nip40: Option<u64>) -> Option<u64> {
+    super::earliest(received_at.saturating_add(cfg.welcome_ttl), nip40)
+}
+
+/// Served to viewers authenticated as one of its `p` recipients (its author is a throwaway
+/// key).
+pub(crate) fn audience(ev: &Event) -> Who<'_> {
+    Who::Pubkeys(super::p_pubkeys(ev))
+}
+
+/// A 444 is never stored, so never served.
+pub(crate) fn rumor_audience() -> Who<'static> {
+    Who::Nobody
+}
+
+/// Who reads a gift wrap: its distinct `p` recipients (a deletion by one of them is allowed
+/// only when it is the sole reader, see `Gateway::may_delete`).
+pub(crate) fn readers(ev: &Event) -> BTreeSet<Hex32> {
+    super::p_pubkeys(ev).into_iter().collect()
+}
+
+/// The REQ pre-check. A `#p` naming only others is refused even though a multi-recipient wrap
+/// could also name the viewer: a reader asks for its own mailbox, not someone else's.
+pub(crate) fn read_refusal(viewer: &Viewer, f: &Filter) -> Option<String> {
+    let refused = viewer.authed.is_empty() || super::p_names_only_others(viewer, f);
+    refused.then(|| "kind 1059 is only served to its recipients".to_string())
+}
+
+/// A read of 1059s goes through the reader's own pubkeys (`#p` = its pubkeys, or the filter's
+/// `#p` values that are its own).
+pub(crate) fn scope(viewer: &Viewer, f: &Filter) -> Vec<Filter> {
+    let own_p = super::own_p(viewer, f);
+    if own_p.is_empty() {
+        return Vec::new();
+    }
+    let mut g = super::with_kind(f, 1059);
+    g.tags.insert('p', own_p);
+    vec![g]
+}
+
+#[cfg(test)]
+mod tests;

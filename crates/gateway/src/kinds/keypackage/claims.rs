@@ -11,13 +11,23 @@
 //!
 //! Claims are made per key reference, so a dual-published 443 + 30443 is claimed as one.
 //! Events are served unchanged: claiming only chooses which ones.
+//!
+//! State: the claim fields of the `kp/` rows (`keypackage.rs`), and the hourly fetch counters
+//! `rf/{requester}/{owner}/{hour}`.
 
-use crate::keypackage::{self, KpRow};
-use crate::state::{self, put_json, store_err, WindowCounter};
+use super::{row_key, rows_of, KpRow};
+use crate::state::{put_json, store_err, WindowCounter};
 use crate::{Gateway, Viewer};
 use mls_proto::{Event, Hex32};
 use mls_store::{Rejection, StateWrite};
 use std::collections::HashSet;
+
+/// Where the hourly counters of claimed fetches live.
+pub(crate) const FETCH_RATE_PREFIX: &[u8] = b"rf/";
+
+pub(crate) fn fetch_rate_prefix(requester: &Hex32, owner: &Hex32) -> Vec<u8> {
+    format!("rf/{requester}/{owner}/").into_bytes()
+}
 
 fn is_keypackage(kind: u16) -> bool {
     matches!(kind, 443 | 30443)
@@ -62,7 +72,7 @@ pub(crate) fn claim(
     for owner in owners {
         let counter = match req {
             Some(req) => Some(
-                WindowCounter::read(state, state::fetch_rate_prefix(&req, &owner), now, 3600)
+                WindowCounter::read(state, fetch_rate_prefix(&req, &owner), now, 3600)
                     .map_err(store_err)?,
             ),
             None => None,
@@ -81,7 +91,7 @@ pub(crate) fn claim(
             .filter(|e| claimable(e) && e.pubkey == owner)
             .map(|e| e.id)
             .collect();
-        let rows = keypackage::rows_of(state, &owner, now).map_err(store_err)?;
+        let rows = rows_of(state, &owner, now).map_err(store_err)?;
         let mut unclaimed = rows.iter().filter(|(_, r)| r.claimed_by.is_none()).count();
         let mut budget = cfg.max_keypackages_per_query as usize;
         let mut claim = Vec::new();
@@ -129,7 +139,7 @@ pub(crate) fn claim(
     for plan in plans {
         plan.counter.bump(state).map_err(store_err)?;
         for (reference, row) in &plan.claim {
-            put_json(state, &state::kp_key(&plan.owner, reference), row).map_err(store_err)?;
+            put_json(state, &row_key(&plan.owner, reference), row).map_err(store_err)?;
         }
     }
     Ok(candidates
@@ -138,3 +148,6 @@ pub(crate) fn claim(
         .filter(|id| serve.contains(id))
         .collect())
 }
+
+#[cfg(test)]
+mod tests;
