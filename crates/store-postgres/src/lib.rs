@@ -772,8 +772,13 @@ impl EventStore for PostgresStore {
             .run(async move {
                 on_pooled(&pool, deadline, |client| {
                     Box::pin(async move {
+                        // Asked twice per REQ: prepared once per connection.
+                        let stmt = client
+                            .prepare_cached("SELECT last_seq FROM store_meta")
+                            .await
+                            .map_err(pg_error("read last_seq"))?;
                         let row = client
-                            .query_one("SELECT last_seq FROM store_meta", &[])
+                            .query_one(&stmt, &[])
                             .await
                             .map_err(pg_error("read last_seq"))?;
                         Ok(row.get::<_, i64>(0))
