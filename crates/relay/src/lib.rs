@@ -5,24 +5,46 @@
 //! commit stream → `fanout` (one consumer task per process, delivering in commit order).
 //! Several instances on one database hear each other's commits through `bus`.
 
-pub mod api;
-pub mod app;
-mod auth;
-pub mod bus;
-mod claims;
-pub mod config;
-mod fanout;
+// The layers, from the top down, one group each: a module imports only modules of its own
+// group or of the groups below it (checked, with "no import cycle", by `tests/import_graph.rs`).
+
+// The operator's tools (export, import); `run` below starts the server.
+pub mod tools;
+
+// The HTTP surface: the WebSocket upgrade, NIP-11, `/health`, `/metrics`, the REST API.
 pub mod http;
-mod ingest;
-pub mod logging;
-pub mod metrics;
-mod outbox;
-pub mod ratelimit;
+
+// One WebSocket session, one file per client message.
 mod session;
+
+// The state built once at start-up and handed to HTTP handlers and sessions.
+pub mod app;
+
+// Live delivery: the one consumer of the commit stream, and the bus between instances.
+pub mod bus;
+mod fanout;
+
+// The checks a client message meets: relay limits (`ingest`), who the client is (`auth`),
+// KeyPackage claims on reads.
+mod auth;
+mod claims;
+mod ingest;
+
+// Live subscriptions: which connections an event goes to.
 mod subscriptions;
 #[cfg(test)]
 mod subscriptions_tests;
-pub mod tools;
+
+// One connection as the rest of the relay holds it: its handle, and its bounded outbox.
+mod connection;
+mod outbox;
+
+// Leaves every layer may use: rate limits, metrics, config, logs, the shutdown flags.
+pub mod config;
+pub mod logging;
+pub mod metrics;
+pub mod ratelimit;
+mod shutdown;
 
 use app::App;
 use config::Config;
@@ -35,7 +57,7 @@ use tokio::sync::watch;
 const PURGE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// At shutdown, how long the relay waits for its WebSocket sessions to answer their in-flight
-/// writes and send their close frames (they get `session::SHUTDOWN_DRAIN` to drain) before
+/// writes and send their close frames (they get the writer's `SHUTDOWN_DRAIN` to drain) before
 /// it closes the store and exits: Cloud Run sends SIGKILL 10 s after SIGTERM.
 const SHUTDOWN_SESSIONS_DEADLINE: Duration = Duration::from_secs(6);
 
@@ -79,11 +101,17 @@ pub async fn run(config: Config) -> Result<(), String> {
     // Live delivery consumes the commit stream (this instance's, and the others' through
     // the bus); sessions only write.
     let heard = bus.map(|transport| bus::start(transport, store.clone(), shutdown_rx.clone()));
-    let fanout = tokio::spawn(fanout::run(app.clone(), heard));
+    let fan = fanout::Fanout {
+        store: app.store.clone(),
+        gateway: app.gateway.clone(),
+        subscriptions: app.subscriptions.clone(),
+    };
+    let catch_up = Duration::from_millis(app.config.bus.catch_up_interval_ms);
+    let fanout = tokio::spawn(fanout::run(fan, shutdown_rx.clone(), catch_up, heard));
 
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        shutdown::signal().await;
         tracing::info!("shutdown signal received");
         let _ = signalled_tx.send(tokio::time::Instant::now());
         let _ = shutdown_tx.send(true);
@@ -99,7 +127,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         let _ = tcp.set_nodelay(true);
     });
     axum::serve(listener, service)
-        .with_graceful_shutdown(async move { app::until_set(&mut server_shutdown).await })
+        .with_graceful_shutdown(async move { shutdown::until_set(&mut server_shutdown).await })
         .await
         .map_err(|e| format!("server error: {e}"))?;
 
@@ -138,7 +166,7 @@ async fn purge_loop(
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = app::until_set(&mut shutdown) => break,
+            _ = shutdown::until_set(&mut shutdown) => break,
         }
         let now = mls_proto::unix_now();
         match store.purge_expired(now).await {
@@ -237,25 +265,4 @@ async fn build_member_groups(
             tracing::error!(%error, "building the by-pubkey membership rows failed")
         }
     }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

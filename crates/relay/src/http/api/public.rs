@@ -1,6 +1,6 @@
 //! The client endpoints: `GET groups/{group_id}` and `GET keypackages?owner=`.
 
-use super::{Access, ApiCall, ApiError};
+use super::call::{Access, ApiCall, ApiError};
 use crate::app::App;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};

@@ -7,8 +7,8 @@
 //! members or admins to an unknown group creates it (gated from then on) with the caller as
 //! owner.
 
+use super::call::{Access, ApiCall, ApiError};
 use super::public::read_group;
-use super::{Access, ApiCall, ApiError};
 use crate::app::App;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
@@ -60,7 +60,7 @@ fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
-                format!("request body larger than {} bytes", super::MAX_BODY),
+                format!("request body larger than {} bytes", super::call::MAX_BODY),
             )
         } else {
             ApiError::bad_request(e.body_text())

@@ -1,8 +1,10 @@
 //! NIP-42: checking an AUTH event against this connection's challenge and this relay's own
-//! URL(s) (`App::relay_urls`, from `server.relay_url`; never from the request's `Host`, which
-//! the client controls).
+//! URL(s) (`relay_urls`, from `server.relay_url` through [`Config::public_urls`]; never from
+//! the request's `Host`, which the client controls).
+//!
+//! [`Config::public_urls`]: crate::config::Config::public_urls
 
-use crate::app::App;
+use super::Access;
 use crate::config::normalize_url;
 use mls_proto::{Event, Hex32};
 
@@ -11,7 +13,13 @@ const AUTH_WINDOW_SECS: u64 = 600;
 
 /// Ok(pubkey) when `ev` authenticates its author on this connection; else the `OK false`
 /// message.
-pub fn verify(app: &App, ev: &Event, challenge: &str, now: u64) -> Result<Hex32, String> {
+pub fn verify(
+    ev: &Event,
+    challenge: &str,
+    relay_urls: &[String],
+    access: &Access,
+    now: u64,
+) -> Result<Hex32, String> {
     if ev.kind != 22242 {
         return Err("invalid: AUTH event must be kind 22242".into());
     }
@@ -29,13 +37,13 @@ pub fn verify(app: &App, ev: &Event, challenge: &str, now: u64) -> Result<Hex32,
     if relays.peek().is_none() {
         return Err("invalid: AUTH event needs a relay tag".into());
     }
-    if relays.any(|url| !app.relay_urls.contains(&normalize_url(url))) {
+    if relays.any(|url| !relay_urls.contains(&normalize_url(url))) {
         return Err(format!(
             "invalid: AUTH relay tag does not name this relay ({})",
-            app.relay_urls.join(", ")
+            relay_urls.join(", ")
         ));
     }
-    if !app.pubkey_allowed(&ev.pubkey) {
+    if !access.pubkey_allowed(&ev.pubkey) {
         return Err("restricted: this pubkey is not allowed on this relay".into());
     }
     Ok(ev.pubkey)
