@@ -48,34 +48,3 @@ pub fn verify(
     }
     Ok(ev.pubkey)
 }
-
-#[cfg(test)]
-mod tests {
-    use crate::config::normalize_url as n;
-
-    #[test]
-    fn relay_urls_compare_without_scheme_and_slash() {
-        assert_eq!(n("wss://Relay.Example.com/"), n("relay.example.com"));
-        assert_eq!(n("ws://127.0.0.1:8080"), n("127.0.0.1:8080"));
-        assert_eq!(n("https://h/path/"), n("wss://h/path"));
-        assert_eq!(n("wss://h:443"), n("ws://h"));
-        assert_ne!(n("wss://a.example"), n("wss://b.example"));
-        assert_ne!(n("wss://a.example:8443"), n("wss://a.example"));
-        assert_ne!(n("wss://a.example.evil"), n("wss://a.example"));
-    }
-
-    #[test]
-    fn urls_compare_without_scheme_default_port_or_fragment() {
-        assert_eq!(
-            n("https://Relay.Example.com:443/api/v1/mls/keypackages?owner=ab#x"),
-            "relay.example.com/api/v1/mls/keypackages?owner=ab"
-        );
-        assert_eq!(n("http://127.0.0.1:8080/x"), "127.0.0.1:8080/x");
-        assert_eq!(n("wss://relay.example.com"), "relay.example.com");
-        assert_eq!(n("relay.example.com/?x=1"), "relay.example.com?x=1");
-        // A trailing slash of the path doesn't matter; one in the query does.
-        assert_eq!(n("https://a.example/x"), n("https://a.example/x/"));
-        assert_ne!(n("https://a.example/x?o=a"), n("https://a.example/x?o=a/"));
-        assert_ne!(n("https://a.example/X"), n("https://a.example/x"));
-    }
-}

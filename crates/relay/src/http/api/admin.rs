@@ -197,18 +197,11 @@ async fn apply(
     crate::metrics::count_group_change(membership);
     tracing::info!(
         admin = %mls_proto::short_pubkey(&admin),
-        group = %crate::logging::redact(&short_group(&rec.group_id)),
+        group = %crate::logging::redact(&mls_gateway_rules::dialect::short(&rec.group_id)),
         members = rec.member_count,
         "admin api: group changed"
     );
     Ok(rec)
-}
-
-fn short_group(group: &str) -> String {
-    match group.char_indices().nth(8) {
-        Some((i, _)) => format!("{}…", &group[..i]),
-        None => group.to_owned(),
-    }
 }
 
 async fn roster_change(
