@@ -1,6 +1,6 @@
 //! Start-up wiring: opens the configured store (and the bus its instances share) and builds
 //! the [`App`], the state built once and handed to every HTTP handler and WebSocket session.
-//! Below the sessions, modules take the narrow parts they use (limits, [`Access`], the store,
+//! Below the sessions, modules take the narrow parts they use (limits, `Access`, the store,
 //! the subscription index), never the `App`.
 
 use crate::auth::nip98::SeenTokens;

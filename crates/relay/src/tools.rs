@@ -269,7 +269,7 @@ fn classify(first: &str) -> Result<Input, String> {
 }
 
 /// Reads a backup (restored verbatim into an empty store) or plain event JSON lines (see
-/// [`import_events`]). Refused lines are reported on `report` and counted; they do not stop
+/// `import_events`). Refused lines are reported on `report` and counted; they do not stop
 /// the import.
 pub async fn import(
     config: &Config,

@@ -7,7 +7,7 @@
 //! members or admins to an unknown group creates it (gated from then on) with the caller as
 //! owner.
 
-use super::call::{Access, ApiCall, ApiError};
+use super::call::{ApiCall, ApiError, Callers};
 use super::public::read_group;
 use crate::app::App;
 use axum::body::Bytes;
@@ -44,7 +44,7 @@ fn record_json(rec: &GroupRecord) -> Value {
 /// The calling admin's pubkey (NIP-98, `admin_pubkeys`), or the refusal.
 async fn authorize_admin(call: &ApiCall, app: &App, body: &[u8]) -> Result<Hex32, ApiError> {
     Ok(call
-        .authorize(app, body, Access::Admin)
+        .authorize(app, body, Callers::Admin)
         .await?
         .expect("admin access implies a caller"))
 }

@@ -1,5 +1,5 @@
 //! One API call: what a handler reads of its request ([`ApiCall`]), who may make it
-//! ([`Access`], [`authorize`]: rate limits, NIP-98, allow/deny lists, single-use tokens), the
+//! ([`Callers`], [`authorize`]: rate limits, NIP-98, allow/deny lists, single-use tokens), the
 //! body limit, and the JSON error every refusal is ([`ApiError`]).
 
 use crate::app::App;
@@ -94,7 +94,7 @@ impl IntoResponse for ApiError {
 
 /// Who may call an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
+pub enum Callers {
     /// Anyone when `[auth]` is off; an authenticated (NIP-98) caller when it is on.
     Public,
     /// Always an authenticated caller.
@@ -135,7 +135,7 @@ impl ApiCall {
         &self,
         app: &App,
         body: &[u8],
-        access: Access,
+        callers: Callers,
     ) -> Result<Option<Hex32>, ApiError> {
         let call = Call {
             ip: self.ip,
@@ -144,7 +144,7 @@ impl ApiCall {
             headers: &self.headers,
             body,
         };
-        authorize(app, &call, access).await
+        authorize(app, &call, callers).await
     }
 }
 
@@ -160,11 +160,11 @@ pub struct Call<'a> {
 /// The rate limit (client IP, before any signature is checked), NIP-98, the rate limit of the
 /// signing pubkey, the allow/deny lists and the endpoint's access rule, in that order; last,
 /// a state-changing token is marked used. Returns the caller's pubkey (`None`: anonymous,
-/// allowed for [`Access::Public`]).
+/// allowed for [`Callers::Public`]).
 pub async fn authorize(
     app: &App,
     call: &Call<'_>,
-    access: Access,
+    callers: Callers,
 ) -> Result<Option<Hex32>, ApiError> {
     let rate_limited = |wait: std::time::Duration| {
         crate::metrics::rate_limited("api");
@@ -210,7 +210,7 @@ pub async fn authorize(
             .check(RateKey::Pubkey(pk))
             .map_err(rate_limited)?;
     }
-    let required = access != Access::Public || app.access.auth_required;
+    let required = callers != Callers::Public || app.access.auth_required;
     let Some(pk) = caller else {
         return if required {
             Err(ApiError::unauthorized(
@@ -226,7 +226,7 @@ pub async fn authorize(
             "restricted: this pubkey is not allowed on this relay",
         ));
     }
-    if access == Access::Admin && !app.gateway.is_admin(&pk) {
+    if callers == Callers::Admin && !app.gateway.is_admin(&pk) {
         return Err(ApiError::forbidden(
             "restricted: admin endpoints are for admin_pubkeys only",
         ));
