@@ -58,6 +58,9 @@ struct Session {
     in_flight: FuturesOrdered<WriteFuture>,
 }
 
+/// Runs one WebSocket session from the upgrade until the client leaves, the connection is cut
+/// (a slow reader) or reaches its age, or the relay shuts down; then answers the writes still
+/// in flight, forgets the connection's subscriptions and waits for its writer.
 pub async fn run(app: Arc<App>, socket: WebSocket, ip: IpAddr) {
     let (sink, mut stream) = socket.split();
     let id = app.next_connection_id();
