@@ -76,6 +76,9 @@ pub fn check(
             return Err("invalid: event has expired (NIP-40)".into());
         }
     }
+    // NIP-70 is the relay's to check, on every client write: ephemeral events never reach the
+    // gateway's `admit`, and the store answers a duplicate before it (`admit`'s own check is
+    // the backstop for writes that skip this one).
     if ev.is_protected() {
         if authed.is_empty() {
             return Err(
