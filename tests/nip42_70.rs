@@ -332,3 +332,54 @@ async fn protected_event_needs_its_author_authenticated() {
         vec![event_value(&e)]
     );
 }
+
+/// NIP-70 is checked by the relay (`ingest`) on every client write, before the store: ephemeral
+/// events never reach the gateway's rules, and a duplicate is answered before them, so neither
+/// may slip past it.
+#[tokio::test]
+async fn protected_ephemeral_and_duplicate_events_still_need_their_author() {
+    let relay = Relay::start().await;
+    let (author, other) = (keys(), keys());
+    let mut listener = relay.connect().await;
+    listener.req("live", &[json!({"kinds": [20001]})]).await;
+
+    let mut anon = relay.connect().await;
+    let mut as_other = relay.connect_authed(&other).await;
+    let mut as_author = relay.connect_authed(&author).await;
+    let relayed = ev(
+        &author,
+        20001,
+        &[&["-"]],
+        "ephemeral, relayed by a stranger",
+    );
+    let (ok, msg) = as_other.publish(&relayed).await;
+    assert!(!ok, "a stranger's protected ephemeral event accepted");
+    assert_prefix(&msg, "restricted:");
+    let (ok, msg) = anon.publish(&relayed).await;
+    assert!(!ok, "a protected ephemeral event accepted unauthenticated");
+    assert_prefix(&msg, "auth-required:");
+    let own = ev(&author, 20001, &[&["-"]], "ephemeral, from its author");
+    let (ok, msg) = as_author.publish(&own).await;
+    assert!(
+        ok,
+        "protected ephemeral event refused from its author: {msg}"
+    );
+    // The first live event is the author's: the refused ones were not delivered.
+    assert_eq!(listener.next_event("live").await["id"], id_hex(&own));
+
+    let stored = ev(&author, 1, &[&["-"]], "stored, protected");
+    let (ok, msg) = as_author.publish(&stored).await;
+    assert!(ok, "{msg}");
+    let (ok, msg) = as_other.publish(&stored).await;
+    assert!(
+        !ok,
+        "a stranger re-sending a stored protected event got OK true: {msg}"
+    );
+    assert_prefix(&msg, "restricted:");
+    let (ok, msg) = anon.publish(&stored).await;
+    assert!(
+        !ok,
+        "re-sending a stored protected event unauthenticated got OK true: {msg}"
+    );
+    assert_prefix(&msg, "auth-required:");
+}

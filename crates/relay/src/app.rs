@@ -1,13 +1,16 @@
-//! The relay's shared state, built once at start-up and handed to every connection.
+//! Start-up wiring: opens the configured store (and the bus its instances share) and builds
+//! the [`App`], the state built once and handed to every HTTP handler and WebSocket session.
+//! Below the sessions, modules take the narrow parts they use (limits, `Access`, the store,
+//! the subscription index), never the `App`.
 
-use crate::api::nip98::SeenTokens;
+use crate::auth::nip98::SeenTokens;
+use crate::auth::Access;
 use crate::config::Config;
 use crate::outbox::OutboxBudget;
 use crate::ratelimit::RateLimiters;
 use crate::subscriptions::SubscriptionIndex;
 use mls_gateway_rules::config::StorageBackend;
 use mls_gateway_rules::Gateway;
-use mls_proto::Hex32;
 use mls_store::embedded::{EmbeddedOptions, EmbeddedStore};
 use mls_store::EventStore;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,11 +22,11 @@ pub struct App {
     pub config: Config,
     pub store: Arc<dyn EventStore>,
     pub gateway: Arc<Gateway>,
-    pub subscriptions: SubscriptionIndex,
+    pub subscriptions: Arc<SubscriptionIndex>,
     /// Bytes all connections' outboxes may hold together (`limitation.outbox_total_bytes`).
     pub outboxes: Arc<OutboxBudget>,
-    pub whitelist: Vec<Hex32>,
-    pub blacklist: Vec<Hex32>,
+    /// `[auth]`: whether clients must authenticate, and the pubkey allow/deny lists.
+    pub access: Access,
     pub started: Instant,
     /// Flips to true on SIGTERM/SIGINT: sessions close their sockets with a close frame.
     pub shutdown: watch::Receiver<bool>,
@@ -154,14 +157,13 @@ impl App {
     ) -> App {
         App {
             relay_urls: config.public_urls(config.server.port).unwrap_or_default(),
-            whitelist: config.whitelist(),
-            blacklist: config.blacklist(),
+            access: Access::from_config(&config),
             rate_limits: RateLimiters::new(&config),
             outboxes: OutboxBudget::new(config.limitation.outbox_total_bytes),
             config,
             store,
             gateway,
-            subscriptions: SubscriptionIndex::default(),
+            subscriptions: Arc::default(),
             started: Instant::now(),
             shutdown,
             nip98_seen: SeenTokens::default(),
@@ -179,19 +181,4 @@ impl App {
         self.sessions.send_modify(|n| *n += 1);
         SessionGuard(self.sessions.clone())
     }
-
-    pub fn auth_required(&self) -> bool {
-        self.config.auth.enabled
-    }
-
-    /// May this pubkey authenticate (NIP-42) here? (Events a blacklisted key signed are
-    /// refused in `ingest` whoever sends them.)
-    pub fn pubkey_allowed(&self, pk: &Hex32) -> bool {
-        !self.blacklist.contains(pk) && (self.whitelist.is_empty() || self.whitelist.contains(pk))
-    }
-}
-
-/// Resolves once a flag (shutdown, a cut outbox) is set, or its sender is gone.
-pub async fn until_set(flag: &mut watch::Receiver<bool>) {
-    let _ = flag.wait_for(|s| *s).await;
 }

@@ -187,7 +187,7 @@ async fn say(
         let notice = tokio::select! {
             n = notices.recv() => Some(n),
             _ = heartbeat.tick() => None,
-            _ = crate::app::until_set(&mut shutdown) => return,
+            _ = crate::shutdown::until_set(&mut shutdown) => return,
         };
         let wire = match notice {
             None => Wire {
@@ -290,7 +290,7 @@ async fn hear(
     loop {
         let listening = tokio::select! {
             l = transport.listen() => l,
-            _ = crate::app::until_set(&mut shutdown) => return,
+            _ = crate::shutdown::until_set(&mut shutdown) => return,
         };
         let mut messages = match listening {
             Ok(m) => m,
@@ -301,7 +301,7 @@ async fn hear(
                 was_down = true;
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
-                    _ = crate::app::until_set(&mut shutdown) => return,
+                    _ = crate::shutdown::until_set(&mut shutdown) => return,
                 }
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
@@ -326,7 +326,7 @@ async fn hear(
                     tracing::warn!("bus listener hears nothing, not even this instance; reconnecting");
                     None
                 }
-                _ = crate::app::until_set(&mut shutdown) => return,
+                _ = crate::shutdown::until_set(&mut shutdown) => return,
             };
             let Some(payload) = payload else {
                 tracing::warn!("bus connection lost; reconnecting");

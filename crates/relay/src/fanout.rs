@@ -8,15 +8,23 @@
 //! bell later without touching sessions. Events accepted but not stored (`store: false`,
 //! ephemeral kinds) ride in the notice, placed in commit order.
 
-use crate::app::App;
 use crate::bus::BusEvent;
-use crate::subscriptions::CommitPosition;
+use crate::subscriptions::{CommitPosition, SubscriptionIndex};
+use mls_gateway_rules::Gateway;
 use mls_proto::Event;
-use mls_store::CommitNotice;
+use mls_store::{CommitNotice, EventStore};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+
+/// What live delivery reads and delivers through.
+pub struct Fanout {
+    pub store: Arc<dyn EventStore>,
+    /// Decides who may see each event.
+    pub gateway: Arc<Gateway>,
+    pub subscriptions: Arc<SubscriptionIndex>,
+}
 
 /// Events read from the store per catch-up read (each up to an event's size limit in memory).
 const CHUNK: usize = 64;
@@ -30,14 +38,17 @@ const READ_ATTEMPTS: u32 = 30;
 /// With a bus (`bus`: several instances on one store), other instances' notices are consumed
 /// the same way: the stored events are read from the shared store in `seq` order, so each is
 /// delivered once whichever instance committed it. After a bus reconnect, and every
-/// `bus.catch_up_interval_ms`, the store itself is asked how far it has committed.
-pub async fn run(app: Arc<App>, mut bus: Option<mpsc::Receiver<BusEvent>>) {
-    let mut shutdown = app.shutdown.clone();
-    let mut notices = app.store.commits().subscribe();
-    let mut cursor = app.store.commits().last_seq();
-    let mut poll = tokio::time::interval(Duration::from_millis(
-        app.config.bus.catch_up_interval_ms.max(1),
-    ));
+/// `catch_up_interval` (`bus.catch_up_interval_ms`), the store itself is asked how far it has
+/// committed.
+pub async fn run(
+    fan: Fanout,
+    mut shutdown: watch::Receiver<bool>,
+    catch_up_interval: Duration,
+    mut bus: Option<mpsc::Receiver<BusEvent>>,
+) {
+    let mut notices = fan.store.commits().subscribe();
+    let mut cursor = fan.store.commits().last_seq();
+    let mut poll = tokio::time::interval(catch_up_interval.max(Duration::from_millis(1)));
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let heard = tokio::select! {
@@ -50,19 +61,19 @@ pub async fn run(app: Arc<App>, mut bus: Option<mpsc::Receiver<BusEvent>>) {
                 }
             },
             _ = poll.tick(), if bus.is_some() => Heard::Poll,
-            _ = crate::app::until_set(&mut shutdown) => return,
+            _ = crate::shutdown::until_set(&mut shutdown) => return,
         };
         match heard {
-            Heard::Local(Ok(notice)) => consume(&app, &mut cursor, &notice).await,
-            Heard::Bus(BusEvent::Notice(notice)) => consume(&app, &mut cursor, &notice).await,
+            Heard::Local(Ok(notice)) => consume(&fan, &mut cursor, &notice).await,
+            Heard::Bus(BusEvent::Notice(notice)) => consume(&fan, &mut cursor, &notice).await,
             Heard::Local(Err(RecvError::Lagged(missed))) => {
                 // Stored events are read back from the store; transient ones are lost.
                 tracing::warn!(missed, "fan-out fell behind the commit stream; catching up");
-                catch_up_with_store(&app, &mut cursor).await;
+                catch_up_with_store(&fan, &mut cursor).await;
             }
             Heard::Local(Err(RecvError::Closed)) => return,
             Heard::Bus(BusEvent::Reconnected) | Heard::Poll => {
-                catch_up_with_store(&app, &mut cursor).await
+                catch_up_with_store(&fan, &mut cursor).await
             }
         }
     }
@@ -82,24 +93,24 @@ async fn recv(bus: &mut Option<mpsc::Receiver<BusEvent>>) -> Option<BusEvent> {
 }
 
 /// Delivers everything the store has committed that this process has not delivered yet.
-async fn catch_up_with_store(app: &App, cursor: &mut u64) {
-    match app.store.committed_seq().await {
-        Ok(to) => catch_up(app, cursor, to).await,
+async fn catch_up_with_store(fan: &Fanout, cursor: &mut u64) {
+    match fan.store.committed_seq().await {
+        Ok(to) => catch_up(fan, cursor, to).await,
         Err(e) => tracing::warn!(error = %e, "fan-out cannot read how far the store committed"),
     }
 }
 
-async fn consume(app: &App, cursor: &mut u64, notice: &CommitNotice) {
+async fn consume(fan: &Fanout, cursor: &mut u64, notice: &CommitNotice) {
     for (after, ev) in &notice.transient {
-        catch_up(app, cursor, *after).await;
-        publish(app, ev, CommitPosition::TransientAfter(*after), None).await;
+        catch_up(fan, cursor, *after).await;
+        publish(fan, ev, CommitPosition::TransientAfter(*after), None).await;
     }
-    catch_up(app, cursor, notice.last_seq).await;
+    catch_up(fan, cursor, notice.last_seq).await;
 }
 
 /// Delivers the stored events with `cursor < seq <= to`, in seq order.
-async fn catch_up(app: &App, cursor: &mut u64, to: u64) {
-    if app.subscriptions.is_empty() {
+async fn catch_up(fan: &Fanout, cursor: &mut u64, to: u64) {
+    if fan.subscriptions.is_empty() {
         // Nobody listens: nothing to read back. A REQ registered after this check queries
         // the store after these events committed, so it finds them there.
         *cursor = to.max(*cursor);
@@ -107,7 +118,7 @@ async fn catch_up(app: &App, cursor: &mut u64, to: u64) {
     }
     let mut failures = 0;
     while *cursor < to {
-        let batch = match app.store.since(*cursor, CHUNK).await {
+        let batch = match fan.store.since(*cursor, CHUNK).await {
             Ok(batch) => batch,
             Err(e) => {
                 failures += 1;
@@ -128,7 +139,7 @@ async fn catch_up(app: &App, cursor: &mut u64, to: u64) {
                 return;
             }
             publish(
-                app,
+                fan,
                 &s.event.event,
                 CommitPosition::Stored(s.seq),
                 Some(s.event.json.clone()),
@@ -143,19 +154,19 @@ async fn catch_up(app: &App, cursor: &mut u64, to: u64) {
     }
 }
 
-async fn publish(app: &App, ev: &Event, position: CommitPosition, json: Option<Arc<str>>) {
-    let mut candidates = app.subscriptions.matching(ev);
+async fn publish(fan: &Fanout, ev: &Event, position: CommitPosition, json: Option<Arc<str>>) {
+    let mut candidates = fan.subscriptions.matching(ev);
     candidates.retain(|sub| sub.is_live(position));
     if candidates.is_empty() {
         return;
     }
     let _timer = crate::metrics::FanoutTimer::start();
     let mut visible = Vec::with_capacity(candidates.len());
-    let read = app
+    let read = fan
         .store
         .read_state(&mut |state| {
             visible.clear();
-            let audience = app.gateway.audience(ev, state);
+            let audience = fan.gateway.audience(ev, state);
             for sub in &candidates {
                 if sub.conn.with_viewer(|v| audience.admits_live(v, state)) {
                     visible.push(sub.clone());

@@ -1,13 +1,19 @@
 //! The relay-level checks every EVENT passes before the gateway rules and the store see it:
 //! signature, size limits, the `created_at` window, NIP-40, NIP-70, auth and allowlists.
 
-use crate::app::App;
+use crate::auth::Access;
+use crate::config::Limits;
 use mls_proto::{Event, Hex32};
 use mls_store::MAX_TAG_VALUE_LEN;
 
 /// Ok, or the `OK false` message (with its prefix).
-pub fn check(app: &App, ev: &Event, authed: &[Hex32], now: u64) -> Result<(), String> {
-    let limits = &app.config.limitation;
+pub fn check(
+    limits: &Limits,
+    access: &Access,
+    ev: &Event,
+    authed: &[Hex32],
+    now: u64,
+) -> Result<(), String> {
     if ev.tags.len() > limits.max_event_tags {
         return Err(format!(
             "invalid: {} tags, max_event_tags is {}",
@@ -38,12 +44,12 @@ pub fn check(app: &App, ev: &Event, authed: &[Hex32], now: u64) -> Result<(), St
     if let Err(e) = ev.verify() {
         return Err(format!("invalid: {e}"));
     }
-    if app.auth_required() && authed.is_empty() {
+    if access.auth_required && authed.is_empty() {
         return Err("auth-required: authenticate (NIP-42) before publishing".into());
     }
     // The author, not only the connection: with auth on, an authenticated friend (or an
     // `import`) must not publish what a blacklisted key signed.
-    if app.blacklist.contains(&ev.pubkey) {
+    if access.blocks_author(&ev.pubkey) {
         return Err("blocked: the event's author is in auth.pubkey_blacklist".into());
     }
     if ev.kind == 22242 {
@@ -70,6 +76,9 @@ pub fn check(app: &App, ev: &Event, authed: &[Hex32], now: u64) -> Result<(), St
             return Err("invalid: event has expired (NIP-40)".into());
         }
     }
+    // NIP-70 is the relay's to check, on every client write: ephemeral events never reach the
+    // gateway's `admit`, and the store answers a duplicate before it (`admit`'s own check is
+    // the backstop for writes that skip this one).
     if ev.is_protected() {
         if authed.is_empty() {
             return Err(

@@ -5,24 +5,48 @@
 //! commit stream → `fanout` (one consumer task per process, delivering in commit order).
 //! Several instances on one database hear each other's commits through `bus`.
 
-pub mod api;
-pub mod app;
-mod auth;
-pub mod bus;
-mod claims;
-pub mod config;
-mod fanout;
+// The layers, from the top down, one group each: a module imports only modules of its own
+// group or of the groups below it (checked, with "no import cycle", by `tests/import_graph.rs`).
+
+// The operator's tools (export, import); `run` below starts the server.
+pub mod tools;
+
+// The HTTP surface: the WebSocket upgrade, NIP-11, `/health`, `/metrics`, the REST API.
 pub mod http;
-mod ingest;
-pub mod logging;
-pub mod metrics;
-mod outbox;
-pub mod ratelimit;
+
+// One WebSocket session, one file per client message.
 mod session;
+
+// The state built once at start-up and handed to HTTP handlers and sessions.
+pub mod app;
+
+// Background work: live delivery (the one consumer of the commit stream), the bus between
+// instances, the purge of expired events and stale gateway state.
+pub mod bus;
+mod fanout;
+mod purge;
+
+// The checks a client message meets: relay limits (`ingest`), who the client is (`auth`),
+// KeyPackage claims on reads.
+mod auth;
+mod claims;
+mod ingest;
+
+// Live subscriptions: which connections an event goes to.
 mod subscriptions;
 #[cfg(test)]
 mod subscriptions_tests;
-pub mod tools;
+
+// One connection as the rest of the relay holds it: its handle, and its bounded outbox.
+mod connection;
+mod outbox;
+
+// Leaves every layer may use: rate limits, metrics, config, logs, the shutdown flags.
+pub mod config;
+pub mod logging;
+pub mod metrics;
+pub mod ratelimit;
+mod shutdown;
 
 use app::App;
 use config::Config;
@@ -31,11 +55,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// How often expired events are purged.
-const PURGE_INTERVAL: Duration = Duration::from_secs(60);
-
 /// At shutdown, how long the relay waits for its WebSocket sessions to answer their in-flight
-/// writes and send their close frames (they get `session::SHUTDOWN_DRAIN` to drain) before
+/// writes and send their close frames (they get the writer's `SHUTDOWN_DRAIN` to drain) before
 /// it closes the store and exits: Cloud Run sends SIGKILL 10 s after SIGTERM.
 const SHUTDOWN_SESSIONS_DEADLINE: Duration = Duration::from_secs(6);
 
@@ -64,7 +85,7 @@ pub async fn run(config: Config) -> Result<(), String> {
     let local = listener.local_addr().map_err(|e| e.to_string())?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let purger = tokio::spawn(purge_loop(
+    let purger = tokio::spawn(purge::run(
         store.clone(),
         gateway.clone(),
         shutdown_rx.clone(),
@@ -79,11 +100,17 @@ pub async fn run(config: Config) -> Result<(), String> {
     // Live delivery consumes the commit stream (this instance's, and the others' through
     // the bus); sessions only write.
     let heard = bus.map(|transport| bus::start(transport, store.clone(), shutdown_rx.clone()));
-    let fanout = tokio::spawn(fanout::run(app.clone(), heard));
+    let fan = fanout::Fanout {
+        store: app.store.clone(),
+        gateway: app.gateway.clone(),
+        subscriptions: app.subscriptions.clone(),
+    };
+    let catch_up = Duration::from_millis(app.config.bus.catch_up_interval_ms);
+    let fanout = tokio::spawn(fanout::run(fan, shutdown_rx.clone(), catch_up, heard));
 
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        shutdown::signal().await;
         tracing::info!("shutdown signal received");
         let _ = signalled_tx.send(tokio::time::Instant::now());
         let _ = shutdown_tx.send(true);
@@ -99,7 +126,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         let _ = tcp.set_nodelay(true);
     });
     axum::serve(listener, service)
-        .with_graceful_shutdown(async move { app::until_set(&mut server_shutdown).await })
+        .with_graceful_shutdown(async move { shutdown::until_set(&mut server_shutdown).await })
         .await
         .map_err(|e| format!("server error: {e}"))?;
 
@@ -124,138 +151,4 @@ pub async fn run(config: Config) -> Result<(), String> {
     let _ = fanout.await;
     tracing::info!("relay stopped");
     Ok(())
-}
-
-/// Drops expired events and the gateway's stale bookkeeping (expired KeyPackage records, rate
-/// counters of past windows) every `PURGE_INTERVAL`.
-async fn purge_loop(
-    store: Arc<dyn mls_store::EventStore>,
-    gateway: Arc<Gateway>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    build_member_groups(&*store, &gateway, &shutdown).await;
-    let mut tick = tokio::time::interval(PURGE_INTERVAL);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = app::until_set(&mut shutdown) => break,
-        }
-        let now = mls_proto::unix_now();
-        match store.purge_expired(now).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(purged = n, "expired events purged"),
-            Err(e) => tracing::error!(error = %e, "event purge failed"),
-        }
-        purge_state(&*store, &gateway, now, &shutdown).await;
-    }
-}
-
-/// Runs a resumable gateway-state job one bounded chunk per write transaction, so events
-/// queued behind a chunk are committed before the next one. Returns the job's progress, or
-/// the error that stopped it (the job is tried again at its next run).
-async fn run_state_chunks<P>(
-    store: &dyn mls_store::EventStore,
-    shutdown: &watch::Receiver<bool>,
-    done: fn(&P) -> bool,
-    chunk: impl Fn(&mut dyn mls_store::StateWrite, &mut P) -> Result<(), mls_store::StoreError>
-        + Clone
-        + Send
-        + 'static,
-) -> Result<P, String>
-where
-    P: Default + Clone + Send + 'static,
-{
-    let progress = Arc::new(std::sync::Mutex::new(P::default()));
-    let lock = |p: &std::sync::Mutex<P>| {
-        p.lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    };
-    while !done(&lock(&progress)) && !*shutdown.borrow() {
-        let (chunk, shared) = (chunk.clone(), progress.clone());
-        let result = store
-            .update_state(Box::new(move |state| {
-                let mut p = shared
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                chunk(state, &mut p).map_err(|e| mls_store::Rejection(format!("error: {e}")))
-            }))
-            .await;
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e.0),
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-    Ok(lock(&progress))
-}
-
-/// The gateway's state purge (KeyPackage records, rate counters), in chunks.
-async fn purge_state(
-    store: &dyn mls_store::EventStore,
-    gateway: &Arc<Gateway>,
-    now: u64,
-    shutdown: &watch::Receiver<bool>,
-) {
-    use mls_gateway_rules::{StatePurge, STATE_PURGE_CHUNK};
-    let gateway = gateway.clone();
-    let purge = move |state: &mut dyn mls_store::StateWrite, p: &mut StatePurge| {
-        gateway.purge_state_chunk(now, state, p, STATE_PURGE_CHUNK)
-    };
-    match run_state_chunks(store, shutdown, StatePurge::done, purge).await {
-        Ok(done) if done.removed > 0 => tracing::info!(
-            removed = done.removed,
-            chunks = done.chunks,
-            "gateway state purged"
-        ),
-        Ok(_) => {}
-        Err(error) => tracing::error!(%error, "gateway state purge failed"),
-    }
-}
-
-/// The one-time build of the gateway's by-pubkey membership rows (what a reader's scope reads)
-/// for a store written before they existed, in chunks like the purge. Until it is done, read
-/// scopes hold every group: reads stay exact, only slower.
-async fn build_member_groups(
-    store: &dyn mls_store::EventStore,
-    gateway: &Arc<Gateway>,
-    shutdown: &watch::Receiver<bool>,
-) {
-    use mls_gateway_rules::{MemberGroupsBuild, STATE_PURGE_CHUNK};
-    let gateway = gateway.clone();
-    let build = move |state: &mut dyn mls_store::StateWrite, p: &mut MemberGroupsBuild| {
-        gateway.build_member_groups_chunk(state, p, STATE_PURGE_CHUNK)
-    };
-    match run_state_chunks(store, shutdown, MemberGroupsBuild::done, build).await {
-        Ok(done) if done.written > 0 => tracing::info!(
-            rows = done.written,
-            "by-pubkey membership rows built for read scopes"
-        ),
-        Ok(_) => {}
-        // Tried again at the next start; reads stay exact meanwhile.
-        Err(error) => {
-            tracing::error!(%error, "building the by-pubkey membership rows failed")
-        }
-    }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

@@ -468,52 +468,6 @@ impl EventStore for MeteredStore {
     }
 }
 
-/// `GET /metrics`: the text exposition, behind `Authorization: Bearer <server.metrics_token>`
-/// when a token is configured.
-pub async fn endpoint(
-    axum::extract::State(app): axum::extract::State<Arc<crate::app::App>>,
-    headers: axum::http::HeaderMap,
-) -> axum::response::Response {
-    use axum::http::{header, HeaderValue, StatusCode};
-    use axum::response::IntoResponse;
-    if let Some(token) = &app.config.server.metrics_token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.trim().as_bytes())) {
-            http_response("metrics", 401);
-            let mut resp = crate::api::ApiError::unauthorized(
-                "auth_required",
-                "GET /metrics needs Authorization: Bearer <metrics token>",
-            )
-            .into_response();
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return resp;
-        }
-    }
-    http_response("metrics", 200);
-    (
-        StatusCode::OK,
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        render(app.subscriptions.len()),
-    )
-        .into_response()
-}
-
-/// Compares without returning early on the first difference (the token is a secret).
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// The Prometheus text exposition (format 0.0.4) of every metric; `subscriptions` is read
 /// from the subscription index at scrape time.
 pub fn render(subscriptions: usize) -> String {

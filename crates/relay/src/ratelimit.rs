@@ -16,13 +16,10 @@
 //! one host could walk through its prefix and never be limited.
 
 use crate::config::Config;
-use axum::extract::{ConnectInfo, FromRequestParts};
-use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use mls_proto::Hex32;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::Ordering;
@@ -348,25 +345,6 @@ fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
-    }
-}
-
-/// Extractor: the client IP of a request (see [`client_ip`]).
-#[derive(Debug, Clone, Copy)]
-pub struct ClientIp(pub IpAddr);
-
-impl FromRequestParts<Arc<crate::app::App>> for ClientIp {
-    type Rejection = Infallible;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        app: &Arc<crate::app::App>,
-    ) -> Result<Self, Self::Rejection> {
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0);
-        Ok(ClientIp(client_ip(&app.config, peer, &parts.headers)))
     }
 }
 

@@ -20,7 +20,7 @@ use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
 use std::sync::{Arc, Mutex, RwLock};
 
-use crate::session::ConnectionHandle;
+use crate::connection::ConnectionHandle;
 
 /// Refuses a filter array with more than `max` values, naming the limit.
 pub fn check_filter_values(filters: &[Filter], max: usize) -> Result<(), String> {

@@ -1,7 +1,7 @@
 //! Unit tests of the subscription index (kept out of `subscriptions.rs`, which the index
 //! benchmark compiles on its own).
 
-use crate::session::ConnectionHandle;
+use crate::connection::ConnectionHandle;
 use crate::subscriptions::{CommitPosition, Subscription, SubscriptionIndex};
 use mls_proto::{Event, Filter};
 use serde_json::json;

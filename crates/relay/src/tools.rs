@@ -269,7 +269,7 @@ fn classify(first: &str) -> Result<Input, String> {
 }
 
 /// Reads a backup (restored verbatim into an empty store) or plain event JSON lines (see
-/// [`import_events`]). Refused lines are reported on `report` and counted; they do not stop
+/// `import_events`). Refused lines are reported on `report` and counted; they do not stop
 /// the import.
 pub async fn import(
     config: &Config,
@@ -290,14 +290,12 @@ pub async fn import(
     };
     let kind = classify(&first)?;
     let gateway = crate::gateway(config)?;
-    let store = app::open_store(config, gateway.clone()).await?;
+    let store = app::open_store(config, gateway).await?;
     let result = match kind {
         Input::Backup => restore(&*store, &mut lines, report).await,
         Input::Events => {
-            let (_tx, rx) = tokio::sync::watch::channel(false);
-            let relay = app::App::new(config.clone(), store.clone(), gateway, rx);
             let all = std::iter::once((n, Ok(first))).chain(lines);
-            import_events(&relay, &*store, all, report).await
+            import_events(config, &*store, all, report).await
         }
     };
     store.close().await;
@@ -416,12 +414,13 @@ fn item_kind(item: &BackupItem) -> u8 {
 /// `Publisher::operator`: checks that belonged to the original connection, such as group
 /// membership of a 445's sender, are not re-run, and gift wraps grant no membership).
 async fn import_events(
-    relay: &app::App,
+    config: &Config,
     store: &dyn EventStore,
     lines: impl Iterator<Item = (usize, std::io::Result<String>)>,
     report: &mut dyn Write,
 ) -> Result<ImportSummary, String> {
     let mut summary = ImportSummary::default();
+    let access = crate::auth::Access::from_config(config);
     for (n, line) in lines {
         let line = line.map_err(|e| format!("import: read failed at line {}: {e}", n + 1))?;
         if line.trim().is_empty() {
@@ -439,7 +438,9 @@ async fn import_events(
             }
         };
         let authed = vec![ev.pubkey];
-        if let Err(why) = crate::ingest::check(relay, &ev, &authed, unix_now()) {
+        if let Err(why) =
+            crate::ingest::check(&config.limitation, &access, &ev, &authed, unix_now())
+        {
             refuse(&mut summary, &why);
             continue;
         }

@@ -768,3 +768,63 @@ fn bus_keys_are_checked_named_and_masked() {
         "{err}"
     );
 }
+
+// The one URL normaliser: NIP-42 `relay` tags, NIP-98 `u` URLs and `server.relay_url`.
+#[test]
+fn relay_urls_compare_without_scheme_and_slash() {
+    assert_eq!(
+        normalize_url("wss://Relay.Example.com/"),
+        normalize_url("relay.example.com")
+    );
+    assert_eq!(
+        normalize_url("ws://127.0.0.1:8080"),
+        normalize_url("127.0.0.1:8080")
+    );
+    assert_eq!(
+        normalize_url("https://h/path/"),
+        normalize_url("wss://h/path")
+    );
+    assert_eq!(normalize_url("wss://h:443"), normalize_url("ws://h"));
+    assert_ne!(
+        normalize_url("wss://a.example"),
+        normalize_url("wss://b.example")
+    );
+    assert_ne!(
+        normalize_url("wss://a.example:8443"),
+        normalize_url("wss://a.example")
+    );
+    assert_ne!(
+        normalize_url("wss://a.example.evil"),
+        normalize_url("wss://a.example")
+    );
+}
+
+#[test]
+fn urls_compare_without_scheme_default_port_or_fragment() {
+    assert_eq!(
+        normalize_url("https://Relay.Example.com:443/api/v1/mls/keypackages?owner=ab#x"),
+        "relay.example.com/api/v1/mls/keypackages?owner=ab"
+    );
+    assert_eq!(normalize_url("http://127.0.0.1:8080/x"), "127.0.0.1:8080/x");
+    assert_eq!(
+        normalize_url("wss://relay.example.com"),
+        "relay.example.com"
+    );
+    assert_eq!(
+        normalize_url("relay.example.com/?x=1"),
+        "relay.example.com?x=1"
+    );
+    // A trailing slash of the path doesn't matter; one in the query does.
+    assert_eq!(
+        normalize_url("https://a.example/x"),
+        normalize_url("https://a.example/x/")
+    );
+    assert_ne!(
+        normalize_url("https://a.example/x?o=a"),
+        normalize_url("https://a.example/x?o=a/")
+    );
+    assert_ne!(
+        normalize_url("https://a.example/X"),
+        normalize_url("https://a.example/x")
+    );
+}

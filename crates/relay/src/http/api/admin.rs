@@ -7,8 +7,8 @@
 //! members or admins to an unknown group creates it (gated from then on) with the caller as
 //! owner.
 
+use super::call::{ApiCall, ApiError, Callers};
 use super::public::read_group;
-use super::{Access, ApiCall, ApiError};
 use crate::app::App;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
@@ -44,7 +44,7 @@ fn record_json(rec: &GroupRecord) -> Value {
 /// The calling admin's pubkey (NIP-98, `admin_pubkeys`), or the refusal.
 async fn authorize_admin(call: &ApiCall, app: &App, body: &[u8]) -> Result<Hex32, ApiError> {
     Ok(call
-        .authorize(app, body, Access::Admin)
+        .authorize(app, body, Callers::Admin)
         .await?
         .expect("admin access implies a caller"))
 }
@@ -60,7 +60,7 @@ fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
-                format!("request body larger than {} bytes", super::MAX_BODY),
+                format!("request body larger than {} bytes", super::call::MAX_BODY),
             )
         } else {
             ApiError::bad_request(e.body_text())
@@ -197,18 +197,11 @@ async fn apply(
     crate::metrics::count_group_change(membership);
     tracing::info!(
         admin = %mls_proto::short_pubkey(&admin),
-        group = %crate::logging::redact(&short_group(&rec.group_id)),
+        group = %crate::logging::redact(&mls_gateway_rules::dialect::short(&rec.group_id)),
         members = rec.member_count,
         "admin api: group changed"
     );
     Ok(rec)
-}
-
-fn short_group(group: &str) -> String {
-    match group.char_indices().nth(8) {
-        Some((i, _)) => format!("{}…", &group[..i]),
-        None => group.to_owned(),
-    }
 }
 
 async fn roster_change(

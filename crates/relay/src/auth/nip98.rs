@@ -1,7 +1,7 @@
 //! NIP-98 HTTP auth: `Authorization: Nostr <base64 of a kind-27235 event>`.
 //!
 //! The event must verify, be at most 60 s from now, name this request in its `u` tag (the
-//! full URL: one of this relay's own URLs, `App::relay_urls` from `server.relay_url`, never
+//! full URL: one of this relay's own URLs, `relay_urls` from `server.relay_url`, never
 //! the request's Host; then path and query exactly as sent; the scheme, a default port and a
 //! trailing slash don't matter, as for NIP-42) and its `method` tag, and, when the request has
 //! a body, carry the body's sha256 in `payload`. A token that changes something (any method
@@ -9,8 +9,6 @@
 //! The caller marks it used ([`SeenTokens::first_use`]) only once the request is authorized,
 //! so tokens of callers who may not change anything never take room in that set.
 
-use super::ApiError;
-use crate::app::App;
 use crate::config::normalize_url;
 use base64::Engine as _;
 use mls_proto::{Event, Hex32};
@@ -32,10 +30,6 @@ pub struct HttpRequest<'a> {
     pub body: &'a [u8],
 }
 
-fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::unauthorized("auth_invalid", message)
-}
-
 /// A token that verified.
 pub struct Verified {
     pub pubkey: Hex32,
@@ -44,35 +38,36 @@ pub struct Verified {
     pub single_use: Option<Hex32>,
 }
 
-/// The pubkey the request is signed by, or why not (always 401 `auth_invalid`).
+/// The pubkey the request is signed by, or why not (the API answers it with 401
+/// `auth_invalid`).
 pub fn verify(
-    app: &App,
     header: &str,
     req: &HttpRequest<'_>,
+    relay_urls: &[String],
     now: u64,
-) -> Result<Verified, ApiError> {
+) -> Result<Verified, String> {
     if header.len() > MAX_HEADER {
-        return Err(invalid("NIP-98: Authorization header too large"));
+        return Err("NIP-98: Authorization header too large".to_owned());
     }
     let token = header
         .strip_prefix("Nostr ")
         .or_else(|| header.strip_prefix("nostr "))
         .map(str::trim)
-        .ok_or_else(|| invalid("NIP-98: expected \"Authorization: Nostr <base64 event>\""))?;
-    let bytes = decode_base64(token).ok_or_else(|| invalid("NIP-98: token is not base64"))?;
+        .ok_or_else(|| "NIP-98: expected \"Authorization: Nostr <base64 event>\"".to_owned())?;
+    let bytes = decode_base64(token).ok_or_else(|| "NIP-98: token is not base64".to_owned())?;
     let ev: Event = serde_json::from_slice(&bytes)
-        .map_err(|_| invalid("NIP-98: token is not a Nostr event"))?;
+        .map_err(|_| "NIP-98: token is not a Nostr event".to_owned())?;
     if ev.kind != KIND {
-        return Err(invalid(format!("NIP-98: event kind must be {KIND}")));
+        return Err(format!("NIP-98: event kind must be {KIND}"));
     }
-    ev.verify().map_err(|e| invalid(format!("NIP-98: {e}")))?;
+    ev.verify().map_err(|e| format!("NIP-98: {e}"))?;
     if ev.created_at.abs_diff(now) > WINDOW_SECS {
-        return Err(invalid(format!(
+        return Err(format!(
             "NIP-98: created_at must be within {WINDOW_SECS} s of the server's time"
-        )));
+        ));
     }
     let expected = || {
-        app.relay_urls
+        relay_urls
             .iter()
             .map(|base| normalize_url(&format!("{base}{}", req.path_and_query)))
     };
@@ -80,23 +75,23 @@ pub fn verify(
     // there as well).
     let mut us = ev.tag_values("u").peekable();
     if us.peek().is_none() {
-        return Err(invalid("NIP-98: missing u tag"));
+        return Err("NIP-98: missing u tag".to_owned());
     }
     if us.any(|u| !expected().any(|e| e == normalize_url(u))) {
-        return Err(invalid(format!(
+        return Err(format!(
             "NIP-98: u tag does not match the request URL ({})",
             expected().collect::<Vec<_>>().join(" or ")
-        )));
+        ));
     }
     match ev.tag_value("method") {
         Some(m) if m.eq_ignore_ascii_case(req.method) => {}
         Some(_) => {
-            return Err(invalid(format!(
+            return Err(format!(
                 "NIP-98: method tag does not match the request method ({})",
                 req.method
-            )))
+            ))
         }
-        None => return Err(invalid("NIP-98: missing method tag")),
+        None => return Err("NIP-98: missing method tag".to_owned()),
     }
     let payload = ev.tag_value("payload");
     if !req.body.is_empty() || payload.is_some() {
@@ -104,14 +99,13 @@ pub fn verify(
         match payload {
             Some(p) if p.eq_ignore_ascii_case(&want) => {}
             Some(_) => {
-                return Err(invalid(
-                    "NIP-98: payload tag is not the sha256 of the request body",
-                ))
+                return Err("NIP-98: payload tag is not the sha256 of the request body".to_owned())
             }
             None => {
-                return Err(invalid(
-                    "NIP-98: a request with a body needs a payload tag (sha256 of the body)",
-                ))
+                return Err(
+                    "NIP-98: a request with a body needs a payload tag (sha256 of the body)"
+                        .to_owned(),
+                )
             }
         }
     }

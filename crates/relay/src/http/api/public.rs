@@ -1,6 +1,6 @@
 //! The client endpoints: `GET groups/{group_id}` and `GET keypackages?owner=`.
 
-use super::{Access, ApiCall, ApiError};
+use super::call::{ApiCall, ApiError, Callers};
 use crate::app::App;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -18,7 +18,7 @@ pub async fn group(
     call: ApiCall,
     group_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = call.authorize(&app, &[], Access::Authenticated).await?;
+    let caller = call.authorize(&app, &[], Callers::Authenticated).await?;
     let Path(group_id) = group_id.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let viewer = Viewer::authenticated_as(caller);
     let record = read_group(&app, &viewer, &group_id).await?;
@@ -57,7 +57,7 @@ pub async fn keypackages(
     call: ApiCall,
     query: Result<Query<OwnerQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    call.authorize(&app, &[], Access::Public).await?;
+    call.authorize(&app, &[], Callers::Public).await?;
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let owner = query
         .owner

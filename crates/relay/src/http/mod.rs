@@ -1,16 +1,20 @@
 //! The HTTP surface on the relay's port: WebSocket upgrade and NIP-11 at `/`, `/health`,
-//! `/metrics`, and the API under `api_prefix` (`api`).
+//! `/metrics`, and the API under `api_prefix` (`api`); the request extractors they share
+//! (`extract`).
+
+pub mod api;
+pub mod extract;
 
 use crate::app::App;
 use crate::config::Config;
-use crate::ratelimit::ClientIp;
-use crate::{api, session};
+use crate::session;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{State, WebSocketUpgrade};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use extract::ClientIp;
 use serde_json::json;
 use std::sync::Arc;
 
@@ -18,7 +22,7 @@ pub fn router(app: Arc<App>) -> Router {
     let gateway = &app.config.extensions.mls_gateway;
     let mut http = Router::new()
         .route("/health", get(health))
-        .route("/metrics", get(crate::metrics::endpoint));
+        .route("/metrics", get(metrics));
     if gateway.enable_api {
         http = http.merge(api::router(&gateway.api_prefix));
     }
@@ -138,7 +142,7 @@ pub fn nip11(app: &App) -> serde_json::Value {
             "min_pow_difficulty": 0,
             "auth_required": c.auth.enabled,
             "payment_required": false,
-            "restricted_writes": c.auth.enabled || !app.whitelist.is_empty(),
+            "restricted_writes": app.access.restricts_writes(),
             "created_at_lower_limit": l.created_at_lower_limit,
             "created_at_upper_limit": l.created_at_upper_limit,
         },
@@ -170,4 +174,46 @@ async fn health(State(app): State<Arc<App>>) -> Response {
                 .into_response()
         }
     }
+}
+
+/// `GET /metrics`: the text exposition, behind `Authorization: Bearer <server.metrics_token>`
+/// when a token is configured.
+async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    use crate::metrics::{http_response, render};
+    if let Some(token) = &app.config.server.metrics_token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.trim().as_bytes())) {
+            http_response("metrics", 401);
+            let mut resp = api::ApiError::unauthorized(
+                "auth_required",
+                "GET /metrics needs Authorization: Bearer <metrics token>",
+            )
+            .into_response();
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return resp;
+        }
+    }
+    http_response("metrics", 200);
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        render(app.subscriptions.len()),
+    )
+        .into_response()
+}
+
+/// Compares without returning early on the first difference (the token is a secret).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
