@@ -6,6 +6,8 @@
 //! target/release/mls-bench all                          # every scenario, relay started here
 //! target/release/mls-bench --runs 3 ingest --connections 8 --events 20000
 //! target/release/mls-bench --url ws://127.0.0.1:8080 ingest --rate 5000
+//! target/release/mls-bench --runs 3 query --stored 10000 > q.jsonl   # ... and 100k, 1M
+//! target/release/mls-bench chart --out docs/charts q.jsonl          # one SVG per figure
 //! ```
 //!
 //! Without `--url` the tool starts `target/release/mls-gateway` itself for every run: a free
@@ -16,6 +18,7 @@
 //! Every event is signed before the timed part; the generator shares the machine with the
 //! relay, so each record also says how much CPU each of them used.
 
+mod chart;
 mod client;
 mod fill;
 mod relay;
@@ -89,6 +92,9 @@ enum Command {
     Connections(connections::ConnOpts),
     /// Every scenario at its default size, then the figures against the targets.
     All,
+    /// Charts from the JSON lines of earlier runs: one SVG per scenario and figure, x the
+    /// size, one series per `store`/`relay` label, median and min–max of the runs.
+    Chart(chart::ChartOpts),
 }
 
 enum Scenario {
@@ -306,6 +312,16 @@ fn all(bench: &Bench) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Chart(o) = &cli.command {
+        // Reads files only: no runtime, no relay.
+        return match chart::run(o) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let nofile = relay::raise_nofile_limit();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cli.global.threads.max(1))
@@ -329,6 +345,7 @@ fn main() -> ExitCode {
         Command::Query(o) => bench.run(&Scenario::Query(o)).map(drop),
         Command::Connections(o) => bench.run(&Scenario::Connections(o)).map(drop),
         Command::All => all(&bench),
+        Command::Chart(_) => unreachable!("handled before the runtime starts"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

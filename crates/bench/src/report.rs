@@ -99,7 +99,9 @@ impl Record {
     }
 }
 
-fn median(sorted: &[f64]) -> f64 {
+/// The median of sorted values (the mean of the two middle ones for an even count); NaN when
+/// empty.
+pub fn median(sorted: &[f64]) -> f64 {
     let n = sorted.len();
     if n == 0 {
         return f64::NAN;
