@@ -6,12 +6,12 @@
 //!
 //! The index is private to the relay and holds `Arc<ConnectionHandle>`s that only a live
 //! WebSocket session can build, so this bench compiles the relay's *own* `subscriptions.rs`
-//! into itself (`#[path]`) next to a stand-in `session::ConnectionHandle` with the few
+//! into itself (`#[path]`) next to a stand-in `connection::ConnectionHandle` with the few
 //! members the index uses. If `subscriptions.rs` starts using another member of the handle,
 //! add it to the stand-in below (it only needs to compile; nothing is delivered here).
 
 #[allow(dead_code)]
-mod session {
+mod connection {
     /// Stand-in for the relay's connection handle: the index files subscriptions by `id`;
     /// delivery (`send`, `outbox_capacity`, `outbox_max_bytes`, `mark_slow`) is not exercised by these benches.
     pub struct ConnectionHandle {
@@ -36,7 +36,7 @@ mod subscriptions;
 
 use divan::{black_box, Bencher};
 use mls_proto::{Event, Filter, Hex32, Hex64};
-use session::ConnectionHandle;
+use connection::ConnectionHandle;
 use std::sync::Arc;
 use std::time::Duration;
 use subscriptions::{Subscription, SubscriptionIndex};
