@@ -34,9 +34,9 @@ mod connection {
 #[path = "../../relay/src/subscriptions.rs"]
 mod subscriptions;
 
+use connection::ConnectionHandle;
 use divan::{black_box, Bencher};
 use mls_proto::{Event, Filter, Hex32, Hex64};
-use connection::ConnectionHandle;
 use std::sync::Arc;
 use std::time::Duration;
 use subscriptions::{Subscription, SubscriptionIndex};
