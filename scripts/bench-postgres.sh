@@ -6,12 +6,13 @@
 # records; docs/PERFORMANCE.md has the figures.
 #
 #   cargo build --release -p mls-gateway -p mls-bench
-#   eval "$(bash scripts/services/postgres.sh start)"
+#   eval "$(PG_SERVER_OPTIONS='-c shared_buffers=1GB -c max_wal_size=4GB' bash scripts/services/postgres.sh start)"
 #   bash scripts/bench-postgres.sh [STORED] [query options...]   # default 1000000 events
 #
 # STORE_DIR (default target/bench-store-$STORED) keeps the filled embedded store between runs;
 # the generator's data set is deterministic, so a kept store matches the REQs. Each run of this
-# script restores into a fresh database. Relays run with NIP-42 on and rate limits off.
+# script restores into a fresh database, unless REUSE_DB names one an earlier run filled.
+# Relays run with NIP-42 on and rate limits off.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -89,8 +90,8 @@ echo "== filling (or reusing) the embedded store in $STORE_DIR" >&2
 "$BENCH" --runs 1 query --stored "$STORED" --store-dir "$STORE_DIR" --requests 1000 </dev/null >/dev/null
 
 # 2. The same events into a fresh PostgreSQL database through the restore path.
-DB="bench_query_$(date +%s)"
-"$PSQL" "$DATABASE_URL" -q -c "CREATE DATABASE $DB" </dev/null >/dev/null
+DB="${REUSE_DB:-bench_query_$(date +%s)}"
+[ -n "${REUSE_DB:-}" ] || "$PSQL" "$DATABASE_URL" -q -c "CREATE DATABASE $DB" </dev/null >/dev/null
 DB_URL="$(python3 - "$DATABASE_URL" "$DB" <<'PY'
 import sys, urllib.parse
 u = urllib.parse.urlsplit(sys.argv[1])
@@ -102,20 +103,22 @@ PG_PORT="$(free_port)"
 write_config "$WORK/embedded.toml" "$EMB_PORT" 'storage_backend = "embedded"'
 write_config "$WORK/postgres.toml" "$PG_PORT" "storage_backend = \"cloudsql\"
 database_url = \"$DB_URL\""
-echo "== export from the embedded store" >&2
-start=$(date +%s.%N)
-relay_env "$BIN" export -c "$WORK/embedded.toml" >"$WORK/backup.jsonl"
-t_export=$(echo "$(date +%s.%N) - $start" | bc)
-echo "== import into PostgreSQL ($DB)" >&2
-start=$(date +%s.%N)
-relay_env "$BIN" import -c "$WORK/postgres.toml" <"$WORK/backup.jsonl" >&2
-t_import=$(echo "$(date +%s.%N) - $start" | bc)
-lines=$(($(wc -l <"$WORK/backup.jsonl") - 1))
-printf '{"scenario":"restore","stored":%s,"lines":%s,"export_s":%.1f,"import_s":%.1f,"import_lines_per_s":%.0f,"backup_mib":%s,"database_mib":%s}\n' \
-    "$STORED" "$lines" "$t_export" "$t_import" "$(echo "$lines / $t_import" | bc -l)" \
-    "$(($(stat -c %s "$WORK/backup.jsonl") >> 20))" \
-    "$("$PSQL" "$DB_URL" -At -c "SELECT pg_database_size(current_database()) >> 20" </dev/null)"
-rm -f "$WORK/backup.jsonl"
+if [ -z "${REUSE_DB:-}" ]; then
+    echo "== export from the embedded store" >&2
+    start=$(date +%s.%N)
+    relay_env "$BIN" export -c "$WORK/embedded.toml" >"$WORK/backup.jsonl"
+    t_export=$(echo "$(date +%s.%N) - $start" | bc)
+    echo "== import into PostgreSQL ($DB)" >&2
+    start=$(date +%s.%N)
+    relay_env "$BIN" import -c "$WORK/postgres.toml" <"$WORK/backup.jsonl" >&2
+    t_import=$(echo "$(date +%s.%N) - $start" | bc)
+    lines=$(($(wc -l <"$WORK/backup.jsonl") - 1))
+    printf '{"scenario":"restore","stored":%s,"lines":%s,"export_s":%.1f,"import_s":%.1f,"import_lines_per_s":%.0f,"backup_mib":%s,"database_mib":%s}\n' \
+        "$STORED" "$lines" "$t_export" "$t_import" "$(echo "$lines / $t_import" | bc -l)" \
+        "$(($(stat -c %s "$WORK/backup.jsonl") >> 20))" \
+        "$("$PSQL" "$DB_URL" -At -c "SELECT pg_database_size(current_database()) >> 20" </dev/null)"
+    rm -f "$WORK/backup.jsonl"
+fi
 
 # 3. REQ/s: both relays up, runs alternating embedded / PostgreSQL.
 start_relay "$WORK/embedded.toml"

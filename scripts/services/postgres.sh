@@ -18,6 +18,8 @@
 #   `host=/cloudsql/…` form), PG_TEST_SSLROOTCERT (the CA, when TLS is on), and for tests that
 #   stop and start the database: PG_TEST_BINDIR, PG_TEST_DATADIR, PG_TEST_USER.
 # - DATABASE_URL already set: nothing is started, that database is used.
+# - PG_SERVER_OPTIONS: more server settings for a new cluster (the benchmarks give it a
+#   production-like `-c shared_buffers=1GB -c max_wal_size=4GB`).
 
 PG_ROLE="mls_test"
 PG_PASSWORD="mls_test"
@@ -143,7 +145,7 @@ start_postgres() {
     port="$(_pg_free_port)"
     # Tests open many small pools in parallel: room for a few hundred connections.
     _pg_as_owner "$bindir/pg_ctl" -D "$data" -l "$dir/server.log" -w -t 60 \
-        -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c max_connections=400 -c shared_buffers=64MB -c fsync=on $ssl" \
+        -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c max_connections=400 -c shared_buffers=64MB -c fsync=on $ssl ${PG_SERVER_OPTIONS:-}" \
         start </dev/null >/dev/null 2>&1 ||
         { _pg_log "PostgreSQL did not start, see $dir/server.log"; return 1; }
     CLEANUP+=("_pg_as_owner '$bindir/pg_ctl' -D '$data' -m immediate -w stop")
