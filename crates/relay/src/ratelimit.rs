@@ -25,7 +25,6 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -201,9 +200,7 @@ impl ConnectionLimiter {
         }
         *n += 1;
         drop(open);
-        let m = crate::metrics::global();
-        m.connections.fetch_add(1, Ordering::Relaxed);
-        m.connections_opened.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::connection_opened();
         Some(ConnectionPermit {
             limiter: self.clone(),
             key,
@@ -224,9 +221,7 @@ impl Drop for ConnectionPermit {
                 open.remove(&self.key);
             }
         }
-        crate::metrics::global()
-            .connections
-            .fetch_sub(1, Ordering::Relaxed);
+        crate::metrics::connection_closed();
     }
 }
 
