@@ -302,3 +302,67 @@ async fn every_metric_the_alerts_and_the_dashboard_name_is_in_metrics() {
         "deploy/grafana/mls-gateway.json names metrics /metrics does not have: {missing_panels:?}"
     );
 }
+
+/// The value of one series (`name{labels}` exactly as exposed) in an exposition; 0 if absent.
+fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.parse().expect("sample value"))
+}
+
+/// The counters the alerts added move by what happened: a slow reader cut, an AUTH refused
+/// (and one accepted, which does not count), a health check.
+#[tokio::test]
+async fn slow_reader_auth_and_health_counters_move() {
+    let relay = Relay::builder()
+        .config("[limitation]\noutbox_capacity = 16\nmax_content_length = 262144\n")
+        .start()
+        .await;
+    let before = relay.get("/metrics").await.text();
+    let slow_cuts = "mls_relay_slow_reader_disconnects_total";
+    let auth_invalid = "mls_relay_auth_refused_total{reason=\"invalid\"}";
+    let checks = "mls_gateway_store_health_checks_total";
+    let failures = "mls_gateway_store_health_failures_total";
+
+    let k = keys();
+    relay.connect_authed(&k).await;
+    let mut refused = relay.connect().await;
+    let (ok, msg) = refused.auth(&keys(), "wss://not-this-relay.example").await;
+    assert!(!ok);
+    assert_prefix(&msg, "invalid:");
+    assert_eq!(relay.get("/health").await.status, 200);
+
+    // A reader that subscribes to everything, then does not read, under 40 MiB of live traffic
+    // (as in tests/limits.rs): its outbox fills and it is cut.
+    let mut slow = relay.connect().await;
+    slow.req("all", &[serde_json::json!({"kinds": [1]})]).await;
+    let mut publisher = relay.connect().await;
+    let body = "p".repeat(100 * 1024);
+    'publish: for batch in 0..40 {
+        let evs: Vec<_> = (0..10)
+            .map(|i| ev(&k, 1, &[], &format!("{batch}-{i} {body}")))
+            .collect();
+        for e in &evs {
+            publisher.send(&serde_json::json!(["EVENT", e])).await;
+        }
+        for e in &evs {
+            let (ok, msg) = publisher.wait_ok(&id_hex(e)).await;
+            assert!(ok, "{msg}");
+        }
+        let now = relay.get("/metrics").await.text();
+        if value(&now, slow_cuts) > value(&before, slow_cuts) {
+            break 'publish;
+        }
+    }
+
+    let after = relay.get("/metrics").await.text();
+    let d = |series: &str| value(&after, series) - value(&before, series);
+    assert_eq!(d(slow_cuts), 1.0, "one slow reader, cut once");
+    assert_eq!(d(auth_invalid), 1.0);
+    assert_eq!(
+        d("mls_relay_auth_refused_total{reason=\"restricted\"}"),
+        0.0
+    );
+    assert_eq!(d(checks), 1.0);
+    assert_eq!(d(failures), 0.0);
+}
