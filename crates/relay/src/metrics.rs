@@ -46,7 +46,7 @@ macro_rules! label_values {
         }
 
         impl $name {
-            /// Every value, in exposition order.
+            /// Every value, in the order of the list.
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
 
             pub const fn as_str(self) -> &'static str {

@@ -549,4 +549,40 @@ mod tests {
         drop(a);
         assert!(l.try_open(ip("192.0.2.1")).is_some());
     }
+
+    /// Figures, not a check: `cargo test -p mls-relay --release --lib ratelimit::tests::bench
+    /// -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "benchmark; prints figures"]
+    fn bench_keyed_limiter() {
+        let n = 2_000_000u32;
+        // One key pair and 1,000 addresses, all within their allowance (the common case).
+        let l = KeyedLimiter::new(1_000_000_000);
+        let pk = Hex32([7; 32]);
+        let t = std::time::Instant::now();
+        for i in 0..n {
+            let addr = IpAddr::from((0xC000_0200u32 + i % 1000).to_be_bytes());
+            assert!(l.check_all(RateKey::all(&[pk], addr)).is_ok());
+        }
+        let hot = t.elapsed().as_nanos() as f64 / f64::from(n);
+        // A new address every time (a flood of fresh IPs: inserts and sweeps).
+        let l = KeyedLimiter::new(600);
+        let t = std::time::Instant::now();
+        for i in 0..n {
+            let _ = l.check(RateKey::Ip(IpAddr::from(i.to_be_bytes())));
+        }
+        let fresh = t.elapsed().as_nanos() as f64 / f64::from(n);
+        // Refused: one key over its allowance.
+        let l = KeyedLimiter::new(60);
+        let key = RateKey::Ip(ip("192.0.2.1"));
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            let _ = l.check(key);
+        }
+        let refused = t.elapsed().as_nanos() as f64 / f64::from(n);
+        println!(
+            "keyed limiter, ns per call: check_all(ip, pubkey) within allowance {hot:.0}; \
+             check(new ip) {fresh:.0}; check(refused key) {refused:.0}"
+        );
+    }
 }
