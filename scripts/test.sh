@@ -103,6 +103,19 @@ fi
 log "checking that no tracked file refers to a path outside the repository"
 python3 scripts/check-self-contained.py
 
+# The Prometheus alerting rules: `promtool check rules` and the rules' unit tests (every alert
+# fires on made-up series and stays quiet on others). Installs Debian's `prometheus` package for
+# promtool when missing. MLS_TEST_NO_PROMTOOL=1 skips it. (That every metric the rules and the
+# Grafana dashboard name exists in /metrics is checked by tests/monitoring.rs, with cargo test.)
+# shellcheck source=services/promtool.sh
+source scripts/services/promtool.sh
+if [ "${MLS_TEST_NO_PROMTOOL:-}" = 1 ]; then
+    log "MLS_TEST_NO_PROMTOOL=1: the alerting rules are not checked with promtool"
+else
+    log "alerting rules (promtool check rules, promtool test rules)"
+    check_alert_rules
+fi
+
 # The end-to-end tests (tests/) each start their own relay binary on a free loopback port
 # with a temporary data directory; nothing else to set up for them.
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"

@@ -1,16 +1,19 @@
 //! Prometheus metrics (PROTOCOL §8), rendered as text at `GET /metrics`.
 //!
-//! A small fixed registry instead of the `metrics` crates: every label value is an index into
-//! a list fixed at compile time (kinds by number, refusal prefixes, commands, operations), so no
-//! pubkey, group id or other client-chosen string can ever become a label or grow the output,
-//! and the build does not pay for a recorder, an exporter and their dependencies (measured:
-//! ~30 s of clean build on this machine for `metrics` + `metrics-exporter-prometheus` alone).
+//! Through `prometheus-client`, the Prometheus project's own Rust client: every label is a
+//! typed set ([`EncodeLabelSet`]) of enums whose values are fixed at compile time (kinds by
+//! number, refusal prefixes, commands, operations), so no pubkey, group id or other
+//! client-chosen string can ever become a label or grow the output. Served in the Prometheus
+//! text format 0.0.4 ([`prometheus_text`]), where a counter's `# HELP`/`# TYPE` lines carry
+//! its `_total` name: the names are those the relay always exported (counters are registered
+//! without `_total`, the encoder adds it).
 //!
 //! What is counted where:
 //! - event outcomes (`mls_gateway_*`) in [`MeteredStore`], which wraps the store: every write
 //!   the rules accepted or refused passes through it, and it times every store operation;
 //! - relay traffic by hooks: [`message_in`] / [`message_out`] (session), [`event_refused`]
-//!   (relay-level refusals), [`FanoutTimer`] (fan-out), connection permits (`ratelimit`).
+//!   (relay-level refusals), [`FanoutTimer`] (fan-out), connection permits (`ratelimit`),
+//!   [`slow_reader_cut`] (outbox), [`auth_refused`] (NIP-42).
 //!
 //! The registry is process-global (the hooks sit where no `App` is at hand, e.g. a
 //! connection's outbox); one relay runs per process.
@@ -20,60 +23,159 @@ use mls_store::{
     BackupItem, Bounded, EventStore, Publisher, ReadBounds, ReadScope, Rejection, StateRead,
     StateWrite, StoreResult, StoredEvent, Visible, WriteOutcome,
 };
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use prometheus_client::encoding::{
+    prometheus_text, EncodeLabelSet, EncodeLabelValue, LabelValueEncoder,
+};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use std::sync::{Arc, LazyLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-/// The kinds that get their own `kind` label; everything else is `other`.
-pub const KINDS: &[&str] = &[
-    "443", "444", "445", "446", "450", "1059", "10002", "10050", "10051", "30443", "other",
-];
-/// Refusal prefixes (PROTOCOL §1) as `reason` labels; anything else is `other`.
-pub const REASONS: &[&str] = &[
-    "invalid",
-    "duplicate",
-    "blocked",
-    "rate-limited",
-    "restricted",
-    "auth-required",
-    "error",
-    "other",
-];
-/// Client → relay commands.
-pub const COMMANDS_IN: &[&str] = &["EVENT", "REQ", "CLOSE", "COUNT", "AUTH", "other"];
-/// Relay → client commands.
-pub const COMMANDS_OUT: &[&str] = &[
-    "EVENT", "OK", "EOSE", "CLOSED", "NOTICE", "COUNT", "AUTH", "other",
-];
-/// Store operations timed by [`MeteredStore`] (`state` = gateway state reads and updates).
-pub const DB_OPS: &[&str] = &[
-    "write",
-    "query",
-    "count",
-    "state",
-    "since",
-    "committed_seq",
-    "purge",
-];
-/// The relay's own rate limits (`ratelimit`).
-pub const LIMITS: &[&str] = &["events", "reqs", "connections", "api", "auth"];
-/// HTTP endpoints (route names, never paths with ids in them).
-pub const ENDPOINTS: &[&str] = &[
-    "group",
-    "keypackages",
-    "admin_groups",
-    "admin_group",
-    "admin_rename",
-    "admin_members",
-    "admin_admins",
-    "metrics",
-    "other",
-];
-/// HTTP statuses the API answers with; anything else is `other`.
-pub const STATUSES: &[&str] = &[
-    "200", "204", "400", "401", "403", "404", "405", "413", "429", "503", "other",
-];
+/// A label's values as an enum, its wire strings, and the `&[&str]` list of them (the lists
+/// are public: tests check every exported value against them). An unknown string maps to the
+/// last value (`other` where the list has one).
+macro_rules! label_values {
+    ($(#[$doc:meta])* $name:ident, $list:ident { $($variant:ident = $label:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($variant),+
+        }
+
+        impl $name {
+            /// Every value, in the order of the list.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $label),+
+                }
+            }
+
+            /// The value whose label is `label`; anything else is the last value.
+            pub fn from_label(label: &str) -> $name {
+                match label {
+                    $($label => $name::$variant,)+
+                    _ => $name::ALL[$name::ALL.len() - 1],
+                }
+            }
+        }
+
+        impl EncodeLabelValue for $name {
+            fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+                EncodeLabelValue::encode(&self.as_str(), encoder)
+            }
+        }
+
+        $(#[$doc])*
+        pub const $list: &[&str] = &[$($label),+];
+    };
+}
+
+label_values! {
+    /// The kinds that get their own `kind` label; everything else is `other`.
+    Kind, KINDS {
+        K443 = "443", K444 = "444", K445 = "445", K446 = "446", K450 = "450", K1059 = "1059",
+        K10002 = "10002", K10050 = "10050", K10051 = "10051", K30443 = "30443", Other = "other",
+    }
+}
+label_values! {
+    /// Refusal prefixes (PROTOCOL §1) as `reason` labels; anything else is `other`.
+    Reason, REASONS {
+        Invalid = "invalid", Duplicate = "duplicate", Blocked = "blocked",
+        RateLimited = "rate-limited", Restricted = "restricted", AuthRequired = "auth-required",
+        Error = "error", Other = "other",
+    }
+}
+label_values! {
+    /// Client → relay commands.
+    CommandIn, COMMANDS_IN {
+        Event = "EVENT", Req = "REQ", Close = "CLOSE", Count = "COUNT", Auth = "AUTH",
+        Other = "other",
+    }
+}
+label_values! {
+    /// Relay → client commands.
+    CommandOut, COMMANDS_OUT {
+        Event = "EVENT", Ok = "OK", Eose = "EOSE", Closed = "CLOSED", Notice = "NOTICE",
+        Count = "COUNT", Auth = "AUTH", Other = "other",
+    }
+}
+label_values! {
+    /// Store operations timed by [`MeteredStore`] (`state` = gateway state reads and updates).
+    DbOp, DB_OPS {
+        Write = "write", Query = "query", Count = "count", State = "state", Since = "since",
+        CommittedSeq = "committed_seq", Purge = "purge",
+    }
+}
+label_values! {
+    /// The relay's own rate limits (`ratelimit`).
+    Limit, LIMITS {
+        Events = "events", Reqs = "reqs", Connections = "connections", Api = "api", Auth = "auth",
+    }
+}
+label_values! {
+    /// HTTP endpoints (route names, never paths with ids in them).
+    Endpoint, ENDPOINTS {
+        Group = "group", Keypackages = "keypackages", AdminGroups = "admin_groups",
+        AdminGroup = "admin_group", AdminRename = "admin_rename",
+        AdminMembers = "admin_members", AdminAdmins = "admin_admins", Metrics = "metrics",
+        Other = "other",
+    }
+}
+label_values! {
+    /// HTTP statuses the API answers with; anything else is `other`.
+    Status, STATUSES {
+        S200 = "200", S204 = "204", S400 = "400", S401 = "401", S403 = "403", S404 = "404",
+        S405 = "405", S413 = "413", S429 = "429", S503 = "503", Other = "other",
+    }
+}
+
+/// `{kind}`
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: Kind,
+}
+
+/// `{reason}`
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: Reason,
+}
+
+/// `{command}` of a client message.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct CommandInLabel {
+    pub command: CommandIn,
+}
+
+/// `{command}` of a relay message.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct CommandOutLabel {
+    pub command: CommandOut,
+}
+
+/// `{op}`
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct OpLabel {
+    pub op: DbOp,
+}
+
+/// `{limit}`
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct LimitLabel {
+    pub limit: Limit,
+}
+
+/// `{endpoint, status}`
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub endpoint: Endpoint,
+    pub status: Status,
+}
 
 /// Latency buckets, seconds (100 µs to 10 s).
 const BUCKETS: &[f64] = &[
@@ -81,140 +183,195 @@ const BUCKETS: &[f64] = &[
     5.0, 10.0,
 ];
 
-fn index_of(list: &[&str], value: &str) -> usize {
-    list.iter()
-        .position(|v| *v == value)
-        .unwrap_or(list.len() - 1)
+fn latency_histogram() -> Histogram {
+    Histogram::new(BUCKETS.iter().copied())
 }
 
-/// A counter with one label whose values are fixed.
-pub struct Family {
-    label: &'static str,
-    values: &'static [&'static str],
-    counts: Vec<AtomicU64>,
-}
+/// A latency histogram per label set.
+pub type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
-impl Family {
-    fn new(label: &'static str, values: &'static [&'static str]) -> Family {
-        Family {
-            label,
-            values,
-            counts: values.iter().map(|_| AtomicU64::new(0)).collect(),
-        }
-    }
-
-    /// Counts one for `value` (a value not in the list counts as the last one, `other`).
-    pub fn inc(&self, value: &str) {
-        self.counts[index_of(self.values, value)].fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn get(&self, value: &str) -> u64 {
-        self.counts[index_of(self.values, value)].load(Ordering::Relaxed)
-    }
-}
-
-/// A counter with two fixed labels.
-pub struct Family2 {
-    labels: (&'static str, &'static str),
-    values: (&'static [&'static str], &'static [&'static str]),
-    counts: Vec<AtomicU64>,
-}
-
-impl Family2 {
-    fn new(
-        labels: (&'static str, &'static str),
-        values: (&'static [&'static str], &'static [&'static str]),
-    ) -> Family2 {
-        Family2 {
-            labels,
-            values,
-            counts: (0..values.0.len() * values.1.len())
-                .map(|_| AtomicU64::new(0))
-                .collect(),
-        }
-    }
-
-    pub fn inc(&self, a: &str, b: &str) {
-        let i = index_of(self.values.0, a) * self.values.1.len() + index_of(self.values.1, b);
-        self.counts[i].fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// A histogram of durations with fixed buckets (and optionally one fixed label).
-pub struct Histogram {
-    label: Option<&'static str>,
-    values: &'static [&'static str],
-    /// Per label value: one count per bucket (not cumulative), then +Inf.
-    buckets: Vec<Vec<AtomicU64>>,
-    sum_nanos: Vec<AtomicU64>,
-    count: Vec<AtomicU64>,
-}
-
-impl Histogram {
-    fn new(label: Option<&'static str>, values: &'static [&'static str]) -> Histogram {
-        let n = values.len().max(1);
-        Histogram {
-            label,
-            values,
-            buckets: (0..n)
-                .map(|_| (0..=BUCKETS.len()).map(|_| AtomicU64::new(0)).collect())
-                .collect(),
-            sum_nanos: (0..n).map(|_| AtomicU64::new(0)).collect(),
-            count: (0..n).map(|_| AtomicU64::new(0)).collect(),
-        }
-    }
-
-    pub fn observe(&self, value: &str, d: Duration) {
-        let i = if self.values.is_empty() {
-            0
-        } else {
-            index_of(self.values, value)
-        };
-        let secs = d.as_secs_f64();
-        let b = BUCKETS
-            .iter()
-            .position(|le| secs <= *le)
-            .unwrap_or(BUCKETS.len());
-        self.buckets[i][b].fetch_add(1, Ordering::Relaxed);
-        self.sum_nanos[i].fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
-        self.count[i].fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// Every metric the relay exports.
+/// Every metric the relay exports, and the registry that renders them.
 pub struct Metrics {
-    pub events_processed: Family,
-    pub groups_updated: AtomicU64,
-    pub keypackages_stored: AtomicU64,
-    pub membership_updates: AtomicU64,
-    pub errors: Family,
-    pub db_duration: Histogram,
-    pub connections: AtomicI64,
-    pub connections_opened: AtomicU64,
-    pub messages_in: Family,
-    pub messages_out: Family,
-    pub rejections: Family,
-    pub rate_limited: Family,
+    registry: Registry,
+    pub events_processed: Family<KindLabel, Counter>,
+    pub groups_updated: Counter,
+    pub keypackages_stored: Counter,
+    pub membership_updates: Counter,
+    pub errors: Family<ReasonLabel, Counter>,
+    pub db_duration: HistogramFamily<OpLabel>,
+    pub store_health_checks: Counter,
+    pub store_health_failures: Counter,
+    pub connections: Gauge,
+    pub connections_opened: Counter,
+    /// Set from the subscription index at scrape time.
+    subscriptions: Gauge,
+    pub messages_in: Family<CommandInLabel, Counter>,
+    pub messages_out: Family<CommandOutLabel, Counter>,
+    pub rejections: Family<ReasonLabel, Counter>,
+    pub rate_limited: Family<LimitLabel, Counter>,
+    pub auth_refused: Family<ReasonLabel, Counter>,
+    pub slow_reader_cuts: Counter,
     pub fanout_duration: Histogram,
-    pub http_responses: Family2,
+    pub http_responses: Family<HttpLabels, Counter>,
 }
 
-static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
-    events_processed: Family::new("kind", KINDS),
-    groups_updated: AtomicU64::new(0),
-    keypackages_stored: AtomicU64::new(0),
-    membership_updates: AtomicU64::new(0),
-    errors: Family::new("reason", REASONS),
-    db_duration: Histogram::new(Some("op"), DB_OPS),
-    connections: AtomicI64::new(0),
-    connections_opened: AtomicU64::new(0),
-    messages_in: Family::new("command", COMMANDS_IN),
-    messages_out: Family::new("command", COMMANDS_OUT),
-    rejections: Family::new("reason", REASONS),
-    rate_limited: Family::new("limit", LIMITS),
-    fanout_duration: Histogram::new(None, &[]),
-    http_responses: Family2::new(("endpoint", "status"), (ENDPOINTS, STATUSES)),
-});
+/// Creates the series of every label value up front, so a dashboard sees zeros, not gaps.
+fn every<L, M, C, V>(family: &Family<L, M, C>, values: &[V], label: impl Fn(V) -> L)
+where
+    L: Clone + std::hash::Hash + Eq,
+    C: prometheus_client::metrics::family::MetricConstructor<M>,
+    V: Copy,
+{
+    for v in values {
+        let _ = family.get_or_create(&label(*v));
+    }
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let m = Metrics {
+            registry: Registry::default(),
+            events_processed: Family::default(),
+            groups_updated: Counter::default(),
+            keypackages_stored: Counter::default(),
+            membership_updates: Counter::default(),
+            errors: Family::default(),
+            db_duration: Family::new_with_constructor(latency_histogram),
+            store_health_checks: Counter::default(),
+            store_health_failures: Counter::default(),
+            connections: Gauge::default(),
+            connections_opened: Counter::default(),
+            subscriptions: Gauge::default(),
+            messages_in: Family::default(),
+            messages_out: Family::default(),
+            rejections: Family::default(),
+            rate_limited: Family::default(),
+            auth_refused: Family::default(),
+            slow_reader_cuts: Counter::default(),
+            fanout_duration: latency_histogram(),
+            http_responses: Family::default(),
+        };
+        every(&m.events_processed, Kind::ALL, |kind| KindLabel { kind });
+        every(&m.errors, Reason::ALL, |reason| ReasonLabel { reason });
+        every(&m.db_duration, DbOp::ALL, |op| OpLabel { op });
+        every(&m.messages_in, CommandIn::ALL, |command| CommandInLabel {
+            command,
+        });
+        every(&m.messages_out, CommandOut::ALL, |command| {
+            CommandOutLabel { command }
+        });
+        every(&m.rejections, Reason::ALL, |reason| ReasonLabel { reason });
+        every(&m.rate_limited, Limit::ALL, |limit| LimitLabel { limit });
+        every(&m.auth_refused, Reason::ALL, |reason| ReasonLabel {
+            reason,
+        });
+        m.register()
+    }
+
+    /// Registers every metric, in exposition order. Counter names are given without `_total`
+    /// and help texts without the final period: the encoder adds both.
+    fn register(mut self) -> Metrics {
+        let r = &mut self.registry;
+        r.register(
+            "mls_gateway_events_processed",
+            "Events accepted by the gateway rules and committed, by kind (ephemeral kinds, never stored, are not counted)",
+            self.events_processed.clone(),
+        );
+        r.register(
+            "mls_gateway_groups_updated",
+            "Changes to a group record: roster events (450), gift wraps with an h tag, admin API",
+            self.groups_updated.clone(),
+        );
+        r.register(
+            "mls_gateway_keypackages_stored",
+            "KeyPackage events (443, 30443) accepted",
+            self.keypackages_stored.clone(),
+        );
+        r.register(
+            "mls_gateway_membership_updates",
+            "Membership changes: roster events (450), gift wraps with an h tag, admin API member/admin changes",
+            self.membership_updates.clone(),
+        );
+        r.register(
+            "mls_gateway_errors",
+            "Events refused, by refusal prefix",
+            self.errors.clone(),
+        );
+        r.register(
+            "mls_gateway_db_operation_duration_seconds",
+            "Store operation latency (write includes waiting for the group commit)",
+            self.db_duration.clone(),
+        );
+        r.register(
+            "mls_gateway_store_health_checks",
+            "Store health checks (each GET /health asks the store)",
+            self.store_health_checks.clone(),
+        );
+        r.register(
+            "mls_gateway_store_health_failures",
+            "Store health checks that failed (the store was unreachable; GET /health answered 503)",
+            self.store_health_failures.clone(),
+        );
+        r.register(
+            "mls_relay_connections",
+            "Open WebSocket connections",
+            self.connections.clone(),
+        );
+        r.register(
+            "mls_relay_connections_opened",
+            "WebSocket connections accepted since start",
+            self.connections_opened.clone(),
+        );
+        r.register(
+            "mls_relay_subscriptions",
+            "Open live subscriptions (REQs not yet closed)",
+            self.subscriptions.clone(),
+        );
+        r.register(
+            "mls_relay_messages_in",
+            "Client messages received, by command",
+            self.messages_in.clone(),
+        );
+        r.register(
+            "mls_relay_messages_out",
+            "Messages sent to clients, by command",
+            self.messages_out.clone(),
+        );
+        r.register(
+            "mls_relay_rejections",
+            "OK false and CLOSED messages sent, by refusal prefix",
+            self.rejections.clone(),
+        );
+        r.register(
+            "mls_relay_rate_limited",
+            "Requests refused by the relay's own rate limits, by limit",
+            self.rate_limited.clone(),
+        );
+        r.register(
+            "mls_relay_auth_refused",
+            "NIP-42 AUTH messages answered OK false (bad signature, challenge or relay tag, pubkey not allowed, over the AUTH rate limit, too many pubkeys), by refusal prefix",
+            self.auth_refused.clone(),
+        );
+        r.register(
+            "mls_relay_slow_reader_disconnects",
+            "Connections cut because their outbox went over a bound (a client that reads too slowly)",
+            self.slow_reader_cuts.clone(),
+        );
+        r.register(
+            "mls_relay_fanout_duration_seconds",
+            "Live fan-out of one accepted event to the matching subscriptions",
+            self.fanout_duration.clone(),
+        );
+        r.register(
+            "mls_relay_http_responses",
+            "HTTP API and /metrics responses, by endpoint and status",
+            self.http_responses.clone(),
+        );
+        self
+    }
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
 /// The process-wide registry.
 pub fn global() -> &'static Metrics {
@@ -223,14 +380,32 @@ pub fn global() -> &'static Metrics {
 
 /// The `kind` label of an event kind.
 pub fn kind_label(kind: u16) -> &'static str {
-    let k = kind.to_string();
-    KINDS[index_of(KINDS, &k)]
+    kind_value(kind).as_str()
+}
+
+fn kind_value(kind: u16) -> Kind {
+    match kind {
+        443 => Kind::K443,
+        444 => Kind::K444,
+        445 => Kind::K445,
+        446 => Kind::K446,
+        450 => Kind::K450,
+        1059 => Kind::K1059,
+        10002 => Kind::K10002,
+        10050 => Kind::K10050,
+        10051 => Kind::K10051,
+        30443 => Kind::K30443,
+        _ => Kind::Other,
+    }
 }
 
 /// The `reason` label of a refusal message: its machine-readable prefix.
 pub fn reason_label(message: &str) -> &'static str {
-    let prefix = message.split(':').next().unwrap_or("").trim();
-    REASONS[index_of(REASONS, prefix)]
+    reason_of(message).as_str()
+}
+
+fn reason_of(message: &str) -> Reason {
+    Reason::from_label(message.split(':').next().unwrap_or("").trim())
 }
 
 /// The command of a NIP-01 message (`["EVENT", …]` → `EVENT`), without parsing the rest.
@@ -242,60 +417,104 @@ fn command_of(text: &str) -> &str {
 
 /// Hook: a text frame arrived from a client.
 pub fn message_in(text: &str) {
-    global().messages_in.inc(command_of(text));
+    let command = CommandIn::from_label(command_of(text));
+    global()
+        .messages_in
+        .get_or_create(&CommandInLabel { command })
+        .inc();
 }
 
 /// Hook: a message is sent to a client. `OK false` and `CLOSED` count as rejections by
 /// their prefix (only these short messages are parsed).
 pub fn message_out(text: &str) {
     let m = global();
-    let command = command_of(text);
-    m.messages_out.inc(command);
+    let command = CommandOut::from_label(command_of(text));
+    m.messages_out
+        .get_or_create(&CommandOutLabel { command })
+        .inc();
     // Only refusals are parsed: an accepting OK (the common case) never contains `,false,`.
     let refusal = match command {
-        "OK" => text.contains(",false,"),
-        "CLOSED" => true,
+        CommandOut::Ok => text.contains(",false,"),
+        CommandOut::Closed => true,
         _ => false,
     };
-    let reason = match command {
-        _ if !refusal => None,
-        "OK" | "CLOSED" => serde_json::from_str::<serde_json::Value>(text)
-            .ok()
-            .and_then(|v| match command {
-                "OK" if v[2] == false => v[3].as_str().map(reason_label),
-                "CLOSED" => v[2].as_str().map(reason_label),
-                _ => None,
-            }),
-        _ => None,
-    };
+    if !refusal {
+        return;
+    }
+    let reason = serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|v| match command {
+            CommandOut::Ok if v[2] == false => v[3].as_str().map(reason_of),
+            CommandOut::Closed => v[2].as_str().map(reason_of),
+            _ => None,
+        });
     if let Some(reason) = reason {
-        m.rejections.inc(reason);
+        m.rejections.get_or_create(&ReasonLabel { reason }).inc();
     }
 }
 
 /// Hook: an EVENT was refused. Counts it under `mls_gateway_errors_total{reason}` and logs one
 /// line with the rule: kind, short id, the reason (never content or a full pubkey).
 pub fn event_refused(ev: &Event, reason: &str) {
-    let label = reason_label(reason);
-    global().errors.inc(label);
+    let label = reason_of(reason);
+    global()
+        .errors
+        .get_or_create(&ReasonLabel { reason: label })
+        .inc();
     tracing::info!(
         target: "mls_relay::events",
         kind = ev.kind,
         event = %short_id(&ev.id),
         reason = %crate::logging::redact(reason),
-        rule = label,
+        rule = label.as_str(),
         "event refused"
     );
 }
 
-/// A relay rate limit refused something.
+/// Hook: an AUTH message was refused (`reason`: its `OK false` message).
+pub fn auth_refused(reason: &str) {
+    global()
+        .auth_refused
+        .get_or_create(&ReasonLabel {
+            reason: reason_of(reason),
+        })
+        .inc();
+}
+
+/// Hook: a WebSocket connection was accepted (its permit taken).
+pub fn connection_opened() {
+    let m = global();
+    m.connections.inc();
+    m.connections_opened.inc();
+}
+
+/// Hook: a WebSocket connection ended (its permit dropped).
+pub fn connection_closed() {
+    global().connections.dec();
+}
+
+/// Hook: a connection was cut because its outbox went over a bound.
+pub fn slow_reader_cut() {
+    global().slow_reader_cuts.inc();
+}
+
+/// A relay rate limit refused something (`limit`: one of [`LIMITS`]).
 pub fn rate_limited(limit: &str) {
-    global().rate_limited.inc(limit);
+    global()
+        .rate_limited
+        .get_or_create(&LimitLabel {
+            limit: Limit::from_label(limit),
+        })
+        .inc();
 }
 
 /// An HTTP endpoint answered.
 pub fn http_response(endpoint: &str, status: u16) {
-    global().http_responses.inc(endpoint, &status.to_string());
+    let labels = HttpLabels {
+        endpoint: Endpoint::from_label(endpoint),
+        status: Status::from_label(&status.to_string()),
+    };
+    global().http_responses.get_or_create(&labels).inc();
 }
 
 /// The first 8 hex digits of an event id, for logs.
@@ -314,7 +533,9 @@ impl FanoutTimer {
 
 impl Drop for FanoutTimer {
     fn drop(&mut self) {
-        global().fanout_duration.observe("", self.0.elapsed());
+        global()
+            .fanout_duration
+            .observe(self.0.elapsed().as_secs_f64());
     }
 }
 
@@ -322,10 +543,14 @@ impl Drop for FanoutTimer {
 /// inside the store's transaction, so the relay counts by the kind of what was accepted).
 fn count_accepted(kind: u16, has_h: bool) {
     let m = global();
-    m.events_processed.inc(kind_label(kind));
+    m.events_processed
+        .get_or_create(&KindLabel {
+            kind: kind_value(kind),
+        })
+        .inc();
     match kind {
         443 | 30443 => {
-            m.keypackages_stored.fetch_add(1, Ordering::Relaxed);
+            m.keypackages_stored.inc();
         }
         450 => count_group_change(true),
         1059 if has_h => count_group_change(true),
@@ -337,9 +562,9 @@ fn count_accepted(kind: u16, has_h: bool) {
 /// members or admins were the subject.
 pub fn count_group_change(membership: bool) {
     let m = global();
-    m.groups_updated.fetch_add(1, Ordering::Relaxed);
+    m.groups_updated.inc();
     if membership {
-        m.membership_updates.fetch_add(1, Ordering::Relaxed);
+        m.membership_updates.inc();
     }
 }
 
@@ -352,8 +577,11 @@ impl MeteredStore {
     }
 }
 
-fn timed<T>(op: &str, started: Instant, value: T) -> T {
-    global().db_duration.observe(op, started.elapsed());
+fn timed<T>(op: DbOp, started: Instant, value: T) -> T {
+    global()
+        .db_duration
+        .get_or_create(&OpLabel { op })
+        .observe(started.elapsed().as_secs_f64());
     value
 }
 
@@ -363,7 +591,7 @@ impl EventStore for MeteredStore {
         let (kind, has_h) = (event.kind, event.has_tag("h"));
         let refused = event.clone();
         let started = Instant::now();
-        let outcome = timed("write", started, self.0.write(event, publisher).await);
+        let outcome = timed(DbOp::Write, started, self.0.write(event, publisher).await);
         match &outcome {
             Ok(WriteOutcome::Accepted) => count_accepted(kind, has_h),
             Ok(WriteOutcome::Duplicate) => {}
@@ -383,7 +611,7 @@ impl EventStore for MeteredStore {
     ) -> StoreResult<Bounded<Vec<StoredEvent>>> {
         let started = Instant::now();
         timed(
-            "query",
+            DbOp::Query,
             started,
             self.0.query(filters, bounds, now, scope, visible).await,
         )
@@ -399,7 +627,7 @@ impl EventStore for MeteredStore {
     ) -> StoreResult<Bounded<u64>> {
         let started = Instant::now();
         timed(
-            "count",
+            DbOp::Count,
             started,
             self.0.count(filters, bounds, now, scope, visible).await,
         )
@@ -410,7 +638,7 @@ impl EventStore for MeteredStore {
         f: &mut (dyn for<'s> FnMut(&'s dyn StateRead) -> StoreResult<()> + Send),
     ) -> StoreResult<()> {
         let started = Instant::now();
-        timed("state", started, self.0.read_state(f).await)
+        timed(DbOp::State, started, self.0.read_state(f).await)
     }
 
     async fn update_state(
@@ -418,16 +646,22 @@ impl EventStore for MeteredStore {
         f: Box<dyn for<'s> FnOnce(&'s mut dyn StateWrite) -> Result<(), Rejection> + Send>,
     ) -> StoreResult<Result<(), Rejection>> {
         let started = Instant::now();
-        timed("state", started, self.0.update_state(f).await)
+        timed(DbOp::State, started, self.0.update_state(f).await)
     }
 
     async fn purge_expired(&self, now: u64) -> StoreResult<u64> {
         let started = Instant::now();
-        timed("purge", started, self.0.purge_expired(now).await)
+        timed(DbOp::Purge, started, self.0.purge_expired(now).await)
     }
 
     async fn health(&self) -> StoreResult<()> {
-        self.0.health().await
+        let health = self.0.health().await;
+        let m = global();
+        m.store_health_checks.inc();
+        if health.is_err() {
+            m.store_health_failures.inc();
+        }
+        health
     }
 
     async fn close(&self) {
@@ -459,12 +693,12 @@ impl EventStore for MeteredStore {
 
     async fn since(&self, after: u64, limit: usize) -> StoreResult<Vec<mls_store::Sequenced>> {
         let started = Instant::now();
-        timed("since", started, self.0.since(after, limit).await)
+        timed(DbOp::Since, started, self.0.since(after, limit).await)
     }
 
     async fn committed_seq(&self) -> StoreResult<u64> {
         let started = Instant::now();
-        timed("committed_seq", started, self.0.committed_seq().await)
+        timed(DbOp::CommittedSeq, started, self.0.committed_seq().await)
     }
 }
 
@@ -472,177 +706,11 @@ impl EventStore for MeteredStore {
 /// from the subscription index at scrape time.
 pub fn render(subscriptions: usize) -> String {
     let m = global();
+    m.subscriptions
+        .set(i64::try_from(subscriptions).unwrap_or(i64::MAX));
     let mut out = String::with_capacity(16 * 1024);
-    family(
-        &mut out,
-        "mls_gateway_events_processed_total",
-        "Events accepted by the gateway rules and committed, by kind (ephemeral kinds, never stored, are not counted).",
-        &m.events_processed,
-    );
-    counter(
-        &mut out,
-        "mls_gateway_groups_updated_total",
-        "Changes to a group record: roster events (450), gift wraps with an h tag, admin API.",
-        m.groups_updated.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut out,
-        "mls_gateway_keypackages_stored_total",
-        "KeyPackage events (443, 30443) accepted.",
-        m.keypackages_stored.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut out,
-        "mls_gateway_membership_updates_total",
-        "Membership changes: roster events (450), gift wraps with an h tag, admin API member/admin changes.",
-        m.membership_updates.load(Ordering::Relaxed),
-    );
-    family(
-        &mut out,
-        "mls_gateway_errors_total",
-        "Events refused, by refusal prefix.",
-        &m.errors,
-    );
-    histogram(
-        &mut out,
-        "mls_gateway_db_operation_duration_seconds",
-        "Store operation latency (write includes waiting for the group commit).",
-        &m.db_duration,
-    );
-    gauge(
-        &mut out,
-        "mls_relay_connections",
-        "Open WebSocket connections.",
-        m.connections.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut out,
-        "mls_relay_connections_opened_total",
-        "WebSocket connections accepted since start.",
-        m.connections_opened.load(Ordering::Relaxed),
-    );
-    gauge(
-        &mut out,
-        "mls_relay_subscriptions",
-        "Open live subscriptions (REQs not yet closed).",
-        subscriptions as i64,
-    );
-    family(
-        &mut out,
-        "mls_relay_messages_in_total",
-        "Client messages received, by command.",
-        &m.messages_in,
-    );
-    family(
-        &mut out,
-        "mls_relay_messages_out_total",
-        "Messages sent to clients, by command.",
-        &m.messages_out,
-    );
-    family(
-        &mut out,
-        "mls_relay_rejections_total",
-        "OK false and CLOSED messages sent, by refusal prefix.",
-        &m.rejections,
-    );
-    family(
-        &mut out,
-        "mls_relay_rate_limited_total",
-        "Requests refused by the relay's own rate limits, by limit.",
-        &m.rate_limited,
-    );
-    histogram(
-        &mut out,
-        "mls_relay_fanout_duration_seconds",
-        "Live fan-out of one accepted event to the matching subscriptions.",
-        &m.fanout_duration,
-    );
-    family2(
-        &mut out,
-        "mls_relay_http_responses_total",
-        "HTTP API and /metrics responses, by endpoint and status.",
-        &m.http_responses,
-    );
+    prometheus_text::encode(&mut out, &m.registry).expect("writing to a String cannot fail");
     out
-}
-
-fn header(out: &mut String, name: &str, help: &str, kind: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-fn counter(out: &mut String, name: &str, help: &str, value: u64) {
-    header(out, name, help, "counter");
-    let _ = writeln!(out, "{name} {value}");
-}
-
-fn gauge(out: &mut String, name: &str, help: &str, value: i64) {
-    header(out, name, help, "gauge");
-    let _ = writeln!(out, "{name} {value}");
-}
-
-fn family(out: &mut String, name: &str, help: &str, f: &Family) {
-    header(out, name, help, "counter");
-    for (v, c) in f.values.iter().zip(&f.counts) {
-        let _ = writeln!(
-            out,
-            "{name}{{{}=\"{v}\"}} {}",
-            f.label,
-            c.load(Ordering::Relaxed)
-        );
-    }
-}
-
-fn family2(out: &mut String, name: &str, help: &str, f: &Family2) {
-    header(out, name, help, "counter");
-    for (i, a) in f.values.0.iter().enumerate() {
-        for (j, b) in f.values.1.iter().enumerate() {
-            let n = f.counts[i * f.values.1.len() + j].load(Ordering::Relaxed);
-            // Only pairs that occurred: the full cross product is mostly impossible pairs.
-            if n > 0 {
-                let _ = writeln!(
-                    out,
-                    "{name}{{{}=\"{a}\",{}=\"{b}\"}} {n}",
-                    f.labels.0, f.labels.1
-                );
-            }
-        }
-    }
-}
-
-fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
-    header(out, name, help, "histogram");
-    let series: Vec<(usize, String)> = match h.label {
-        Some(label) => h
-            .values
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (i, format!("{label}=\"{v}\",")))
-            .collect(),
-        None => vec![(0, String::new())],
-    };
-    for (i, prefix) in series {
-        let mut cumulative = 0;
-        for (b, le) in BUCKETS.iter().enumerate() {
-            cumulative += h.buckets[i][b].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{prefix}le=\"{le}\"}} {cumulative}");
-        }
-        cumulative += h.buckets[i][BUCKETS.len()].load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{prefix}le=\"+Inf\"}} {cumulative}");
-        let labels = prefix.trim_end_matches(',');
-        let braces = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
-        let sum = h.sum_nanos[i].load(Ordering::Relaxed) as f64 / 1e9;
-        let _ = writeln!(out, "{name}_sum{braces} {sum}");
-        let _ = writeln!(
-            out,
-            "{name}_count{braces} {}",
-            h.count[i].load(Ordering::Relaxed)
-        );
-    }
 }
 
 #[cfg(test)]
@@ -658,6 +726,18 @@ mod tests {
         assert_eq!(reason_label("auth-required: who are you"), "auth-required");
         assert_eq!(reason_label("abcdef0123: not a prefix"), "other");
         assert_eq!(reason_label(""), "other");
+        // Every enum value is its list's entry, in the same order.
+        assert!(Kind::ALL
+            .iter()
+            .map(|k| k.as_str())
+            .eq(KINDS.iter().copied()));
+        assert!(DbOp::ALL
+            .iter()
+            .map(|o| o.as_str())
+            .eq(DB_OPS.iter().copied()));
+        for kind in KINDS.iter().filter(|k| **k != "other") {
+            assert_eq!(kind_label(kind.parse().unwrap()), *kind);
+        }
     }
 
     #[test]
@@ -665,18 +745,26 @@ mod tests {
         assert_eq!(command_of(r#"["EVENT",{"id":"x"}]"#), "EVENT");
         assert_eq!(command_of(r#" [ "REQ" , "s", {}]"#), "REQ");
         assert_eq!(command_of("not json"), "");
-        let f = Family::new("command", COMMANDS_IN);
-        f.inc(command_of("garbage"));
-        assert_eq!(f.get("other"), 1);
+        let f: Family<CommandInLabel, Counter> = Family::default();
+        let command = CommandIn::from_label(command_of("garbage"));
+        f.get_or_create(&CommandInLabel { command }).inc();
+        let other = CommandInLabel {
+            command: CommandIn::Other,
+        };
+        assert_eq!(f.get(&other).map(|c| c.get()), Some(1));
     }
 
     #[test]
     fn histogram_renders_cumulative_buckets() {
-        let h = Histogram::new(Some("op"), DB_OPS);
-        h.observe("write", Duration::from_micros(300));
-        h.observe("write", Duration::from_secs(20));
+        let h: HistogramFamily<OpLabel> = Family::new_with_constructor(latency_histogram);
+        every(&h, DbOp::ALL, |op| OpLabel { op });
+        let write = OpLabel { op: DbOp::Write };
+        h.get_or_create(&write).observe(0.0003);
+        h.get_or_create(&write).observe(20.0);
+        let mut registry = Registry::default();
+        registry.register("x", "help", h);
         let mut out = String::new();
-        histogram(&mut out, "x", "help", &h);
+        prometheus_text::encode(&mut out, &registry).unwrap();
         assert!(
             out.contains("x_bucket{op=\"write\",le=\"0.0005\"} 1\n"),
             "{out}"
@@ -691,5 +779,68 @@ mod tests {
         );
         assert!(out.contains("x_count{op=\"write\"} 2\n"), "{out}");
         assert!(out.contains("x_count{op=\"query\"} 0\n"), "{out}");
+    }
+
+    /// One sample line of the text format: `name{labels} value`.
+    fn parse_sample(line: &str) -> Option<(&str, f64)> {
+        let (series, value) = line.rsplit_once(' ')?;
+        let value = match value {
+            "+Inf" => f64::INFINITY,
+            v => v.parse().ok()?,
+        };
+        let name_end = series.find('{').unwrap_or(series.len());
+        let name = &series[..name_end];
+        let valid_name = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':');
+        let labels = &series[name_end..];
+        let valid_labels = labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}'));
+        (valid_name && valid_labels).then_some((series, value))
+    }
+
+    /// The exposition parses, and it has every `# HELP`/`# TYPE` line and every series (name
+    /// and labels) the relay's own renderer exported before `prometheus-client`
+    /// (`testdata/metrics-before.txt`, taken from a relay after some traffic; its HTTP series
+    /// depend on the traffic and are left out), so dashboards and alerts keep working.
+    #[test]
+    fn exposition_parses_and_keeps_every_old_name_type_help_and_series() {
+        // As `endpoint` does: the scrape counts itself first, so the HTTP family has a series
+        // (prometheus-client leaves a family without any series out, HELP and TYPE included).
+        http_response("metrics", 200);
+        let out = render(3);
+        let mut series = std::collections::HashSet::new();
+        let mut typed = std::collections::HashMap::new();
+        for line in out.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
+                assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+                typed.insert(name.to_owned(), kind.to_owned());
+            } else if line.starts_with("# HELP ") || line.is_empty() {
+            } else {
+                let (s, _) = parse_sample(line).unwrap_or_else(|| panic!("unparsable: {line}"));
+                let name = &s[..s.find('{').unwrap_or(s.len())];
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|suffix| {
+                        name.strip_suffix(suffix)
+                            .filter(|base| typed.get(*base).is_some_and(|k| k == "histogram"))
+                    })
+                    .unwrap_or(name);
+                assert!(typed.contains_key(family), "{name} has no TYPE line");
+                series.insert(s.to_owned());
+            }
+        }
+        assert!(series.contains("mls_relay_subscriptions"), "{out}");
+        assert!(out.contains("\nmls_relay_subscriptions 3\n"), "{out}");
+        let before = include_str!("../testdata/metrics-before.txt");
+        assert!(before.lines().count() > 200, "fixture truncated");
+        for line in before.lines() {
+            if line.starts_with('#') {
+                assert!(out.contains(&format!("{line}\n")), "missing: {line}\n{out}");
+            } else {
+                assert!(series.contains(line), "missing series: {line}\n{out}");
+            }
+        }
     }
 }

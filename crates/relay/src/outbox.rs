@@ -336,6 +336,7 @@ impl Outbox {
             std::mem::take(&mut st.queue)
         };
         if reason.is_some() {
+            crate::metrics::slow_reader_cut();
             self.cut.send_replace(true);
         }
         self.ready.notify_one();

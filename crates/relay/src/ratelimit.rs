@@ -7,24 +7,33 @@
 //! one. An authenticated client is counted against its (first) pubkey as well, so one key
 //! spread over many addresses is limited too.
 //!
-//! Token buckets in memory, per process: a key may spend a burst of its whole per-minute
-//! allowance, which refills evenly over the minute, so a client that was refused is served
-//! again as soon as it slows down. Buckets that have refilled completely are forgotten, so a
-//! stream of new IPs cannot grow memory without bound.
+//! `governor`'s keyed GCRA limiters in memory, per process (the equivalent of a token bucket):
+//! a key may spend a burst of its whole per-minute allowance, which refills evenly over the
+//! minute, so a client that was refused is served again as soon as it slows down. Keys whose
+//! allowance has refilled completely are forgotten (`retain_recent`, run when the key count
+//! has doubled since the last sweep or a minute after it), so a stream of new IPs cannot grow
+//! memory without bound. Measured (`bench_keyed_limiter`, release, on a loaded 2-core machine):
+//! ~0.65 µs per `check_all` of an IP and a pubkey, against ~0.34 µs for the hand-written
+//! buckets this replaced; small beside the signature check and the store write of an EVENT.
 //!
 //! IPv6 clients are keyed by their /64 (one customer's allocation), not by address: otherwise
 //! one host could walk through its prefix and never be limited.
 
 use crate::config::Config;
 use axum::http::HeaderMap;
+use governor::clock::{Clock, DefaultClock, Reference};
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
+use governor::state::StateStore;
+use governor::{Quota, RateLimiter};
 use mls_proto::Hex32;
-use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::Ordering;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Who a limit is counted against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -57,35 +66,88 @@ pub fn ip_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-const SHARDS: usize = 16;
-/// A shard of at least this many buckets sweeps out the full ones when it has doubled since
-/// its last sweep, or a minute after it (by then every idle bucket is full again).
+/// How many checks pass between two looks at the number of keys (`len` visits every shard
+/// of the map, so not on every message).
+const SWEEP_CHECK_EVERY: u64 = 256;
+/// A limiter with at least this many keys sweeps out the full ones when it has doubled since
+/// its last sweep, or a minute after it (by then every idle key is full again).
 const SWEEP_AT: usize = 1024;
 
-struct Bucket {
-    tokens: f64,
-    updated: Instant,
+/// governor's keyed state (a `DashMap` of GCRA arrival times), held outside the limiter as
+/// well so that a refused [`KeyedLimiter::check_all`] can give back what it took (governor
+/// has no refund).
+struct SharedStore(Arc<DashMapStateStore<RateKey>>);
+
+impl StateStore for SharedStore {
+    type Key = RateKey;
+
+    fn measure_and_replace<T, F, E>(&self, key: &RateKey, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        self.0.measure_and_replace(key, f)
+    }
 }
 
-#[derive(Default)]
-struct Shard {
-    buckets: HashMap<RateKey, Bucket>,
-    next_sweep: usize,
-    last_sweep: Option<Instant>,
+impl ShrinkableKeyedStateStore<RateKey> for SharedStore {
+    fn retain_recent(&self, drop_below: Nanos) {
+        self.0.retain_recent(drop_below)
+    }
+
+    fn shrink_to_fit(&self) {
+        self.0.shrink_to_fit()
+    }
+
+    fn len(&self) -> usize {
+        ShrinkableKeyedStateStore::len(&*self.0)
+    }
+
+    fn is_empty(&self) -> bool {
+        ShrinkableKeyedStateStore::is_empty(&*self.0)
+    }
 }
 
-/// A token bucket per key: `per_minute` tokens, refilled at `per_minute / 60` per second.
-pub struct KeyedLimiter {
+/// governor's keyed limiter over [`SharedStore`].
+type Limiter<C> = RateLimiter<RateKey, SharedStore, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
+/// A limiter per key: bursts of `per_minute`, refilled at `per_minute / 60` per second.
+pub struct KeyedLimiter<C: Clock = DefaultClock> {
     per_minute: u32,
-    shards: Vec<Mutex<Shard>>,
+    /// `None`: unlimited.
+    limiter: Option<Limiter<C>>,
+    store: Arc<DashMapStateStore<RateKey>>,
+    /// One emission interval (`60 s / per_minute`): what one check takes from a key.
+    interval: Duration,
+    checks: AtomicU64,
+    sweep: Mutex<Sweep<C::Instant>>,
+}
+
+struct Sweep<I> {
+    next_at: usize,
+    last: Option<I>,
 }
 
 impl KeyedLimiter {
     /// `per_minute = 0`: unlimited.
     pub fn new(per_minute: u32) -> KeyedLimiter {
+        KeyedLimiter::with_clock(per_minute, DefaultClock::default())
+    }
+}
+
+impl<C: Clock> KeyedLimiter<C> {
+    fn with_clock(per_minute: u32, clock: C) -> KeyedLimiter<C> {
+        let store: Arc<DashMapStateStore<RateKey>> = Arc::default();
+        let quota = NonZeroU32::new(per_minute).map(Quota::per_minute);
         KeyedLimiter {
             per_minute,
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            limiter: quota.map(|q| RateLimiter::new(q, SharedStore(store.clone()), clock)),
+            store,
+            interval: Duration::from_secs(60) / per_minute.max(1),
+            checks: AtomicU64::new(0),
+            sweep: Mutex::new(Sweep {
+                next_at: SWEEP_AT,
+                last: None,
+            }),
         }
     }
 
@@ -95,16 +157,21 @@ impl KeyedLimiter {
 
     /// Takes one token for `key`. `Err(wait)`: refused, a token is back after `wait`.
     pub fn check(&self, key: RateKey) -> Result<(), Duration> {
-        self.check_at(key, Instant::now())
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
+        self.maybe_sweep(limiter);
+        limiter
+            .check_key(&key)
+            .map_err(|not_until| not_until.wait_time_from(limiter.clock().now()))
     }
 
     /// Takes one token from each of `keys`, or from none of them (a key that is refused gives
     /// back the tokens already taken). `Err(wait)`: the refused key's wait.
     pub fn check_all(&self, keys: impl IntoIterator<Item = RateKey>) -> Result<(), Duration> {
-        let now = Instant::now();
         let mut taken: Vec<RateKey> = Vec::new();
         for key in keys {
-            if let Err(wait) = self.check_at(key, now) {
+            if let Err(wait) = self.check(key) {
                 for key in taken {
                     self.refund(key);
                 }
@@ -115,59 +182,54 @@ impl KeyedLimiter {
         Ok(())
     }
 
+    /// Gives back one token: the key's theoretical arrival time moves back one interval.
     fn refund(&self, key: RateKey) {
-        if self.per_minute == 0 {
+        if self.limiter.is_none() {
             return;
         }
-        if let Some(bucket) = self.shard(key).buckets.get_mut(&key) {
-            bucket.tokens = (bucket.tokens + 1.0).min(f64::from(self.per_minute));
-        }
-    }
-
-    fn shard(&self, key: RateKey) -> std::sync::MutexGuard<'_, Shard> {
-        let mut h = DefaultHasher::new();
-        key.hash(&mut h);
-        self.shards[h.finish() as usize % SHARDS]
-            .lock()
-            .expect("rate limit shard")
-    }
-
-    fn check_at(&self, key: RateKey, now: Instant) -> Result<(), Duration> {
-        if self.per_minute == 0 {
-            return Ok(());
-        }
-        let capacity = f64::from(self.per_minute);
-        let per_sec = capacity / 60.0;
-        let mut shard = self.shard(key);
-        let len = shard.buckets.len();
-        let stale = shard
-            .last_sweep
-            .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(60));
-        if len >= SWEEP_AT && (len >= shard.next_sweep || stale) {
-            shard.buckets.retain(|_, b| {
-                b.tokens + now.saturating_duration_since(b.updated).as_secs_f64() * per_sec
-                    < capacity
-            });
-            shard.next_sweep = shard.buckets.len() * 2;
-            shard.last_sweep = Some(now);
-        }
-        let bucket = shard.buckets.entry(key).or_insert(Bucket {
-            tokens: capacity,
-            updated: now,
+        let interval = Nanos::from(self.interval);
+        let _ = self.store.measure_and_replace(&key, |tat| match tat {
+            Some(tat) => Ok(((), tat.saturating_sub(interval))),
+            None => Err(()),
         });
-        let refill = now.saturating_duration_since(bucket.updated).as_secs_f64() * per_sec;
-        bucket.tokens = (bucket.tokens + refill).min(capacity);
-        bucket.updated = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / per_sec))
+    }
+
+    /// Every [`SWEEP_CHECK_EVERY`] checks: when the limiter holds at least [`SWEEP_AT`] keys
+    /// and has doubled since the last sweep (or a minute has passed), forgets every key whose
+    /// allowance is full again.
+    fn maybe_sweep(&self, limiter: &Limiter<C>) {
+        if !self
+            .checks
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(SWEEP_CHECK_EVERY)
+        {
+            return;
         }
+        let len = limiter.len();
+        if len < SWEEP_AT {
+            return;
+        }
+        let now = limiter.clock().now();
+        let mut sweep = self.sweep.lock().expect("rate limit sweep");
+        let stale = sweep
+            .last
+            .is_none_or(|t| now.duration_since(t) >= Nanos::from(Duration::from_secs(60)));
+        if len >= sweep.next_at || stale {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+            sweep.next_at = (limiter.len() * 2).max(SWEEP_AT);
+            sweep.last = Some(now);
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.limiter.as_ref().map_or(0, |l| l.len())
     }
 }
 
-/// Open connections per IP; also keeps the connections gauge.
+/// Open connections per IP; also keeps the connections gauge. A count of what is open, not a
+/// rate, so not a governor limiter.
 pub struct ConnectionLimiter {
     max: u32,
     open: Mutex<HashMap<IpAddr, u32>>,
@@ -198,9 +260,7 @@ impl ConnectionLimiter {
         }
         *n += 1;
         drop(open);
-        let m = crate::metrics::global();
-        m.connections.fetch_add(1, Ordering::Relaxed);
-        m.connections_opened.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::connection_opened();
         Some(ConnectionPermit {
             limiter: self.clone(),
             key,
@@ -221,9 +281,7 @@ impl Drop for ConnectionPermit {
                 open.remove(&self.key);
             }
         }
-        crate::metrics::global()
-            .connections
-            .fetch_sub(1, Ordering::Relaxed);
+        crate::metrics::connection_closed();
     }
 }
 
@@ -351,6 +409,7 @@ fn canonical(ip: IpAddr) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use governor::clock::FakeRelativeClock;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -358,19 +417,20 @@ mod tests {
 
     #[test]
     fn bucket_refuses_then_refills() {
-        let l = KeyedLimiter::new(60); // one per second, burst 60
+        let clock = FakeRelativeClock::default();
+        let l = KeyedLimiter::with_clock(60, clock.clone()); // one per second, burst 60
         let key = RateKey::Ip(ip("192.0.2.1"));
-        let t0 = Instant::now();
         for _ in 0..60 {
-            assert!(l.check_at(key, t0).is_ok());
+            assert!(l.check(key).is_ok());
         }
-        let wait = l.check_at(key, t0).unwrap_err();
+        let wait = l.check(key).unwrap_err();
         assert!(wait <= Duration::from_secs(1), "{wait:?}");
         // Another key is not affected.
-        assert!(l.check_at(RateKey::Ip(ip("192.0.2.2")), t0).is_ok());
-        assert!(l.check_at(key, t0 + Duration::from_millis(1100)).is_ok());
-        assert!(l.check_at(key, t0 + Duration::from_millis(1100)).is_err());
-        assert!(KeyedLimiter::new(0).check_at(key, t0).is_ok());
+        assert!(l.check(RateKey::Ip(ip("192.0.2.2"))).is_ok());
+        clock.advance(Duration::from_millis(1100));
+        assert!(l.check(key).is_ok());
+        assert!(l.check(key).is_err());
+        assert!(KeyedLimiter::new(0).check(key).is_ok());
     }
 
     #[test]
@@ -401,19 +461,41 @@ mod tests {
 
     #[test]
     fn full_buckets_are_swept() {
-        let l = KeyedLimiter::new(600);
-        let t0 = Instant::now();
-        for i in 0..(SWEEP_AT * SHARDS * 2) as u32 {
-            let _ = l.check_at(RateKey::Ip(IpAddr::from(i.to_be_bytes())), t0);
+        let clock = FakeRelativeClock::default();
+        let l = KeyedLimiter::with_clock(600, clock.clone());
+        let many = SWEEP_AT * 32;
+        for i in 0..many as u32 {
+            let _ = l.check(RateKey::Ip(IpAddr::from(i.to_be_bytes())));
         }
-        let later = t0 + Duration::from_secs(120);
-        let _ = l.check_at(RateKey::Ip(ip("198.51.100.1")), later);
-        let total: usize = l
-            .shards
-            .iter()
-            .map(|s| s.lock().unwrap().buckets.len())
-            .sum();
-        assert!(total < SWEEP_AT * SHARDS * 2, "{total}");
+        assert_eq!(l.len(), many); // none of them is full again yet: all kept
+                                   // Two minutes later every one of them is full again: the next sweep forgets them.
+        clock.advance(Duration::from_secs(120));
+        for i in 0..SWEEP_CHECK_EVERY as u32 {
+            let _ = l.check(RateKey::Ip(IpAddr::from((u32::MAX - i).to_be_bytes())));
+        }
+        assert!(l.len() <= SWEEP_CHECK_EVERY as usize, "{}", l.len());
+    }
+
+    #[test]
+    fn a_refused_check_all_gives_back_what_it_took() {
+        let clock = FakeRelativeClock::default();
+        let l = KeyedLimiter::with_clock(2, clock);
+        let (pk, a, b) = (Hex32([1; 32]), ip("192.0.2.1"), ip("192.0.2.2"));
+        assert!(l.check(RateKey::Pubkey(pk)).is_ok());
+        assert!(l.check(RateKey::Pubkey(pk)).is_ok());
+        // `a` passes, the pubkey is refused: `a` keeps both its tokens.
+        for _ in 0..3 {
+            assert!(l.check_all(RateKey::all(&[pk], a)).is_err());
+        }
+        assert!(l.check_all(RateKey::all(&[], a)).is_ok());
+        assert!(l.check_all(RateKey::all(&[], a)).is_ok());
+        assert!(l.check_all(RateKey::all(&[], a)).is_err());
+        // A refund never adds a token to a key that has its whole allowance.
+        let _ = l.check_all(RateKey::all(&[pk], b));
+        let _ = l.check_all(RateKey::all(&[pk], b));
+        assert!(l.check_all(RateKey::all(&[], b)).is_ok());
+        assert!(l.check_all(RateKey::all(&[], b)).is_ok());
+        assert!(l.check_all(RateKey::all(&[], b)).is_err());
     }
 
     #[test]
@@ -446,5 +528,41 @@ mod tests {
         assert!(l.try_open(ip("192.0.2.2")).is_some());
         drop(a);
         assert!(l.try_open(ip("192.0.2.1")).is_some());
+    }
+
+    /// Figures, not a check: `cargo test -p mls-relay --release --lib ratelimit::tests::bench
+    /// -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "benchmark; prints figures"]
+    fn bench_keyed_limiter() {
+        let n = 2_000_000u32;
+        // One key pair and 1,000 addresses, all within their allowance (the common case).
+        let l = KeyedLimiter::new(1_000_000_000);
+        let pk = Hex32([7; 32]);
+        let t = std::time::Instant::now();
+        for i in 0..n {
+            let addr = IpAddr::from((0xC000_0200u32 + i % 1000).to_be_bytes());
+            assert!(l.check_all(RateKey::all(&[pk], addr)).is_ok());
+        }
+        let hot = t.elapsed().as_nanos() as f64 / f64::from(n);
+        // A new address every time (a flood of fresh IPs: inserts and sweeps).
+        let l = KeyedLimiter::new(600);
+        let t = std::time::Instant::now();
+        for i in 0..n {
+            let _ = l.check(RateKey::Ip(IpAddr::from(i.to_be_bytes())));
+        }
+        let fresh = t.elapsed().as_nanos() as f64 / f64::from(n);
+        // Refused: one key over its allowance.
+        let l = KeyedLimiter::new(60);
+        let key = RateKey::Ip(ip("192.0.2.1"));
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            let _ = l.check(key);
+        }
+        let refused = t.elapsed().as_nanos() as f64 / f64::from(n);
+        println!(
+            "keyed limiter, ns per call: check_all(ip, pubkey) within allowance {hot:.0}; \
+             check(new ip) {fresh:.0}; check(refused key) {refused:.0}"
+        );
     }
 }

@@ -30,7 +30,8 @@ impl Session {
                          (auth.max_pubkeys_per_connection); open another connection"
                     ))
                 }
-            });
+            })
+            .inspect_err(|reason| crate::metrics::auth_refused(reason));
         match result {
             Ok(pk) => {
                 tracing::info!(conn = self.conn.id, pubkey = %mls_proto::short_pubkey(&pk), "authenticated");
