@@ -90,7 +90,12 @@ fn main() -> ExitCode {
             let summary = runtime(Some(1))?.block_on(async {
                 let mut input = std::io::stdin().lock();
                 let mut report = std::io::stderr();
-                mls_relay::tools::import(&config, &mut input, &mut report).await
+                // A file on stdin has a size, so progress can say how much is left.
+                let input_bytes = std::fs::metadata("/proc/self/fd/0")
+                    .ok()
+                    .filter(|m| m.is_file())
+                    .map(|m| m.len());
+                mls_relay::tools::import(&config, &mut input, input_bytes, &mut report).await
             })?;
             eprintln!(
                 "imported {} events ({} duplicates, {} rejected)",

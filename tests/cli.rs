@@ -483,3 +483,67 @@ async fn import_refuses_a_tampered_event() {
     );
     assert_eq!(ids.len(), 1);
 }
+
+/// Plain event lines are written many at a time (group commit), yet in the order of the
+/// file: a deletion before a re-sent target, versions of one address, a roster sequence and
+/// refusals all come out as they would one by one, and the report keeps line order.
+#[tokio::test]
+async fn import_of_plain_lines_keeps_the_order_of_the_file() {
+    let relay = Relay::builder().prepare();
+    let (alice, admin, member) = (keys(), keys(), keys());
+    let t = now() - 1000;
+    let note = ev_at(&alice, t, 1, &[], "note");
+    let delete = ev_at(&alice, t + 1, 5, &[&["e", &id_hex(&note)]], "");
+    let v1 = ev_at(&alice, t + 10, 0, &[], "v1");
+    let v0 = ev_at(&alice, t + 5, 0, &[], "v0 (older)");
+    let v2 = ev_at(&alice, t + 20, 0, &[], "v2");
+    let group = "cd".repeat(32);
+    let roster = |seq: &str, at: u64| {
+        ev_at(
+            &admin,
+            at,
+            450,
+            &[
+                &["h", &group],
+                &["op", if seq == "1" { "bootstrap" } else { "add" }],
+                &["seq", seq],
+                &["p", &pk_hex(&member)],
+            ],
+            "",
+        )
+    };
+    let (r1, r2) = (roster("1", t + 30), roster("2", t + 31));
+    // Filler between them, so the writes span several batches and the window.
+    let filler: Vec<Event> = (0..3000)
+        .map(|i| ev_at(&keys(), t - 10_000 + i, 1, &[&["t", "filler"]], "x"))
+        .collect();
+    let mut lines: Vec<String> = vec![note.to_json(), delete.to_json(), note.to_json()];
+    lines.extend(filler[..1500].iter().map(|e| e.to_json()));
+    lines.extend([v1.to_json(), v0.to_json(), v2.to_json(), r1.to_json()]);
+    lines.extend(filler[1500..].iter().map(|e| e.to_json()));
+    lines.extend([r1.to_json(), r2.to_json(), "not json".to_string()]);
+    let out = relay.cli(&["import"], Some((lines.join("\n") + "\n").as_bytes()));
+    assert!(out.success(), "import failed: {out:?}");
+    // note, delete, 3000 filler, v1, v2, r1, r2 stored; v0 refused for the newer version, the
+    // re-sent note for its deletion, the repeated r1 a duplicate, the last line not JSON.
+    assert!(
+        out.stderr
+            .contains("imported 3006 events (1 duplicates, 3 rejected)"),
+        "{out:?}"
+    );
+    let report: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("line "))
+        .collect();
+    let numbers: Vec<usize> = report
+        .iter()
+        .map(|l| l[5..l.find(':').unwrap()].parse().unwrap())
+        .collect();
+    assert_eq!(numbers, vec![3, 1505, lines.len()], "{report:?}");
+    let (_, ids) = export_ids(&relay);
+    assert!(!ids.contains(&id_hex(&note)), "the deleted note came back");
+    assert!(ids.contains(&id_hex(&v2)) && !ids.contains(&id_hex(&v1)));
+    assert!(!ids.contains(&id_hex(&v0)));
+    assert!(ids.contains(&id_hex(&r1)) && ids.contains(&id_hex(&r2)));
+}

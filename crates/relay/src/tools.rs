@@ -15,8 +15,13 @@ use crate::config::Config;
 use mls_proto::{unix_now, Event, Hex32, KindClass};
 use mls_store::{BackupItem, EventStore, Publisher, StoredEvent, Tombstone, WriteOutcome};
 use serde::Deserialize;
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::future::Future;
 use std::io::{BufRead, Write};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// The `format` of the header line.
 pub const EXPORT_FORMAT: &str = "mls-gateway-export";
@@ -271,12 +276,20 @@ fn classify(first: &str) -> Result<Input, String> {
 /// Reads a backup (restored verbatim into an empty store) or plain event JSON lines (see
 /// `import_events`). Refused lines are reported on `report` and counted; they do not stop
 /// the import.
+///
+/// `input_bytes` (the input's size, when it is a file) lets the progress line say how much
+/// is left.
 pub async fn import(
     config: &Config,
     input: &mut dyn BufRead,
+    input_bytes: Option<u64>,
     report: &mut dyn Write,
 ) -> Result<ImportSummary, String> {
-    let mut lines = input.lines().enumerate();
+    let progress = Progress::new(input_bytes);
+    let mut lines = input
+        .lines()
+        .inspect(|line| progress.read(line.as_ref().map_or(0, |l| l.len() + 1)))
+        .enumerate();
     let mut first = None;
     for (n, line) in lines.by_ref() {
         let line = line.map_err(|e| format!("import: read failed at line {}: {e}", n + 1))?;
@@ -292,14 +305,80 @@ pub async fn import(
     let gateway = crate::gateway(config)?;
     let store = app::open_store(config, gateway).await?;
     let result = match kind {
-        Input::Backup => restore(&*store, &mut lines, report).await,
+        Input::Backup => restore(&*store, &mut lines, report, &progress).await,
         Input::Events => {
             let all = std::iter::once((n, Ok(first))).chain(lines);
             import_events(config, &*store, all, report).await
         }
     };
     store.close().await;
+    progress.finish();
     result
+}
+
+/// The progress line on stderr of a long import (every few seconds; nothing for a short
+/// one): lines read, rate, and with the input's size, how much is left.
+struct Progress {
+    started: Instant,
+    last: Cell<Instant>,
+    lines: Cell<u64>,
+    bytes: Cell<u64>,
+    total_bytes: Option<u64>,
+    printed: Cell<bool>,
+}
+
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+impl Progress {
+    fn new(total_bytes: Option<u64>) -> Progress {
+        let now = Instant::now();
+        Progress {
+            started: now,
+            last: Cell::new(now),
+            lines: Cell::new(0),
+            bytes: Cell::new(0),
+            total_bytes: total_bytes.filter(|&b| b > 0),
+            printed: Cell::new(false),
+        }
+    }
+
+    fn read(&self, bytes: usize) {
+        self.lines.set(self.lines.get() + 1);
+        self.bytes.set(self.bytes.get() + bytes as u64);
+        if self.last.get().elapsed() >= PROGRESS_EVERY {
+            self.last.set(Instant::now());
+            self.printed.set(true);
+            eprintln!("{}", self.line());
+        }
+    }
+
+    fn line(&self) -> String {
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        let (lines, bytes) = (self.lines.get(), self.bytes.get());
+        let rate = lines as f64 / secs;
+        let mut line = format!("import: {lines} lines in {secs:.0} s, {rate:.0} lines/s");
+        if let Some(total) = self.total_bytes {
+            let done = (bytes as f64 / total as f64).min(1.0);
+            let left = if done > 0.0 {
+                secs * (1.0 - done) / done
+            } else {
+                0.0
+            };
+            line.push_str(&format!(
+                ", {:.0}% of {} MiB, about {left:.0} s left",
+                done * 100.0,
+                total >> 20
+            ));
+        }
+        line
+    }
+
+    /// A last line, if any was printed: the import's whole rate.
+    fn finish(&self) {
+        if self.printed.get() {
+            eprintln!("{} (done)", self.line());
+        }
+    }
 }
 
 type Lines<'a> = dyn Iterator<Item = (usize, std::io::Result<String>)> + 'a;
@@ -312,6 +391,7 @@ async fn restore(
     store: &dyn EventStore,
     lines: &mut Lines<'_>,
     report: &mut dyn Write,
+    progress: &Progress,
 ) -> Result<ImportSummary, String> {
     // Restoring over existing data would merge two relays' gates and rosters.
     let mut holds_data = false;
@@ -389,6 +469,9 @@ async fn restore(
     // the state it depends on (a backup lists the state after the events): again, over the
     // whole restored state.
     if summary.accepted > 0 {
+        if progress.printed.get() {
+            eprintln!("import: working out who may read each restored event");
+        }
         store
             .refresh_audiences()
             .await
@@ -409,6 +492,33 @@ fn item_kind(item: &BackupItem) -> u8 {
     }
 }
 
+/// Writes of plain event lines in flight at once. Each is queued to the store's writer in
+/// line order before the next line is read, so the writer commits them in groups (one
+/// durable commit per batch, not per event) and in the order of the file.
+const IMPORT_WINDOW: usize = 1024;
+
+type PendingWrite<'a> =
+    Pin<Box<dyn Future<Output = mls_store::StoreResult<WriteOutcome>> + Send + 'a>>;
+
+/// Counts one answered line; a store failure ends the import.
+fn settle(
+    summary: &mut ImportSummary,
+    report: &mut dyn Write,
+    n: usize,
+    outcome: mls_store::StoreResult<WriteOutcome>,
+) -> Result<(), String> {
+    match outcome {
+        Ok(WriteOutcome::Accepted) => summary.accepted += 1,
+        Ok(WriteOutcome::Duplicate) => summary.duplicate += 1,
+        Ok(WriteOutcome::Rejected(why)) => {
+            summary.rejected += 1;
+            let _ = writeln!(report, "line {}: {why}", n + 1);
+        }
+        Err(e) => return Err(format!("import: store failed at line {}: {e}", n + 1)),
+    }
+    Ok(())
+}
+
 /// Stores each event line through the same checks as the socket path, with the operator
 /// standing in for the publishing connection (authenticated as each event's pubkey, and
 /// `Publisher::operator`: checks that belonged to the original connection, such as group
@@ -421,43 +531,61 @@ async fn import_events(
 ) -> Result<ImportSummary, String> {
     let mut summary = ImportSummary::default();
     let access = crate::auth::Access::from_config(config);
+    // Line numbers with their queued write, oldest first; answers are taken in that order,
+    // so the report stays in line order.
+    let mut in_flight: VecDeque<(usize, PendingWrite<'_>)> = VecDeque::new();
     for (n, line) in lines {
         let line = line.map_err(|e| format!("import: read failed at line {}: {e}", n + 1))?;
         if line.trim().is_empty() {
             continue;
         }
-        let mut refuse = |summary: &mut ImportSummary, why: &str| {
-            summary.rejected += 1;
-            let _ = writeln!(report, "line {}: {why}", n + 1);
+        let checked = match serde_json::from_str::<Event>(&line) {
+            Err(e) => Err(format!("invalid: malformed event: {e}")),
+            Ok(ev) => {
+                let authed = vec![ev.pubkey];
+                match crate::ingest::check(&config.limitation, &access, &ev, &authed, unix_now()) {
+                    Err(why) => Err(why),
+                    Ok(()) if ev.class() == KindClass::Ephemeral => {
+                        Err("invalid: ephemeral events are not stored".to_string())
+                    }
+                    Ok(()) => Ok((ev, authed)),
+                }
+            }
         };
-        let ev: Event = match serde_json::from_str(&line) {
-            Ok(ev) => ev,
-            Err(e) => {
-                refuse(&mut summary, &format!("invalid: malformed event: {e}"));
+        let (ev, authed) = match checked {
+            Ok(checked) => checked,
+            Err(why) => {
+                while let Some((m, write)) = in_flight.pop_front() {
+                    settle(&mut summary, report, m, write.await)?;
+                }
+                summary.rejected += 1;
+                let _ = writeln!(report, "line {}: {why}", n + 1);
                 continue;
             }
         };
-        let authed = vec![ev.pubkey];
-        if let Err(why) =
-            crate::ingest::check(&config.limitation, &access, &ev, &authed, unix_now())
-        {
-            refuse(&mut summary, &why);
-            continue;
-        }
-        if ev.class() == KindClass::Ephemeral {
-            refuse(&mut summary, "invalid: ephemeral events are not stored");
-            continue;
-        }
         let publisher = Publisher {
             authed,
             operator: true,
         };
-        match store.write(ev, publisher).await {
-            Ok(WriteOutcome::Accepted) => summary.accepted += 1,
-            Ok(WriteOutcome::Duplicate) => summary.duplicate += 1,
-            Ok(WriteOutcome::Rejected(why)) => refuse(&mut summary, &why),
-            Err(e) => return Err(format!("import: store failed at line {}: {e}", n + 1)),
+        let mut write = store.write(ev, publisher);
+        // Polled once now, so it is queued to the writer before the next line's write.
+        if let std::task::Poll::Ready(outcome) =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(write.as_mut().poll(cx))).await
+        {
+            while let Some((m, write)) = in_flight.pop_front() {
+                settle(&mut summary, report, m, write.await)?;
+            }
+            settle(&mut summary, report, n, outcome)?;
+            continue;
         }
+        in_flight.push_back((n, write));
+        if in_flight.len() >= IMPORT_WINDOW {
+            let (m, write) = in_flight.pop_front().expect("the window is full");
+            settle(&mut summary, report, m, write.await)?;
+        }
+    }
+    while let Some((m, write)) = in_flight.pop_front() {
+        settle(&mut summary, report, m, write.await)?;
     }
     Ok(summary)
 }
