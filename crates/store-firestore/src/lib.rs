@@ -867,14 +867,6 @@ impl StateRead for CountedWrites<'_> {
         self.inner.get(key)
     }
 
-    fn scan_prefix(
-        &self,
-        prefix: &[u8],
-        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> StoreResult<()> {
-        self.inner.scan_prefix(prefix, f)
-    }
-
     fn scan_prefix_from(
         &self,
         prefix: &[u8],

@@ -183,14 +183,6 @@ impl StateRead for CommittedState<'_> {
         Ok(value)
     }
 
-    fn scan_prefix(
-        &self,
-        prefix: &[u8],
-        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> StoreResult<()> {
-        self.scan_prefix_from(prefix, prefix, f)
-    }
-
     fn scan_prefix_from(
         &self,
         prefix: &[u8],

@@ -57,25 +57,25 @@ pub const MAX_TAG_VALUE_LEN: usize = 1024;
 /// Keys are namespaced by their first bytes (the gateway owns the layout).
 pub trait StateRead {
     fn get(&self, key: &[u8]) -> StoreResult<Option<Vec<u8>>>;
+
     /// Calls `f(key, value)` for every key starting with `prefix`, in key order, until it
     /// returns false.
     fn scan_prefix(
         &self,
         prefix: &[u8],
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<()> {
+        self.scan_prefix_from(prefix, prefix, f)
+    }
 
     /// [`StateRead::scan_prefix`] starting at the first key `>= from` (a key under `prefix`),
     /// so that a long walk can resume where it stopped without re-reading what it passed.
-    /// Backends should override the default, which walks the skipped keys too.
     fn scan_prefix_from(
         &self,
         prefix: &[u8],
         from: &[u8],
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> StoreResult<()> {
-        self.scan_prefix(prefix, &mut |k, v| k < from || f(k, v))
-    }
+    ) -> StoreResult<()>;
 }
 
 /// Write access to the gateway's state, inside the writer's transaction.

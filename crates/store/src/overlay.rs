@@ -61,14 +61,6 @@ impl StateRead for Overlay<'_> {
         }
     }
 
-    fn scan_prefix(
-        &self,
-        prefix: &[u8],
-        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> StoreResult<()> {
-        self.scan_prefix_from(prefix, prefix, f)
-    }
-
     /// The stored keys and the buffered ones merged in key order; a buffered key replaces
     /// (or, deleted, hides) the stored one.
     fn scan_prefix_from(
@@ -139,14 +131,6 @@ mod tests {
     impl StateRead for Stored {
         fn get(&self, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
             Ok(self.0.get(key).cloned())
-        }
-
-        fn scan_prefix(
-            &self,
-            prefix: &[u8],
-            f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-        ) -> StoreResult<()> {
-            self.scan_prefix_from(prefix, prefix, f)
         }
 
         fn scan_prefix_from(

@@ -245,14 +245,6 @@ impl StateRead for Counting<'_> {
         self.inner.get(key)
     }
 
-    fn scan_prefix(
-        &self,
-        prefix: &[u8],
-        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> mls_store::StoreResult<()> {
-        self.scan_prefix_from(prefix, prefix, f)
-    }
-
     fn scan_prefix_from(
         &self,
         prefix: &[u8],

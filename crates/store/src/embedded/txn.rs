@@ -60,14 +60,6 @@ impl StateRead for Txn<'_> {
         self.view().get(key)
     }
 
-    fn scan_prefix(
-        &self,
-        prefix: &[u8],
-        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> StoreResult<()> {
-        self.view().scan_prefix(prefix, f)
-    }
-
     fn scan_prefix_from(
         &self,
         prefix: &[u8],
