@@ -371,18 +371,30 @@ impl Gateway {
         purge::all(state, now)
     }
 
-    /// NIP-70: a protected event only from a connection authenticated as its author.
+    /// NIP-70 on the store's write path (see [`check_protected`]); the operator's import is
+    /// exempt.
     fn check_protected(event: &Event, publisher: &Publisher) -> Result<(), Rejection> {
-        if !event.is_protected() || publisher.operator || publisher.authed.contains(&event.pubkey) {
+        if publisher.operator {
             return Ok(());
         }
-        Err(Rejection(if publisher.authed.is_empty() {
-            "auth-required: this event is protected (NIP-70); authenticate as its author".into()
-        } else {
-            "restricted: this event is protected (NIP-70) and may only be published by its author"
-                .into()
-        }))
+        check_protected(event, &publisher.authed).map_err(Rejection)
     }
+}
+
+/// NIP-70: a protected event (`["-"]`) only from a connection authenticated as its author.
+/// The one definition: the relay runs it on every client write (ephemeral events never reach
+/// `admit`, and the store answers a duplicate before it), and `admit` runs it again for any
+/// write that skipped the relay.
+pub fn check_protected(event: &Event, authed: &[Hex32]) -> Result<(), String> {
+    if !event.is_protected() || authed.contains(&event.pubkey) {
+        return Ok(());
+    }
+    Err(if authed.is_empty() {
+        "auth-required: this event is protected (NIP-70); authenticate as its author".into()
+    } else {
+        "restricted: this event is protected (NIP-70) and may only be published by its author"
+            .into()
+    })
 }
 
 impl Admission for Gateway {

@@ -76,22 +76,9 @@ pub fn check(
             return Err("invalid: event has expired (NIP-40)".into());
         }
     }
-    // NIP-70 is the relay's to check, on every client write: ephemeral events never reach the
-    // gateway's `admit`, and the store answers a duplicate before it (`admit`'s own check is
-    // the backstop for writes that skip this one).
-    if ev.is_protected() {
-        if authed.is_empty() {
-            return Err(
-                "auth-required: protected event (NIP-70): authenticate as its author".into(),
-            );
-        }
-        if !authed.contains(&ev.pubkey) {
-            return Err(
-                "restricted: protected event (NIP-70) may only be published by its author".into(),
-            );
-        }
-    }
-    Ok(())
+    // NIP-70 on every client write, here too: ephemeral events never reach the gateway's
+    // `admit`, and the store answers a duplicate before it.
+    mls_gateway_rules::check_protected(ev, authed)
 }
 
 /// Finds the `"id":"<64 hex>"` of an EVENT too large to parse, so it can still get an `OK`.
