@@ -159,9 +159,18 @@ pub(crate) async fn page(
         let ids: Vec<Vec<u8>> = ids.iter().map(|i| i.0.to_vec()).collect();
         conds.push(one_of("e.id", ids, &mut arg));
     }
+    // Several authors (a follow list) and nothing narrower: one walk of `events_author` per
+    // author, newest first, each cut at the limit, merged (below); `= ANY` would fetch every
+    // event of every author and sort them.
+    let mut per_author = None;
     if let Some(authors) = &filter.authors {
         let authors: Vec<Vec<u8>> = authors.iter().map(|a| a.0.to_vec()).collect();
-        conds.push(one_of("e.pubkey", authors, &mut arg));
+        if authors.len() > 1 && filter.ids.is_none() && single_tag.is_none() {
+            per_author = Some(arg(Box::new(authors)));
+            conds.push("e.pubkey = p.pubkey".to_string());
+        } else {
+            conds.push(one_of("e.pubkey", authors, &mut arg));
+        }
     }
     if let Some(kinds) = &filter.kinds {
         let kinds: Vec<i32> = kinds.iter().map(|k| i32::from(*k)).collect();
@@ -203,11 +212,20 @@ pub(crate) async fn page(
             arg(Box::new(id))
         ));
     }
-    let sql = format!(
-        "SELECT {COLUMNS} FROM {from} WHERE {} ORDER BY {time} DESC, {id_column} LIMIT {}",
-        conds.join(" AND "),
-        arg(Box::new(size))
-    );
+    let limit = arg(Box::new(size));
+    let sql = match per_author {
+        None => format!(
+            "SELECT {COLUMNS} FROM {from} WHERE {} ORDER BY {time} DESC, {id_column} LIMIT {limit}",
+            conds.join(" AND ")
+        ),
+        Some(authors) => format!(
+            "SELECT {COLUMNS} FROM unnest({authors}::bytea[]) AS p (pubkey) CROSS JOIN LATERAL \
+             (SELECT {COLUMNS} FROM events e WHERE {} \
+              ORDER BY e.created_at DESC, e.id LIMIT {limit}) e \
+             ORDER BY e.created_at DESC, e.id LIMIT {limit}",
+            conds.join(" AND ")
+        ),
+    };
     fetch(&pool, deadline, sql, params).await
 }
 
