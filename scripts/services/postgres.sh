@@ -25,6 +25,9 @@ PG_ROLE="mls_test"
 PG_PASSWORD="mls_test"
 PG_DATABASE="mls_test"
 
+# shellcheck source=apt.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
+
 _pg_log() { printf '[postgres.sh] %s\n' "$*" >&2; }
 
 # Runs a server binary as the cluster's owner.
@@ -45,28 +48,8 @@ _pg_bindir() {
 }
 
 _pg_install() {
-    if [ -n "$(_pg_bindir)" ]; then
-        return 0
-    fi
-    if [ "$(id -u)" -ne 0 ]; then
-        _pg_log "PostgreSQL is not installed and we are not root: apt-get install postgresql"
-        return 1
-    fi
-    _pg_log "installing PostgreSQL from Debian's packages"
-    export DEBIAN_FRONTEND=noninteractive
-    # The package's own cluster is not used; policy-rc.d keeps it from being started.
-    local policy=""
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-        chmod +x /usr/sbin/policy-rc.d
-        policy=/usr/sbin/policy-rc.d
-    fi
-    local ok=0
-    apt-get install -y -q postgresql </dev/null >/dev/null 2>&1 ||
-        { apt-get update -q </dev/null >/dev/null 2>&1 &&
-            apt-get install -y -q postgresql </dev/null >/dev/null 2>&1; } || ok=1
-    [ -n "$policy" ] && rm -f "$policy"
-    [ "$ok" -eq 0 ] || { _pg_log "apt-get install postgresql failed"; return 1; }
+    [ -n "$(_pg_bindir)" ] && return 0
+    apt_install postgres.sh postgresql || return 1
     [ -n "$(_pg_bindir)" ] || { _pg_log "no initdb after installing postgresql"; return 1; }
 }
 

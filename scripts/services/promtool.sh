@@ -13,30 +13,14 @@
 #   made-up series and stays quiet on others; the Grafana dashboard's queries are checked as
 #   PromQL the same way (as recording rules of a throwaway file).
 
+# shellcheck source=apt.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
+
 _promtool_log() { printf '[promtool.sh] %s\n' "$*" >&2; }
 
 _promtool_install() {
-    if command -v promtool >/dev/null 2>&1; then
-        return 0
-    fi
-    if [ "$(id -u)" -ne 0 ]; then
-        _promtool_log "promtool is not installed and we are not root: apt-get install prometheus"
-        return 1
-    fi
-    _promtool_log "installing promtool (Debian's prometheus package)"
-    export DEBIAN_FRONTEND=noninteractive
-    local policy=""
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-        chmod +x /usr/sbin/policy-rc.d
-        policy=/usr/sbin/policy-rc.d
-    fi
-    local ok=0
-    apt-get install -y -q --no-install-recommends prometheus </dev/null >/dev/null 2>&1 ||
-        { apt-get update -q </dev/null >/dev/null 2>&1 &&
-            apt-get install -y -q --no-install-recommends prometheus </dev/null >/dev/null 2>&1; } || ok=1
-    [ -n "$policy" ] && rm -f "$policy"
-    [ "$ok" -eq 0 ] || { _promtool_log "apt-get install prometheus failed"; return 1; }
+    command -v promtool >/dev/null 2>&1 && return 0
+    apt_install promtool.sh --no-install-recommends prometheus || return 1
     command -v promtool >/dev/null 2>&1 || { _promtool_log "no promtool after installing prometheus"; return 1; }
 }
 

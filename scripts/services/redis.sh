@@ -15,30 +15,14 @@
 #   restart Redis mid-stream start their own server with it).
 # - REDIS_URL already set: nothing is started, that server is used.
 
+# shellcheck source=apt.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
+
 _redis_log() { printf '[redis.sh] %s\n' "$*" >&2; }
 
 _redis_install() {
-    if command -v redis-server >/dev/null 2>&1; then
-        return 0
-    fi
-    if [ "$(id -u)" -ne 0 ]; then
-        _redis_log "redis-server is not installed and we are not root: apt-get install redis-server"
-        return 1
-    fi
-    _redis_log "installing redis-server from Debian's packages"
-    export DEBIAN_FRONTEND=noninteractive
-    local policy=""
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-        chmod +x /usr/sbin/policy-rc.d
-        policy=/usr/sbin/policy-rc.d
-    fi
-    local ok=0
-    apt-get install -y -q redis-server </dev/null >/dev/null 2>&1 ||
-        { apt-get update -q </dev/null >/dev/null 2>&1 &&
-            apt-get install -y -q redis-server </dev/null >/dev/null 2>&1; } || ok=1
-    [ -n "$policy" ] && rm -f "$policy"
-    [ "$ok" -eq 0 ] || { _redis_log "apt-get install redis-server failed"; return 1; }
+    command -v redis-server >/dev/null 2>&1 && return 0
+    apt_install redis.sh redis-server || return 1
     command -v redis-server >/dev/null 2>&1 || { _redis_log "no redis-server after installing it"; return 1; }
 }
 
