@@ -3,10 +3,10 @@
 //! stays at one page whatever the store's size. Restores run in the writer
 //! ([`mls_store::write_txn`]).
 
+use crate::keys::hex32;
 use crate::pg_error;
 use crate::query::Row;
 use deadpool_postgres::{Object, Pool};
-use mls_proto::Hex32;
 use mls_store::{BackupItem, StoreError, StoreResult, Tombstone};
 use tokio::sync::mpsc;
 
@@ -55,8 +55,8 @@ async fn walk(client: &Object, out: &mpsc::Sender<StoreResult<BackupItem>>) -> S
             "SELECT id, deleter FROM tomb_ids ORDER BY id, deleter",
             |r| {
                 Ok(BackupItem::Tombstone(Tombstone::Id {
-                    id: hex32(r.get(0))?,
-                    deleter: hex32(r.get(1))?,
+                    id: hex32(r.get(0), "tombstone id")?,
+                    deleter: hex32(r.get(1), "tombstone deleter")?,
                 }))
             },
         ),
@@ -66,7 +66,7 @@ async fn walk(client: &Object, out: &mpsc::Sender<StoreResult<BackupItem>>) -> S
                 Ok(BackupItem::Tombstone(Tombstone::Address {
                     kind: u16::try_from(r.get::<_, i32>(0))
                         .map_err(|_| StoreError::Corrupt("address tombstone kind".into()))?,
-                    pubkey: hex32(r.get(1))?,
+                    pubkey: hex32(r.get(1), "address tombstone pubkey")?,
                     d: r.get(2),
                     until: crate::keys::from_ts(r.get(3)),
                 }))
@@ -98,10 +98,4 @@ async fn walk(client: &Object, out: &mpsc::Sender<StoreResult<BackupItem>>) -> S
             .map_err(pg_error("backup"))?;
     }
     Ok(())
-}
-
-fn hex32(b: Vec<u8>) -> StoreResult<Hex32> {
-    <[u8; 32]>::try_from(b.as_slice())
-        .map(Hex32)
-        .map_err(|_| StoreError::Corrupt("a 32-byte key is not 32 bytes".into()))
 }

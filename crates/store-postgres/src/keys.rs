@@ -2,7 +2,8 @@
 //! timestamps onto PostgreSQL's BIGINT. (Addresses of replaceable/addressable events are
 //! keyed as every backend keys them: [`mls_store::address`].)
 
-use mls_proto::Event;
+use mls_proto::{Event, Hex32};
+use mls_store::{StoreError, StoreResult};
 use sha2::{Digest, Sha256};
 
 /// Tag values up to this many bytes are indexed as they are; longer ones by their sha256, so
@@ -65,6 +66,14 @@ pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
         }
     }
     None
+}
+
+/// A 32-byte key (event id, pubkey) read back from a BYTEA column; `what` names the column in
+/// the error.
+pub(crate) fn hex32(bytes: &[u8], what: &str) -> StoreResult<Hex32> {
+    <[u8; 32]>::try_from(bytes)
+        .map(Hex32)
+        .map_err(|_| StoreError::Corrupt(format!("{what}: not 32 bytes")))
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 //! handed out inside the lock, so it has no gaps and commits in order. Requests are answered
 //! only once COMMIT returned.
 
-use crate::keys::{self, from_ts, ts};
+use crate::keys::{self, from_ts, hex32, ts};
 use crate::{state, Io};
 use deadpool_postgres::{Object, Pool};
 use mls_proto::{Event, Hex32};
@@ -243,12 +243,6 @@ const REPLACE_AUDIENCE: &str = "INSERT INTO event_audience \
     (event_id, key, kind, created_at, expires_at) \
     SELECT e.id, a.key, e.kind, e.created_at, e.expires_at \
     FROM unnest($1::bytea[], $2::bytea[]) AS a (event_id, key) JOIN events e ON e.id = a.event_id";
-
-fn hex32(bytes: &[u8], what: &str) -> StoreResult<Hex32> {
-    <[u8; 32]>::try_from(bytes)
-        .map(Hex32)
-        .map_err(|_| StoreError::Corrupt(format!("{what}: not 32 bytes")))
-}
 
 impl Txn<'_> {
     /// Sends the buffered rows: one statement per table, whatever their number.
