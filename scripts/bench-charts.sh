@@ -171,7 +171,7 @@ run_one() {
     local elapsed=$(($(date +%s) - START)) eta=""
     [ "$STEP" -gt 1 ] && eta=", ~$(((elapsed * (TOTAL - STEP + 1) / (STEP - 1) + 30) / 60)) min left"
     echo "[$STEP/$TOTAL] $file $size $build (pair $pair)$eta" >&2
-    echo "## $file $size $build pair $pair: mls-bench $*" >>"$LOG"
+    echo "## $file $size $build pair $pair: $(bench_of "$build") --relay-bin $(build_dir "$build")/mls-gateway $*" >>"$LOG"
     t0="$(date +%s.%N)"
     # Records start with `{"scenario":`; the label goes in front of it.
     if ! "$(bench_of "$build")" --relay-bin "$(build_dir "$build")/mls-gateway" --runs 1 \
@@ -224,7 +224,8 @@ fi
 
 # The table: one section per scenario (and text-field variant), one row per size and figure,
 # each build's median with the min-max of its runs, and after/before of the medians. The
-# figures are the charts' headline figures.
+# figures are the charts' headline figures, plus `other_cores` (what the rest of the machine
+# used during the timed part: the noise each build's runs met).
 python3 - "$OUT" "$RUNS" <<'PY' | tee "$OUT/summary.md"
 import glob, json, os, statistics, sys
 
@@ -237,6 +238,8 @@ FIGURES = {
     "query": ["reqs_per_s", "eose_p50_ms", "eose_p99_ms", "relay_cpu_us_per_req"],
     "connections": ["bytes_per_connection", "relay_rss_after_mib", "opens_per_s", "open_p99_ms"],
 }
+for figs in FIGURES.values():
+    figs.append("other_cores")
 SIZE = {"ingest": "connections", "fanout": "subscribers", "query": "stored",
         "connections": "connections"}
 
