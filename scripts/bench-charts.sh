@@ -301,6 +301,8 @@ for (scenario, variant, xf), by_size in groups.items():
     for x in sorted(by_size):
         for fig in FIGURES[scenario]:
             per = by_size[x].get(fig, {})
+            if not per:
+                continue  # a figure this scenario does not report (connections: other_cores)
             cells, med = [], {}
             for build in ("before", "after"):
                 vals = sorted(per.get(build, []))
