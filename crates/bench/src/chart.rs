@@ -1,11 +1,13 @@
 //! `mls-bench chart`: one SVG per (scenario, figure) from the JSON lines the scenarios print,
 //! and from the labelled lines of `scripts/bench-postgres.sh` (`"store"`) and
-//! `scripts/bench-peer.sh` (`"relay"`), because a curve shows how a cost grows at a glance
+//! `scripts/bench-peer.sh` (`"relay"`) and `scripts/bench-charts.sh` (`"relay"`: before or
+//! after), because a curve shows how a cost grows at a glance
 //! where a table does not.
 //!
 //! x is the scenario's size parameter (`--x` overrides), y one figure; one series per label
 //! (`store`, else `relay`, or `--series`); each point is the median of the runs at that size
-//! with a min–max whisker. x is drawn on a log scale when the sizes span more than 10×.
+//! with a min–max whisker, the series at one size nudged apart so that no whisker hides
+//! another. x is drawn on a log scale when the sizes span more than 10×.
 //! Runs that differ in a text field (ingest `mode`, query `mix`/`shape`, …) are different
 //! experiments, so each combination gets its own charts.
 
@@ -543,6 +545,23 @@ impl Ranged for SizeAxis {
     }
 }
 
+/// Share of the x axis between neighbouring series at one size: the points of several series
+/// measured at the same sizes (before/after, two stores) sit side by side instead of on top of
+/// each other, so each whisker stays visible.
+const DODGE: f64 = 0.012;
+
+/// Where series `i` of `n` draws its point at size `x` on an axis from `lo` to `hi`: nudged
+/// sideways by `DODGE` of the axis per series (in the axis' own scale, so the nudge looks the
+/// same on a log axis), the series centred on `x`; `x` itself when there is one series.
+fn dodged(x: f64, i: usize, n: usize, (lo, hi): (f64, f64), log: bool) -> f64 {
+    let shift = (i as f64 - (n as f64 - 1.0) / 2.0) * DODGE;
+    if log {
+        x * 10f64.powf(shift * (hi / lo).log10())
+    } else {
+        x + shift * (hi - lo)
+    }
+}
+
 /// Draws `chart` as an SVG file at `path`.
 pub fn render(chart: &Chart, path: &Path) -> Result<(), String> {
     let log = chart.log_x();
@@ -565,6 +584,7 @@ pub fn render(chart: &Chart, path: &Path) -> Result<(), String> {
     let step = xs.len().div_ceil(12);
     let ticks: Vec<f64> = xs.iter().step_by(step).copied().collect();
     let x_axis = SizeAxis { lo, hi, log, ticks };
+    let (n_series, axis) = (chart.series.len(), (lo, hi));
 
     let points = chart.series.iter().flat_map(|s| s.points.iter());
     let y_min = points.clone().map(|p| p.min).fold(0.0, f64::min);
@@ -621,7 +641,8 @@ pub fn render(chart: &Chart, path: &Path) -> Result<(), String> {
             (true, n) => format!("{} (median of {n} runs, min–max)", s.name),
             (false, _) => format!("{} (median of {lo}–{hi} runs, min–max)", s.name),
         };
-        let line: Vec<(f64, f64)> = s.points.iter().map(|p| (p.x, p.median)).collect();
+        let x_of = |p: &Point| dodged(p.x, i, n_series, axis, log);
+        let line: Vec<(f64, f64)> = s.points.iter().map(|p| (x_of(p), p.median)).collect();
         ctx.draw_series(std::iter::once(PathElement::new(
             line,
             color.stroke_width(2),
@@ -630,13 +651,13 @@ pub fn render(chart: &Chart, path: &Path) -> Result<(), String> {
         .label(legend)
         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
         ctx.draw_series(s.points.iter().map(|p| {
-            ErrorBar::new_vertical(p.x, p.min, p.median, p.max, color.stroke_width(2), 10)
+            ErrorBar::new_vertical(x_of(p), p.min, p.median, p.max, color.stroke_width(2), 10)
         }))
         .map_err(|e| err(&e))?;
         ctx.draw_series(
             s.points
                 .iter()
-                .map(|p| Circle::new((p.x, p.median), 4, color.filled())),
+                .map(|p| Circle::new((x_of(p), p.median), 4, color.filled())),
         )
         .map_err(|e| err(&e))?;
     }
@@ -867,6 +888,32 @@ mod tests {
             charts[0].series[1].points,
             [pt(64.0, 400.0, 400.0, 400.0, 1)]
         );
+    }
+
+    #[test]
+    fn series_at_one_size_sit_side_by_side() {
+        // One series: at the size itself.
+        assert_eq!(dodged(64.0, 0, 1, (1.0, 100.0), true), 64.0);
+        assert_eq!(dodged(5000.0, 0, 1, (760.0, 5240.0), false), 5000.0);
+        // Two series on a linear axis of span 4480: 1.2% of it apart, centred on the size.
+        let (a, b) = (
+            dodged(5000.0, 0, 2, (760.0, 5240.0), false),
+            dodged(5000.0, 1, 2, (760.0, 5240.0), false),
+        );
+        assert!(a < 5000.0 && 5000.0 < b, "{a} {b}");
+        assert!(((b - a) - 0.012 * 4480.0).abs() < 1e-9, "{a} {b}");
+        assert!(((a + b) / 2.0 - 5000.0).abs() < 1e-9, "{a} {b}");
+        // On a log axis the same share of the axis, in decades: 10k to 1M padded to 2.4
+        // decades, so two series are 0.0288 decades apart at every size.
+        let axis = (10_000.0 / 10f64.powf(0.2), 1_000_000.0 * 10f64.powf(0.2));
+        for x in [10_000.0, 1_000_000.0] {
+            let lo = dodged(x, 0, 2, axis, true);
+            let hi = dodged(x, 1, 2, axis, true);
+            assert!(((hi / lo).log10() - 0.012 * 2.4).abs() < 1e-9, "{lo} {hi}");
+            assert!(((lo * hi).sqrt() / x - 1.0).abs() < 1e-9, "centred on {x}");
+        }
+        // Three series: the middle one on the size.
+        assert_eq!(dodged(100.0, 1, 3, (0.0, 200.0), false), 100.0);
     }
 
     #[test]
