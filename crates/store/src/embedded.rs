@@ -590,6 +590,17 @@ mod tests {
                 .event_seq
                 .put(&mut txn, &old.id.0, &seq.to_be_bytes())
                 .unwrap();
+            let expires_at = record.expires_at.unwrap();
+            store
+                .dbs
+                .expiry
+                .delete(&mut txn, &keys::expiry_seq_key(expires_at, seq))
+                .unwrap();
+            store
+                .dbs
+                .expiry
+                .put(&mut txn, &keys::expiry_key(expires_at, &old.id), &[])
+                .unwrap();
             store.dbs.meta.put(&mut txn, b"schema", b"1").unwrap();
             txn.commit().unwrap();
         }
@@ -641,6 +652,11 @@ mod tests {
         );
         assert_eq!(store.dbs.event_seq.len(&txn).unwrap(), 0);
         assert_eq!(store.dbs.events.len(&txn).unwrap(), 0);
+        assert_eq!(
+            store.dbs.expiry.len(&txn).unwrap(),
+            0,
+            "both expiry layouts removed"
+        );
         drop(txn);
         assert_eq!(keys_last_seq(&store), 2, "seq never handed out twice");
     }

@@ -198,7 +198,30 @@ pub(super) enum Index {
     AudienceKind,
 }
 
-/// `expires_at ++ id`: oldest expiry first, so a purge walks from the start up to `now`.
+/// `expires_at ++ seq`, the event's id as the value: oldest expiry first, so a purge walks
+/// from the start up to `now`; within one second in commit order, so the events of one batch
+/// (which mostly share their expiry second) go side by side into a page or two instead of
+/// one page each at random (by id). Events stored before schema 2 have [`expiry_key`].
+pub(super) fn expiry_seq_key(expires_at: u64, seq: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&expires_at.to_be_bytes());
+    k[8..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The event an expiry entry points at: in the value ([`expiry_seq_key`]) or, for entries
+/// written before schema 2, at the end of the key ([`expiry_key`]).
+pub(super) fn expiry_entry_id(key: &[u8], value: &[u8]) -> Option<Hex32> {
+    let id = if key.len() == 16 {
+        value
+    } else {
+        key.get(8..)?
+    };
+    <[u8; ID_LEN]>::try_from(id).ok().map(Hex32)
+}
+
+/// `expires_at ++ id`: the expiry entry of schema 1 (and, with the largest id, the bound of
+/// a purge's walk, past every entry of that second in either layout).
 pub(super) fn expiry_key(expires_at: u64, id: &Hex32) -> [u8; 8 + ID_LEN] {
     let mut k = [0u8; 8 + ID_LEN];
     k[..8].copy_from_slice(&expires_at.to_be_bytes());
@@ -378,6 +401,19 @@ mod tests {
         );
         let r = encode_record(5, None, 9, "{}");
         assert_eq!(decode_record(&r).unwrap().expires_at, None);
+    }
+
+    #[test]
+    fn expiry_entries_of_both_layouts_name_their_event_and_sort_by_expiry() {
+        let id = Hex32([7; 32]);
+        let old = expiry_key(5, &id);
+        let new = expiry_seq_key(5, 9);
+        assert_eq!(expiry_entry_id(&old, &[]), Some(id));
+        assert_eq!(expiry_entry_id(&new, &id.0), Some(id));
+        assert_eq!(expiry_entry_id(&new, &[1]), None);
+        let bound = expiry_key(5, &Hex32([0xff; 32]));
+        assert!(new.as_slice() < bound.as_slice() && old.as_slice() < bound.as_slice());
+        assert!(expiry_seq_key(6, 0).as_slice() > bound.as_slice());
     }
 
     #[test]

@@ -206,22 +206,22 @@ impl WriteTxn for Txn<'_> {
         let dbs = &self.dbs;
         let txn = &mut self.txn;
         let end = keys::expiry_key(now, &Hex32([0xff; 32]));
-        let mut expired: Vec<Vec<u8>> = dbs
+        let mut expired: Vec<(Vec<u8>, Option<Hex32>)> = dbs
             .expiry
             .range(txn, &(Bound::Unbounded, Bound::Included(end.as_slice())))
             .map_err(backend("walk expiry index"))?
             .take(max + 1)
-            .map(|entry| entry.map(|(k, _)| k.to_vec()))
+            .map(|entry| entry.map(|(k, v)| (k.to_vec(), keys::expiry_entry_id(k, v))))
             .collect::<heed::Result<_>>()
             .map_err(backend("walk expiry index"))?;
         let more = expired.len() > max;
         expired.truncate(max);
         let mut removed = 0;
-        for key in expired {
-            let Some(id) = key.get(8..).and_then(|b| <[u8; 32]>::try_from(b).ok()) else {
+        for (key, id) in expired {
+            let Some(id) = id else {
                 continue;
             };
-            if remove_event(txn, dbs, &Hex32(id))? {
+            if remove_event(txn, dbs, &id)? {
                 removed += 1;
             }
             // Normally already gone with the event; this clears a stray entry too.
@@ -337,7 +337,7 @@ fn store_event(
         .map_err(backend("write audience record"))?;
     if let Some(expires_at) = expires_at {
         dbs.expiry
-            .put(txn, &keys::expiry_key(expires_at, &ev.id), &[])
+            .put(txn, &keys::expiry_seq_key(expires_at, seq), &ev.id.0)
             .map_err(backend("write expiry entry"))?;
     }
     if let Some(addr) = keys::event_addr_key(ev) {
@@ -388,8 +388,12 @@ fn remove_event(txn: &mut RwTxn, dbs: &Dbs, id: &Hex32) -> StoreResult<bool> {
                     .map_err(backend("delete index entry"))?;
             }
             if let Some(expires_at) = expires_at {
+                let key = match in_record {
+                    Some(seq) => keys::expiry_seq_key(expires_at, seq).to_vec(),
+                    None => keys::expiry_key(expires_at, id).to_vec(),
+                };
                 dbs.expiry
-                    .delete(txn, &keys::expiry_key(expires_at, id))
+                    .delete(txn, &key)
                     .map_err(backend("delete expiry entry"))?;
             }
             if let Some(addr) = keys::event_addr_key(&ev) {
