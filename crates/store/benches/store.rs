@@ -1,5 +1,5 @@
 //! Microbenchmarks of the embedded (LMDB) store: a batch of N concurrent `write()`s (one group
-//! commit with its fsync, as under load), the typical REQ queries (by kind, by author, by
+//! commit with its fsync, as under load; also with ingest-like random ids and keys), the typical REQ queries (by kind, by author, by
 //! `#h` tag, each `limit` 10) on a pre-filled store, and a stranger's broad reads over a store
 //! of gift wraps to others (kept to its scope by the audience index, against the visibility
 //! predicate alone under the relay's default candidate bound).
@@ -101,6 +101,65 @@ fn write_batch(bencher: Bencher, n: usize) {
             let start = NEXT.fetch_add(n as u64, Ordering::Relaxed);
             (start..start + n as u64)
                 .map(|i| event(i, 1000))
+                .collect::<Vec<_>>()
+        })
+        .bench_local_values(|events| rt.block_on(write_all(&store, events)));
+}
+
+/// A pseudo-random 32 bytes from `n` (splitmix64), as unlike its neighbours as a sha256 id or
+/// a fresh key is.
+fn scattered(n: u64, salt: u64) -> Hex32 {
+    let mut b = [0u8; 32];
+    let mut x = n ^ salt.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    for chunk in b.chunks_mut(8) {
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        chunk.copy_from_slice(&(z ^ (z >> 31)).to_be_bytes());
+    }
+    Hex32(b)
+}
+
+/// A kind-445 as the relay ingests them: random id, a fresh key each, one of 8 groups, 5,000
+/// per `created_at` second (ties ordered by id, so index inserts land anywhere in the second).
+fn ingest_event(n: u64) -> Event {
+    Event {
+        id: scattered(n, 1),
+        pubkey: scattered(n, 2),
+        created_at: NOW + n / 5000,
+        kind: 445,
+        tags: vec![
+            vec!["h".to_owned(), group(n % 8)],
+            vec!["encoding".to_owned(), "base64".to_owned()],
+        ],
+        content: "A".repeat(512),
+        sig: Hex64([0; 64]),
+    }
+}
+
+/// N concurrent writes of ingest-like 445s (random ids and keys) into a store already holding
+/// 20,000 of them (200 under `cargo test`): the page writes per event of a group commit, as
+/// under load. Time per batch; divide by N for the cost per event.
+#[divan::bench(args = [1, 10, 100, 1000])]
+fn write_batch_ingest(bencher: Bencher, n: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let rt = runtime();
+    let prefill: u64 = if bench_mode() { 20_000 } else { 200 };
+    for chunk in (0..prefill).collect::<Vec<_>>().chunks(1000) {
+        rt.block_on(write_all(
+            &store,
+            chunk.iter().map(|&i| ingest_event(i)).collect(),
+        ));
+    }
+    let next = AtomicU64::new(prefill);
+    bencher
+        .counter(divan::counter::ItemsCount::new(n))
+        .with_inputs(|| {
+            let start = next.fetch_add(n as u64, Ordering::Relaxed);
+            (start..start + n as u64)
+                .map(ingest_event)
                 .collect::<Vec<_>>()
         })
         .bench_local_values(|events| rt.block_on(write_all(&store, events)));

@@ -38,7 +38,12 @@ impl Address {
 
     /// The address `ev` is a version of, if its kind has one.
     pub fn of(ev: &Event) -> Option<Address> {
-        Address::new(ev.kind, ev.pubkey, ev.d_tag())
+        // Most events have no address: no walk of their tags for a `d` then.
+        match KindClass::of(ev.kind) {
+            KindClass::Addressable => Address::new(ev.kind, ev.pubkey, ev.d_tag()),
+            KindClass::Replaceable => Address::new(ev.kind, ev.pubkey, ""),
+            _ => None,
+        }
     }
 
     /// Parses an `a` tag value `kind:pubkey:d`; `None` for anything that is not a

@@ -8,7 +8,8 @@
 //! - `expiry` (expires_at ++ id) for purges, `addr` (address → newest version) for
 //!   replaceable and addressable events, `tomb_ids` / `tomb_addrs` for NIP-09 tombstones;
 //! - `state`: the gateway's key/value state, so a rule and its state change commit together;
-//! - `seq` (commit sequence → id) and `event_seq` (id → sequence) for the commit stream, the
+//! - `seq` (commit sequence → id) for the commit stream, each event's own sequence in its
+//!   record (`event_seq`, id → sequence, holds it for events stored before schema 2), the
 //!   last sequence handed out in `meta` (`last_seq`), all written in the event's transaction;
 //! - `audience` (id → its read keys, see [`crate::audience`]) and the time-ordered
 //!   `audience` (read key) and `audience_kind` (read key ++ kind) indexes, so that a read
@@ -62,8 +63,12 @@ impl Default for EmbeddedOptions {
 }
 
 /// Bumped when the on-disk layout changes; a store written by another layout is refused
-/// rather than misread.
-const SCHEMA_VERSION: &[u8] = b"1";
+/// rather than misread. Schema 2 records carry their `seq` (see `keys::encode_record`); a
+/// schema 1 store is upgraded in place at open (its records stay readable as they are), and
+/// from then on a build that reads only schema 1 refuses it.
+const SCHEMA_VERSION: &[u8] = b"2";
+/// Layouts this build upgrades to [`SCHEMA_VERSION`] when it opens them.
+const UPGRADABLE_SCHEMAS: &[&[u8]] = &[b"1"];
 
 /// The LMDB databases of one environment.
 #[derive(Clone, Copy)]
@@ -147,6 +152,15 @@ fn check_schema(txn: &mut RwTxn, meta: Database<Bytes, Bytes>) -> StoreResult<()
             .put(txn, b"schema", SCHEMA_VERSION)
             .map_err(backend("write schema version")),
         Some(v) if v == SCHEMA_VERSION => Ok(()),
+        Some(v) if UPGRADABLE_SCHEMAS.contains(&v.as_slice()) => {
+            tracing::info!(
+                from = %String::from_utf8_lossy(&v),
+                to = %String::from_utf8_lossy(SCHEMA_VERSION),
+                "upgrading the store's schema"
+            );
+            meta.put(txn, b"schema", SCHEMA_VERSION)
+                .map_err(backend("write schema version"))
+        }
         Some(v) => Err(StoreError::Backend(format!(
             "store has schema version {:?}, this build reads {:?}",
             String::from_utf8_lossy(&v),
@@ -528,5 +542,127 @@ mod tests {
         all.sort();
         let readers = ReadScope::holding(vec![ReadKey::Pubkey(reader)], false);
         assert_eq!(read(&store, &readers).await, all);
+    }
+
+    fn expiring_wrap(to: &Hex32, created_at: u64, expires_at: u64) -> Event {
+        let k = secp256k1::Keypair::new(secp256k1::SECP256K1, &mut secp256k1::rand::thread_rng());
+        Event::sign(
+            &k,
+            created_at,
+            1059,
+            vec![
+                vec!["p".into(), to.to_hex()],
+                vec!["expiration".into(), expires_at.to_string()],
+            ],
+            "x",
+        )
+    }
+
+    #[tokio::test]
+    async fn a_schema_1_store_is_upgraded_and_its_old_records_still_leave_no_trace() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = mls_proto::unix_now();
+        let reader = Hex32([1; 32]);
+        let store =
+            EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), Arc::new(ForItsP)).unwrap();
+        let old = expiring_wrap(&reader, now - 100, now + 1000);
+        store
+            .write(old.clone(), Publisher::default())
+            .await
+            .unwrap();
+        store.close();
+        // The store as schema 1 left it: the record without its seq, which is in `event_seq`.
+        {
+            let mut txn = store.env.write_txn().unwrap();
+            let bytes = store
+                .dbs
+                .events
+                .get(&txn, &old.id.0)
+                .unwrap()
+                .unwrap()
+                .to_vec();
+            let record = keys::decode_record(&bytes).unwrap();
+            let seq = record.seq.unwrap();
+            let v1 = keys::encode_record_v1(record.received_at, record.expires_at, record.json);
+            store.dbs.events.put(&mut txn, &old.id.0, &v1).unwrap();
+            store
+                .dbs
+                .event_seq
+                .put(&mut txn, &old.id.0, &seq.to_be_bytes())
+                .unwrap();
+            let expires_at = record.expires_at.unwrap();
+            store
+                .dbs
+                .expiry
+                .delete(&mut txn, &keys::expiry_seq_key(expires_at, seq))
+                .unwrap();
+            store
+                .dbs
+                .expiry
+                .put(&mut txn, &keys::expiry_key(expires_at, &old.id), &[])
+                .unwrap();
+            store.dbs.meta.put(&mut txn, b"schema", b"1").unwrap();
+            txn.commit().unwrap();
+        }
+        drop(store);
+
+        let store =
+            EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), Arc::new(ForItsP)).unwrap();
+        {
+            let txn = store.env.read_txn().unwrap();
+            let schema = store.dbs.meta.get(&txn, b"schema").unwrap();
+            assert_eq!(schema, Some(SCHEMA_VERSION), "upgraded at open");
+        }
+        let new = expiring_wrap(&reader, now - 50, now + 1000);
+        store
+            .write(new.clone(), Publisher::default())
+            .await
+            .unwrap();
+        let readers = ReadScope::holding(vec![ReadKey::Pubkey(reader)], false);
+        let mut both = vec![old.id, new.id];
+        both.sort();
+        assert_eq!(
+            read(&store, &readers).await,
+            both,
+            "the old record reads as before"
+        );
+        let stream: Vec<(u64, Hex32)> = store
+            .since(0, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|s| (s.seq, s.event.event.id))
+            .collect();
+        assert_eq!(stream, vec![(1, old.id), (2, new.id)], "one commit order");
+        {
+            let txn = store.env.read_txn().unwrap();
+            assert_eq!(
+                store.dbs.event_seq.len(&txn).unwrap(),
+                1,
+                "none for the new one"
+            );
+        }
+
+        assert_eq!(store.purge_expired(now + 2000).await.unwrap(), 2);
+        let txn = store.env.read_txn().unwrap();
+        assert_eq!(
+            store.dbs.seq.len(&txn).unwrap(),
+            0,
+            "both seq entries removed"
+        );
+        assert_eq!(store.dbs.event_seq.len(&txn).unwrap(), 0);
+        assert_eq!(store.dbs.events.len(&txn).unwrap(), 0);
+        assert_eq!(
+            store.dbs.expiry.len(&txn).unwrap(),
+            0,
+            "both expiry layouts removed"
+        );
+        drop(txn);
+        assert_eq!(keys_last_seq(&store), 2, "seq never handed out twice");
+    }
+
+    fn keys_last_seq(store: &EmbeddedStore) -> u64 {
+        let txn = store.env.read_txn().unwrap();
+        keys::last_seq(&txn, &store.dbs).unwrap()
     }
 }

@@ -18,6 +18,7 @@ use mls_proto::Event;
 use std::collections::VecDeque;
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::Instant;
 use tokio::sync::oneshot;
 
 /// Most expired events removed per transaction, so a large backlog cannot make one huge
@@ -165,6 +166,20 @@ enum BatchError {
     Commit(String),
 }
 
+/// A request and when it was queued (how long batches wait shows in the writer's trace).
+struct Queued {
+    at: Instant,
+    request: Request,
+}
+
+/// Where a batch's time went: running its requests (rules, lookups, puts) and the durable
+/// commit (for LMDB: writing the dirty pages and syncing them).
+#[derive(Default)]
+struct BatchTiming {
+    run: std::time::Duration,
+    commit: std::time::Duration,
+}
+
 /// What a committed batch tells the commit stream.
 struct Committed {
     outcomes: Vec<Outcome>,
@@ -182,31 +197,45 @@ struct Writer<B> {
 
 impl<B: WriteBackend> Writer<B> {
     /// The writer thread's loop; returns when every sender is gone and the queue is drained.
-    fn run(self, queue: mpsc::Receiver<Request>) {
+    fn run(self, queue: mpsc::Receiver<Queued>) {
         let mut pending: VecDeque<Request> = VecDeque::new();
         loop {
+            // When the oldest request of this batch was queued (a carried-over request: now).
+            let mut oldest = None;
             if pending.is_empty() {
                 match queue.recv() {
-                    Ok(r) => pending.push_back(r),
+                    Ok(q) => {
+                        oldest = Some(q.at);
+                        pending.push_back(q.request);
+                    }
                     Err(_) => return, // closed and drained
                 }
             }
             while pending.len() < self.max_batch {
                 match queue.try_recv() {
-                    Ok(r) => pending.push_back(r),
+                    Ok(q) => {
+                        oldest.get_or_insert(q.at);
+                        pending.push_back(q.request);
+                    }
                     Err(_) => break,
                 }
             }
             let batch: Vec<Request> = pending.drain(..).collect();
-            self.run_batch(batch, &mut pending);
+            self.run_batch(batch, &mut pending, oldest);
         }
     }
 
-    fn run_batch(&self, mut batch: Vec<Request>, carry: &mut VecDeque<Request>) {
-        let started = std::time::Instant::now();
+    fn run_batch(
+        &self,
+        mut batch: Vec<Request>,
+        carry: &mut VecDeque<Request>,
+        queued_at: Option<Instant>,
+    ) {
+        let started = Instant::now();
+        let mut timing = BatchTiming::default();
         let mut attempt = 1;
         let result = loop {
-            match self.commit_batch(&mut batch) {
+            match self.commit_batch(&mut batch, &mut timing) {
                 Err(BatchError::Processing(e) | BatchError::Commit(e))
                     if self.backend.contended() =>
                 {
@@ -241,6 +270,10 @@ impl<B: WriteBackend> Writer<B> {
                 tracing::trace!(
                     size = outcomes.len(),
                     micros = started.elapsed().as_micros() as u64,
+                    wait_us =
+                        queued_at.map_or(0, |at| started.duration_since(at).as_micros() as u64),
+                    run_us = timing.run.as_micros() as u64,
+                    commit_us = timing.commit.as_micros() as u64,
                     attempt,
                     "store batch committed"
                 );
@@ -260,7 +293,7 @@ impl<B: WriteBackend> Writer<B> {
             Err(BatchError::Processing(e)) if batch.len() > 1 => {
                 tracing::warn!(error = %e, size = batch.len(), "store batch failed; retrying one by one");
                 for request in batch {
-                    self.run_batch(vec![request], carry);
+                    self.run_batch(vec![request], carry, None);
                 }
             }
             Err(BatchError::Processing(e) | BatchError::Commit(e)) => {
@@ -273,7 +306,12 @@ impl<B: WriteBackend> Writer<B> {
     }
 
     /// Runs `batch` in one transaction and commits it.
-    fn commit_batch(&self, batch: &mut [Request]) -> Result<Committed, BatchError> {
+    fn commit_batch(
+        &self,
+        batch: &mut [Request],
+        timing: &mut BatchTiming,
+    ) -> Result<Committed, BatchError> {
+        let began = Instant::now();
         let mut txn = self
             .backend
             .begin()
@@ -304,9 +342,12 @@ impl<B: WriteBackend> Writer<B> {
                     Ok(seq) => seq,
                     Err(e) => return Err(self.abandon(txn, format!("read last seq: {e}"))),
                 };
+                let committing = Instant::now();
+                timing.run += committing - began;
                 self.backend
                     .commit(txn)
                     .map_err(|e| BatchError::Commit(format!("commit write transaction: {e}")))?;
+                timing.commit += committing.elapsed();
                 Ok(Committed {
                     outcomes,
                     last_seq,
@@ -397,7 +438,7 @@ impl<B: WriteBackend> Writer<B> {
 /// methods.
 pub struct WriterHandle {
     /// `None` once closed: later writes get [`StoreError::Closed`].
-    queue: Mutex<Option<mpsc::Sender<Request>>>,
+    queue: Mutex<Option<mpsc::Sender<Queued>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -443,7 +484,10 @@ impl WriterHandle {
         match lock(&self.queue).as_ref() {
             None => Err(StoreError::Closed),
             Some(queue) => queue
-                .send(request)
+                .send(Queued {
+                    at: Instant::now(),
+                    request,
+                })
                 .map_err(|_| StoreError::Backend("store writer thread has stopped".into())),
         }
     }

@@ -198,7 +198,30 @@ pub(super) enum Index {
     AudienceKind,
 }
 
-/// `expires_at ++ id`: oldest expiry first, so a purge walks from the start up to `now`.
+/// `expires_at ++ seq`, the event's id as the value: oldest expiry first, so a purge walks
+/// from the start up to `now`; within one second in commit order, so the events of one batch
+/// (which mostly share their expiry second) go side by side into a page or two instead of
+/// one page each at random (by id). Events stored before schema 2 have [`expiry_key`].
+pub(super) fn expiry_seq_key(expires_at: u64, seq: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&expires_at.to_be_bytes());
+    k[8..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The event an expiry entry points at: in the value ([`expiry_seq_key`]) or, for entries
+/// written before schema 2, at the end of the key ([`expiry_key`]).
+pub(super) fn expiry_entry_id(key: &[u8], value: &[u8]) -> Option<Hex32> {
+    let id = if key.len() == 16 {
+        value
+    } else {
+        key.get(8..)?
+    };
+    <[u8; ID_LEN]>::try_from(id).ok().map(Hex32)
+}
+
+/// `expires_at ++ id`: the expiry entry of schema 1 (and, with the largest id, the bound of
+/// a purge's walk, past every entry of that second in either layout).
 pub(super) fn expiry_key(expires_at: u64, id: &Hex32) -> [u8; 8 + ID_LEN] {
     let mut k = [0u8; 8 + ID_LEN];
     k[..8].copy_from_slice(&expires_at.to_be_bytes());
@@ -252,17 +275,28 @@ pub(super) fn tomb_id_key(id: &Hex32, deleter: &Hex32) -> [u8; 64] {
     k
 }
 
-const RECORD_VERSION: u8 = 1;
-const HEADER_LEN: usize = 1 + 1 + 8 + 8;
+/// Records written before schema 2: no `seq` (it is in the `event_seq` table).
+const RECORD_V1: u8 = 1;
+const HEADER_V1_LEN: usize = 1 + 1 + 8 + 8;
+/// Records carrying their `seq`, so that storing an event needs no `event_seq` entry (one
+/// B-tree insert at a random place, i.e. one more page written per event, fewer).
+const RECORD_V2: u8 = 2;
+const HEADER_V2_LEN: usize = HEADER_V1_LEN + 8;
 
-/// An event record: `version ++ flags ++ received_at ++ expires_at ++ json`. The JSON is
+/// An event record: `2 ++ flags ++ received_at ++ expires_at ++ seq ++ json`. The JSON is
 /// the event serialised once at write time and served as is.
-pub(super) fn encode_record(received_at: u64, expires_at: Option<u64>, json: &str) -> Vec<u8> {
-    let mut r = Vec::with_capacity(HEADER_LEN + json.len());
-    r.push(RECORD_VERSION);
+pub(super) fn encode_record(
+    received_at: u64,
+    expires_at: Option<u64>,
+    seq: u64,
+    json: &str,
+) -> Vec<u8> {
+    let mut r = Vec::with_capacity(HEADER_V2_LEN + json.len());
+    r.push(RECORD_V2);
     r.push(u8::from(expires_at.is_some()));
     r.extend_from_slice(&received_at.to_be_bytes());
     r.extend_from_slice(&expires_at.unwrap_or(0).to_be_bytes());
+    r.extend_from_slice(&seq.to_be_bytes());
     r.extend_from_slice(json.as_bytes());
     r
 }
@@ -271,11 +305,18 @@ pub(super) fn encode_record(received_at: u64, expires_at: Option<u64>, json: &st
 pub(super) struct RawRecord<'a> {
     pub received_at: u64,
     pub expires_at: Option<u64>,
+    /// `None` for a record written before schema 2 (see `event_seq`).
+    pub seq: Option<u64>,
     pub json: &'a str,
 }
 
 pub(super) fn decode_record(bytes: &[u8]) -> Result<RawRecord<'_>, String> {
-    if bytes.len() < HEADER_LEN || bytes[0] != RECORD_VERSION {
+    let header = match bytes.first() {
+        Some(&RECORD_V1) => HEADER_V1_LEN,
+        Some(&RECORD_V2) => HEADER_V2_LEN,
+        _ => return Err("event record header".into()),
+    };
+    if bytes.len() < header {
         return Err("event record header".into());
     }
     let u64_at = |i: usize| {
@@ -283,13 +324,23 @@ pub(super) fn decode_record(bytes: &[u8]) -> Result<RawRecord<'_>, String> {
         b.copy_from_slice(&bytes[i..i + 8]);
         u64::from_be_bytes(b)
     };
-    let json = std::str::from_utf8(&bytes[HEADER_LEN..])
+    let json = std::str::from_utf8(&bytes[header..])
         .map_err(|_| "event record JSON is not UTF-8".to_string())?;
     Ok(RawRecord {
         received_at: u64_at(2),
         expires_at: (bytes[1] & 1 == 1).then(|| u64_at(10)),
+        seq: (header == HEADER_V2_LEN).then(|| u64_at(HEADER_V1_LEN)),
         json,
     })
+}
+
+/// A record as schema 1 wrote it (tests of stores written before schema 2).
+#[cfg(test)]
+pub(super) fn encode_record_v1(received_at: u64, expires_at: Option<u64>, json: &str) -> Vec<u8> {
+    let mut r = encode_record(received_at, expires_at, 0, json);
+    r[0] = RECORD_V1;
+    r.drain(HEADER_V1_LEN..HEADER_V2_LEN);
+    r
 }
 
 /// Key of the last commit sequence number handed out, in `meta`.
@@ -342,11 +393,39 @@ mod tests {
 
     #[test]
     fn records_round_trip() {
-        let r = encode_record(5, Some(7), "{}");
+        let r = encode_record(5, Some(7), 9, "{}");
         let d = decode_record(&r).unwrap();
-        assert_eq!((d.received_at, d.expires_at, d.json), (5, Some(7), "{}"));
-        let r = encode_record(5, None, "{}");
+        assert_eq!(
+            (d.received_at, d.expires_at, d.seq, d.json),
+            (5, Some(7), Some(9), "{}")
+        );
+        let r = encode_record(5, None, 9, "{}");
         assert_eq!(decode_record(&r).unwrap().expires_at, None);
+    }
+
+    #[test]
+    fn expiry_entries_of_both_layouts_name_their_event_and_sort_by_expiry() {
+        let id = Hex32([7; 32]);
+        let old = expiry_key(5, &id);
+        let new = expiry_seq_key(5, 9);
+        assert_eq!(expiry_entry_id(&old, &[]), Some(id));
+        assert_eq!(expiry_entry_id(&new, &id.0), Some(id));
+        assert_eq!(expiry_entry_id(&new, &[1]), None);
+        let bound = expiry_key(5, &Hex32([0xff; 32]));
+        assert!(new.as_slice() < bound.as_slice() && old.as_slice() < bound.as_slice());
+        assert!(expiry_seq_key(6, 0).as_slice() > bound.as_slice());
+    }
+
+    #[test]
+    fn schema_1_records_still_decode_without_a_seq() {
+        let r = encode_record_v1(5, Some(7), "{\"a\":1}");
+        let d = decode_record(&r).unwrap();
+        assert_eq!(
+            (d.received_at, d.expires_at, d.seq, d.json),
+            (5, Some(7), None, "{\"a\":1}")
+        );
+        assert!(decode_record(&[3; 40]).is_err(), "unknown record version");
+        assert!(decode_record(&[2; 20]).is_err(), "v2 header cut short");
     }
 
     #[test]

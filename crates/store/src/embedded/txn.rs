@@ -2,6 +2,12 @@
 //! shared writer ([`crate::writer`]), and the primitives the shared write path
 //! ([`crate::write_txn`]) runs on. LMDB allows one write transaction at a time, and each
 //! commit is durable (fsync).
+//!
+//! A commit writes every page the transaction touched, and under load that page I/O, not
+//! the CPU, is what a batch waits for: an event inserted at a random place of a B-tree (by
+//! id, by a fresh pubkey) costs one page of its own. So the transaction keeps `last_seq` in
+//! memory and writes it once at commit, and an event's `seq` lives in its record rather than
+//! in an `event_seq` entry of its own.
 
 use super::keys::{self, decode_record, encode_record};
 use super::state::{self, TxnState};
@@ -12,7 +18,7 @@ use crate::overlay::StateChanges;
 use crate::write_txn::WriteTxn;
 use crate::writer::WriteBackend;
 use crate::{StateRead, StoreError, StoreResult};
-use heed::{Env, RwTxn, WithoutTls};
+use heed::{Env, PutFlags, RwTxn, WithoutTls};
 use mls_proto::{Event, Hex32};
 use std::ops::Bound;
 
@@ -25,6 +31,10 @@ pub(super) struct Backend {
 pub(super) struct Txn<'e> {
     txn: RwTxn<'e>,
     dbs: Dbs,
+    /// The last `seq` handed out, this transaction's included.
+    last_seq: u64,
+    /// `last_seq` as the transaction found it: `meta` is written at commit only if it moved.
+    begun_at_seq: u64,
 }
 
 impl WriteBackend for Backend {
@@ -32,10 +42,22 @@ impl WriteBackend for Backend {
 
     fn begin(&self) -> Result<Txn<'_>, String> {
         let txn = self.env.write_txn().map_err(|e| e.to_string())?;
-        Ok(Txn { txn, dbs: self.dbs })
+        let last_seq = keys::last_seq(&txn, &self.dbs).map_err(|e| e.to_string())?;
+        Ok(Txn {
+            txn,
+            dbs: self.dbs,
+            last_seq,
+            begun_at_seq: last_seq,
+        })
     }
 
-    fn commit(&self, txn: Txn<'_>) -> Result<(), String> {
+    fn commit(&self, mut txn: Txn<'_>) -> Result<(), String> {
+        if txn.last_seq != txn.begun_at_seq {
+            self.dbs
+                .meta
+                .put(&mut txn.txn, keys::LAST_SEQ, &txn.last_seq.to_be_bytes())
+                .map_err(|e| format!("write last_seq: {e}"))?;
+        }
         txn.txn.commit().map_err(|e| e.to_string())
     }
 
@@ -135,14 +157,20 @@ impl WriteTxn for Txn<'_> {
         expires_at: Option<u64>,
         audience: &Audience,
     ) -> StoreResult<()> {
+        // The next place in commit order; the counter lives in the transaction, so a batch
+        // that does not commit hands out nothing.
+        let seq = self.last_seq + 1;
         store_event(
             &mut self.txn,
             &self.dbs,
             ev,
             received_at,
             expires_at,
+            seq,
             audience,
-        )
+        )?;
+        self.last_seq = seq;
+        Ok(())
     }
 
     fn remove(&mut self, id: &Hex32) -> StoreResult<bool> {
@@ -178,22 +206,22 @@ impl WriteTxn for Txn<'_> {
         let dbs = &self.dbs;
         let txn = &mut self.txn;
         let end = keys::expiry_key(now, &Hex32([0xff; 32]));
-        let mut expired: Vec<Vec<u8>> = dbs
+        let mut expired: Vec<(Vec<u8>, Option<Hex32>)> = dbs
             .expiry
             .range(txn, &(Bound::Unbounded, Bound::Included(end.as_slice())))
             .map_err(backend("walk expiry index"))?
             .take(max + 1)
-            .map(|entry| entry.map(|(k, _)| k.to_vec()))
+            .map(|entry| entry.map(|(k, v)| (k.to_vec(), keys::expiry_entry_id(k, v))))
             .collect::<heed::Result<_>>()
             .map_err(backend("walk expiry index"))?;
         let more = expired.len() > max;
         expired.truncate(max);
         let mut removed = 0;
-        for key in expired {
-            let Some(id) = key.get(8..).and_then(|b| <[u8; 32]>::try_from(b).ok()) else {
+        for (key, id) in expired {
+            let Some(id) = id else {
                 continue;
             };
-            if remove_event(txn, dbs, &Hex32(id))? {
+            if remove_event(txn, dbs, &id)? {
                 removed += 1;
             }
             // Normally already gone with the event; this clears a stray entry too.
@@ -205,7 +233,7 @@ impl WriteTxn for Txn<'_> {
     }
 
     fn last_seq(&self) -> StoreResult<u64> {
-        keys::last_seq(&self.txn, &self.dbs)
+        Ok(self.last_seq)
     }
 
     fn events_after(&self, after: u64, max: usize) -> StoreResult<Vec<(u64, Event)>> {
@@ -271,13 +299,14 @@ fn load_event(txn: &RwTxn, dbs: &Dbs, id: &Hex32) -> StoreResult<Option<Event>> 
         .map_err(|e| StoreError::Corrupt(format!("{id}: event JSON: {e}")))
 }
 
-/// Writes the record and every index entry of `ev`.
+/// Writes the record (with its `seq`) and every index entry of `ev`.
 fn store_event(
     txn: &mut RwTxn,
     dbs: &Dbs,
     ev: &Event,
     received_at: u64,
     expires_at: Option<u64>,
+    seq: u64,
     audience: &Audience,
 ) -> StoreResult<()> {
     let json = ev.to_json();
@@ -285,7 +314,7 @@ fn store_event(
         .put(
             txn,
             &ev.id.0,
-            &encode_record(received_at, expires_at, &json),
+            &encode_record(received_at, expires_at, seq, &json),
         )
         .map_err(backend("write event record"))?;
     let meta = keys::meta(ev);
@@ -308,7 +337,7 @@ fn store_event(
         .map_err(backend("write audience record"))?;
     if let Some(expires_at) = expires_at {
         dbs.expiry
-            .put(txn, &keys::expiry_key(expires_at, &ev.id), &[])
+            .put(txn, &keys::expiry_seq_key(expires_at, seq), &ev.id.0)
             .map_err(backend("write expiry entry"))?;
     }
     if let Some(addr) = keys::event_addr_key(ev) {
@@ -316,17 +345,9 @@ fn store_event(
             .put(txn, &addr, &keys::addr_value(ev.created_at, &ev.id))
             .map_err(backend("write address entry"))?;
     }
-    // The next place in commit order; the counter lives in the transaction, so a batch that
-    // does not commit hands out nothing.
-    let seq = (keys::last_seq(txn, dbs)? + 1).to_be_bytes();
-    dbs.meta
-        .put(txn, keys::LAST_SEQ, &seq)
-        .map_err(backend("write last_seq"))?;
+    // Always past the last entry: appended without a search (LMDB refuses it otherwise).
     dbs.seq
-        .put(txn, &seq, &ev.id.0)
-        .map_err(backend("write seq entry"))?;
-    dbs.event_seq
-        .put(txn, &ev.id.0, &seq)
+        .put_with_flags(txn, PutFlags::APPEND, &seq.to_be_bytes(), &ev.id.0)
         .map_err(backend("write seq entry"))?;
     Ok(())
 }
@@ -340,10 +361,13 @@ fn remove_event(txn: &mut RwTxn, dbs: &Dbs, id: &Hex32) -> StoreResult<bool> {
     };
     let parsed = decode_record(bytes).and_then(|record| {
         let ev: Event = serde_json::from_str(record.json).map_err(|e| e.to_string())?;
-        Ok((ev, record.expires_at))
+        Ok((ev, record.expires_at, record.seq))
     });
+    // Where its `seq` is: in the record, or (stored before schema 2) in `event_seq`.
+    let mut seq = None;
     match parsed {
-        Ok((ev, expires_at)) => {
+        Ok((ev, expires_at, in_record)) => {
+            seq = in_record.map(u64::to_be_bytes);
             let audience = dbs
                 .audience
                 .get(txn, &id.0)
@@ -364,8 +388,12 @@ fn remove_event(txn: &mut RwTxn, dbs: &Dbs, id: &Hex32) -> StoreResult<bool> {
                     .map_err(backend("delete index entry"))?;
             }
             if let Some(expires_at) = expires_at {
+                let key = match in_record {
+                    Some(seq) => keys::expiry_seq_key(expires_at, seq).to_vec(),
+                    None => keys::expiry_key(expires_at, id).to_vec(),
+                };
                 dbs.expiry
-                    .delete(txn, &keys::expiry_key(expires_at, id))
+                    .delete(txn, &key)
                     .map_err(backend("delete expiry entry"))?;
             }
             if let Some(addr) = keys::event_addr_key(&ev) {
@@ -386,17 +414,21 @@ fn remove_event(txn: &mut RwTxn, dbs: &Dbs, id: &Hex32) -> StoreResult<bool> {
         // reads skip them.
         Err(e) => tracing::error!(%id, error = %e, "removing a corrupt event record"),
     }
-    let seq = dbs
-        .event_seq
-        .get(txn, &id.0)
-        .map_err(backend("read seq entry"))?
-        .map(<[u8]>::to_vec);
+    if seq.is_none() {
+        seq = dbs
+            .event_seq
+            .get(txn, &id.0)
+            .map_err(backend("read seq entry"))?
+            .and_then(|s| <[u8; 8]>::try_from(s).ok());
+        if seq.is_some() {
+            dbs.event_seq
+                .delete(txn, &id.0)
+                .map_err(backend("delete seq entry"))?;
+        }
+    }
     if let Some(seq) = seq {
         dbs.seq
             .delete(txn, &seq)
-            .map_err(backend("delete seq entry"))?;
-        dbs.event_seq
-            .delete(txn, &id.0)
             .map_err(backend("delete seq entry"))?;
     }
     dbs.audience
