@@ -192,7 +192,6 @@ for job in "${JOBS[@]}"; do
     if [ "$file" = query ]; then
         n="${size#stored=}"
         store="$STORE_CACHE/notes-$n"
-        argv+=(--store-dir "$store")
         t0="$(date +%s)"
         if ! fill_store "$n"; then
             echo "query $size: filling the store failed (see $LOG); its runs are skipped" | tee -a "$FAILURES" >&2
@@ -200,18 +199,34 @@ for job in "${JOBS[@]}"; do
             continue
         fi
         printf 'query-fill\t%s\t-\t-\t%s\tok\n' "$size" "$(($(date +%s) - t0))" >>"$TIMINGS"
+        # The after build queries a copy of the same events: a newer build may upgrade the
+        # store's layout when it opens it, which an older one then refuses.
+        rm -rf "$store.after"
+        cp -a "$store" "$store.after"
         state0="$(store_state "$store")"
     fi
+    after_state0=""
     for pair in $(seq 1 "$RUNS"); do
         if [ $((pair % 2)) -eq 1 ]; then order="before after"; else order="after before"; fi
         for build in $order; do
-            run_one "$build" "$file" "$size" "$pair" "${argv[@]}"
+            store_args=()
+            if [ -n "$store" ]; then
+                store_args=(--store-dir "$store")
+                [ "$build" = after ] && store_args=(--store-dir "$store.after")
+            fi
+            run_one "$build" "$file" "$size" "$pair" "${argv[@]}" "${store_args[@]}"
+            # The after copy as its first run left it (upgraded, if the build upgrades).
+            if [ -n "$store" ] && [ "$build" = after ] && [ -z "$after_state0" ]; then
+                after_state0="$(store_state "$store.after")"
+            fi
         done
     done
-    if [ -n "$store" ] && [ "$(store_state "$store")" != "$state0" ]; then
-        echo "query $size: a relay wrote to the shared store $store during the runs: the builds did not query identical bytes" |
+    if [ -n "$store" ] && { [ "$(store_state "$store")" != "$state0" ] ||
+        [ "$(store_state "$store.after")" != "$after_state0" ]; }; then
+        echo "query $size: a relay wrote to its store during the runs: the runs did not query identical bytes" |
             tee -a "$FAILURES" >&2
     fi
+    if [ -n "$store" ]; then rm -rf "$store.after"; fi
 done
 
 echo "runs done in $((($(date +%s) - START) / 60)) min; drawing the charts" >&2
