@@ -95,6 +95,41 @@ fn schnorr_only(bencher: Bencher) {
     });
 }
 
+/// A stored event's JSON read back into an [`Event`]: what the store's read path does for
+/// every event it returns (the id, pubkey and signature hex decoded each time).
+#[divan::bench(args = [256, 512])]
+fn decode_stored_event(bencher: Bencher, content: usize) {
+    let json = group_message(content).to_json();
+    bencher
+        .counter(BytesCount::of_str(&json))
+        .bench(|| serde_json::from_str::<Event>(black_box(&json)).unwrap());
+}
+
+/// 64 hex digits to 32 bytes: `Hex32::from_hex` (the crate's decoder, one table lookup per
+/// digit) beside what it replaced (the `hex` crate after an uppercase scan).
+mod hex_decode {
+    use super::*;
+    use mls_proto::Hex32;
+
+    #[divan::bench]
+    fn from_hex(bencher: Bencher) {
+        bencher.bench(|| Hex32::from_hex(black_box(GROUP)).unwrap());
+    }
+
+    #[divan::bench]
+    fn hex_crate_as_before(bencher: Bencher) {
+        bencher.bench(|| {
+            let s = black_box(GROUP);
+            if s.len() != 64 || s.bytes().any(|b| b.is_ascii_uppercase()) {
+                return None;
+            }
+            let mut out = [0u8; 32];
+            hex::decode_to_slice(s, &mut out).ok()?;
+            Some(Hex32(out))
+        });
+    }
+}
+
 /// What fan-out pays per event (serialise once) and per subscriber (wrap in `["EVENT",sub,…]`).
 #[divan::bench]
 fn encode_event_json(bencher: Bencher) {

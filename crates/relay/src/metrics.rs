@@ -641,6 +641,14 @@ impl EventStore for MeteredStore {
         timed(DbOp::State, started, self.0.read_state(f).await)
     }
 
+    async fn read_state_brief(
+        &self,
+        f: &mut (dyn for<'s> FnMut(&'s dyn StateRead) -> StoreResult<()> + Send),
+    ) -> StoreResult<()> {
+        let started = Instant::now();
+        timed(DbOp::State, started, self.0.read_state_brief(f).await)
+    }
+
     async fn update_state(
         &self,
         f: Box<dyn for<'s> FnOnce(&'s mut dyn StateWrite) -> Result<(), Rejection> + Send>,

@@ -240,6 +240,57 @@ fn query_group_tag_limit_10(bencher: Bencher) {
     );
 }
 
+/// `{"kinds":[1],"limit":10}` from a task of a multi-thread runtime, as the relay runs it:
+/// `inline` is the store's own call (a read this small runs on the task's thread);
+/// `handed_off` wraps the same call in `block_in_place`, as every read was before (the
+/// worker's queue moves to another thread and back), to show what that hand-off costs.
+mod query_in_runtime {
+    use super::*;
+
+    fn run(bencher: Bencher, hand_off: bool) {
+        let f = filled();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        bencher.bench_local(|| {
+            // On a worker, as one REQ is handled on its connection's task.
+            let task = rt.spawn(async move {
+                let filter =
+                    Filter::from_value(&serde_json::json!({"kinds":[1],"limit":10})).unwrap();
+                let everyone = |_: &Event, _: &dyn mls_store::StateRead| true;
+                let everything = mls_store::ReadScope::everything();
+                let read = f.store.query(
+                    std::slice::from_ref(&filter),
+                    mls_store::ReadBounds::unbounded(500),
+                    NOW,
+                    &everything,
+                    &everyone,
+                );
+                let found = if hand_off {
+                    let handle = tokio::runtime::Handle::current();
+                    tokio::task::block_in_place(|| handle.block_on(read))
+                } else {
+                    read.await
+                };
+                found.unwrap().value.len()
+            });
+            black_box(rt.block_on(task).unwrap())
+        });
+    }
+
+    #[divan::bench]
+    fn inline(bencher: Bencher) {
+        run(bencher, false);
+    }
+
+    #[divan::bench]
+    fn handed_off(bencher: Bencher) {
+        run(bencher, true);
+    }
+}
+
 /// Every event is for the pubkey in its `p` tag alone (the shape of a gift wrap's audience).
 struct ForItsP;
 

@@ -329,6 +329,16 @@ pub trait EventStore: Send + Sync + 'static {
         f: &mut (dyn for<'s> FnMut(&'s dyn StateRead) -> StoreResult<()> + Send),
     ) -> StoreResult<()>;
 
+    /// [`EventStore::read_state`] for a handful of point reads (one REQ's read check and
+    /// scope): a backend whose reads are memory lookups may run `f` on the caller's thread
+    /// instead of handing it off. Never for a walk whose length the caller does not bound.
+    async fn read_state_brief(
+        &self,
+        f: &mut (dyn for<'s> FnMut(&'s dyn StateRead) -> StoreResult<()> + Send),
+    ) -> StoreResult<()> {
+        self.read_state(f).await
+    }
+
     /// Applies a state-only change atomically (admin API, KeyPackage claims).
     async fn update_state(
         &self,

@@ -47,7 +47,7 @@ impl Session {
         let read = self
             .app
             .store
-            .read_state(&mut |state| {
+            .read_state_brief(&mut |state| {
                 verdict = gateway.check_read(&viewer, filters, state).map(|()| {
                     (
                         gateway.scope_reads(&viewer, filters, state),

@@ -46,7 +46,13 @@ pub(super) fn query(
         db: dbs.state,
     };
     let mut budget = Budget::new(bounds);
-    let mut found: HashMap<Hex32, StoredEvent> = HashMap::new();
+    // Sized for the usual answer (every filter's limit), so that it does not grow per event.
+    let expected: u64 = filters
+        .iter()
+        .map(|f| f.limit.unwrap_or(bounds.max_limit).min(bounds.max_limit))
+        .fold(0, u64::saturating_add);
+    let mut found: HashMap<Hex32, StoredEvent> =
+        HashMap::with_capacity(expected.min(1024) as usize);
     for filter in filters {
         let limit = filter
             .limit
