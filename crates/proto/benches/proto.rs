@@ -143,6 +143,24 @@ fn encode_event_frame(bencher: Bencher) {
     bencher.bench(|| relay::event(black_box("sub-1"), &json));
 }
 
+/// `relay::event` as it was before issue 13 (the sub id through `serde_json::to_string`, then
+/// copied), kept beside the current one for comparison in the same run.
+#[divan::bench]
+fn encode_event_frame_previous(bencher: Bencher) {
+    fn event(sub_id: &str, event_json: &str) -> String {
+        let sub = serde_json::to_string(sub_id).expect("string serialises");
+        let mut s = String::with_capacity(event_json.len() + sub.len() + 12);
+        s.push_str("[\"EVENT\",");
+        s.push_str(&sub);
+        s.push(',');
+        s.push_str(event_json);
+        s.push(']');
+        s
+    }
+    let json = group_message(512).to_json();
+    bencher.bench(|| event(black_box("sub-1"), &json));
+}
+
 mod filter_match {
     use super::*;
 

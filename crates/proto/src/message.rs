@@ -147,12 +147,22 @@ pub mod relay {
 
     /// `["EVENT", sub, event]` around an already-serialised event (serialised once per event,
     /// reused for every subscriber).
+    ///
+    /// One allocation of the frame's exact size: live fan-out builds one per subscriber. A sub
+    /// id that needs no JSON escaping (the usual case) is copied as it is.
     pub fn event(sub_id: &str, event_json: &str) -> String {
-        let sub = serde_json::to_string(sub_id).expect("string serialises");
-        let mut s = String::with_capacity(event_json.len() + sub.len() + 12);
-        s.push_str("[\"EVENT\",");
-        s.push_str(&sub);
-        s.push(',');
+        let plain = sub_id.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\');
+        let escaped;
+        let sub = if plain {
+            sub_id
+        } else {
+            escaped = serde_json::to_string(sub_id).expect("string serialises");
+            &escaped[1..escaped.len() - 1]
+        };
+        let mut s = String::with_capacity(event_json.len() + sub.len() + 14);
+        s.push_str("[\"EVENT\",\"");
+        s.push_str(sub);
+        s.push_str("\",");
         s.push_str(event_json);
         s.push(']');
         s
@@ -244,6 +254,24 @@ mod tests {
         let v: Value = serde_json::from_str(&relay::event("s\"1", "{\"a\":1}")).unwrap();
         assert_eq!(v[1], "s\"1");
         assert_eq!(v[2]["a"], 1);
+        // Byte for byte what serialising the sub id with serde_json gives, escaped or not.
+        for sub in [
+            "fan",
+            "",
+            "s\"1",
+            "a\\b",
+            "tab\there",
+            "\u{1}",
+            "é€😀",
+            "\u{7f}",
+        ] {
+            let quoted = serde_json::to_string(sub).unwrap();
+            assert_eq!(
+                relay::event(sub, "{}"),
+                format!("[\"EVENT\",{quoted},{{}}]"),
+                "{sub:?}"
+            );
+        }
         let v: Value = serde_json::from_str(&relay::count("c", 7)).unwrap();
         assert_eq!(v[2]["count"], 7);
     }

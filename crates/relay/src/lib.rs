@@ -2,7 +2,8 @@
 //! NIP-42. It wires the wire model (`mls-proto`), the rules (`mls-gateway-rules`) and the
 //! storage (`mls-store`) together; the path of one event is
 //! `session` → `ingest` (relay checks) → store writer (gateway rules, commit) → the store's
-//! commit stream → `fanout` (one consumer task per process, delivering in commit order).
+//! commit stream → `fanout` (one consumer task per process, in commit order, delivering
+//! through one lane per core, a connection always on the same lane).
 //! Several instances on one database hear each other's commits through `bus`.
 
 // The layers, from the top down, one group each: a module imports only modules of its own

@@ -18,6 +18,7 @@
 use mls_proto::{Event, Filter, Hex32};
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::connection::ConnectionHandle;
@@ -232,6 +233,9 @@ pub struct Subscription {
     /// still be in the stored answer (another instance committed it, and fan-out hears of it
     /// only later), so live delivery skips those ids; the first later event drops the set.
     served: Mutex<Option<(u64, HashSet<Hex32>)>>,
+    /// Set when the index drops it (CLOSE, a REQ replacing it, the connection's end): a
+    /// delivery lane still holding it in a queued batch sends nothing more for it.
+    closed: AtomicBool,
 }
 
 impl Subscription {
@@ -248,6 +252,7 @@ impl Subscription {
             after_seq,
             pending: Mutex::new(Some((Vec::new(), 0))),
             served: Mutex::new(None),
+            closed: AtomicBool::new(false),
         }
     }
 
@@ -268,6 +273,9 @@ impl Subscription {
     /// Delivers a live event: held back before EOSE, sent after unless the stored answer
     /// already had it.
     pub fn deliver(&self, id: Hex32, json: &Arc<str>, position: CommitPosition) {
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
         let mut pending = self.pending.lock().expect("pending lock");
         match pending.as_mut() {
             // Bounded like the outbox: a REQ whose stored part takes long enough to hold
@@ -520,6 +528,7 @@ impl Inner {
         let Some((sub, bytes)) = self.subs.remove(key) else {
             return false;
         };
+        sub.closed.store(true, Ordering::Release);
         for f in &sub.filters {
             self.unfile(f, &sub);
         }

@@ -140,3 +140,36 @@ fn events_committed_before_registration_are_not_live() {
     assert!(!sub.is_live(CommitPosition::TransientAfter(6)));
     assert!(sub.is_live(CommitPosition::TransientAfter(7)));
 }
+
+#[test]
+fn a_subscription_dropped_by_the_index_delivers_nothing_more() {
+    // A delivery lane may still hold it in a queued batch after CLOSE or a replacing REQ.
+    let index = SubscriptionIndex::default();
+    let (conn, outbox) = ConnectionHandle::detached(1, 8);
+    let conn = Arc::new(conn);
+    let ev = event(1, vec![]);
+    let json: Arc<str> = ev.to_json().into();
+    let old = sub(&conn, "s", json!({"kinds": [1]}));
+    index.insert(old.clone());
+    old.release_pending(Default::default(), 0);
+    old.deliver(ev.id, &json, CommitPosition::Stored(1));
+    assert!(outbox.try_pop().is_some(), "a live subscription delivers");
+    // Replaced by a REQ of the same id: the old one is silent, the new one delivers.
+    let new = sub(&conn, "s", json!({"kinds": [1]}));
+    index.insert(new.clone());
+    new.release_pending(Default::default(), 0);
+    old.deliver(ev.id, &json, CommitPosition::Stored(2));
+    assert!(
+        outbox.try_pop().is_none(),
+        "the replaced subscription delivered"
+    );
+    new.deliver(ev.id, &json, CommitPosition::Stored(2));
+    assert!(outbox.try_pop().is_some());
+    // Closed: silent too.
+    assert!(index.remove(1, "s"));
+    new.deliver(ev.id, &json, CommitPosition::Stored(3));
+    assert!(
+        outbox.try_pop().is_none(),
+        "the closed subscription delivered"
+    );
+}

@@ -118,19 +118,35 @@ async fn subscriber(
     let n = index.len();
     let mut seen = vec![false; n];
     let mut out = SubOutcome::default();
+    // One timer for the whole run, moved on only when it fires (a `timeout` per frame put a
+    // timer entry in and out of the runtime's wheel for every frame read).
+    let quiet = tokio::time::sleep(drain);
+    tokio::pin!(quiet);
+    let mut last_frame = Instant::now();
     while (out.unique as usize) < n {
-        let frame = match tokio::time::timeout(drain, ws.next()).await {
-            Ok(Some(Ok(Message::Text(t)))) => t,
-            Ok(Some(Ok(Message::Close(_)))) | Ok(None) => {
+        let next = tokio::select! {
+            biased;
+            next = ws.next() => next,
+            _ = &mut quiet => {
+                if last_frame.elapsed() >= drain {
+                    break; // nothing more is coming
+                }
+                quiet.as_mut().reset((last_frame + drain).into());
+                continue;
+            }
+        };
+        last_frame = Instant::now();
+        let frame = match next {
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Close(_))) | None => {
                 out.kicked = true;
                 break;
             }
-            Ok(Some(Ok(_))) => continue,
-            Ok(Some(Err(e))) => {
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => {
                 out.error = Some(format!("socket error: {e}"));
                 break;
             }
-            Err(_) => break, // nothing more is coming
         };
         let text = frame.as_str();
         if !text.starts_with("[\"EVENT\"") {
@@ -139,7 +155,7 @@ async fn subscriber(
             }
             continue;
         }
-        let now = t0.elapsed().as_nanos() as u64;
+        let now = last_frame.duration_since(t0).as_nanos() as u64;
         let Some(&i) = client::frame_event_id(text).and_then(|id| index.get(id)) else {
             continue;
         };

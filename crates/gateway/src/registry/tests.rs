@@ -80,3 +80,16 @@ fn admin_api_changes() {
         .0
         .starts_with("restricted: the api membership source is disabled"));
 }
+
+#[test]
+fn member_key_is_the_hex_of_group_and_pubkey() {
+    // The stored row's key format: existing stores hold rows under it, so it must not change.
+    let pubkey = Hex32([0xa5; 32]);
+    for group in ["", "g", GROUP, &"ab".repeat(32), "é/\u{0}"] {
+        assert_eq!(
+            super::member_key(group, &pubkey),
+            format!("m/{}/{pubkey}", hex::encode(group)).into_bytes(),
+            "group {group:?}"
+        );
+    }
+}
