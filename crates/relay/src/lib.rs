@@ -27,10 +27,11 @@ mod fanout;
 mod purge;
 
 // The checks a client message meets: relay limits (`ingest`), who the client is (`auth`),
-// KeyPackage claims on reads.
+// KeyPackage claims on reads; the threads that run the EVENT checks (`verify_pool`).
 mod auth;
 mod claims;
 mod ingest;
+mod verify_pool;
 
 // Live subscriptions: which connections an event goes to.
 mod subscriptions;
