@@ -1,7 +1,7 @@
 //! The relay server: HTTP and WebSocket on one port, sessions, live subscriptions, fan-out,
 //! NIP-42. It wires the wire model (`mls-proto`), the rules (`mls-gateway-rules`) and the
 //! storage (`mls-store`) together; the path of one event is
-//! `session` → `ingest` (relay checks) → store writer (gateway rules, commit) → the store's
+//! `session` → `ingest` (relay checks, on `verify_pool`) → store writer (gateway rules, commit) → the store's
 //! commit stream → `fanout` (one consumer task per process, delivering in commit order).
 //! Several instances on one database hear each other's commits through `bus`.
 

@@ -71,6 +71,9 @@ impl Stream for InFlight {
 }
 
 impl Session {
+    // The check future yields the write future on purpose: `InFlight` starts it later, in
+    // arrival order.
+    #[allow(clippy::async_yields_async)]
     pub(super) async fn on_event(&mut self, ev: Event) {
         let id = ev.id.to_hex();
         let authed = self.conn.authed();
