@@ -728,3 +728,78 @@ async fn refused_and_duplicate_events_are_not_delivered_live() {
     );
     sub.expect_silence(300).await;
 }
+
+/// One connection's EVENTs are checked concurrently (on the verification pool, every core),
+/// yet reach the store and are answered in arrival order: a burst of versions of one
+/// replaceable event with rising `created_at` (a version that reached the store after a newer
+/// one would be refused as older), badly signed and ephemeral events among them, gets its OKs
+/// in send order with every version accepted, and a REQ sent right behind the burst is
+/// answered after all of them and sees the last version.
+#[tokio::test]
+async fn a_burst_on_one_connection_is_stored_and_answered_in_arrival_order() {
+    let relay = Relay::start().await;
+    let mut ws = relay.connect().await;
+    let k = keys();
+    let t = now() - 1000;
+    let mut sent = Vec::new(); // (id, accepted)
+    let mut last_version = String::new();
+    for i in 0..300u64 {
+        let (e, accepted) = match i % 10 {
+            3 => {
+                let mut bad = ev_at(&k, t + i, 1, &[], &format!("bad signature {i}"));
+                bad.sig.0[0] ^= 1;
+                (bad, false)
+            }
+            7 => (ev(&k, 20001, &[], &format!("ephemeral {i}")), true),
+            _ => {
+                let v = ev_at(&k, t + i, 10002, &[], &format!("version {i}"));
+                last_version = id_hex(&v);
+                (v, true)
+            }
+        };
+        sent.push((id_hex(&e), accepted));
+        ws.send(&json!(["EVENT", e])).await;
+    }
+    ws.send_req(
+        "after",
+        &[json!({"authors": [pk_hex(&k)], "kinds": [10002]})],
+    )
+    .await;
+    let mut oks = Vec::new();
+    let mut stored = Vec::new();
+    loop {
+        let v = ws.recv().await;
+        match v[0].as_str() {
+            Some("OK") => {
+                assert!(stored.is_empty(), "an OK after the REQ's answer: {v}");
+                oks.push((
+                    v[1].as_str().unwrap().to_owned(),
+                    v[2] == true,
+                    v[3].clone(),
+                ));
+            }
+            Some("EVENT") if v[1] == "after" => {
+                stored.push(v[2]["id"].as_str().unwrap().to_owned())
+            }
+            Some("EOSE") if v[1] == "after" => break,
+            _ => {} // the AUTH challenge
+        }
+    }
+    assert_eq!(
+        oks.len(),
+        sent.len(),
+        "one OK per EVENT before the REQ's EOSE"
+    );
+    for (i, ((want_id, want_ok), (id, ok, msg))) in sent.iter().zip(&oks).enumerate() {
+        assert_eq!(id, want_id, "OK #{i} is not for the #{i} EVENT sent");
+        assert_eq!(ok, want_ok, "EVENT #{i}: {msg}");
+        if !want_ok {
+            assert_prefix(msg.as_str().unwrap(), "invalid:");
+        }
+    }
+    assert_eq!(
+        stored,
+        vec![last_version],
+        "the REQ sees the last version only"
+    );
+}

@@ -82,6 +82,34 @@ fn compute_id(bencher: Bencher, content: usize) {
     });
 }
 
+/// The id as it was computed before: the canonical form serialised into a `Vec`, then hashed
+/// (kept here to compare with `compute_id`, which streams into the hasher).
+#[divan::bench(args = [512, 1024])]
+fn compute_id_buffered(bencher: Bencher, content: usize) {
+    use sha2::{Digest, Sha256};
+    let ev = group_message(content);
+    bencher.bench(|| {
+        let canonical = serde_json::to_vec(&(
+            0u8,
+            black_box(&ev.pubkey),
+            ev.created_at,
+            ev.kind,
+            &ev.tags,
+            &ev.content,
+        ))
+        .unwrap();
+        let id: [u8; 32] = Sha256::digest(&canonical).into();
+        id
+    });
+}
+
+/// Parsing the x-only public key (a square root on the curve), part of every verification.
+#[divan::bench]
+fn xonly_key_parse(bencher: Bencher) {
+    let ev = group_message(512);
+    bencher.bench(|| secp256k1::XOnlyPublicKey::from_slice(black_box(&ev.pubkey.0)).unwrap());
+}
+
 /// The Schnorr verification alone (libsecp256k1).
 #[divan::bench]
 fn schnorr_only(bencher: Bencher) {

@@ -30,6 +30,25 @@ pub enum EventError {
     BadPubkey,
 }
 
+/// Feeds what the serialiser writes straight into a sha256.
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.0.update(buf);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// How a relay stores a kind (NIP-01 "kinds" section).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KindClass {
@@ -63,9 +82,11 @@ impl Event {
         tags: &[Tag],
         content: &str,
     ) -> Hex32 {
-        let canonical = serde_json::to_vec(&(0u8, pubkey, created_at, kind, tags, content))
+        // Streamed into the hash: no buffer to allocate and grow for every event.
+        let mut hasher = HashWriter(Sha256::new());
+        serde_json::to_writer(&mut hasher, &(0u8, pubkey, created_at, kind, tags, content))
             .expect("canonical form serialises");
-        Hex32(Sha256::digest(&canonical).into())
+        Hex32(hasher.0.finalize().into())
     }
 
     /// Checks the id against the content and the signature against the id.
@@ -193,6 +214,32 @@ mod tests {
         let mut bad = ev.clone();
         bad.sig.0[0] ^= 1;
         assert_eq!(bad.verify(), Err(EventError::BadSignature));
+    }
+
+    #[test]
+    fn streamed_id_is_the_sha256_of_the_canonical_serialisation() {
+        let pubkey = Hex32([0xab; 32]);
+        for content in [
+            "",
+            "plain",
+            "line\n\t\"q\" \\ </script> \u{1} é 🦀 \u{2028}",
+        ] {
+            let tags = vec![
+                vec!["h".to_string(), content.to_string()],
+                vec!["x".to_string()],
+            ];
+            let canonical = format!(
+                "[0,\"{pubkey}\",1700000000,445,{},{}]",
+                serde_json::to_string(&tags).unwrap(),
+                serde_json::to_string(content).unwrap()
+            );
+            let want = Hex32(Sha256::digest(canonical.as_bytes()).into());
+            assert_eq!(
+                Event::compute_id(&pubkey, 1_700_000_000, 445, &tags, content),
+                want,
+                "{content:?}"
+            );
+        }
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! The relay server: HTTP and WebSocket on one port, sessions, live subscriptions, fan-out,
 //! NIP-42. It wires the wire model (`mls-proto`), the rules (`mls-gateway-rules`) and the
 //! storage (`mls-store`) together; the path of one event is
-//! `session` → `ingest` (relay checks) → store writer (gateway rules, commit) → the store's
-//! commit stream → `fanout` (one consumer task per process, in commit order, delivering
-//! through one lane per core, a connection always on the same lane).
+//! `session` → `ingest` (relay checks, the signature on `verify_pool`) → store writer (gateway
+//! rules, commit) → the store's commit stream → `fanout` (one consumer task per process, in
+//! commit order, delivering through one lane per core, a connection always on the same lane).
 //! Several instances on one database hear each other's commits through `bus`.
 
 // The layers, from the top down, one group each: a module imports only modules of its own
@@ -28,10 +28,11 @@ mod fanout;
 mod purge;
 
 // The checks a client message meets: relay limits (`ingest`), who the client is (`auth`),
-// KeyPackage claims on reads.
+// KeyPackage claims on reads; the threads that run the EVENT checks (`verify_pool`).
 mod auth;
 mod claims;
 mod ingest;
+mod verify_pool;
 
 // Live subscriptions: which connections an event goes to.
 mod subscriptions;

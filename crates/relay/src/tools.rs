@@ -519,69 +519,104 @@ fn settle(
     Ok(())
 }
 
+/// Lines checked as one job on the verification pool: enough that handing them over costs
+/// little per line, few enough that both cores are busy from the first lines.
+const CHECK_CHUNK: usize = 64;
+/// Chunks on the pool at once, ahead of the writes being queued.
+const CHECKS_AHEAD: usize = 8;
+
+/// One line's relay checks (decode, signature, `ingest::check`): the event and the operator's
+/// stand-in for its publishing connection, or the refusal.
+fn check_line(
+    limits: &crate::config::Limits,
+    access: &crate::auth::Access,
+    line: &str,
+) -> Result<(Event, Vec<Hex32>), String> {
+    let ev = serde_json::from_str::<Event>(line)
+        .map_err(|e| format!("invalid: malformed event: {e}"))?;
+    let authed = vec![ev.pubkey];
+    crate::ingest::check(limits, access, &ev, &authed, unix_now())?;
+    if ev.class() == KindClass::Ephemeral {
+        return Err("invalid: ephemeral events are not stored".to_string());
+    }
+    Ok((ev, authed))
+}
+
 /// Stores each event line through the same checks as the socket path, with the operator
 /// standing in for the publishing connection (authenticated as each event's pubkey, and
 /// `Publisher::operator`: checks that belonged to the original connection, such as group
 /// membership of a 445's sender, are not re-run, and gift wraps grant no membership).
+///
+/// The checks run on the verification pool, chunks of lines at once; the chunks are taken
+/// back in file order and each line's write is queued to the store writer in that order.
 async fn import_events(
     config: &Config,
     store: &dyn EventStore,
-    lines: impl Iterator<Item = (usize, std::io::Result<String>)>,
+    mut lines: impl Iterator<Item = (usize, std::io::Result<String>)>,
     report: &mut dyn Write,
 ) -> Result<ImportSummary, String> {
     let mut summary = ImportSummary::default();
-    let access = crate::auth::Access::from_config(config);
-    // Line numbers with their queued write, oldest first; answers are taken in that order,
-    // so the report stays in line order.
+    let access = Arc::new(crate::auth::Access::from_config(config));
+    let limits = Arc::new(config.limitation.clone());
+    // Chunks being checked, oldest first.
+    let mut checking = VecDeque::new();
+    // Line numbers with their queued write (or their refusal), oldest first; answers are
+    // taken in that order, so the report stays in line order.
     let mut in_flight: VecDeque<(usize, PendingWrite<'_>)> = VecDeque::new();
-    for (n, line) in lines {
-        let line = line.map_err(|e| format!("import: read failed at line {}: {e}", n + 1))?;
-        if line.trim().is_empty() {
-            continue;
+    loop {
+        while checking.len() < CHECKS_AHEAD {
+            let mut chunk = Vec::with_capacity(CHECK_CHUNK);
+            for (n, line) in lines.by_ref() {
+                let line =
+                    line.map_err(|e| format!("import: read failed at line {}: {e}", n + 1))?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                chunk.push((n, line));
+                if chunk.len() == CHECK_CHUNK {
+                    break;
+                }
+            }
+            if chunk.is_empty() {
+                break;
+            }
+            let (limits, access) = (limits.clone(), access.clone());
+            checking.push_back(crate::verify_pool::run(move || {
+                chunk
+                    .into_iter()
+                    .map(|(n, line)| (n, check_line(&limits, &access, &line)))
+                    .collect::<Vec<_>>()
+            }));
         }
-        let checked = match serde_json::from_str::<Event>(&line) {
-            Err(e) => Err(format!("invalid: malformed event: {e}")),
-            Ok(ev) => {
-                let authed = vec![ev.pubkey];
-                match crate::ingest::check(&config.limitation, &access, &ev, &authed, unix_now()) {
-                    Err(why) => Err(why),
-                    Ok(()) if ev.class() == KindClass::Ephemeral => {
-                        Err("invalid: ephemeral events are not stored".to_string())
+        let Some(chunk) = checking.pop_front() else {
+            break;
+        };
+        let chunk = chunk
+            .await
+            .ok_or("import: the checks of a chunk of lines panicked")?;
+        for (n, checked) in chunk {
+            let write: PendingWrite<'_> = match checked {
+                Err(why) => Box::pin(std::future::ready(Ok(WriteOutcome::Rejected(why)))),
+                Ok((ev, authed)) => {
+                    let publisher = Publisher {
+                        authed,
+                        operator: true,
+                    };
+                    let mut write = store.write(ev, publisher);
+                    // Polled once now, so it is queued to the writer before the next line's.
+                    match std::future::poll_fn(|cx| std::task::Poll::Ready(write.as_mut().poll(cx)))
+                        .await
+                    {
+                        std::task::Poll::Ready(outcome) => Box::pin(std::future::ready(outcome)),
+                        std::task::Poll::Pending => write,
                     }
-                    Ok(()) => Ok((ev, authed)),
                 }
-            }
-        };
-        let (ev, authed) = match checked {
-            Ok(checked) => checked,
-            Err(why) => {
-                while let Some((m, write)) = in_flight.pop_front() {
-                    settle(&mut summary, report, m, write.await)?;
-                }
-                summary.rejected += 1;
-                let _ = writeln!(report, "line {}: {why}", n + 1);
-                continue;
-            }
-        };
-        let publisher = Publisher {
-            authed,
-            operator: true,
-        };
-        let mut write = store.write(ev, publisher);
-        // Polled once now, so it is queued to the writer before the next line's write.
-        if let std::task::Poll::Ready(outcome) =
-            std::future::poll_fn(|cx| std::task::Poll::Ready(write.as_mut().poll(cx))).await
-        {
-            while let Some((m, write)) = in_flight.pop_front() {
+            };
+            in_flight.push_back((n, write));
+            if in_flight.len() >= IMPORT_WINDOW {
+                let (m, write) = in_flight.pop_front().expect("the window is full");
                 settle(&mut summary, report, m, write.await)?;
             }
-            settle(&mut summary, report, n, outcome)?;
-            continue;
-        }
-        in_flight.push_back((n, write));
-        if in_flight.len() >= IMPORT_WINDOW {
-            let (m, write) = in_flight.pop_front().expect("the window is full");
-            settle(&mut summary, report, m, write.await)?;
         }
     }
     while let Some((m, write)) = in_flight.pop_front() {

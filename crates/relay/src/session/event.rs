@@ -1,73 +1,149 @@
-//! `EVENT`: the relay checks (`ingest`), then the store's write (the gateway rules run inside
-//! its transaction); the `OK` goes out in arrival order once the write is answered.
-//! Ephemeral events are never stored: they join the commit stream at once.
+//! `EVENT`: the relay checks (`ingest`, signature included) on the verification pool, then
+//! the store's write (the gateway rules run inside its transaction); the `OK` goes out in
+//! arrival order once the write is answered. Ephemeral events are never stored: they join the
+//! commit stream once checked, in their turn.
 
 use super::Session;
-use crate::ingest;
-use futures_util::StreamExt;
+use crate::{ingest, verify_pool};
+use futures_util::stream::{FuturesOrdered, Stream, StreamExt};
 use mls_proto::{relay, unix_now, Event, KindClass};
 use mls_store::{Publisher, WriteOutcome};
+use std::future::{ready, Future};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+
+/// One EVENT's store write (or its answer without one), resolving to its `OK` frame. Lazy:
+/// nothing reaches the store writer before its first poll.
+type WriteFuture = Pin<Box<dyn Future<Output = String> + Send>>;
+
+/// An `OK` that needs no write.
+fn answer(ok: String) -> WriteFuture {
+    Box::pin(ready(ok))
+}
+
+/// One EVENT's checks on the pool, resolving to its (not yet started) write.
+type CheckFuture = Pin<Box<dyn Future<Output = WriteFuture> + Send>>;
+
+/// A connection's EVENTs between arrival and `OK`, in two ordered stages. Checks run
+/// concurrently on the pool and finish in any order; their results are taken in arrival order
+/// and only then is each write started (first polled), so the writes reach the store writer in
+/// arrival order, as one connection's writes must; the `OK`s come out in arrival order.
+/// `len` counts both stages: the session's in-flight bound covers work queued on the pool.
+#[derive(Default)]
+pub(super) struct InFlight {
+    checking: FuturesOrdered<CheckFuture>,
+    writing: FuturesOrdered<WriteFuture>,
+}
+
+impl InFlight {
+    pub(super) fn len(&self) -> usize {
+        self.checking.len() + self.writing.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// An answer that needs no check, sent in its turn after the earlier EVENTs' `OK`s.
+    fn push_answer(&mut self, ok: String) {
+        self.checking.push_back(Box::pin(ready(answer(ok))));
+    }
+}
+
+impl Stream for InFlight {
+    type Item = String;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<String>> {
+        let this = &mut *self;
+        // Checked events, oldest first: their writes are pushed (and so first polled, and
+        // queued to the store writer) in arrival order.
+        while let Poll::Ready(Some(write)) = this.checking.poll_next_unpin(cx) {
+            this.writing.push_back(write);
+        }
+        match this.writing.poll_next_unpin(cx) {
+            Poll::Ready(Some(ok)) => Poll::Ready(Some(ok)),
+            Poll::Ready(None) if this.checking.is_empty() => Poll::Ready(None),
+            // Still checking: `checking` was polled above and will wake this task.
+            _ => Poll::Pending,
+        }
+    }
+}
 
 impl Session {
+    // The check future yields the write future on purpose: `InFlight` starts it later, in
+    // arrival order.
+    #[allow(clippy::async_yields_async)]
     pub(super) async fn on_event(&mut self, ev: Event) {
         let id = ev.id.to_hex();
         let authed = self.conn.authed();
-        // The rate limit first: a flood of badly signed events must not buy signature checks.
-        if let Err(reason) = self
-            .app
-            .rate_limits
-            .check_event(&authed, self.ip)
-            .and_then(|()| {
-                ingest::check(
-                    &self.app.config.limitation,
-                    &self.app.access,
-                    &ev,
-                    &authed,
-                    unix_now(),
-                )
-            })
-        {
+        // The rate limit first, here: a flood of badly signed events must not buy signature
+        // checks.
+        if let Err(reason) = self.app.rate_limits.check_event(&authed, self.ip) {
             crate::metrics::event_refused(&ev, &reason);
-            self.conn.send(relay::ok(&id, false, &reason));
+            self.in_flight.push_answer(relay::ok(&id, false, &reason));
             return;
         }
         let app = self.app.clone();
-        if ev.class() == KindClass::Ephemeral {
-            // Delivered live, never stored: nothing to commit before the OK. It joins the
-            // commit stream, which live fan-out consumes.
-            app.store.commits().announce(Arc::new(ev));
-            self.conn.send(relay::ok(&id, true, ""));
-            return;
-        }
-        // Polled first in push order, so writes reach the store writer in arrival order.
-        self.in_flight.push_back(Box::pin(async move {
-            match app
-                .store
-                .write(
-                    ev,
-                    Publisher {
-                        authed,
-                        operator: false,
-                    },
-                )
-                .await
-            {
-                // Live fan-out reads it from the commit stream (see `fanout`).
-                Ok(WriteOutcome::Accepted) => relay::ok(&id, true, ""),
-                Ok(WriteOutcome::Duplicate) => {
-                    relay::ok(&id, true, "duplicate: already have this event")
-                }
-                Ok(WriteOutcome::Rejected(reason)) => relay::ok(&id, false, &reason),
-                Err(e) => {
-                    tracing::error!(error = %e, "event write failed");
-                    relay::ok(&id, false, "error: could not store the event")
-                }
+        let checked = verify_pool::run(move || {
+            let verdict = ingest::check(
+                &app.config.limitation,
+                &app.access,
+                &ev,
+                &authed,
+                unix_now(),
+            );
+            (ev, authed, verdict)
+        });
+        let app = self.app.clone();
+        self.in_flight.checking.push_back(Box::pin(async move {
+            let Some((ev, authed, verdict)) = checked.await else {
+                tracing::error!(event = %id, "the event's checks panicked");
+                return answer(relay::ok(&id, false, "error: could not check the event"));
+            };
+            if let Err(reason) = verdict {
+                crate::metrics::event_refused(&ev, &reason);
+                return answer(relay::ok(&id, false, &reason));
             }
+            if ev.class() == KindClass::Ephemeral {
+                // Delivered live, never stored: nothing to commit before the OK. It joins
+                // the commit stream (which live fan-out consumes) in its turn.
+                let announce: WriteFuture = Box::pin(async move {
+                    app.store.commits().announce(Arc::new(ev));
+                    relay::ok(&id, true, "")
+                });
+                return announce;
+            }
+            let write: WriteFuture = Box::pin(async move {
+                match app
+                    .store
+                    .write(
+                        ev,
+                        Publisher {
+                            authed,
+                            operator: false,
+                        },
+                    )
+                    .await
+                {
+                    // Live fan-out reads it from the commit stream (see `fanout`).
+                    Ok(WriteOutcome::Accepted) => relay::ok(&id, true, ""),
+                    Ok(WriteOutcome::Duplicate) => {
+                        relay::ok(&id, true, "duplicate: already have this event")
+                    }
+                    Ok(WriteOutcome::Rejected(reason)) => relay::ok(&id, false, &reason),
+                    Err(e) => {
+                        tracing::error!(error = %e, "event write failed");
+                        relay::ok(&id, false, "error: could not store the event")
+                    }
+                }
+            });
+            write
         }));
     }
 
-    /// Waits for this connection's pending EVENT writes (read-your-writes for REQ/COUNT).
+    /// Waits for this connection's pending EVENTs, checks and writes (read-your-writes for
+    /// REQ/COUNT).
     pub(super) async fn settle_writes(&mut self) {
         while let Some(ok) = self.in_flight.next().await {
             self.conn.send(ok);

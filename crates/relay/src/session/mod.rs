@@ -3,8 +3,9 @@
 //! answering its own message; `read` holds the checks REQ and COUNT share, `writer` drains the
 //! connection's outbox to the socket.
 //!
-//! EVENTs are written concurrently (so one connection's burst shares a group commit) but their
-//! writes are enqueued and answered in arrival order; a REQ or COUNT first waits for the
+//! EVENTs are checked on the verification pool and written concurrently (so one connection's
+//! burst uses every core and shares a group commit) but their writes are enqueued and answered
+//! in arrival order (`event::InFlight`); a REQ or COUNT first waits for the
 //! connection's earlier EVENTs, so a client always reads its own writes.
 
 mod auth;
@@ -19,13 +20,10 @@ use crate::app::App;
 use crate::connection::ConnectionHandle;
 use crate::ingest;
 use axum::extract::ws::{Message, WebSocket};
-use futures_util::stream::FuturesOrdered;
 use futures_util::StreamExt;
 use mls_proto::{relay, ClientMessage, MessageError};
 use std::collections::HashSet;
-use std::future::Future;
 use std::net::IpAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,8 +42,6 @@ fn connection_lifetime(max_age_seconds: u64) -> Option<Duration> {
     Some(max.mul_f64(rand::random::<f64>().mul_add(0.1, 0.9)))
 }
 
-type WriteFuture = Pin<Box<dyn Future<Output = String> + Send>>;
-
 /// The state of one session: its connection, its AUTH challenge, its subscriptions and its
 /// EVENT writes in flight.
 struct Session {
@@ -55,7 +51,7 @@ struct Session {
     /// The client's address (rate limits, logs).
     ip: IpAddr,
     subs: HashSet<Arc<str>>,
-    in_flight: FuturesOrdered<WriteFuture>,
+    in_flight: event::InFlight,
 }
 
 /// Runs one WebSocket session from the upgrade until the client leaves, the connection is cut
@@ -99,7 +95,7 @@ pub async fn run(app: Arc<App>, socket: WebSocket, ip: IpAddr) {
         conn: conn.clone(),
         ip,
         subs: HashSet::new(),
-        in_flight: FuturesOrdered::new(),
+        in_flight: event::InFlight::default(),
     };
     tracing::info!(conn = conn.id, ip = %ip, "connection opened");
     session.conn.send(relay::auth(&session.challenge));
