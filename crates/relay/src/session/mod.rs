@@ -21,13 +21,14 @@ use crate::ingest;
 use crate::outbox::Registration;
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::stream::FuturesOrdered;
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use mls_proto::{relay, ClientMessage, MessageError};
 use std::collections::HashSet;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Sleep;
@@ -50,6 +51,43 @@ fn connection_lifetime(max_age_seconds: u64) -> Option<Duration> {
 
 type WriteFuture = Pin<Box<dyn Future<Output = String> + Send>>;
 
+/// A connection's EVENT writes in flight, polled in arrival order. Allocated by the first
+/// write and freed when the last is answered: `FuturesOrdered` allocates even when empty, and
+/// most connections are idle or only read.
+#[derive(Default)]
+struct InFlight(Option<FuturesOrdered<WriteFuture>>);
+
+impl InFlight {
+    fn push_back(&mut self, write: WriteFuture) {
+        self.0
+            .get_or_insert_with(FuturesOrdered::new)
+            .push_back(write);
+    }
+
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, FuturesOrdered::len)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Stream for InFlight {
+    type Item = String;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<String>> {
+        let Some(writes) = self.0.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let next = writes.poll_next_unpin(cx);
+        if writes.is_empty() && next.is_ready() {
+            self.0 = None;
+        }
+        next
+    }
+}
+
 /// The state of one session: its connection, its AUTH challenge, its subscriptions and its
 /// EVENT writes in flight.
 struct Session {
@@ -59,7 +97,7 @@ struct Session {
     /// The client's address (rate limits, logs).
     ip: IpAddr,
     subs: HashSet<Arc<str>>,
-    in_flight: FuturesOrdered<WriteFuture>,
+    in_flight: InFlight,
 }
 
 /// Everything one open connection holds: its session, its socket and their timers. The
@@ -109,7 +147,7 @@ pub fn run<G: Send + 'static>(
             conn,
             ip,
             subs: HashSet::new(),
-            in_flight: FuturesOrdered::new(),
+            in_flight: InFlight::default(),
         },
         expires,
         max_in_flight,
@@ -288,6 +326,41 @@ mod lifetime_tests {
                 "{d:?}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod in_flight_tests {
+    use super::InFlight;
+    use futures_util::StreamExt;
+
+    #[tokio::test]
+    async fn writes_are_answered_in_arrival_order_and_the_queue_is_freed_when_drained() {
+        let mut in_flight = InFlight::default();
+        assert!(
+            in_flight.0.is_none(),
+            "nothing allocated before the first write"
+        );
+        let (slow_tx, slow_rx) = tokio::sync::oneshot::channel::<()>();
+        in_flight.push_back(Box::pin(async move {
+            let _ = slow_rx.await;
+            "first".to_owned()
+        }));
+        in_flight.push_back(Box::pin(async { "second".to_owned() }));
+        assert_eq!(in_flight.len(), 2);
+        // The second is ready first, but is answered after the first.
+        tokio::task::yield_now().await;
+        slow_tx.send(()).unwrap();
+        assert_eq!(in_flight.next().await.as_deref(), Some("first"));
+        assert_eq!(in_flight.next().await.as_deref(), Some("second"));
+        assert!(in_flight.is_empty());
+        assert!(
+            in_flight.0.is_none(),
+            "freed once the last write is answered"
+        );
+        assert_eq!(in_flight.next().await, None);
+        in_flight.push_back(Box::pin(async { "again".to_owned() }));
+        assert_eq!(in_flight.next().await.as_deref(), Some("again"));
     }
 }
 
