@@ -15,13 +15,6 @@ pub struct ConnectionHandle {
     authed: RwLock<Viewer>,
 }
 
-impl Drop for ConnectionHandle {
-    fn drop(&mut self) {
-        // No one can queue anything more: the writer sends what is queued and closes.
-        self.outbox.finish();
-    }
-}
-
 impl ConnectionHandle {
     /// The handle of connection `id`, not authenticated yet.
     pub fn new(id: u64, outbox: Arc<Outbox>) -> Self {
@@ -92,6 +85,9 @@ impl ConnectionHandle {
         if list.len() >= max {
             return false;
         }
+        // Exactly one more: most connections hold one key for their whole life, and the
+        // doubling growth would give each room for four.
+        list.reserve_exact(1);
         list.push(pk);
         true
     }

@@ -2,16 +2,18 @@
 //! all outboxes may hold together (`limitation.outbox_capacity`, `outbox_max_bytes`,
 //! `outbox_total_bytes`).
 //!
-//! A message's bytes are counted when it is queued and given back once the connection's writer
+//! A message's bytes are counted when it is queued and given back once the connection's session
 //! has flushed it to the socket (or dropped it). A connection whose outbox would go over its
-//! bound is cut: its queue is dropped at once, and its writer sends a NOTICE naming the limit
+//! bound is cut: its queue is dropped at once, and its session sends a NOTICE naming the limit
 //! and closes. When all outboxes together would go over the budget, the connections with the
 //! largest backlog are cut first, until the rest fits.
 
+use futures_util::task::AtomicWaker;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use tokio::sync::{watch, Notify};
+use std::task::Waker;
+use tokio::sync::Notify;
 
 /// Why a connection was cut; the NOTICE names the limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,12 +105,10 @@ struct State {
     queue: VecDeque<String>,
     /// Bytes in `queue`.
     queued_bytes: usize,
-    /// Bytes in `queue` plus those the writer has taken and not yet flushed.
+    /// Bytes in `queue` plus those the session has taken and not yet flushed.
     bytes: usize,
-    /// Cut, or the writer is gone: nothing more is queued.
+    /// Cut, or the session stopped writing: nothing more is queued.
     closed: bool,
-    /// No sender left: the writer drains the queue and ends.
-    finished: bool,
     /// Cut: this outbox's bytes no longer count towards the budget (subtracted at the cut).
     detached: bool,
 }
@@ -122,11 +122,11 @@ pub struct Outbox {
     /// `State::bytes` and `State::closed`, readable without the lock (the budget's scan).
     backlog: AtomicUsize,
     closed: AtomicBool,
-    /// A message was queued, or the outbox closed or finished (the writer waits on this).
-    ready: Notify,
+    /// The connection's session, woken when a message is queued or the outbox is cut (one
+    /// waiter: a waker, not a channel, so an idle connection holds no allocation for it).
+    ready: AtomicWaker,
     /// Bytes were given back, or the outbox closed (a sender waiting for room waits on this).
     room: Notify,
-    cut: watch::Sender<bool>,
     reason: OnceLock<CutReason>,
 }
 
@@ -139,9 +139,8 @@ impl Outbox {
             state: Mutex::new(State::default()),
             backlog: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
-            ready: Notify::new(),
+            ready: AtomicWaker::new(),
             room: Notify::new(),
-            cut: watch::channel(false).0,
             reason: OnceLock::new(),
         }
     }
@@ -166,11 +165,6 @@ impl Outbox {
 
     pub fn max_bytes(&self) -> usize {
         self.max_bytes
-    }
-
-    /// Set once when the connection is cut.
-    pub fn cut_flag(&self) -> watch::Receiver<bool> {
-        self.cut.subscribe()
     }
 
     pub fn cut_reason(&self) -> Option<CutReason> {
@@ -243,33 +237,31 @@ impl Outbox {
     }
 
     fn after_enqueue(&self) {
-        self.ready.notify_one();
+        self.ready.wake();
         if self.budget.total() > self.budget.max_total {
             self.budget.shed();
         }
     }
 
-    /// The next message for the socket, waiting for one; `None` once the outbox is closed, or
-    /// finished and drained. Its bytes still count until [`Outbox::release`].
-    pub async fn pop(&self) -> Option<String> {
-        loop {
-            let ready = self.ready.notified();
-            {
-                let mut st = self.lock();
-                if let Some(msg) = Self::take_front(&mut st) {
-                    return Some(msg);
-                }
-                if st.closed || st.finished {
-                    return None;
-                }
-            }
-            ready.await;
-        }
+    /// Wakes `waker` when a message is queued or the outbox is cut. Register before looking at
+    /// the queue ([`Outbox::try_pop`]), so a message queued in between is not missed.
+    pub fn register(&self, waker: &Waker) {
+        self.ready.register(waker);
     }
 
-    /// The next message if one is queued.
+    /// The next message for the socket if one is queued. Its bytes still count until
+    /// [`Outbox::release`].
     pub fn try_pop(&self) -> Option<String> {
         Self::take_front(&mut self.lock())
+    }
+
+    /// Frees the queue's storage once it is empty: an idle connection then holds none (it
+    /// grows again with the next burst; called once per burst, when the socket is flushed).
+    pub fn shrink_if_empty(&self) {
+        let mut st = self.lock();
+        if st.queue.is_empty() && st.queue.capacity() > 0 {
+            st.queue = VecDeque::new();
+        }
     }
 
     fn take_front(st: &mut State) -> Option<String> {
@@ -294,20 +286,14 @@ impl Outbox {
         self.room.notify_one();
     }
 
-    /// Cuts the connection: the reader and writer are told, and the queue is dropped now.
+    /// Cuts the connection: its session is woken, and the queue is dropped now.
     pub fn cut(&self, reason: CutReason) {
         self.shut(Some(reason));
     }
 
-    /// The writer is gone: nothing more is queued, and what is queued is dropped.
+    /// The session stopped writing: nothing more is queued, and what is queued is dropped.
     pub fn close(&self) {
         self.shut(None);
-    }
-
-    /// No sender is left: the writer sends what is queued, then ends.
-    pub fn finish(&self) {
-        self.lock().finished = true;
-        self.ready.notify_one();
     }
 
     fn shut(&self, reason: Option<CutReason>) {
@@ -337,9 +323,8 @@ impl Outbox {
         };
         if reason.is_some() {
             crate::metrics::slow_reader_cut();
-            self.cut.send_replace(true);
         }
-        self.ready.notify_one();
+        self.ready.wake();
         self.room.notify_one();
         drop(dropped); // freed outside the lock
     }
@@ -450,7 +435,7 @@ mod tests {
         };
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());
-        let first = a.pop().await.unwrap();
+        let first = a.try_pop().unwrap();
         a.release(first.len());
         assert!(waiting.await.unwrap());
         assert_eq!(a.cut_reason(), None);

@@ -18,6 +18,9 @@ use extract::ClientIp;
 use serde_json::json;
 use std::sync::Arc;
 
+/// Bytes of each WebSocket's read buffer (tungstenite reads at most this much per call).
+const READ_BUFFER_SIZE: usize = 1024;
+
 pub fn router(app: Arc<App>) -> Router {
     let gateway = &app.config.extensions.mls_gateway;
     let mut http = Router::new()
@@ -83,17 +86,16 @@ async fn root(
             .saturating_mul(4)
             .max(64 * 1024);
         // A small read buffer: tungstenite's default 128 KiB per connection dominates the
-        // memory of idle connections; larger messages still arrive, in more reads.
+        // memory of idle connections; larger messages still arrive, in more reads. It is
+        // held for the connection's life, and grows to the largest frame received: 1 KiB
+        // holds an AUTH, a REQ or a small EVENT in one read (docs/PERFORMANCE.md, "Memory
+        // per connection").
         let counted = app.session_guard();
         return ws
-            .read_buffer_size(4096)
+            .read_buffer_size(READ_BUFFER_SIZE)
             .max_message_size(max)
             .max_frame_size(max)
-            .on_upgrade(move |socket| async move {
-                session::run(app, socket, ip).await;
-                drop(permit);
-                drop(counted);
-            });
+            .on_upgrade(move |socket| session::run(app, socket, ip, (permit, counted)));
     }
     let wants_nip11 = headers
         .get(header::ACCEPT)

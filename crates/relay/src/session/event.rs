@@ -30,24 +30,38 @@ type CheckFuture = Pin<Box<dyn Future<Output = WriteFuture> + Send>>;
 /// and only then is each write started (first polled), so the writes reach the store writer in
 /// arrival order, as one connection's writes must; the `OK`s come out in arrival order.
 /// `len` counts both stages: the session's in-flight bound covers work queued on the pool.
+/// The stages are allocated by the first EVENT and freed when the last is answered (an empty
+/// `FuturesOrdered` still allocates, and most connections are idle or only read).
 #[derive(Default)]
-pub(super) struct InFlight {
+pub(super) struct InFlight(Option<Box<Stages>>);
+
+#[derive(Default)]
+struct Stages {
     checking: FuturesOrdered<CheckFuture>,
     writing: FuturesOrdered<WriteFuture>,
 }
 
 impl InFlight {
     pub(super) fn len(&self) -> usize {
-        self.checking.len() + self.writing.len()
+        self.0
+            .as_ref()
+            .map_or(0, |s| s.checking.len() + s.writing.len())
     }
 
     pub(super) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    fn push_check(&mut self, check: CheckFuture) {
+        self.0
+            .get_or_insert_with(Default::default)
+            .checking
+            .push_back(check);
+    }
+
     /// An answer that needs no check, sent in its turn after the earlier EVENTs' `OK`s.
     fn push_answer(&mut self, ok: String) {
-        self.checking.push_back(Box::pin(ready(answer(ok))));
+        self.push_check(Box::pin(ready(answer(ok))));
     }
 }
 
@@ -55,18 +69,24 @@ impl Stream for InFlight {
     type Item = String;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<String>> {
-        let this = &mut *self;
+        let Some(stages) = self.0.as_mut() else {
+            return Poll::Ready(None);
+        };
         // Checked events, oldest first: their writes are pushed (and so first polled, and
         // queued to the store writer) in arrival order.
-        while let Poll::Ready(Some(write)) = this.checking.poll_next_unpin(cx) {
-            this.writing.push_back(write);
+        while let Poll::Ready(Some(write)) = stages.checking.poll_next_unpin(cx) {
+            stages.writing.push_back(write);
         }
-        match this.writing.poll_next_unpin(cx) {
+        let next = match stages.writing.poll_next_unpin(cx) {
             Poll::Ready(Some(ok)) => Poll::Ready(Some(ok)),
-            Poll::Ready(None) if this.checking.is_empty() => Poll::Ready(None),
+            Poll::Ready(None) if stages.checking.is_empty() => Poll::Ready(None),
             // Still checking: `checking` was polled above and will wake this task.
             _ => Poll::Pending,
+        };
+        if stages.checking.is_empty() && stages.writing.is_empty() {
+            self.0 = None;
         }
+        next
     }
 }
 
@@ -96,7 +116,7 @@ impl Session {
             (ev, authed, verdict)
         });
         let app = self.app.clone();
-        self.in_flight.checking.push_back(Box::pin(async move {
+        self.in_flight.push_check(Box::pin(async move {
             let Some((ev, authed, verdict)) = checked.await else {
                 tracing::error!(event = %id, "the event's checks panicked");
                 return answer(relay::ok(&id, false, "error: could not check the event"));
@@ -148,5 +168,45 @@ impl Session {
         while let Some(ok) = self.in_flight.next().await {
             self.conn.send(ok);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // A check yields its (not yet started) write, as `on_event`'s do.
+    #[allow(clippy::async_yields_async)]
+    #[tokio::test]
+    async fn oks_come_out_in_arrival_order_and_the_stages_are_freed_when_drained() {
+        let mut in_flight = InFlight::default();
+        assert!(
+            in_flight.0.is_none(),
+            "nothing allocated before the first EVENT"
+        );
+        let (slow_tx, slow_rx) = tokio::sync::oneshot::channel::<()>();
+        in_flight.push_check(Box::pin(async move {
+            let _ = slow_rx.await;
+            answer("first".to_owned())
+        }));
+        in_flight.push_answer("second".to_owned());
+        assert_eq!(in_flight.len(), 2);
+        // The second is ready, but waits for the first.
+        let waiting = tokio::time::timeout(std::time::Duration::from_millis(50), in_flight.next());
+        assert!(
+            waiting.await.is_err(),
+            "the second came out before the first"
+        );
+        slow_tx.send(()).unwrap();
+        assert_eq!(in_flight.next().await.as_deref(), Some("first"));
+        assert_eq!(in_flight.next().await.as_deref(), Some("second"));
+        assert!(in_flight.is_empty());
+        assert!(
+            in_flight.0.is_none(),
+            "freed once the last EVENT is answered"
+        );
+        assert_eq!(in_flight.next().await, None);
+        in_flight.push_answer("again".to_owned());
+        assert_eq!(in_flight.next().await.as_deref(), Some("again"));
     }
 }

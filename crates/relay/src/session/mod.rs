@@ -1,7 +1,7 @@
 //! One WebSocket session: reads client messages in order and dispatches each to its command,
 //! one file per client message (`event`, `req`, `count`, `close`, `auth`), each parsing and
-//! answering its own message; `read` holds the checks REQ and COUNT share, `writer` drains the
-//! connection's outbox to the socket.
+//! answering its own message; `read` holds the checks REQ and COUNT share, `writer` is the
+//! socket: it reads frames and drains the connection's outbox, in the session's own task.
 //!
 //! EVENTs are checked on the verification pool and written concurrently (so one connection's
 //! burst uses every core and shares a group commit) but their writes are enqueued and answered
@@ -19,13 +19,19 @@ mod writer;
 use crate::app::App;
 use crate::connection::ConnectionHandle;
 use crate::ingest;
+use crate::outbox::Registration;
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::StreamExt;
 use mls_proto::{relay, ClientMessage, MessageError};
 use std::collections::HashSet;
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Sleep;
+use writer::{End, Next, Socket};
 
 /// EVENT writes one connection may have in flight before it stops reading (and at most half
 /// its outbox, so a burst of OKs to a client that is reading never overflows it).
@@ -54,90 +60,177 @@ struct Session {
     in_flight: event::InFlight,
 }
 
-/// Runs one WebSocket session from the upgrade until the client leaves, the connection is cut
-/// (a slow reader) or reaches its age, or the relay shuts down; then answers the writes still
-/// in flight, forgets the connection's subscriptions and waits for its writer.
-pub async fn run(app: Arc<App>, socket: WebSocket, ip: IpAddr) {
-    let (sink, mut stream) = socket.split();
+/// Everything one open connection holds: its session, its socket and their timers. The
+/// connection's task is this struct and the small future that drives it (see `run`).
+struct Connection<G> {
+    session: Session,
+    socket: Socket,
+    shutdown: watch::Receiver<bool>,
+    /// The connection's age limit (`None` = no limit).
+    expires: Option<Pin<Box<Sleep>>>,
+    max_in_flight: usize,
+    /// Known to the relay-wide outbox budget until the connection is dropped.
+    _registration: Registration,
+    /// Released when the connection is dropped (per-IP permit, open-session count).
+    _guards: G,
+}
+
+/// One WebSocket session from the upgrade until the client leaves, the connection is cut (a
+/// slow reader) or reaches its age, or the relay shuts down; then it answers the writes still
+/// in flight, forgets the connection's subscriptions, sends what its outbox holds and closes.
+/// Reading, handling and writing all run in this one task (see `writer`); `guards` are
+/// dropped at the very end.
+///
+/// Not an `async fn`: the state is built here and the returned future uses it in place, so
+/// the task holds it once (an `async fn` keeps its arguments beside what it builds from them).
+pub fn run<G: Send + 'static>(
+    app: Arc<App>,
+    socket: WebSocket,
+    ip: IpAddr,
+    guards: G,
+) -> impl Future<Output = ()> + Send {
     let id = app.next_connection_id();
     let limits = &app.config.limitation;
-    // Known to the relay-wide outbox budget until this function returns.
-    let (outbox, _registration) =
+    let (outbox, registration) =
         app.outboxes
             .open(id, limits.outbox_capacity, limits.outbox_max_bytes);
+    let max_in_flight = MAX_IN_FLIGHT.min(limits.outbox_capacity / 2).max(1);
+    let expires = connection_lifetime(app.config.server.max_connection_age_seconds)
+        .map(|lifetime| Box::pin(tokio::time::sleep(lifetime)));
     let conn = Arc::new(ConnectionHandle::new(id, outbox.clone()));
-    let mut shutdown = app.shutdown.clone();
-    let max_in_flight = MAX_IN_FLIGHT
-        .min(app.config.limitation.outbox_capacity / 2)
-        .max(1);
-
-    let mut reader_slow = outbox.cut_flag();
-    // Why the session ended, when its client should be told in the close frame.
-    let farewell = Arc::new(std::sync::OnceLock::new());
-    let writer = tokio::spawn(writer::write_outbox(
-        sink,
-        outbox,
-        app.shutdown.clone(),
-        farewell.clone(),
-    ));
-    let max_age = app.config.server.max_connection_age_seconds;
-    let expired = async {
-        match connection_lifetime(max_age) {
-            Some(lifetime) => tokio::time::sleep(lifetime).await,
-            None => std::future::pending().await,
-        }
+    let mut connection = Connection {
+        socket: Socket::new(socket, outbox),
+        shutdown: app.shutdown.clone(),
+        session: Session {
+            challenge: hex::encode(rand::random::<[u8; 16]>()),
+            app,
+            conn,
+            ip,
+            subs: HashSet::new(),
+            in_flight: event::InFlight::default(),
+        },
+        expires,
+        max_in_flight,
+        _registration: registration,
+        _guards: guards,
     };
-    tokio::pin!(expired);
+    async move { connection.serve().await }
+}
 
-    let mut session = Session {
-        challenge: hex::encode(rand::random::<[u8; 16]>()),
-        app: app.clone(),
-        conn: conn.clone(),
-        ip,
-        subs: HashSet::new(),
-        in_flight: event::InFlight::default(),
-    };
-    tracing::info!(conn = conn.id, ip = %ip, "connection opened");
-    session.conn.send(relay::auth(&session.challenge));
-
-    let reason = loop {
-        tokio::select! {
-            _ = crate::shutdown::until_set(&mut shutdown) => break "relay shutting down",
-            _ = crate::shutdown::until_set(&mut reader_slow) => break "slow reader",
-            _ = &mut expired => break "max connection age",
-            Some(ok) = session.in_flight.next(), if !session.in_flight.is_empty() => {
-                session.conn.send(ok);
-            }
-            frame = stream.next(), if session.in_flight.len() < max_in_flight => match frame {
+impl<G> Connection<G> {
+    async fn serve(&mut self) {
+        let (id, ip) = (self.session.conn.id, self.session.ip);
+        tracing::info!(conn = id, ip = %ip, "connection opened");
+        self.session.conn.send(relay::auth(&self.session.challenge));
+        // How the socket ended, when it ended before the session.
+        let mut ended = None;
+        let reason = loop {
+            let reading = self.session.in_flight.len() < self.max_in_flight;
+            let (session, socket) = (&mut self.session, &mut self.socket);
+            let expired = async {
+                match self.expires.as_mut() {
+                    Some(sleep) => sleep.as_mut().await,
+                    None => std::future::pending().await,
+                }
+            };
+            // What woke the session, acted on below, after the select's futures are gone: a
+            // message's handler then does not sit on top of them in the task's memory.
+            let next = tokio::select! {
+                biased;
+                _ = crate::shutdown::until_set(&mut self.shutdown) => {
+                    socket.start_drain();
+                    break "relay shutting down";
+                }
+                _ = expired => break "max connection age",
+                Some(ok) = session.in_flight.next(), if !session.in_flight.is_empty() => {
+                    session.conn.send(ok);
+                    continue;
+                }
+                next = std::future::poll_fn(|cx| socket.poll_next(cx, reading)) => next,
+            };
+            match next {
+                Next::End(end) => {
+                    ended = Some(end);
+                    break end.reason();
+                }
                 // Boxed: an idle connection then holds a small future, not room for the
-                // largest message handler (REQ with its query and claims).
-                Some(Ok(Message::Text(text))) => Box::pin(session.handle_text(text.as_str())).await,
-                Some(Ok(Message::Binary(_))) => session
-                    .conn
-                    .send(relay::notice("invalid: binary frames are not supported, send JSON text")),
-                Some(Ok(Message::Close(_))) | None => break "client closed",
-                Some(Err(_)) => break "transport error",
-                Some(Ok(_)) => {} // ping/pong are answered by the WebSocket layer
-            },
+                // largest message handler (REQ with its query and claims). The socket goes on
+                // writing meanwhile: a handler may wait for room in the outbox.
+                Next::Frame(Some(Ok(Message::Text(text)))) => {
+                    let handled = Box::pin(self.session.handle_text(text.as_str()));
+                    let work = while_writing(handled, &mut self.socket, &mut self.shutdown);
+                    if let Err(end) = Box::pin(work).await {
+                        ended = Some(end);
+                        break end.reason();
+                    }
+                }
+                Next::Frame(Some(Ok(Message::Binary(_)))) => self.session.conn.send(relay::notice(
+                    "invalid: binary frames are not supported, send JSON text",
+                )),
+                Next::Frame(Some(Ok(Message::Close(_))) | None) => break "client closed",
+                Next::Frame(Some(Err(_))) => break "transport error",
+                Next::Frame(Some(Ok(_))) => {} // ping/pong are answered by the WebSocket layer
+            }
+        };
+        tracing::info!(conn = id, ip = %ip, reason, "connection closed");
+        // Boxed: only a closing connection needs room for its goodbye.
+        Box::pin(self.goodbye(ended, reason)).await;
+    }
+
+    /// The end of a session: answers what was already accepted for writing (at shutdown too,
+    /// within `SHUTDOWN_DRAIN`), tells a connection closed at its age why, forgets its
+    /// subscriptions, then sends what its outbox holds and closes the socket.
+    async fn goodbye(&mut self, mut ended: Option<End>, reason: &'static str) {
+        let session = &mut self.session;
+        if ended.is_none() {
+            let answered = async {
+                while let Some(ok) = session.in_flight.next().await {
+                    session.conn.send(ok);
+                }
+            };
+            ended = while_writing(answered, &mut self.socket, &mut self.shutdown)
+                .await
+                .err();
         }
-    };
-    tracing::info!(conn = conn.id, ip = %ip, reason, "connection closed");
-    // Answer what was already accepted for writing before going away (at shutdown too: the
-    // writer goes on sending for `SHUTDOWN_DRAIN`).
-    while let Some(ok) = session.in_flight.next().await {
-        session.conn.send(ok);
+        // The socket ended first: the writes are awaited all the same, nobody can be told.
+        while let Some(ok) = session.in_flight.next().await {
+            session.conn.send(ok);
+        }
+        let mut farewell = None;
+        if reason == "max connection age" {
+            let max_age = session.app.config.server.max_connection_age_seconds;
+            session.conn.send(relay::notice(&format!(
+                "closing: this connection reached its maximum age \
+                 (server.max_connection_age_seconds = {max_age}); reconnect"
+            )));
+            farewell = Some("max connection age reached, reconnect");
+        }
+        session
+            .app
+            .subscriptions
+            .remove_connection(session.conn.id, &session.subs);
+        session.subs.clear();
+        self.socket.close(ended, farewell, &mut self.shutdown).await;
     }
-    if reason == "max connection age" {
-        session.conn.send(relay::notice(&format!(
-            "closing: this connection reached its maximum age \
-             (server.max_connection_age_seconds = {max_age}); reconnect"
-        )));
-        let _ = farewell.set("max connection age reached, reconnect");
+}
+
+/// Runs `work` (a message's handler, the answers still in flight) while the socket goes on
+/// writing the outbox; Err when the connection ended first (cut, failed, or the shutdown
+/// drain ran out; `work` is then dropped).
+async fn while_writing<F: Future>(
+    work: F,
+    socket: &mut Socket,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<F::Output, End> {
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut work => return Ok(out),
+            _ = crate::shutdown::until_set(shutdown), if !socket.draining() => socket.start_drain(),
+            end = socket.ended() => return Err(end),
+        }
     }
-    app.subscriptions.remove_connection(conn.id, &session.subs);
-    drop(session);
-    drop(conn);
-    let _ = writer.await;
 }
 
 impl Session {
@@ -193,5 +286,29 @@ mod lifetime_tests {
                 "{d:?}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use std::future::Future;
+
+    fn future_size<A, B, C, F: Future>(_: impl FnOnce(A, B, C, ()) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// An idle connection's task holds `run`'s future for the connection's whole life, so its
+    /// size is memory per connection (docs/PERFORMANCE.md, "Memory per connection"): what only
+    /// a message or the goodbye needs is boxed.
+    #[test]
+    fn the_future_an_idle_connection_holds_stays_small() {
+        let run = future_size(super::run::<()>);
+        eprintln!(
+            "session::run future: {run} bytes (socket {}, websocket {}, session {})",
+            std::mem::size_of::<super::Socket>(),
+            std::mem::size_of::<axum::extract::ws::WebSocket>(),
+            std::mem::size_of::<super::Session>(),
+        );
+        assert!(run <= 1024, "session::run future is {run} bytes");
     }
 }

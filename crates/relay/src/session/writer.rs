@@ -1,133 +1,255 @@
-//! The connection's writer task: drains the outbox to the socket, flushing once per burst, and
-//! says goodbye (a slow reader's NOTICE, the close frame at shutdown or at the connection's age).
+//! The connection's socket as its session drives it, in the session's own task: reads client
+//! frames, drains the outbox to the socket (flushing once per burst), and says goodbye (a slow
+//! reader's NOTICE, the close frame at shutdown or at the connection's age).
+//!
+//! One task per connection, not a session task and a writer task: an idle connection then
+//! holds one small future and no second task, split-stream lock or wake-up channel (see
+//! docs/PERFORMANCE.md, "Memory per connection").
 
 use crate::outbox::{CutReason, Outbox};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures_util::stream::SplitSink;
-use futures_util::SinkExt;
+use futures_util::{Sink, SinkExt, Stream};
 use mls_proto::relay;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::time::Sleep;
 
-/// How long a cut connection's writer tries to deliver the NOTICE and close frame (it goes out
-/// once the client has read what the socket already holds): a client that never reads again
-/// must not keep the socket and the writer forever. Its outbox is already dropped, so this
-/// costs a socket and at most one message in the WebSocket's write buffer. Long enough for a
-/// client that was paused (a phone app in the background) to learn why it was closed.
+/// How long a cut connection tries to deliver the NOTICE and close frame (they go out once the
+/// client has read what the socket already holds): a client that never reads again must not
+/// keep the socket and the task forever. Its outbox is already dropped, so this costs a socket
+/// and at most one message in the WebSocket's write buffer. Long enough for a client that was
+/// paused (a phone app in the background) to learn why it was closed.
 const FAREWELL_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// At shutdown, how long a connection's writer goes on sending what its session still queues
-/// (the answers to its in-flight writes) before the close frame. Within Cloud Run's 10 s
-/// between SIGTERM and SIGKILL, with room for the store to finish its commits.
+/// At shutdown, how long a connection goes on sending what its session still queues (the
+/// answers to its in-flight writes) before the close frame. Within Cloud Run's 10 s between
+/// SIGTERM and SIGKILL, with room for the store to finish its commits.
 pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(3);
 
 /// The close frame's reason at shutdown.
 const SHUTTING_DOWN: &str = "relay shutting down";
 
-/// How the writer's pumping ended.
-enum End {
+/// Why the socket stopped being written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum End {
+    /// The outbox was cut (a slow reader).
     Cut,
     /// Shutdown's drain time ran out.
     Shutdown,
-    /// No sender left and the outbox drained.
+    /// The outbox drained after the session's end.
     Finished,
     /// The socket failed.
     Failed,
 }
 
-/// The connection's writer: drains the outbox to the socket, flushing once per burst. A cut
-/// connection (a slow reader) is told why and closed; so is everyone at shutdown. Both are
-/// checked first and between messages, so a backlog never hides them; a cut also interrupts a
-/// write the client is not reading.
-pub(super) async fn write_outbox(
-    mut sink: SplitSink<WebSocket, Message>,
-    outbox: Arc<Outbox>,
-    shutdown: watch::Receiver<bool>,
-    farewell: Arc<std::sync::OnceLock<&'static str>>,
-) {
-    let close = |reason: &str| {
-        Message::Close(Some(CloseFrame {
-            code: 1001,
-            reason: reason.to_owned().into(),
-        }))
-    };
-    let mut cut = outbox.cut_flag();
-    let mut stop = shutdown.clone();
-    let end = tokio::select! {
-        biased;
-        _ = crate::shutdown::until_set(&mut cut) => End::Cut,
-        // At shutdown the session stops reading, answers its in-flight writes and ends: what
-        // it queued goes out first (`End::Finished`), within `SHUTDOWN_DRAIN`. The deadline
-        // also ends a write the client is not reading, so the session's own waiting answer
-        // (`send_wait`) is released.
-        _ = async {
-            crate::shutdown::until_set(&mut stop).await;
-            tokio::time::sleep(SHUTDOWN_DRAIN).await;
-        } => End::Shutdown,
-        end = pump(&mut sink, &outbox) => end,
-    };
-    // Nothing more is queued; what still is, is dropped and its bytes given back.
-    outbox.close();
-    match end {
-        End::Cut => {
-            let notice = relay::notice(&cut_notice(&outbox));
-            let farewell = async {
-                let _ = sink.send(Message::Text(notice.into())).await;
-                let _ = sink.send(close("slow reader")).await;
-                let _ = sink.close().await;
-            };
-            let _ = tokio::time::timeout(FAREWELL_TIMEOUT, farewell).await;
-            return;
+impl End {
+    /// The reason logged when the socket ends the session.
+    pub(super) fn reason(self) -> &'static str {
+        match self {
+            End::Cut => "slow reader",
+            End::Failed => "transport error",
+            End::Shutdown | End::Finished => "relay shutting down",
         }
-        End::Shutdown => {
-            let _ = sink.send(close(SHUTTING_DOWN)).await;
-        }
-        End::Finished => {
-            let frame = match farewell.get() {
-                Some(reason) => close(reason),
-                None if *shutdown.borrow() => close(SHUTTING_DOWN),
-                None => Message::Close(None),
-            };
-            let _ = sink.send(frame).await;
-        }
-        End::Failed => {}
     }
-    let _ = sink.close().await;
 }
 
-/// Writes the outbox to the socket until the connection is cut or shut down (then this future
-/// is dropped by the caller), finished or failed.
-async fn pump(sink: &mut SplitSink<WebSocket, Message>, outbox: &Outbox) -> End {
-    /// Bytes taken from the outbox: given back once flushed, or when the write is abandoned.
-    struct Taken<'a>(&'a Outbox, usize);
-    impl Drop for Taken<'_> {
-        fn drop(&mut self) {
-            self.0.release(self.1);
+/// What the socket has for the session: the client's next frame, or the end of the connection.
+pub(super) enum Next {
+    Frame(Option<Result<Message, axum::Error>>),
+    End(End),
+}
+
+/// One connection's WebSocket and its outbox.
+pub(super) struct Socket {
+    ws: WebSocket,
+    outbox: Arc<Outbox>,
+    /// Bytes fed to the socket since its last flush: given back to the outbox's bounds once
+    /// flushed (or when the socket is dropped).
+    unflushed: usize,
+    /// Messages fed since the last flush.
+    fed: bool,
+    /// Set at shutdown: the time left to drain. Boxed: only a closing connection needs it.
+    drain: Option<Pin<Box<Sleep>>>,
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        self.outbox.release(self.unflushed);
+    }
+}
+
+impl Socket {
+    pub(super) fn new(ws: WebSocket, outbox: Arc<Outbox>) -> Self {
+        Socket {
+            ws,
+            outbox,
+            unflushed: 0,
+            fed: false,
+            drain: None,
         }
     }
-    loop {
-        let first = outbox.pop().await;
-        let Some(first) = first else {
-            return match outbox.cut_reason() {
-                Some(_) => End::Cut,
-                None => End::Finished,
-            };
-        };
-        // Everything already queued goes out with one flush (one syscall for a REQ's events
-        // and EOSE, not one each).
-        let mut taken = Taken(outbox, 0);
-        let mut next = Some(first);
-        while let Some(text) = next.take() {
-            taken.1 += text.len();
-            crate::metrics::message_out(&text);
-            if sink.feed(Message::Text(text.into())).await.is_err() {
-                return End::Failed;
-            }
-            next = outbox.try_pop();
+
+    /// Shutdown began: what is queued may still go out for [`SHUTDOWN_DRAIN`].
+    pub(super) fn start_drain(&mut self) {
+        if self.drain.is_none() {
+            self.drain = Some(Box::pin(tokio::time::sleep(SHUTDOWN_DRAIN)));
         }
-        if sink.flush().await.is_err() {
-            return End::Failed;
+    }
+
+    pub(super) fn draining(&self) -> bool {
+        self.drain.is_some()
+    }
+
+    /// Writes the outbox and, when `read`, reads the client's next frame. A cut or the end of
+    /// the shutdown drain is checked first, so a backlog never hides them, and interrupts a
+    /// write the client is not reading.
+    pub(super) fn poll_next(&mut self, cx: &mut Context<'_>, read: bool) -> Poll<Next> {
+        if let Some(end) = self.poll_stop(cx) {
+            return Poll::Ready(Next::End(end));
+        }
+        if let Poll::Ready(Err(())) = self.poll_write(cx) {
+            return Poll::Ready(Next::End(End::Failed));
+        }
+        if read {
+            if let Poll::Ready(frame) = Pin::new(&mut self.ws).poll_next(cx) {
+                return Poll::Ready(Next::Frame(frame));
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Resolves with the end of the connection while its session works on something else (a
+    /// message's handler, the answers still in flight): the outbox goes on being written.
+    pub(super) async fn ended(&mut self) -> End {
+        std::future::poll_fn(|cx| match self.poll_next(cx, false) {
+            Poll::Ready(Next::End(end)) => Poll::Ready(end),
+            _ => Poll::Pending,
+        })
+        .await
+    }
+
+    fn poll_stop(&mut self, cx: &mut Context<'_>) -> Option<End> {
+        if self.outbox.cut_reason().is_some() {
+            return Some(End::Cut);
+        }
+        let deadline = self.drain.as_mut()?;
+        deadline
+            .as_mut()
+            .poll(cx)
+            .is_ready()
+            .then_some(End::Shutdown)
+    }
+
+    /// Feeds every queued message to the socket and flushes once (one syscall for a REQ's
+    /// events and EOSE, not one each). Ready(Ok) once everything queued is flushed (the
+    /// outbox then wakes this task for the next message); Pending while the socket is busy.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
+        loop {
+            // Registered before looking at the queue, so a message queued meanwhile wakes us.
+            self.outbox.register(cx.waker());
+            loop {
+                match Pin::new(&mut self.ws).poll_ready(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(_)) => return Poll::Ready(Err(())),
+                    Poll::Ready(Ok(())) => {}
+                }
+                let Some(text) = self.outbox.try_pop() else {
+                    break;
+                };
+                self.unflushed += text.len();
+                self.fed = true;
+                crate::metrics::message_out(&text);
+                if Pin::new(&mut self.ws)
+                    .start_send(Message::Text(text.into()))
+                    .is_err()
+                {
+                    return Poll::Ready(Err(()));
+                }
+            }
+            if !self.fed {
+                return Poll::Ready(Ok(()));
+            }
+            match Pin::new(&mut self.ws).poll_flush(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => return Poll::Ready(Err(())),
+                Poll::Ready(Ok(())) => {
+                    self.outbox.release(std::mem::take(&mut self.unflushed));
+                    self.fed = false;
+                    self.outbox.shrink_if_empty();
+                }
+            }
+        }
+    }
+
+    /// After the session: sends what its outbox still holds (within the shutdown drain), then
+    /// says goodbye — the NOTICE of a cut, the close frame with `farewell` or the shutdown
+    /// reason — and closes the socket. `ended` is how the socket already ended, if it did.
+    pub(super) async fn close(
+        &mut self,
+        ended: Option<End>,
+        farewell: Option<&'static str>,
+        shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    ) {
+        let end = match ended {
+            Some(end) => end,
+            None => loop {
+                tokio::select! {
+                    biased;
+                    _ = crate::shutdown::until_set(shutdown), if !self.draining() => {
+                        self.start_drain();
+                    }
+                    end = std::future::poll_fn(|cx| self.poll_drained(cx)) => break end,
+                }
+            },
+        };
+        // Nothing more is queued; what still is, is dropped and its bytes given back.
+        self.outbox.close();
+        let close = |reason: &str| {
+            Message::Close(Some(CloseFrame {
+                code: 1001,
+                reason: reason.to_owned().into(),
+            }))
+        };
+        match end {
+            End::Cut => {
+                let notice = relay::notice(&cut_notice(&self.outbox));
+                let ws = &mut self.ws;
+                let goodbye = async {
+                    let _ = ws.send(Message::Text(notice.into())).await;
+                    let _ = ws.send(close("slow reader")).await;
+                    let _ = ws.close().await;
+                };
+                let _ = tokio::time::timeout(FAREWELL_TIMEOUT, goodbye).await;
+                return;
+            }
+            End::Shutdown => {
+                let _ = self.ws.send(close(SHUTTING_DOWN)).await;
+            }
+            End::Finished => {
+                let frame = match farewell {
+                    Some(reason) => close(reason),
+                    None if *shutdown.borrow() => close(SHUTTING_DOWN),
+                    None => Message::Close(None),
+                };
+                let _ = self.ws.send(frame).await;
+            }
+            End::Failed => {}
+        }
+        let _ = self.ws.close().await;
+    }
+
+    /// Ready once the outbox is written and flushed, or the connection ended otherwise.
+    fn poll_drained(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        if let Some(end) = self.poll_stop(cx) {
+            return Poll::Ready(end);
+        }
+        match self.poll_write(cx) {
+            Poll::Ready(Ok(())) => Poll::Ready(End::Finished),
+            Poll::Ready(Err(())) => Poll::Ready(End::Failed),
+            Poll::Pending => Poll::Pending,
         }
     }
 }
