@@ -5,13 +5,14 @@
 //!
 //! EVENTs are checked on the verification pool and written concurrently (so one connection's
 //! burst uses every core and shares a group commit) but their writes are enqueued and answered
-//! in arrival order (`event::InFlight`); a REQ or COUNT first waits for the
+//! in arrival order (`in_flight::InFlight`); a REQ or COUNT first waits for the
 //! connection's earlier EVENTs, so a client always reads its own writes.
 
 mod auth;
 mod close;
 mod count;
 mod event;
+mod in_flight;
 mod read;
 mod req;
 mod writer;
@@ -57,7 +58,7 @@ struct Session {
     /// The client's address (rate limits, logs).
     ip: IpAddr,
     subs: HashSet<Arc<str>>,
-    in_flight: event::InFlight,
+    in_flight: in_flight::InFlight,
 }
 
 /// Everything one open connection holds: its session, its socket and their timers. The
@@ -107,7 +108,7 @@ pub fn run<G: Send + 'static>(
             conn,
             ip,
             subs: HashSet::new(),
-            in_flight: event::InFlight::default(),
+            in_flight: in_flight::InFlight::default(),
         },
         expires,
         max_in_flight,
