@@ -69,6 +69,34 @@ pub fn gateway(config: &Config) -> Result<Arc<Gateway>, String> {
         .map_err(|e| format!("extensions.mls_gateway: {e}"))
 }
 
+/// Connections the kernel holds for the relay before it accepts them (capped by the kernel's
+/// `net.core.somaxconn`). A burst of opens — every client of an instance that went away
+/// reconnecting at once — must fit: a SYN dropped from a full queue is retried only after a
+/// second. The default of `TcpListener::bind` (1,024) overflowed when 1,000 clients opened at
+/// once (`mls-bench connections`, docs/PERFORMANCE.md).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Listens on the first address `addr` resolves to that can be bound.
+async fn listen(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let mut last = None;
+    for sa in tokio::net::lookup_host(addr).await? {
+        let socket = match sa {
+            std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        // As `TcpListener::bind` does: a restarted relay listens while its old connections
+        // linger in TIME_WAIT.
+        socket.set_reuseaddr(true)?;
+        match socket.bind(sa).and_then(|()| socket.listen(LISTEN_BACKLOG)) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to listen on")
+    }))
+}
+
 /// Runs the relay until SIGTERM/SIGINT, then shuts down gracefully within Cloud Run's 10 s:
 /// stop accepting, let sessions answer their in-flight writes and close their sockets with a
 /// close frame and a reason, let the store commit what it accepted, exit.
@@ -81,7 +109,7 @@ pub async fn run(config: Config) -> Result<(), String> {
     let (store, bus) = app::open_store_and_bus(&config, gateway.clone()).await?;
     let store = metrics::MeteredStore::wrap(store);
     let addr = config.listen_addr();
-    let listener = tokio::net::TcpListener::bind(&addr)
+    let listener = listen(&addr)
         .await
         .map_err(|e| format!("server.host/server.port {addr}: cannot listen: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
