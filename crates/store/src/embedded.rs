@@ -296,6 +296,21 @@ impl EmbeddedStore {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Runs `f` with the committed state, in one read transaction on the calling thread.
+    fn with_state(
+        &self,
+        f: &mut (dyn for<'s> FnMut(&'s dyn StateRead) -> StoreResult<()> + Send),
+    ) -> StoreResult<()> {
+        let txn = self
+            .env
+            .read_txn()
+            .map_err(backend("begin read transaction"))?;
+        f(&state::TxnState {
+            txn: &txn,
+            db: self.dbs.state,
+        })
+    }
 }
 
 impl Drop for EmbeddedStore {
@@ -384,16 +399,7 @@ impl EventStore for EmbeddedStore {
         &self,
         f: &mut (dyn for<'s> FnMut(&'s dyn StateRead) -> StoreResult<()> + Send),
     ) -> StoreResult<()> {
-        blocking(|| {
-            let txn = self
-                .env
-                .read_txn()
-                .map_err(backend("begin read transaction"))?;
-            f(&state::TxnState {
-                txn: &txn,
-                db: self.dbs.state,
-            })
-        })
+        blocking(|| self.with_state(f))
     }
 
     /// On the caller's thread: a few B-tree lookups in the memory map cost less than the
@@ -402,14 +408,7 @@ impl EventStore for EmbeddedStore {
         &self,
         f: &mut (dyn for<'s> FnMut(&'s dyn StateRead) -> StoreResult<()> + Send),
     ) -> StoreResult<()> {
-        let txn = self
-            .env
-            .read_txn()
-            .map_err(backend("begin read transaction"))?;
-        f(&state::TxnState {
-            txn: &txn,
-            db: self.dbs.state,
-        })
+        self.with_state(f)
     }
 
     async fn update_state(
