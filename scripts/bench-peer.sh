@@ -84,9 +84,10 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 WORK=""
 PID=""
+# Ends with a status of 0: an EXIT trap's last status would become the script's.
 cleanup() {
-    [ -n "$PID" ] && kill "$PID" 2>/dev/null || true
-    [ -n "$WORK" ] && rm -rf "$WORK"
+    if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; fi
+    if [ -n "$WORK" ]; then rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 
