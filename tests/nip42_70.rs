@@ -253,6 +253,54 @@ async fn auth_enabled_serves_nothing_before_auth() {
 }
 
 #[tokio::test]
+async fn an_auth_sent_right_after_an_event_is_answered_after_that_event() {
+    // A client that sends EVENT then AUTH without waiting (nostr-sdk does, when it publishes
+    // before the challenge is answered) must get the EVENT's `auth-required` refusal before the
+    // AUTH's OK: on the refusal it waits for its AUTH's OK and only then resends. And the EVENT
+    // stays refused: it arrived before the AUTH.
+    let relay = Relay::builder()
+        .config("[auth]\nenabled = true\n")
+        .start()
+        .await;
+    let k = keys();
+    for round in 0..5 {
+        let mut ws = relay.connect().await;
+        let challenge = ws.challenge().await;
+        let events: Vec<_> = (0..3)
+            .map(|i| ev(&k, 1, &[], &format!("before auth {round}/{i}")))
+            .collect();
+        let auth = auth_event(&k, &challenge, &relay.ws_url());
+        for e in &events {
+            ws.send(&json!(["EVENT", e])).await;
+        }
+        ws.send(&json!(["AUTH", auth])).await;
+
+        let mut order = Vec::new();
+        while order.len() < events.len() + 1 {
+            let v = ws.recv().await;
+            if v[0] == "OK" {
+                order.push(v);
+            }
+        }
+        for (e, ok) in events.iter().zip(&order) {
+            assert_eq!(ok[1], id_hex(e), "OKs out of arrival order: {order:?}");
+            assert_eq!(ok[2], false, "EVENT sent before AUTH accepted: {ok}");
+            assert_prefix(ok[3].as_str().unwrap(), "auth-required:");
+        }
+        let last = order.last().unwrap();
+        assert_eq!(
+            last[1],
+            id_hex(&auth),
+            "AUTH's OK overtook an EVENT's: {order:?}"
+        );
+        assert_eq!(last[2], true, "AUTH refused: {last}");
+
+        // Resent after the AUTH's OK, as the client does, it is accepted.
+        ws.publish_ok(&events[0]).await;
+    }
+}
+
+#[tokio::test]
 async fn nostr_auth_required_env_turns_auth_on() {
     let relay = Relay::builder()
         .env("NOSTR_AUTH_REQUIRED", "true")

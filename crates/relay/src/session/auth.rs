@@ -32,12 +32,20 @@ impl Session {
                 }
             })
             .inspect_err(|reason| crate::metrics::auth_refused(reason));
-        match result {
+        let ok = match result {
             Ok(pk) => {
                 tracing::info!(conn = self.conn.id, pubkey = %mls_proto::short_pubkey(&pk), "authenticated");
-                self.conn.send(relay::ok(&id, true, ""));
+                relay::ok(&id, true, "")
             }
-            Err(reason) => self.conn.send(relay::ok(&id, false, &reason)),
+            Err(reason) => relay::ok(&id, false, &reason),
+        };
+        // After the OKs of EVENTs that arrived before it: a client that sent EVENT then AUTH
+        // and gets `auth-required` for the EVENT waits for its AUTH's OK before resending
+        // (nostr-sdk does), so that OK must not overtake the refusal.
+        if self.in_flight.is_empty() {
+            self.conn.send(ok);
+        } else {
+            self.in_flight.push_answer(ok);
         }
     }
 }
