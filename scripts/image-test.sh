@@ -92,10 +92,15 @@ if [ -f "$WORK/storage.driver" ] && [ "$(cat "$WORK/storage.driver")" != "$DRIVE
 fi
 echo "$DRIVER" >"$WORK/storage.driver"
 
+# podman copies imported and built layers through a temporary directory (/var/tmp unless
+# TMPDIR says otherwise), which may be small or another disk: keep it beside the storage.
+mkdir -p "$WORK/tmp"
 pm() {
-    podman --root "$WORK/storage" --runroot "$WORK/run" --storage-driver "$DRIVER" \
+    TMPDIR="$WORK/tmp" podman --root "$WORK/storage" --runroot "$WORK/run" --storage-driver "$DRIVER" \
         --cgroup-manager cgroupfs --events-backend file "$@"
 }
+free_space() { df -h --output=avail "$1" 2>/dev/null | tail -n 1 | tr -d ' '; }
+log "free space under $WORK: $(free_space "$WORK")"
 # A cache that cannot be opened (it records its absolute path: a moved checkout, an older
 # podman) is dropped and made again; a fresh storage that cannot be opened means podman cannot
 # work here.
@@ -171,22 +176,40 @@ make_stand_in() { # qualified-name
             --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin' \
             "$suite" "$tar" </dev/null >"$WORK/mmdebstrap.log" 2>&1 ||
             { tail -n 30 "$WORK/mmdebstrap.log" >&2; die "mmdebstrap for $name failed"; }
-        pm import \
+        import_stand_in "$tar" "$name" \
             --change 'ENV PATH=/usr/local/cargo/bin:/usr/local/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-            --change 'ENV CARGO_HOME=/usr/local/cargo' \
-            "$tar" "$name" >/dev/null 2>"$WORK/import.log"
+            --change 'ENV CARGO_HOME=/usr/local/cargo'
         ;;
     *)
         mmdebstrap "${MMDEBSTRAP_SLIM[@]}" "$suite" "$tar" </dev/null >"$WORK/mmdebstrap.log" 2>&1 ||
             { tail -n 30 "$WORK/mmdebstrap.log" >&2; die "mmdebstrap for $name failed"; }
-        pm import \
+        import_stand_in "$tar" "$name" \
             --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-            --change 'CMD ["bash"]' "$tar" "$name" >/dev/null 2>"$WORK/import.log"
+            --change 'CMD ["bash"]'
         ;;
     esac
     rm -f "$tar"
     echo "$key" >"$stamp"
     log "stand-in $name: made in $((SECONDS - t)) s"
+}
+
+# `podman import TAR NAME` with the given --change options. A failure says why (podman's own
+# words and the free space: an import writes the layer more than once) and is tried once more
+# after dropping what podman holds but no image uses.
+import_stand_in() {
+    local tar="$1" name="$2"
+    shift 2
+    local try
+    for try in 1 2; do
+        if pm import "$@" "$tar" "$name" >/dev/null 2>"$WORK/import.log"; then
+            return 0
+        fi
+        log "podman import of $name failed (try $try, $(du -sh "$tar" | cut -f1) tar, $(free_space "$WORK") free under $WORK):"
+        tail -n 20 "$WORK/import.log" >&2
+        pm system prune -f >/dev/null 2>&1 || true
+        rm -rf "${WORK:?}/tmp"/*
+    done
+    die "podman import of the stand-in $name failed twice (see above)"
 }
 
 stages=$(awk 'toupper($1) == "FROM" && toupper($3) == "AS" { print $4 }' "$DOCKERFILE")
@@ -205,7 +228,7 @@ t=$SECONDS
 if ! pm build --isolation chroot --pull=never --layers -f "$DOCKERFILE" -t "$IMAGE" . \
     </dev/null >"$WORK/build.log" 2>&1; then
     tail -n 40 "$WORK/build.log" >&2
-    die "podman build failed (whole log: $WORK/build.log)"
+    die "podman build failed ($(free_space "$WORK") free under $WORK; whole log: $WORK/build.log)"
 fi
 # The builder stage's layers belong to no tagged image: tag them (all cached, seconds) so that
 # pruning the images of earlier builds keeps this build's cache, the dependency layer included.
