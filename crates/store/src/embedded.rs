@@ -573,8 +573,11 @@ mod tests {
         txn.commit().unwrap();
     }
 
+    /// Key and value of a table entry.
+    type Entry = (Vec<u8>, Vec<u8>);
+
     /// What a store holds, to compare two opens: every record and index entry, `last_seq`.
-    fn snapshot(store: &EmbeddedStore) -> (Vec<(Vec<u8>, Vec<u8>)>, u64) {
+    fn snapshot(store: &EmbeddedStore) -> (Vec<Entry>, u64) {
         let txn = store.env.read_txn().unwrap();
         let mut all = Vec::new();
         let d = &store.dbs;

@@ -63,12 +63,11 @@ pub(super) fn upgrade(
             let Some(last) = chunk.last() else { break };
             after = Some(last.id.0);
             for old in chunk {
-                let Some((received_at, expires_at, in_record, json)) = decode_record(&old.record)
-                else {
+                let Some(record) = decode_record(&old.record) else {
                     tracing::error!(id = %old.id, "skipping an unreadable event record in the upgrade");
                     continue;
                 };
-                let ev: Event = match serde_json::from_str(json) {
+                let ev: Event = match serde_json::from_str(record.json) {
                     Ok(ev) => ev,
                     Err(e) => {
                         tracing::error!(id = %old.id, error = %e, "skipping an unreadable event in the upgrade");
@@ -82,7 +81,7 @@ pub(super) fn upgrade(
                         .map_err(backend("read event"))?
                         .is_some())
                 };
-                let seq = match in_record.or(old.seq) {
+                let seq = match record.seq.or(old.seq) {
                     Some(seq) if !taken(seq, txn)? => seq,
                     _ => {
                         new_seqs += 1;
@@ -98,8 +97,8 @@ pub(super) fn upgrade(
                     txn,
                     dbs,
                     &ev,
-                    received_at,
-                    expires_at,
+                    record.received_at,
+                    record.expires_at,
                     seq,
                     &audience,
                     false,
@@ -200,21 +199,28 @@ const RECORD_V2: u8 = 2;
 const HEADER_V1_LEN: usize = 1 + 1 + 8 + 8;
 const HEADER_V2_LEN: usize = HEADER_V1_LEN + 8;
 
-/// `received_at`, `expires_at`, the `seq` (schema 2 only) and the JSON of an old record.
-#[allow(clippy::type_complexity)]
-fn decode_record(bytes: &[u8]) -> Option<(u64, Option<u64>, Option<u64>, &str)> {
-    let header = match bytes.first()? {
-        &RECORD_V1 => HEADER_V1_LEN,
-        &RECORD_V2 => HEADER_V2_LEN,
+/// An old record read in place.
+struct OldRecord<'a> {
+    received_at: u64,
+    expires_at: Option<u64>,
+    /// Schema 2 records only.
+    seq: Option<u64>,
+    json: &'a str,
+}
+
+fn decode_record(bytes: &[u8]) -> Option<OldRecord<'_>> {
+    let header = match *bytes.first()? {
+        RECORD_V1 => HEADER_V1_LEN,
+        RECORD_V2 => HEADER_V2_LEN,
         _ => return None,
     };
     let json = std::str::from_utf8(bytes.get(header..)?).ok()?;
-    Some((
-        keys::u64_at(bytes, 2),
-        (bytes[1] & 1 == 1).then(|| keys::u64_at(bytes, 10)),
-        (header == HEADER_V2_LEN).then(|| keys::u64_at(bytes, HEADER_V1_LEN)),
+    Some(OldRecord {
+        received_at: keys::u64_at(bytes, 2),
+        expires_at: (bytes[1] & 1 == 1).then(|| keys::u64_at(bytes, 10)),
+        seq: (header == HEADER_V2_LEN).then(|| keys::u64_at(bytes, HEADER_V1_LEN)),
         json,
-    ))
+    })
 }
 
 /// Writers of the old layout, so that tests can make the stores older builds left.
