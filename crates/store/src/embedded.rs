@@ -47,6 +47,7 @@ use heed::{Database, Env, EnvOpenOptions, RwTxn, WithoutTls};
 use mls_proto::{Event, Filter};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 pub(crate) type Bytes = heed::types::Bytes;
 
@@ -122,10 +123,25 @@ impl Dbs {
             audience_idx: db("idx_audience")?,
             audience_kind_idx: db("idx_audience_kind")?,
         };
-        if let Some(from) = check_schema(&mut txn, dbs.meta)? {
-            upgrade::upgrade(env, &mut txn, &dbs, &from)?;
-        }
+        let upgrade = match check_schema(&mut txn, dbs.meta)? {
+            None => None,
+            Some(from) => {
+                let started = Instant::now();
+                Some((from, started, upgrade::upgrade(env, &mut txn, &dbs)?))
+            }
+        };
         txn.commit().map_err(backend("commit schema transaction"))?;
+        if let Some((from, started, done)) = upgrade {
+            tracing::info!(
+                from,
+                to = %String::from_utf8_lossy(SCHEMA_VERSION),
+                events = done.events,
+                given_a_seq = done.given_a_seq,
+                last_seq = done.last_seq,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "upgraded the store's schema: records keyed by commit sequence"
+            );
+        }
         Ok(dbs)
     }
 

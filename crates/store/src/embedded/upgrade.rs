@@ -15,7 +15,6 @@ use crate::{ReadKey, StoreError, StoreResult};
 use heed::{Database, Env, RwTxn, WithoutTls};
 use mls_proto::{Event, Hex32};
 use std::ops::Bound;
-use std::time::Instant;
 
 /// The tables of schemas 1 and 2 that schema 3 does without.
 const LEGACY_EVENTS: &str = "events";
@@ -26,14 +25,16 @@ const AUDIENCE_MARKER: &[u8] = b"audience";
 /// ends before they are written).
 const CHUNK: usize = 4096;
 
-/// Moves every event of a schema `from` store into the schema 3 layout.
-pub(super) fn upgrade(
-    env: &Env<WithoutTls>,
-    txn: &mut RwTxn,
-    dbs: &Dbs,
-    from: &str,
-) -> StoreResult<()> {
-    let started = Instant::now();
+/// What an upgrade did, logged once it is committed.
+pub(super) struct Upgraded {
+    pub events: u64,
+    /// Events that had no `seq` (stored before there was a commit stream).
+    pub given_a_seq: u64,
+    pub last_seq: u64,
+}
+
+/// Moves every event of a schema 1 or 2 store into the schema 3 layout.
+pub(super) fn upgrade(env: &Env<WithoutTls>, txn: &mut RwTxn, dbs: &Dbs) -> StoreResult<Upgraded> {
     let mut legacy = Vec::new();
     for name in LEGACY_TABLES {
         let db: Option<Database<Bytes, Bytes>> = env
@@ -120,16 +121,11 @@ pub(super) fn upgrade(
             .put(txn, keys::LAST_SEQ, &last_seq.to_be_bytes())
             .map_err(backend("write last_seq"))?;
     }
-    tracing::info!(
-        from,
-        to = "3",
-        events = moved,
-        given_a_seq = new_seqs,
+    Ok(Upgraded {
+        events: moved,
+        given_a_seq: new_seqs,
         last_seq,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "upgraded the store's schema: records now keyed by commit sequence"
-    );
-    Ok(())
+    })
 }
 
 /// One event of the old layout, as read from its tables.
