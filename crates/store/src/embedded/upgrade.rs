@@ -35,16 +35,13 @@ pub(super) struct Upgraded {
 
 /// Moves every event of a schema 1 or 2 store into the schema 3 layout.
 pub(super) fn upgrade(env: &Env<WithoutTls>, txn: &mut RwTxn, dbs: &Dbs) -> StoreResult<Upgraded> {
-    let mut legacy = Vec::new();
-    for name in LEGACY_TABLES {
-        let db: Option<Database<Bytes, Bytes>> = env
+    let mut legacy: [Option<Database<Bytes, Bytes>>; 4] = [None; 4];
+    for (db, name) in legacy.iter_mut().zip(LEGACY_TABLES) {
+        *db = env
             .open_database(txn, Some(name))
             .map_err(|e| StoreError::Backend(format!("open database {name}: {e}")))?;
-        legacy.push(db);
     }
-    let [old_events, old_audience, _, old_event_seq] = legacy[..] else {
-        unreachable!("one handle per legacy table")
-    };
+    let [old_events, old_audience, _, old_event_seq] = legacy;
     for index in Index::ALL {
         dbs.index(index)
             .clear(txn)
@@ -64,26 +61,23 @@ pub(super) fn upgrade(env: &Env<WithoutTls>, txn: &mut RwTxn, dbs: &Dbs) -> Stor
             let Some(last) = chunk.last() else { break };
             after = Some(last.id.0);
             for old in chunk {
-                let Some(record) = decode_record(&old.record) else {
-                    tracing::error!(id = %old.id, "skipping an unreadable event record in the upgrade");
-                    continue;
-                };
-                let ev: Event = match serde_json::from_str(record.json) {
-                    Ok(ev) => ev,
-                    Err(e) => {
-                        tracing::error!(id = %old.id, error = %e, "skipping an unreadable event in the upgrade");
+                let parsed = decode_record(&old.record)
+                    .ok_or_else(|| "record header".to_string())
+                    .and_then(|record| {
+                        serde_json::from_str::<Event>(record.json)
+                            .map(|ev| (record, ev))
+                            .map_err(|e| format!("event JSON: {e}"))
+                    });
+                let (record, ev) = match parsed {
+                    Ok(parsed) => parsed,
+                    Err(error) => {
+                        // Unreadable before the upgrade too: reads skipped it.
+                        tracing::error!(id = %old.id, error, "upgrade: skipping a corrupt record");
                         continue;
                     }
                 };
-                let taken = |seq: u64, txn: &RwTxn| -> StoreResult<bool> {
-                    Ok(dbs
-                        .events
-                        .get(txn, &keys::seq_key(seq))
-                        .map_err(backend("read event"))?
-                        .is_some())
-                };
                 let seq = match record.seq.or(old.seq) {
-                    Some(seq) if !taken(seq, txn)? => seq,
+                    Some(seq) if !taken(txn, dbs, seq)? => seq,
                     _ => {
                         new_seqs += 1;
                         last_seq + 1
@@ -126,6 +120,16 @@ pub(super) fn upgrade(env: &Env<WithoutTls>, txn: &mut RwTxn, dbs: &Dbs) -> Stor
         given_a_seq: new_seqs,
         last_seq,
     })
+}
+
+/// Is `seq` already given to a moved record (only in a corrupt store: two records claiming
+/// one `seq`)?
+fn taken(txn: &RwTxn, dbs: &Dbs, seq: u64) -> StoreResult<bool> {
+    Ok(dbs
+        .events
+        .get(txn, &keys::seq_key(seq))
+        .map_err(backend("read event"))?
+        .is_some())
 }
 
 /// One event of the old layout, as read from its tables.
