@@ -1,20 +1,25 @@
 //! The embedded backend: LMDB (through heed) in the relay's own process, no services.
 //!
-//! Layout, in one LMDB environment:
-//! - `events`: id → record (received_at, expires_at, the event JSON as first serialised);
+//! Layout (schema 3), in one LMDB environment:
+//! - `events_by_seq`: the event's commit sequence number (`seq`, big-endian) → its record
+//!   (received_at, expires_at, the read keys of its audience, the event JSON as first
+//!   serialised; see [`keys::encode_record`]). A new event's `seq` is past every stored one,
+//!   so a commit appends to the last pages of this table instead of touching one page per
+//!   event at random; the commit stream ([`EventStore::since`]) reads it from a `seq` on;
+//! - `ids`: event id → `seq`, the only table keyed by event id (8-byte values);
 //! - time-ordered indexes `created`, `author`, `kind`, `author_kind`, `tag`, keyed
-//!   `prefix ++ (u64::MAX - created_at) ++ id` so that cursors walk newest first
-//!   (see [`keys`]);
-//! - `expiry` (expires_at ++ id) for purges, `addr` (address → newest version) for
+//!   `prefix ++ (u64::MAX - created_at) ++ id` so that cursors walk newest first, with
+//!   `kind ++ pubkey ++ seq` as the value, so that a query rejects a candidate without its
+//!   record and reads one that passes in one lookup (see [`keys`]);
+//! - the time-ordered `audience` (read key) and `audience_kind` (read key ++ kind) indexes, so
+//!   that a read walks only events its scope holds (see [`crate::audience`]);
+//! - `expiry` (expires_at ++ seq) for purges, `addr` (address → newest version) for
 //!   replaceable and addressable events, `tomb_ids` / `tomb_addrs` for NIP-09 tombstones;
 //! - `state`: the gateway's key/value state, so a rule and its state change commit together;
-//! - `seq` (commit sequence → id) for the commit stream, each event's own sequence in its
-//!   record (`event_seq`, id → sequence, holds it for events stored before schema 2), the
-//!   last sequence handed out in `meta` (`last_seq`), all written in the event's transaction;
-//! - `audience` (id → its read keys, see [`crate::audience`]) and the time-ordered
-//!   `audience` (read key) and `audience_kind` (read key ++ kind) indexes, so that a read
-//!   walks only events its scope holds. Events stored before these existed are given
-//!   [`crate::ReadKey::Unknown`] when the store is first opened by this version.
+//! - `meta`: the schema version and the last `seq` handed out (`last_seq`).
+//!
+//! A store of schema 1 or 2 (records keyed by id) is upgraded when first opened by this
+//! build (see `upgrade`).
 //!
 //! A backup ([`EventStore::backup`]) walks all of it in one read transaction (see `backup`); a
 //! restore puts it back verbatim in the writer's transaction ([`crate::write_txn`]).
@@ -27,8 +32,10 @@
 mod backup;
 mod keys;
 mod query;
+mod records;
 mod state;
 mod txn;
+mod upgrade;
 
 use crate::writer::WriterHandle;
 use crate::{
@@ -40,6 +47,7 @@ use heed::{Database, Env, EnvOpenOptions, RwTxn, WithoutTls};
 use mls_proto::{Event, Filter};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 pub(crate) type Bytes = heed::types::Bytes;
 
@@ -63,17 +71,17 @@ impl Default for EmbeddedOptions {
 }
 
 /// Bumped when the on-disk layout changes; a store written by another layout is refused
-/// rather than misread. Schema 2 records carry their `seq` (see `keys::encode_record`); a
-/// schema 1 store is upgraded in place at open (its records stay readable as they are), and
-/// from then on a build that reads only schema 1 refuses it.
-const SCHEMA_VERSION: &[u8] = b"2";
+/// rather than misread. Schema 3 keys records by `seq`; a schema 1 or 2 store (records keyed
+/// by id) is upgraded at open (see `upgrade`), and from then on an older build refuses it.
+const SCHEMA_VERSION: &[u8] = b"3";
 /// Layouts this build upgrades to [`SCHEMA_VERSION`] when it opens them.
-const UPGRADABLE_SCHEMAS: &[&[u8]] = &[b"1"];
+const UPGRADABLE_SCHEMAS: &[&[u8]] = &[b"1", b"2"];
 
 /// The LMDB databases of one environment.
 #[derive(Clone, Copy)]
 pub(crate) struct Dbs {
     events: Database<Bytes, Bytes>,
+    ids: Database<Bytes, Bytes>,
     created: Database<Bytes, Bytes>,
     author: Database<Bytes, Bytes>,
     kind: Database<Bytes, Bytes>,
@@ -84,10 +92,7 @@ pub(crate) struct Dbs {
     tomb_ids: Database<Bytes, Bytes>,
     tomb_addrs: Database<Bytes, Bytes>,
     state: Database<Bytes, Bytes>,
-    seq: Database<Bytes, Bytes>,
-    event_seq: Database<Bytes, Bytes>,
     meta: Database<Bytes, Bytes>,
-    audience: Database<Bytes, Bytes>,
     audience_idx: Database<Bytes, Bytes>,
     audience_kind_idx: Database<Bytes, Bytes>,
 }
@@ -102,7 +107,8 @@ impl Dbs {
                 .map_err(|e| StoreError::Backend(format!("create database {name}: {e}")))
         };
         let dbs = Dbs {
-            events: db("events")?,
+            events: db("events_by_seq")?,
+            ids: db("ids")?,
             created: db("idx_created")?,
             author: db("idx_author")?,
             kind: db("idx_kind")?,
@@ -113,19 +119,29 @@ impl Dbs {
             tomb_ids: db("tomb_ids")?,
             tomb_addrs: db("tomb_addrs")?,
             state: db("state")?,
-            // Added after schema 1 without changing its layout: a store written before has
-            // no sequence numbers for its old events, and the stream starts after them.
-            seq: db("seq")?,
-            event_seq: db("event_seq")?,
             meta: db("meta")?,
-            // Added after schema 1 too: see `backfill_audiences`.
-            audience: db("audience")?,
             audience_idx: db("idx_audience")?,
             audience_kind_idx: db("idx_audience_kind")?,
         };
-        check_schema(&mut txn, dbs.meta)?;
-        backfill_audiences(&mut txn, &dbs)?;
+        let upgrade = match check_schema(&mut txn, dbs.meta)? {
+            None => None,
+            Some(from) => {
+                let started = Instant::now();
+                Some((from, started, upgrade::upgrade(env, &mut txn, &dbs)?))
+            }
+        };
         txn.commit().map_err(backend("commit schema transaction"))?;
+        if let Some((from, started, done)) = upgrade {
+            tracing::info!(
+                from,
+                to = %String::from_utf8_lossy(SCHEMA_VERSION),
+                events = done.events,
+                given_a_seq = done.given_a_seq,
+                last_seq = done.last_seq,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "upgraded the store's schema: records keyed by commit sequence"
+            );
+        }
         Ok(dbs)
     }
 
@@ -142,7 +158,10 @@ impl Dbs {
     }
 }
 
-fn check_schema(txn: &mut RwTxn, meta: Database<Bytes, Bytes>) -> StoreResult<()> {
+/// Checks the store's schema version (writing it into a new store) and marks an older one
+/// as upgraded; returns the version it had when it needs upgrading. The transaction is
+/// committed only after the upgrade, so a refused or failed open changes nothing.
+fn check_schema(txn: &mut RwTxn, meta: Database<Bytes, Bytes>) -> StoreResult<Option<String>> {
     let found = meta
         .get(txn, b"schema")
         .map_err(backend("read schema version"))?
@@ -150,16 +169,19 @@ fn check_schema(txn: &mut RwTxn, meta: Database<Bytes, Bytes>) -> StoreResult<()
     match found {
         None => meta
             .put(txn, b"schema", SCHEMA_VERSION)
+            .map(|()| None)
             .map_err(backend("write schema version")),
-        Some(v) if v == SCHEMA_VERSION => Ok(()),
+        Some(v) if v == SCHEMA_VERSION => Ok(None),
         Some(v) if UPGRADABLE_SCHEMAS.contains(&v.as_slice()) => {
+            let from = String::from_utf8_lossy(&v).into_owned();
             tracing::info!(
-                from = %String::from_utf8_lossy(&v),
+                from,
                 to = %String::from_utf8_lossy(SCHEMA_VERSION),
                 "upgrading the store's schema"
             );
             meta.put(txn, b"schema", SCHEMA_VERSION)
-                .map_err(backend("write schema version"))
+                .map_err(backend("write schema version"))?;
+            Ok(Some(from))
         }
         Some(v) => Err(StoreError::Backend(format!(
             "store has schema version {:?}, this build reads {:?}",
@@ -167,58 +189,6 @@ fn check_schema(txn: &mut RwTxn, meta: Database<Bytes, Bytes>) -> StoreResult<()
             String::from_utf8_lossy(SCHEMA_VERSION)
         ))),
     }
-}
-
-/// Gives every event stored before audiences were recorded the audience
-/// [`crate::ReadKey::Unknown`] (held by every reader: the visibility rule alone decides
-/// them, as before), once, so that reads walking the audience indexes find them too.
-fn backfill_audiences(txn: &mut RwTxn, dbs: &Dbs) -> StoreResult<()> {
-    const DONE: &[u8] = b"audience";
-    if dbs
-        .meta
-        .get(txn, DONE)
-        .map_err(backend("read audience marker"))?
-        .is_some()
-    {
-        return Ok(());
-    }
-    let unknown = [crate::ReadKey::Unknown.to_bytes()];
-    let mut entries = Vec::new();
-    for entry in dbs
-        .created
-        .iter(txn)
-        .map_err(backend("walk created_at index"))?
-    {
-        let (key, meta) = entry.map_err(backend("walk created_at index"))?;
-        let (Some((created_at, id)), Some((kind, _))) =
-            (keys::split_suffix(key), keys::split_meta(meta))
-        else {
-            return Err(StoreError::Corrupt("created_at index entry".into()));
-        };
-        let meta = <[u8; keys::META_LEN]>::try_from(meta)
-            .map_err(|_| StoreError::Corrupt("created_at index entry".into()))?;
-        entries.push((created_at, id, kind, meta));
-    }
-    if !entries.is_empty() {
-        tracing::info!(
-            events = entries.len(),
-            "recording the audience of events stored before audiences existed"
-        );
-    }
-    let record = keys::encode_audience(&unknown);
-    for (created_at, id, kind, meta) in entries {
-        dbs.audience
-            .put(txn, &id.0, &record)
-            .map_err(backend("write audience record"))?;
-        for (index, key) in keys::audience_index_keys(created_at, &id, kind, &unknown) {
-            dbs.index(index)
-                .put(txn, &key, &meta)
-                .map_err(backend("write audience index entry"))?;
-        }
-    }
-    dbs.meta
-        .put(txn, DONE, b"1")
-        .map_err(backend("write audience marker"))
 }
 
 /// Maps any displayable error to [`StoreError::Backend`], naming what was being done.
@@ -514,28 +484,18 @@ mod tests {
         )
     }
 
-    async fn read(store: &EmbeddedStore, scope: &ReadScope) -> Vec<Hex32> {
-        let mut answers = Vec::new();
-        for f in [
-            Filter::default(),
-            Filter::from_value(&serde_json::json!({"kinds": [1059]})).unwrap(),
-        ] {
-            let found = store
-                .query(
-                    &[f],
-                    ReadBounds::unbounded(100),
-                    mls_proto::unix_now(),
-                    scope,
-                    &|_, _| true,
-                )
-                .await
-                .unwrap();
-            let mut ids: Vec<Hex32> = found.value.iter().map(|s| s.event.id).collect();
-            ids.sort();
-            answers.push(ids);
-        }
-        assert_eq!(answers[0], answers[1], "by kind answers like no filter");
-        answers.remove(0)
+    fn expiring_wrap(to: &Hex32, created_at: u64, expires_at: u64) -> Event {
+        let k = secp256k1::Keypair::new(secp256k1::SECP256K1, &mut secp256k1::rand::thread_rng());
+        Event::sign(
+            &k,
+            created_at,
+            1059,
+            vec![
+                vec!["p".into(), to.to_hex()],
+                vec!["expiration".into(), expires_at.to_string()],
+            ],
+            "x",
+        )
     }
 
     /// A read that starts on the runtime's thread and finds more hidden candidates than it
@@ -610,177 +570,354 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn events_stored_before_audiences_stay_readable() {
-        let dir = tempfile::tempdir().unwrap();
-        let (reader, stranger) = (Hex32([1; 32]), Hex32([2; 32]));
-        let t = mls_proto::unix_now() - 100;
+    fn signed(k: &secp256k1::Keypair, created_at: u64, kind: u16, tags: Vec<Vec<String>>) -> Event {
+        Event::sign(k, created_at, kind, tags, "x")
+    }
+
+    fn p_tag(to: &Hex32) -> Vec<String> {
+        vec!["p".into(), to.to_hex()]
+    }
+
+    /// A store as an older build left it: opened (so that this build's tables exist, empty),
+    /// closed, then `write` puts the old layout in with [`upgrade::old_layout`].
+    async fn old_store(dir: &Path, write: impl FnOnce(&Env<WithoutTls>, &mut RwTxn, &Dbs)) {
         let store =
-            EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), Arc::new(ForItsP)).unwrap();
-        let mut old = Vec::new();
-        for i in 0..3 {
-            let e = wrap(&reader, t + i);
-            store.write(e.clone(), Publisher::default()).await.unwrap();
-            old.push(e.id);
-        }
-        old.sort();
-        // The store as a build before audiences left it: no audience record, index entry or
-        // marker.
+            EmbeddedStore::open(dir, EmbeddedOptions::default(), Arc::new(ForItsP)).unwrap();
         store.close();
-        {
-            let mut txn = store.env.write_txn().unwrap();
-            for db in [
-                store.dbs.audience,
-                store.dbs.audience_idx,
-                store.dbs.audience_kind_idx,
-            ] {
-                db.clear(&mut txn).unwrap();
+        let mut txn = store.env.write_txn().unwrap();
+        write(&store.env, &mut txn, &store.dbs);
+        txn.commit().unwrap();
+    }
+
+    /// Key and value of a table entry.
+    type Entry = (Vec<u8>, Vec<u8>);
+
+    /// What a store holds, to compare two opens: every record and index entry, `last_seq`.
+    fn snapshot(store: &EmbeddedStore) -> (Vec<Entry>, u64) {
+        let txn = store.env.read_txn().unwrap();
+        let mut all = Vec::new();
+        let d = &store.dbs;
+        let tables = [
+            d.events,
+            d.ids,
+            d.created,
+            d.tag,
+            d.audience_idx,
+            d.expiry,
+            d.addr,
+        ];
+        for db in tables {
+            for entry in db.iter(&txn).unwrap() {
+                let (k, v) = entry.unwrap();
+                all.push((k.to_vec(), v.to_vec()));
             }
-            store.dbs.meta.delete(&mut txn, b"audience").unwrap();
-            txn.commit().unwrap();
         }
-        drop(store);
-
-        let store =
-            EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), Arc::new(ForItsP)).unwrap();
-        let strangers = ReadScope::holding(vec![ReadKey::Pubkey(stranger)], false);
-        assert_eq!(
-            read(&store, &strangers).await,
-            old,
-            "old events: for the rule to decide"
-        );
-        let new = wrap(&reader, t + 10);
-        store
-            .write(new.clone(), Publisher::default())
-            .await
-            .unwrap();
-        assert_eq!(
-            read(&store, &strangers).await,
-            old,
-            "the new one is not the stranger's"
-        );
-        let mut all = old.clone();
-        all.push(new.id);
-        all.sort();
-        let readers = ReadScope::holding(vec![ReadKey::Pubkey(reader)], false);
-        assert_eq!(read(&store, &readers).await, all);
+        (all, keys::last_seq(&txn, d).unwrap())
     }
 
-    fn expiring_wrap(to: &Hex32, created_at: u64, expires_at: u64) -> Event {
-        let k = secp256k1::Keypair::new(secp256k1::SECP256K1, &mut secp256k1::rand::thread_rng());
-        Event::sign(
-            &k,
-            created_at,
-            1059,
-            vec![
-                vec!["p".into(), to.to_hex()],
-                vec!["expiration".into(), expires_at.to_string()],
-            ],
-            "x",
-        )
-    }
-
-    #[tokio::test]
-    async fn a_schema_1_store_is_upgraded_and_its_old_records_still_leave_no_trace() {
-        let dir = tempfile::tempdir().unwrap();
-        let now = mls_proto::unix_now();
-        let reader = Hex32([1; 32]);
-        let store =
-            EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), Arc::new(ForItsP)).unwrap();
-        let old = expiring_wrap(&reader, now - 100, now + 1000);
+    async fn stream(store: &EmbeddedStore) -> Vec<(u64, Hex32)> {
         store
-            .write(old.clone(), Publisher::default())
-            .await
-            .unwrap();
-        store.close();
-        // The store as schema 1 left it: the record without its seq, which is in `event_seq`.
-        {
-            let mut txn = store.env.write_txn().unwrap();
-            let bytes = store
-                .dbs
-                .events
-                .get(&txn, &old.id.0)
-                .unwrap()
-                .unwrap()
-                .to_vec();
-            let record = keys::decode_record(&bytes).unwrap();
-            let seq = record.seq.unwrap();
-            let v1 = keys::encode_record_v1(record.received_at, record.expires_at, record.json);
-            store.dbs.events.put(&mut txn, &old.id.0, &v1).unwrap();
-            store
-                .dbs
-                .event_seq
-                .put(&mut txn, &old.id.0, &seq.to_be_bytes())
-                .unwrap();
-            let expires_at = record.expires_at.unwrap();
-            store
-                .dbs
-                .expiry
-                .delete(&mut txn, &keys::expiry_seq_key(expires_at, seq))
-                .unwrap();
-            store
-                .dbs
-                .expiry
-                .put(&mut txn, &keys::expiry_key(expires_at, &old.id), &[])
-                .unwrap();
-            store.dbs.meta.put(&mut txn, b"schema", b"1").unwrap();
-            txn.commit().unwrap();
-        }
-        drop(store);
-
-        let store =
-            EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), Arc::new(ForItsP)).unwrap();
-        {
-            let txn = store.env.read_txn().unwrap();
-            let schema = store.dbs.meta.get(&txn, b"schema").unwrap();
-            assert_eq!(schema, Some(SCHEMA_VERSION), "upgraded at open");
-        }
-        let new = expiring_wrap(&reader, now - 50, now + 1000);
-        store
-            .write(new.clone(), Publisher::default())
-            .await
-            .unwrap();
-        let readers = ReadScope::holding(vec![ReadKey::Pubkey(reader)], false);
-        let mut both = vec![old.id, new.id];
-        both.sort();
-        assert_eq!(
-            read(&store, &readers).await,
-            both,
-            "the old record reads as before"
-        );
-        let stream: Vec<(u64, Hex32)> = store
-            .since(0, 10)
+            .since(0, 100)
             .await
             .unwrap()
             .iter()
             .map(|s| (s.seq, s.event.event.id))
-            .collect();
-        assert_eq!(stream, vec![(1, old.id), (2, new.id)], "one commit order");
-        {
-            let txn = store.env.read_txn().unwrap();
-            assert_eq!(
-                store.dbs.event_seq.len(&txn).unwrap(),
-                1,
-                "none for the new one"
+            .collect()
+    }
+
+    fn schema(store: &EmbeddedStore) -> Vec<u8> {
+        let txn = store.env.read_txn().unwrap();
+        store
+            .dbs
+            .meta
+            .get(&txn, b"schema")
+            .unwrap()
+            .unwrap()
+            .to_vec()
+    }
+
+    fn sorted(mut ids: Vec<Hex32>) -> Vec<Hex32> {
+        ids.sort();
+        ids
+    }
+
+    /// A schema 1 store from before audiences and, for its oldest event, before the commit
+    /// stream: every event moves to its `seq` (the oldest gets one past `last_seq`), events
+    /// without an audience are for the visibility rule alone, expiry, addresses and
+    /// tombstones work as before, nothing is replayed, and a second open changes nothing.
+    #[tokio::test]
+    async fn a_schema_1_store_is_upgraded_to_records_by_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = mls_proto::unix_now();
+        let (reader, stranger) = (Hex32([1; 32]), Hex32([2; 32]));
+        let author =
+            secp256k1::Keypair::new(secp256k1::SECP256K1, &mut secp256k1::rand::thread_rng());
+        // Before the commit stream: no seq at all.
+        let oldest = wrap(&reader, now - 300);
+        // seq 1 (in `event_seq`), expiring.
+        let expiring = expiring_wrap(&reader, now - 200, now + 1000);
+        // seq 2, addressable.
+        let d = vec!["d".to_string(), "list".to_string()];
+        let addressed = signed(&author, now - 100, 30000, vec![d.clone(), p_tag(&reader)]);
+        // Deleted by its author (id tombstone), no longer stored.
+        let deleted = signed(&author, now - 50, 1, vec![p_tag(&reader)]);
+        old_store(dir.path(), |env, txn, dbs| {
+            use upgrade::old_layout::{finish, put, Old};
+            for (ev, seq, expires_at) in [
+                (&oldest, None, None),
+                (&expiring, Some(1), Some(now + 1000)),
+                (&addressed, Some(2), None),
+            ] {
+                put(
+                    env,
+                    txn,
+                    dbs,
+                    &Old {
+                        ev,
+                        received_at: now,
+                        expires_at,
+                        seq,
+                        in_record: false,
+                        audience: None,
+                    },
+                );
+            }
+            dbs.tomb_ids
+                .put(txn, &keys::tomb_id_key(&deleted.id, &deleted.pubkey), &[])
+                .unwrap();
+            finish(txn, dbs, "1", 2, false);
+        })
+        .await;
+
+        let store =
+            EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), Arc::new(ForItsP)).unwrap();
+        assert_eq!(schema(&store), SCHEMA_VERSION, "upgraded at open");
+        for name in upgrade::old_layout::TABLES {
+            assert!(
+                !upgrade::old_layout::exists(&store.env, name),
+                "{name} removed"
             );
         }
-
-        assert_eq!(store.purge_expired(now + 2000).await.unwrap(), 2);
-        let txn = store.env.read_txn().unwrap();
         assert_eq!(
-            store.dbs.seq.len(&txn).unwrap(),
-            0,
-            "both seq entries removed"
+            stream(&store).await,
+            vec![(1, expiring.id), (2, addressed.id), (3, oldest.id)],
+            "each at its seq, the oldest one past the last"
         );
-        assert_eq!(store.dbs.event_seq.len(&txn).unwrap(), 0);
-        assert_eq!(store.dbs.events.len(&txn).unwrap(), 0);
+        assert_eq!(keys_last_seq(&store), 3);
+        assert_eq!(
+            store.commits().last_seq(),
+            3,
+            "the stream starts after them"
+        );
+        let all = sorted(vec![oldest.id, expiring.id, addressed.id]);
+        let strangers = ReadScope::holding(vec![ReadKey::Pubkey(stranger)], false);
+        assert_eq!(
+            read_any(&store, &strangers).await,
+            all,
+            "no audience: for the rule to decide"
+        );
+        let first = snapshot(&store);
+        drop(store);
+
+        let store =
+            EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), Arc::new(ForItsP)).unwrap();
+        assert_eq!(snapshot(&store), first, "a second open changes nothing");
+        let outcome = store
+            .write(deleted.clone(), Publisher::default())
+            .await
+            .unwrap();
+        assert!(
+            matches!(outcome, WriteOutcome::Rejected(r) if r.contains("deleted")),
+            "tombstone kept"
+        );
+        let older = signed(&author, now - 150, 30000, vec![d.clone(), p_tag(&reader)]);
+        let outcome = store.write(older, Publisher::default()).await.unwrap();
+        assert!(
+            matches!(outcome, WriteOutcome::Rejected(r) if r.contains("newer")),
+            "address kept"
+        );
+        let newer = signed(&author, now - 10, 30000, vec![d, p_tag(&stranger)]);
+        let outcome = store
+            .write(newer.clone(), Publisher::default())
+            .await
+            .unwrap();
+        assert!(matches!(outcome, WriteOutcome::Accepted));
+        assert_eq!(
+            stream(&store).await,
+            vec![(1, expiring.id), (3, oldest.id), (4, newer.id)],
+            "the replaced version is gone, the new one is next in order"
+        );
+        assert_eq!(
+            read_any(&store, &strangers).await,
+            sorted(vec![oldest.id, expiring.id, newer.id])
+        );
+
+        assert_eq!(store.purge_expired(now + 2000).await.unwrap(), 1);
+        let txn = store.env.read_txn().unwrap();
         assert_eq!(
             store.dbs.expiry.len(&txn).unwrap(),
             0,
-            "both expiry layouts removed"
+            "expiry entry gone with it"
         );
+        assert_eq!(store.dbs.events.len(&txn).unwrap(), 2);
+        assert_eq!(store.dbs.ids.len(&txn).unwrap(), 2);
         drop(txn);
-        assert_eq!(keys_last_seq(&store), 2, "seq never handed out twice");
+        assert_eq!(keys_last_seq(&store), 4, "seq never handed out twice");
+    }
+
+    /// A schema 2 store (records carrying their `seq`, audiences recorded) with a schema 1
+    /// record left in it: audiences keep the reads to their readers, expiry and address
+    /// tombstones work as before, the stream position stays.
+    #[tokio::test]
+    async fn a_schema_2_store_is_upgraded_to_records_by_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = mls_proto::unix_now();
+        let (reader, stranger) = (Hex32([1; 32]), Hex32([2; 32]));
+        let author =
+            secp256k1::Keypair::new(secp256k1::SECP256K1, &mut secp256k1::rand::thread_rng());
+        let from_schema_1 = expiring_wrap(&reader, now - 300, now + 1000);
+        let expiring = expiring_wrap(&reader, now - 200, now + 1000);
+        let d = vec!["d".to_string(), "list".to_string()];
+        let addressed = signed(&author, now - 100, 30000, vec![d.clone(), p_tag(&stranger)]);
+        let for_reader = wrap(&reader, now - 50);
+        old_store(dir.path(), |env, txn, dbs| {
+            use upgrade::old_layout::{finish, put, Old};
+            let audience = |to: &Hex32| Some(vec![ReadKey::Pubkey(*to).to_bytes()]);
+            let events = [
+                (
+                    &from_schema_1,
+                    3,
+                    false,
+                    Some(now + 1000),
+                    audience(&reader),
+                ),
+                (&expiring, 5, true, Some(now + 1000), audience(&reader)),
+                (&addressed, 6, true, None, audience(&stranger)),
+                (&for_reader, 8, true, None, audience(&reader)),
+            ];
+            for (ev, seq, in_record, expires_at, audience) in events {
+                let old = Old {
+                    ev,
+                    received_at: now,
+                    expires_at,
+                    seq: Some(seq),
+                    in_record,
+                    audience,
+                };
+                put(env, txn, dbs, &old);
+            }
+            let tomb = keys::tomb_addr_value(now - 20, "list");
+            let address = crate::address::Address::of(&addressed).unwrap();
+            dbs.tomb_addrs.put(txn, &address.key, &tomb).unwrap();
+            finish(txn, dbs, "2", 9, true);
+        })
+        .await;
+
+        let store =
+            EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), Arc::new(ForItsP)).unwrap();
+        assert_eq!(schema(&store), SCHEMA_VERSION);
+        assert_eq!(
+            stream(&store).await,
+            vec![
+                (3, from_schema_1.id),
+                (5, expiring.id),
+                (6, addressed.id),
+                (8, for_reader.id)
+            ]
+        );
+        assert_eq!(keys_last_seq(&store), 9, "last_seq as it was");
+        assert_eq!(store.commits().last_seq(), 9);
+        let readers = ReadScope::holding(vec![ReadKey::Pubkey(reader)], false);
+        let strangers = ReadScope::holding(vec![ReadKey::Pubkey(stranger)], false);
+        assert_eq!(
+            read_any(&store, &readers).await,
+            sorted(vec![from_schema_1.id, expiring.id, for_reader.id])
+        );
+        assert_eq!(read_any(&store, &strangers).await, vec![addressed.id]);
+        // A narrow read (by author) checks each record's audience.
+        let by_author =
+            Filter::from_value(&serde_json::json!({"authors": [addressed.pubkey.to_hex()]}))
+                .unwrap();
+        let found = store
+            .query(
+                &[by_author],
+                ReadBounds::unbounded(100),
+                now,
+                &readers,
+                &|_, _| true,
+            )
+            .await
+            .unwrap();
+        assert!(found.value.is_empty(), "not the reader's");
+        let first = snapshot(&store);
+        drop(store);
+
+        let store =
+            EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), Arc::new(ForItsP)).unwrap();
+        assert_eq!(snapshot(&store), first, "a second open changes nothing");
+        let outcome = store
+            .write(
+                signed(&author, now - 30, 30000, vec![d, p_tag(&reader)]),
+                Publisher::default(),
+            )
+            .await
+            .unwrap();
+        assert!(
+            matches!(outcome, WriteOutcome::Rejected(r) if r.contains("deleted")),
+            "address tombstone kept"
+        );
+        let new = wrap(&reader, now - 5);
+        store
+            .write(new.clone(), Publisher::default())
+            .await
+            .unwrap();
+        assert_eq!(stream(&store).await.last(), Some(&(10, new.id)));
+        assert_eq!(
+            store.purge_expired(now + 2000).await.unwrap(),
+            2,
+            "both expiry layouts"
+        );
+        let txn = store.env.read_txn().unwrap();
+        assert_eq!(store.dbs.expiry.len(&txn).unwrap(), 0);
+        assert_eq!(store.dbs.events.len(&txn).unwrap(), 3);
+    }
+
+    /// A store of a later schema is refused, and the refusal leaves it as it was.
+    #[tokio::test]
+    async fn a_store_of_another_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        old_store(dir.path(), |_, txn, dbs| {
+            dbs.meta.put(txn, b"schema", b"4").unwrap();
+        })
+        .await;
+        let refused =
+            EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), Arc::new(ForItsP));
+        assert!(
+            matches!(refused, Err(StoreError::Backend(e)) if e.contains("schema version \"4\""))
+        );
+    }
+
+    /// Every event a scope reads, whatever its kind (two plans: `audience` and `audience_kind`).
+    async fn read_any(store: &EmbeddedStore, scope: &ReadScope) -> Vec<Hex32> {
+        let mut ids = Vec::new();
+        for f in [
+            Filter::default(),
+            Filter::from_value(&serde_json::json!({"kinds": [1, 1059, 30000]})).unwrap(),
+        ] {
+            let found = store
+                .query(
+                    &[f],
+                    ReadBounds::unbounded(100),
+                    mls_proto::unix_now(),
+                    scope,
+                    &|_, _| true,
+                )
+                .await
+                .unwrap();
+            ids.push(sorted(found.value.iter().map(|s| s.event.id).collect()));
+        }
+        assert_eq!(ids[0], ids[1], "by kind answers like no filter");
+        ids.remove(0)
     }
 
     fn keys_last_seq(store: &EmbeddedStore) -> u64 {

@@ -1,13 +1,13 @@
 //! Backups of the embedded store: everything it holds, read from one snapshot ([`backup`]).
 //! A restore runs in the writer's transaction ([`crate::write_txn`]).
 
-use super::keys::{self, decode_record};
+use super::keys;
+use super::records;
 use super::{backend, Dbs};
 use crate::address::split_address_key;
-use crate::{BackupItem, StoreError, StoreResult, StoredEvent, Tombstone};
+use crate::{BackupItem, StoreError, StoreResult, Tombstone};
 use heed::{Env, RoTxn, WithoutTls};
-use mls_proto::{Event, Hex32};
-use std::sync::Arc;
+use mls_proto::Hex32;
 
 type Sink<'f> = &'f mut (dyn FnMut(&BackupItem) -> bool + Send);
 
@@ -82,47 +82,41 @@ fn hex32(b: Option<&[u8]>) -> Option<Hex32> {
 }
 
 /// Every event, oldest first and lowest id first among equal `created_at`s. The created_at
-/// index walked backwards gives oldest first but highest id first, so the ids of one second
-/// are gathered and turned around (a second's worth of ids, not its events, is held).
+/// index walked backwards gives oldest first but highest id first, so the entries of one
+/// second are gathered and turned around (a second's worth of `seq`s, not its events, is
+/// held).
 fn events(txn: &RoTxn, dbs: &Dbs, f: Sink<'_>) -> StoreResult<bool> {
     let mut second: Option<u64> = None;
-    let mut ids: Vec<Hex32> = Vec::new();
+    let mut seqs: Vec<u64> = Vec::new();
     for entry in dbs
         .created
         .rev_iter(txn)
         .map_err(backend("walk created_at index"))?
     {
-        let (key, _) = entry.map_err(backend("walk created_at index"))?;
-        let Some((created_at, id)) = keys::split_suffix(key) else {
-            return Err(StoreError::Corrupt("created_at index key".into()));
+        let (key, meta) = entry.map_err(backend("walk created_at index"))?;
+        let (Some((created_at, _)), Some((_, _, seq))) =
+            (keys::split_suffix(key), keys::split_meta(meta))
+        else {
+            return Err(StoreError::Corrupt("created_at index entry".into()));
         };
         if second != Some(created_at) {
-            if !flush(txn, dbs, &mut ids, f)? {
+            if !flush(txn, dbs, &mut seqs, f)? {
                 return Ok(false);
             }
             second = Some(created_at);
         }
-        ids.push(id);
+        seqs.push(seq);
     }
-    flush(txn, dbs, &mut ids, f)
+    flush(txn, dbs, &mut seqs, f)
 }
 
-fn flush(txn: &RoTxn, dbs: &Dbs, ids: &mut Vec<Hex32>, f: Sink<'_>) -> StoreResult<bool> {
-    for id in ids.drain(..).rev() {
-        let Some(bytes) = dbs.events.get(txn, &id.0).map_err(backend("read event"))? else {
+fn flush(txn: &RoTxn, dbs: &Dbs, seqs: &mut Vec<u64>, f: Sink<'_>) -> StoreResult<bool> {
+    for seq in seqs.drain(..).rev() {
+        let Some(stored) = records::by_seq(txn, dbs, seq)? else {
             continue; // an index entry left behind by a corrupt record
         };
-        let record = decode_record(bytes).map_err(|e| StoreError::Corrupt(format!("{id}: {e}")))?;
-        let event: Event = serde_json::from_str(record.json)
-            .map_err(|e| StoreError::Corrupt(format!("{id}: event JSON: {e}")))?;
-        let item = BackupItem::Event(StoredEvent {
-            event,
-            json: Arc::from(record.json),
-            received_at: record.received_at,
-            expires_at: record.expires_at,
-        });
-        if !f(&item) {
-            return Ok(false); // dropping the drain empties `ids`
+        if !f(&BackupItem::Event(stored)) {
+            return Ok(false); // dropping the drain empties `seqs`
         }
     }
     Ok(true)

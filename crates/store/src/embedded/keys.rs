@@ -12,9 +12,10 @@ use sha2::{Digest, Sha256};
 pub(super) const ID_LEN: usize = 32;
 /// `rev(created_at) ++ id`.
 pub(super) const SUFFIX_LEN: usize = 8 + ID_LEN;
-/// Value of every time-ordered index entry: `kind ++ pubkey`, so a query can reject a
-/// candidate on kind or author without reading (and parsing) the event record.
-pub(super) const META_LEN: usize = 2 + 32;
+/// Value of every time-ordered index entry: `kind ++ pubkey ++ seq`, so a query can reject a
+/// candidate on kind or author without reading (and parsing) the event record, and reads the
+/// record of one that passes in one lookup (`events` is keyed by `seq`).
+pub(super) const META_LEN: usize = 2 + 32 + 8;
 
 /// Tag values up to this many bytes are stored in the key as they are; longer ones are
 /// replaced by their sha256 (keys must stay under LMDB's 511-byte limit).
@@ -43,18 +44,24 @@ pub(super) fn split_suffix(key: &[u8]) -> Option<(u64, Hex32)> {
     Some((u64::MAX - u64::from_be_bytes(ts), Hex32(id)))
 }
 
-pub(super) fn meta(ev: &Event) -> [u8; META_LEN] {
+pub(super) fn meta(ev: &Event, seq: u64) -> [u8; META_LEN] {
     let mut out = [0u8; META_LEN];
     out[..2].copy_from_slice(&ev.kind.to_be_bytes());
-    out[2..].copy_from_slice(&ev.pubkey.0);
+    out[2..34].copy_from_slice(&ev.pubkey.0);
+    out[34..].copy_from_slice(&seq.to_be_bytes());
     out
 }
 
-pub(super) fn split_meta(value: &[u8]) -> Option<(u16, &[u8])> {
+/// Kind, pubkey and `seq` of an index entry's value.
+pub(super) fn split_meta(value: &[u8]) -> Option<(u16, &[u8], u64)> {
     if value.len() != META_LEN {
         return None;
     }
-    Some((u16::from_be_bytes([value[0], value[1]]), &value[2..]))
+    Some((
+        u16::from_be_bytes([value[0], value[1]]),
+        &value[2..34],
+        u64_at(value, 34),
+    ))
 }
 
 fn with_suffix(prefix: &[u8], created_at: u64, id: &Hex32) -> Vec<u8> {
@@ -136,16 +143,17 @@ pub(super) fn index_keys(ev: &Event) -> Vec<(Index, Vec<u8>)> {
 /// The audience index entries of `ev` (see [`crate::audience`]): one per read key in
 /// `audience` (key bytes as [`crate::ReadKey::to_bytes`] makes them), and one per read key
 /// and kind, so that a read walks only what its scope holds.
-pub(super) fn audience_index_keys(
+pub(super) fn audience_index_keys<K: AsRef<[u8]>>(
     created_at: u64,
     id: &Hex32,
     kind: u16,
-    audience: &[Vec<u8>],
+    audience: &[K],
 ) -> Vec<(Index, Vec<u8>)> {
     let ca = created_at;
     audience
         .iter()
         .flat_map(|key| {
+            let key = key.as_ref();
             [
                 (Index::Audience, with_suffix(key, ca, id)),
                 (
@@ -164,7 +172,7 @@ pub(super) fn audience_kind_prefix(key: &[u8], kind: u16) -> Vec<u8> {
     k
 }
 
-/// The `audience` record of an event: each read key's bytes after a 2-byte length.
+/// The audience part of an event record: each read key's bytes after a 2-byte length.
 pub(super) fn encode_audience(keys: &[Vec<u8>]) -> Vec<u8> {
     let mut v = Vec::with_capacity(keys.iter().map(|k| k.len() + 2).sum());
     for k in keys {
@@ -174,11 +182,12 @@ pub(super) fn encode_audience(keys: &[Vec<u8>]) -> Vec<u8> {
     v
 }
 
-pub(super) fn decode_audience(mut v: &[u8]) -> Option<Vec<Vec<u8>>> {
+/// The read keys of [`encode_audience`]'s bytes, borrowed from them.
+pub(super) fn decode_audience(mut v: &[u8]) -> Option<Vec<&[u8]>> {
     let mut keys = Vec::new();
     while !v.is_empty() {
         let len = u16::from_be_bytes(v.get(..2)?.try_into().ok()?) as usize;
-        keys.push(v.get(2..2 + len)?.to_vec());
+        keys.push(v.get(2..2 + len)?);
         v = &v[2 + len..];
     }
     Some(keys)
@@ -198,35 +207,32 @@ pub(super) enum Index {
     AudienceKind,
 }
 
-/// `expires_at ++ seq`, the event's id as the value: oldest expiry first, so a purge walks
-/// from the start up to `now`; within one second in commit order, so the events of one batch
-/// (which mostly share their expiry second) go side by side into a page or two instead of
-/// one page each at random (by id). Events stored before schema 2 have [`expiry_key`].
-pub(super) fn expiry_seq_key(expires_at: u64, seq: u64) -> [u8; 16] {
+impl Index {
+    pub(super) const ALL: [Index; 7] = [
+        Index::Created,
+        Index::Author,
+        Index::Kind,
+        Index::AuthorKind,
+        Index::Tag,
+        Index::Audience,
+        Index::AudienceKind,
+    ];
+}
+
+/// `expires_at ++ seq`, no value: oldest expiry first, so a purge walks from the start up
+/// to `now` and goes straight to each record; within one second in commit order, so the
+/// events of one batch (which mostly share their expiry second) go side by side into a page
+/// or two instead of one page each at random.
+pub(super) fn expiry_key(expires_at: u64, seq: u64) -> [u8; 16] {
     let mut k = [0u8; 16];
     k[..8].copy_from_slice(&expires_at.to_be_bytes());
     k[8..].copy_from_slice(&seq.to_be_bytes());
     k
 }
 
-/// The event an expiry entry points at: in the value ([`expiry_seq_key`]) or, for entries
-/// written before schema 2, at the end of the key ([`expiry_key`]).
-pub(super) fn expiry_entry_id(key: &[u8], value: &[u8]) -> Option<Hex32> {
-    let id = if key.len() == 16 {
-        value
-    } else {
-        key.get(8..)?
-    };
-    <[u8; ID_LEN]>::try_from(id).ok().map(Hex32)
-}
-
-/// `expires_at ++ id`: the expiry entry of schema 1 (and, with the largest id, the bound of
-/// a purge's walk, past every entry of that second in either layout).
-pub(super) fn expiry_key(expires_at: u64, id: &Hex32) -> [u8; 8 + ID_LEN] {
-    let mut k = [0u8; 8 + ID_LEN];
-    k[..8].copy_from_slice(&expires_at.to_be_bytes());
-    k[8..].copy_from_slice(&id.0);
-    k
+/// The `seq` an expiry entry points at.
+pub(super) fn expiry_entry_seq(key: &[u8]) -> Option<u64> {
+    split_seq(key.get(8..)?)
 }
 
 /// The address key of a replaceable or addressable event (see [`crate::address`]).
@@ -252,7 +258,10 @@ pub(super) fn split_tomb_addr_value(v: &[u8]) -> Option<(u64, &[u8])> {
 /// Value of the address table: `created_at ++ id` of the stored version, so a newer/older
 /// decision needs no record read.
 pub(super) fn addr_value(created_at: u64, id: &Hex32) -> [u8; 8 + ID_LEN] {
-    expiry_key(created_at, id)
+    let mut v = [0u8; 8 + ID_LEN];
+    v[..8].copy_from_slice(&created_at.to_be_bytes());
+    v[8..].copy_from_slice(&id.0);
+    v
 }
 
 pub(super) fn split_addr_value(v: &[u8]) -> Option<(u64, Hex32)> {
@@ -275,28 +284,28 @@ pub(super) fn tomb_id_key(id: &Hex32, deleter: &Hex32) -> [u8; 64] {
     k
 }
 
-/// Records written before schema 2: no `seq` (it is in the `event_seq` table).
-const RECORD_V1: u8 = 1;
-const HEADER_V1_LEN: usize = 1 + 1 + 8 + 8;
-/// Records carrying their `seq`, so that storing an event needs no `event_seq` entry (one
-/// B-tree insert at a random place, i.e. one more page written per event, fewer).
-const RECORD_V2: u8 = 2;
-const HEADER_V2_LEN: usize = HEADER_V1_LEN + 8;
+/// The record layout of schema 3 (1 and 2, keyed by id, are read by `upgrade` alone).
+const RECORD_V3: u8 = 3;
+/// `version ++ flags ++ received_at ++ expires_at ++ audience length`.
+const HEADER_LEN: usize = 1 + 1 + 8 + 8 + 4;
 
-/// An event record: `2 ++ flags ++ received_at ++ expires_at ++ seq ++ json`. The JSON is
-/// the event serialised once at write time and served as is.
+/// An event record, stored under its `seq`: `3 ++ flags ++ received_at ++ expires_at ++
+/// audience length (u32) ++ audience ++ json`. The audience is its read keys as
+/// [`encode_audience`] lays them out (a read checks its scope against them before parsing
+/// anything); the JSON is the event serialised once at write time and served as is.
 pub(super) fn encode_record(
     received_at: u64,
     expires_at: Option<u64>,
-    seq: u64,
+    audience: &[u8],
     json: &str,
 ) -> Vec<u8> {
-    let mut r = Vec::with_capacity(HEADER_V2_LEN + json.len());
-    r.push(RECORD_V2);
+    let mut r = Vec::with_capacity(HEADER_LEN + audience.len() + json.len());
+    r.push(RECORD_V3);
     r.push(u8::from(expires_at.is_some()));
     r.extend_from_slice(&received_at.to_be_bytes());
     r.extend_from_slice(&expires_at.unwrap_or(0).to_be_bytes());
-    r.extend_from_slice(&seq.to_be_bytes());
+    r.extend_from_slice(&(audience.len() as u32).to_be_bytes());
+    r.extend_from_slice(audience);
     r.extend_from_slice(json.as_bytes());
     r
 }
@@ -305,42 +314,42 @@ pub(super) fn encode_record(
 pub(super) struct RawRecord<'a> {
     pub received_at: u64,
     pub expires_at: Option<u64>,
-    /// `None` for a record written before schema 2 (see `event_seq`).
-    pub seq: Option<u64>,
+    /// The read keys, as [`encode_audience`] lays them out (see [`decode_audience`]).
+    pub audience: &'a [u8],
     pub json: &'a str,
 }
 
 pub(super) fn decode_record(bytes: &[u8]) -> Result<RawRecord<'_>, String> {
-    let header = match bytes.first() {
-        Some(&RECORD_V1) => HEADER_V1_LEN,
-        Some(&RECORD_V2) => HEADER_V2_LEN,
-        _ => return Err("event record header".into()),
-    };
-    if bytes.len() < header {
+    if bytes.first() != Some(&RECORD_V3) || bytes.len() < HEADER_LEN {
         return Err("event record header".into());
     }
-    let u64_at = |i: usize| {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&bytes[i..i + 8]);
-        u64::from_be_bytes(b)
+    let audience_len = u32::from_be_bytes(bytes[18..22].try_into().expect("4 bytes")) as usize;
+    let Some(audience) = bytes.get(HEADER_LEN..HEADER_LEN + audience_len) else {
+        return Err("event record audience".into());
     };
-    let json = std::str::from_utf8(&bytes[header..])
+    let json = std::str::from_utf8(&bytes[HEADER_LEN + audience_len..])
         .map_err(|_| "event record JSON is not UTF-8".to_string())?;
     Ok(RawRecord {
-        received_at: u64_at(2),
-        expires_at: (bytes[1] & 1 == 1).then(|| u64_at(10)),
-        seq: (header == HEADER_V2_LEN).then(|| u64_at(HEADER_V1_LEN)),
+        received_at: u64_at(bytes, 2),
+        expires_at: (bytes[1] & 1 == 1).then(|| u64_at(bytes, 10)),
+        audience,
         json,
     })
 }
 
-/// A record as schema 1 wrote it (tests of stores written before schema 2).
-#[cfg(test)]
-pub(super) fn encode_record_v1(received_at: u64, expires_at: Option<u64>, json: &str) -> Vec<u8> {
-    let mut r = encode_record(received_at, expires_at, 0, json);
-    r[0] = RECORD_V1;
-    r.drain(HEADER_V1_LEN..HEADER_V2_LEN);
-    r
+/// The big-endian u64 at `bytes[i..i + 8]` (the caller checked the length).
+pub(super) fn u64_at(bytes: &[u8], i: usize) -> u64 {
+    u64::from_be_bytes(bytes[i..i + 8].try_into().expect("8 bytes"))
+}
+
+/// A `seq` as the `events` key and the `ids` value hold it.
+pub(super) fn seq_key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+/// A `seq` back from an `events` key or an `ids` value.
+pub(super) fn split_seq(bytes: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(bytes).ok().map(u64::from_be_bytes)
 }
 
 /// Key of the last commit sequence number handed out, in `meta`.
@@ -386,46 +395,56 @@ mod tests {
     #[test]
     fn audience_records_round_trip() {
         let keys = vec![vec![0], vec![3; 33], vec![4; 256]];
-        assert_eq!(decode_audience(&encode_audience(&keys)), Some(keys));
+        let bytes = encode_audience(&keys);
+        let back: Vec<Vec<u8>> = decode_audience(&bytes)
+            .unwrap()
+            .into_iter()
+            .map(<[u8]>::to_vec)
+            .collect();
+        assert_eq!(back, keys);
         assert_eq!(decode_audience(&[]), Some(Vec::new()));
         assert_eq!(decode_audience(&[0, 5, 1]), None);
     }
 
     #[test]
     fn records_round_trip() {
-        let r = encode_record(5, Some(7), 9, "{}");
+        let audience = encode_audience(&[vec![1, 2], vec![3]]);
+        let r = encode_record(5, Some(7), &audience, "{}");
         let d = decode_record(&r).unwrap();
         assert_eq!(
-            (d.received_at, d.expires_at, d.seq, d.json),
-            (5, Some(7), Some(9), "{}")
+            (d.received_at, d.expires_at, d.audience, d.json),
+            (5, Some(7), &audience[..], "{}")
         );
-        let r = encode_record(5, None, 9, "{}");
-        assert_eq!(decode_record(&r).unwrap().expires_at, None);
+        let r = encode_record(5, None, &[], "{\"a\":1}");
+        let d = decode_record(&r).unwrap();
+        assert_eq!(
+            (d.expires_at, d.audience, d.json),
+            (None, &[][..], "{\"a\":1}")
+        );
+        assert!(
+            decode_record(&[2; 40]).is_err(),
+            "a record of another schema"
+        );
+        assert!(decode_record(&[3; 20]).is_err(), "header cut short");
+        let mut cut = r.clone();
+        cut[21] = 9; // audience longer than the record
+        assert!(decode_record(&cut).is_err());
     }
 
     #[test]
-    fn expiry_entries_of_both_layouts_name_their_event_and_sort_by_expiry() {
-        let id = Hex32([7; 32]);
-        let old = expiry_key(5, &id);
-        let new = expiry_seq_key(5, 9);
-        assert_eq!(expiry_entry_id(&old, &[]), Some(id));
-        assert_eq!(expiry_entry_id(&new, &id.0), Some(id));
-        assert_eq!(expiry_entry_id(&new, &[1]), None);
-        let bound = expiry_key(5, &Hex32([0xff; 32]));
-        assert!(new.as_slice() < bound.as_slice() && old.as_slice() < bound.as_slice());
-        assert!(expiry_seq_key(6, 0).as_slice() > bound.as_slice());
+    fn index_values_carry_kind_pubkey_and_seq() {
+        let k = secp256k1::Keypair::new(secp256k1::SECP256K1, &mut secp256k1::rand::thread_rng());
+        let ev = Event::sign(&k, 1, 7, vec![], "");
+        let m = meta(&ev, 42);
+        assert_eq!(split_meta(&m), Some((7, &ev.pubkey.0[..], 42)));
+        assert_eq!(split_meta(&m[..34]), None, "a schema 2 value");
     }
 
     #[test]
-    fn schema_1_records_still_decode_without_a_seq() {
-        let r = encode_record_v1(5, Some(7), "{\"a\":1}");
-        let d = decode_record(&r).unwrap();
-        assert_eq!(
-            (d.received_at, d.expires_at, d.seq, d.json),
-            (5, Some(7), None, "{\"a\":1}")
-        );
-        assert!(decode_record(&[3; 40]).is_err(), "unknown record version");
-        assert!(decode_record(&[2; 20]).is_err(), "v2 header cut short");
+    fn expiry_entries_sort_by_expiry_then_seq() {
+        assert_eq!(expiry_entry_seq(&expiry_key(5, 9)), Some(9));
+        assert!(expiry_key(5, 9) < expiry_key(5, 10));
+        assert!(expiry_key(5, u64::MAX) < expiry_key(6, 0));
     }
 
     #[test]

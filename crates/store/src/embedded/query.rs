@@ -11,9 +11,14 @@
 //! no kinds, authors, tags or ids, the `audience` index under the scope's read keys; with
 //! only kinds, the `audience_kind` index under each read key and kind. Events out of scope
 //! are then never candidates. The other plans are already narrow (an author, a tag value,
-//! ids): there each candidate's audience record is checked before its JSON is read.
+//! ids): there each candidate's audience, in its record's header, is checked before its JSON
+//! is read.
+//!
+//! Index entries carry their event's `seq`, so a candidate that passes them costs one lookup
+//! in `events` (keyed by `seq`; recent events sit side by side there).
 
-use super::keys::{self, decode_record, Index, META_LEN, SUFFIX_LEN};
+use super::keys::{self, Index, RawRecord, META_LEN, SUFFIX_LEN};
+use super::records;
 use super::state::TxnState;
 use super::{backend, Bytes, Dbs};
 use crate::audience::GROUP_KEY_PREFIX as GROUP_KEY;
@@ -21,11 +26,10 @@ use crate::{
     Bounded, Budget, ReadBounds, ReadScope, StoreError, StoreResult, StoredEvent, Visible,
 };
 use heed::{Env, RoRange, RoTxn, WithoutTls};
-use mls_proto::{Event, Filter, Hex32};
+use mls_proto::{Filter, Hex32};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::ops::Bound;
-use std::sync::Arc;
 
 /// Most author × kind pairs walked in parallel on the author+kind index; a larger product
 /// falls back to a one-dimension index (still far better than scanning everything).
@@ -130,11 +134,11 @@ pub(super) fn export(
         .rev_iter(&txn)
         .map_err(backend("walk created_at index"))?
     {
-        let (key, _) = entry.map_err(backend("walk created_at index"))?;
-        let Some((_, id)) = keys::split_suffix(key) else {
-            return Err(StoreError::Corrupt("created_at index key".into()));
+        let (_, meta) = entry.map_err(backend("walk created_at index"))?;
+        let Some((_, _, seq)) = keys::split_meta(meta) else {
+            return Err(StoreError::Corrupt("created_at index entry".into()));
         };
-        if let Some(stored) = load(&txn, dbs, &id)? {
+        if let Some(stored) = records::by_seq(&txn, dbs, seq)? {
             f(&stored);
         }
     }
@@ -167,21 +171,14 @@ impl Held {
         })
     }
 
-    /// Is the event `id` in scope? An event without an audience record (none is missing
-    /// after the backfill at open) is decided by the visibility rule alone.
-    fn admits(&self, txn: &RoTxn, dbs: &Dbs, id: &Hex32) -> StoreResult<bool> {
-        let Some(record) = dbs
-            .audience
-            .get(txn, &id.0)
-            .map_err(backend("read audience record"))?
-        else {
-            return Ok(true);
-        };
-        let keys = keys::decode_audience(record)
-            .ok_or_else(|| StoreError::Corrupt(format!("{id}: audience record")))?;
-        Ok(keys
-            .iter()
-            .any(|k| (self.any_group && k.first() == Some(&GROUP_KEY)) || self.keys.contains(k)))
+    /// Is the event of `record` (stored under `seq`) in scope?
+    fn admits(&self, seq: u64, record: &RawRecord<'_>) -> StoreResult<bool> {
+        let keys = keys::decode_audience(record.audience)
+            .ok_or_else(|| StoreError::Corrupt(format!("event {seq}: audience")))?;
+        Ok(keys.iter().any(|k| {
+            (self.any_group && k.first() == Some(&GROUP_KEY))
+                || self.keys.iter().any(|held| held.as_slice() == *k)
+        }))
     }
 
     /// The audience index prefixes that hold exactly this scope's events.
@@ -286,12 +283,10 @@ fn walk(
                 if !budget.take() {
                     break;
                 }
-                if let Some(held) = check {
-                    if !held.admits(txn, dbs, id)? {
-                        continue;
-                    }
-                }
-                if let Some(stored) = load_matching(txn, dbs, id, filter, now)? {
+                let Some(seq) = records::seq_of(txn, dbs, id)? else {
+                    continue;
+                };
+                if let Some(stored) = load_matching(txn, dbs, seq, check, filter, now)? {
                     events.push(stored);
                 }
             }
@@ -362,7 +357,7 @@ fn walk(
             continue;
         }
         last = Some(suffix);
-        let Some((kind, pubkey)) = keys::split_meta(&meta) else {
+        let Some((kind, pubkey, seq)) = keys::split_meta(&meta) else {
             continue;
         };
         if kinds.as_ref().is_some_and(|k| !k.contains(&kind))
@@ -370,15 +365,7 @@ fn walk(
         {
             continue;
         }
-        let Some((_, id)) = keys::split_suffix(&suffix) else {
-            continue;
-        };
-        if let Some(held) = check {
-            if !held.admits(txn, dbs, &id)? {
-                continue;
-            }
-        }
-        if let Some(stored) = load_matching(txn, dbs, &id, filter, now)? {
+        if let Some(stored) = load_matching(txn, dbs, seq, check, filter, now)? {
             if !f(stored) {
                 break;
             }
@@ -404,23 +391,29 @@ fn next_head(cursor: &mut RoRange<'_, Bytes, Bytes>, i: usize) -> StoreResult<Op
     Ok(Some(Reverse((suffix, i, meta))))
 }
 
-/// The stored event `id` if it matches `filter` and has not expired at `now`.
+/// The event stored under `seq` if it is in `held` (when given), matches `filter` and has
+/// not expired at `now`.
 fn load_matching(
     txn: &RoTxn,
     dbs: &Dbs,
-    id: &Hex32,
+    seq: u64,
+    held: Option<&Held>,
     filter: &Filter,
     now: u64,
 ) -> StoreResult<Option<StoredEvent>> {
-    // The record header answers expiry before the JSON is parsed.
-    let Some(bytes) = dbs.events.get(txn, &id.0).map_err(backend("read event"))? else {
+    // The record header answers scope and expiry before the JSON is parsed.
+    let Some(record) = records::raw(txn, dbs, seq)? else {
         return Ok(None); // deleted meanwhile, or a stale entry left by a corrupt record
     };
-    let header = decode_record(bytes).map_err(|e| StoreError::Corrupt(format!("{id}: {e}")))?;
-    if header.expires_at.is_some_and(|t| t <= now) {
+    if record.expires_at.is_some_and(|t| t <= now) {
         return Ok(None);
     }
-    let stored = parse(id, header.received_at, header.expires_at, header.json)?;
+    if let Some(held) = held {
+        if !held.admits(seq, &record)? {
+            return Ok(None);
+        }
+    }
+    let stored = records::parse(seq, &record)?;
     let ev = &stored.event;
     if !filter.matches(ev) || ev.expiration().is_some_and(|t| t <= now) {
         return Ok(None);
@@ -428,8 +421,8 @@ fn load_matching(
     Ok(Some(stored))
 }
 
-/// Stored events with `seq > after` in seq order, at most `limit` (see `EventStore::since`).
-/// Entries of events removed since are gone with them (see `writer::remove_event`).
+/// Stored events with `seq > after` in seq order, at most `limit` (see `EventStore::since`):
+/// `events` walked from `after`. Events removed since are gone with their records.
 pub(super) fn since(
     env: &Env<WithoutTls>,
     dbs: &Dbs,
@@ -437,58 +430,8 @@ pub(super) fn since(
     limit: usize,
 ) -> StoreResult<Vec<crate::Sequenced>> {
     let txn = env.read_txn().map_err(backend("begin read transaction"))?;
-    let Some(start) = after.checked_add(1) else {
-        return Ok(Vec::new());
-    };
-    let from = start.to_be_bytes();
-    let range = (
-        std::ops::Bound::Included(&from[..]),
-        std::ops::Bound::Unbounded,
-    );
-    let mut out = Vec::new();
-    for entry in dbs
-        .seq
-        .range(&txn, &range)
-        .map_err(backend("read seq index"))?
-    {
-        if out.len() >= limit {
-            break;
-        }
-        let (key, id) = entry.map_err(backend("read seq index"))?;
-        let (Ok(seq), Ok(id)) = (<[u8; 8]>::try_from(key), <[u8; 32]>::try_from(id)) else {
-            return Err(StoreError::Corrupt("seq index entry".into()));
-        };
-        if let Some(event) = load(&txn, dbs, &Hex32(id))? {
-            out.push(crate::Sequenced {
-                seq: u64::from_be_bytes(seq),
-                event,
-            });
-        }
-    }
-    Ok(out)
-}
-
-/// The stored event `id`, expired or not.
-fn load(txn: &RoTxn, dbs: &Dbs, id: &Hex32) -> StoreResult<Option<StoredEvent>> {
-    let Some(bytes) = dbs.events.get(txn, &id.0).map_err(backend("read event"))? else {
-        return Ok(None);
-    };
-    let record = decode_record(bytes).map_err(|e| StoreError::Corrupt(format!("{id}: {e}")))?;
-    parse(id, record.received_at, record.expires_at, record.json).map(Some)
-}
-
-fn parse(
-    id: &Hex32,
-    received_at: u64,
-    expires_at: Option<u64>,
-    json: &str,
-) -> StoreResult<StoredEvent> {
-    let event: Event = serde_json::from_str(json)
-        .map_err(|e| StoreError::Corrupt(format!("{id}: event JSON: {e}")))?;
-    Ok(StoredEvent {
-        event,
-        json: Arc::from(json),
-        received_at,
-        expires_at,
-    })
+    Ok(records::after(&txn, dbs, after, limit)?
+        .into_iter()
+        .map(|(seq, event)| crate::Sequenced { seq, event })
+        .collect())
 }

@@ -5,11 +5,13 @@
 //!
 //! A commit writes every page the transaction touched, and under load that page I/O, not
 //! the CPU, is what a batch waits for: an event inserted at a random place of a B-tree (by
-//! id, by a fresh pubkey) costs one page of its own. So the transaction keeps `last_seq` in
-//! memory and writes it once at commit, and an event's `seq` lives in its record rather than
-//! in an `event_seq` entry of its own.
+//! id, by a fresh pubkey) costs one page of its own. So records are keyed by `seq` and
+//! appended (a batch fills the last pages of `events` instead of one page per event at
+//! random), only the small `ids` entry goes in by id, and the transaction keeps `last_seq` in
+//! memory and writes it once at commit.
 
 use super::keys::{self, decode_record, encode_record};
+use super::records;
 use super::state::{self, TxnState};
 use super::{backend, Dbs};
 use crate::address::Address;
@@ -98,16 +100,11 @@ impl WriteTxn for Txn<'_> {
     }
 
     fn contains(&self, id: &Hex32) -> StoreResult<bool> {
-        Ok(self
-            .dbs
-            .events
-            .get(&self.txn, &id.0)
-            .map_err(backend("look up event id"))?
-            .is_some())
+        Ok(records::seq_of(&self.txn, &self.dbs, id)?.is_some())
     }
 
     fn load(&self, id: &Hex32) -> StoreResult<Option<Event>> {
-        load_event(&self.txn, &self.dbs, id)
+        Ok(records::by_id(&self.txn, &self.dbs, id)?.map(|stored| stored.event))
     }
 
     fn version_at(&self, address: &Address) -> StoreResult<Option<(u64, Hex32)>> {
@@ -167,14 +164,18 @@ impl WriteTxn for Txn<'_> {
             received_at,
             expires_at,
             seq,
-            audience,
+            &audience.key_bytes(),
+            true,
         )?;
         self.last_seq = seq;
         Ok(())
     }
 
     fn remove(&mut self, id: &Hex32) -> StoreResult<bool> {
-        remove_event(&mut self.txn, &self.dbs, id)
+        match records::seq_of(&self.txn, &self.dbs, id)? {
+            Some(seq) => remove_event(&mut self.txn, &self.dbs, seq, Some(id)),
+            None => Ok(false),
+        }
     }
 
     fn put_id_tombstone(&mut self, id: &Hex32, deleter: &Hex32) -> StoreResult<()> {
@@ -205,24 +206,23 @@ impl WriteTxn for Txn<'_> {
     fn purge_expired(&mut self, now: u64, max: usize) -> StoreResult<(u64, bool)> {
         let dbs = &self.dbs;
         let txn = &mut self.txn;
-        let end = keys::expiry_key(now, &Hex32([0xff; 32]));
-        let mut expired: Vec<(Vec<u8>, Option<Hex32>)> = dbs
+        let end = keys::expiry_key(now, u64::MAX);
+        let mut expired: Vec<(Vec<u8>, Option<u64>)> = dbs
             .expiry
             .range(txn, &(Bound::Unbounded, Bound::Included(end.as_slice())))
             .map_err(backend("walk expiry index"))?
             .take(max + 1)
-            .map(|entry| entry.map(|(k, v)| (k.to_vec(), keys::expiry_entry_id(k, v))))
+            .map(|entry| entry.map(|(k, _)| (k.to_vec(), keys::expiry_entry_seq(k))))
             .collect::<heed::Result<_>>()
             .map_err(backend("walk expiry index"))?;
         let more = expired.len() > max;
         expired.truncate(max);
         let mut removed = 0;
-        for (key, id) in expired {
-            let Some(id) = id else {
-                continue;
-            };
-            if remove_event(txn, dbs, &id)? {
-                removed += 1;
+        for (key, seq) in expired {
+            if let Some(seq) = seq {
+                if remove_event(txn, dbs, seq, None)? {
+                    removed += 1;
+                }
             }
             // Normally already gone with the event; this clears a stray entry too.
             dbs.expiry
@@ -237,107 +237,102 @@ impl WriteTxn for Txn<'_> {
     }
 
     fn events_after(&self, after: u64, max: usize) -> StoreResult<Vec<(u64, Event)>> {
-        let Some(start) = after.checked_add(1) else {
-            return Ok(Vec::new());
-        };
-        let from = start.to_be_bytes();
-        let range = (Bound::Included(&from[..]), Bound::Unbounded);
-        let mut out = Vec::new();
-        for entry in self
-            .dbs
-            .seq
-            .range(&self.txn, &range)
-            .map_err(backend("read seq index"))?
-        {
-            if out.len() >= max {
-                break;
-            }
-            let (key, id) = entry.map_err(backend("read seq index"))?;
-            let (Ok(seq), Ok(id)) = (<[u8; 8]>::try_from(key), <[u8; 32]>::try_from(id)) else {
-                return Err(StoreError::Corrupt("seq index entry".into()));
-            };
-            if let Some(ev) = load_event(&self.txn, &self.dbs, &Hex32(id))? {
-                out.push((u64::from_be_bytes(seq), ev));
-            }
-        }
-        Ok(out)
+        Ok(records::after(&self.txn, &self.dbs, after, max)?
+            .into_iter()
+            .map(|(seq, stored)| (seq, stored.event))
+            .collect())
     }
 
+    /// Rewrites the record in place (same `seq`) with the new audience, and moves the
+    /// audience index entries.
     fn set_audience(&mut self, ev: &Event, audience: &Audience) -> StoreResult<()> {
         let dbs = &self.dbs;
-        let old = dbs
-            .audience
-            .get(&self.txn, &ev.id.0)
-            .map_err(backend("read audience record"))?
-            .and_then(keys::decode_audience)
-            .unwrap_or_default();
+        let Some(seq) = records::seq_of(&self.txn, dbs, &ev.id)? else {
+            return Ok(()); // removed meanwhile
+        };
+        let Some(record) = records::raw(&self.txn, dbs, seq)? else {
+            return Err(StoreError::Corrupt(format!("{}: no record", ev.id)));
+        };
+        let old: Vec<Vec<u8>> = keys::decode_audience(record.audience)
+            .ok_or_else(|| StoreError::Corrupt(format!("event {seq}: audience")))?
+            .into_iter()
+            .map(<[u8]>::to_vec)
+            .collect();
+        let new = audience.key_bytes();
+        let rewritten = encode_record(
+            record.received_at,
+            record.expires_at,
+            &keys::encode_audience(&new),
+            record.json,
+        );
         for (index, key) in keys::audience_index_keys(ev.created_at, &ev.id, ev.kind, &old) {
             dbs.index(index)
                 .delete(&mut self.txn, &key)
                 .map_err(backend("delete audience index entry"))?;
         }
-        let new = audience.key_bytes();
-        let meta = keys::meta(ev);
+        let meta = keys::meta(ev, seq);
         for (index, key) in keys::audience_index_keys(ev.created_at, &ev.id, ev.kind, &new) {
             dbs.index(index)
                 .put(&mut self.txn, &key, &meta)
                 .map_err(backend("write audience index entry"))?;
         }
-        dbs.audience
-            .put(&mut self.txn, &ev.id.0, &keys::encode_audience(&new))
-            .map_err(backend("write audience record"))
+        dbs.events
+            .put(&mut self.txn, &keys::seq_key(seq), &rewritten)
+            .map_err(backend("write event record"))
     }
 }
 
-fn load_event(txn: &RwTxn, dbs: &Dbs, id: &Hex32) -> StoreResult<Option<Event>> {
-    let Some(bytes) = dbs.events.get(txn, &id.0).map_err(backend("read event"))? else {
-        return Ok(None);
-    };
-    let record = decode_record(bytes).map_err(|e| StoreError::Corrupt(format!("{id}: {e}")))?;
-    serde_json::from_str(record.json)
-        .map(Some)
-        .map_err(|e| StoreError::Corrupt(format!("{id}: event JSON: {e}")))
-}
-
-/// Writes the record (with its `seq`) and every index entry of `ev`.
-fn store_event(
+/// Writes the record under `seq` (appended: `seq` is past every stored one), its `ids` entry
+/// and every index entry of `ev`. Also the write path of the upgrade (`upgrade`), which
+/// rewrites older stores' events in this layout: `append` says whether `seq` is known to be
+/// the largest yet.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn store_event(
     txn: &mut RwTxn,
     dbs: &Dbs,
     ev: &Event,
     received_at: u64,
     expires_at: Option<u64>,
     seq: u64,
-    audience: &Audience,
+    audience: &[Vec<u8>],
+    append: bool,
 ) -> StoreResult<()> {
     let json = ev.to_json();
+    let record = encode_record(
+        received_at,
+        expires_at,
+        &keys::encode_audience(audience),
+        &json,
+    );
+    // Past the last entry: appended without a search (LMDB refuses it otherwise).
+    let flags = if append {
+        PutFlags::APPEND
+    } else {
+        PutFlags::NO_OVERWRITE
+    };
     dbs.events
-        .put(
-            txn,
-            &ev.id.0,
-            &encode_record(received_at, expires_at, seq, &json),
-        )
+        .put_with_flags(txn, flags, &keys::seq_key(seq), &record)
         .map_err(backend("write event record"))?;
-    let meta = keys::meta(ev);
-    let audience = audience.key_bytes();
+    dbs.ids
+        .put(txn, &ev.id.0, &keys::seq_key(seq))
+        .map_err(backend("write ids entry"))?;
+    let meta = keys::meta(ev, seq);
     let entries = keys::index_keys(ev)
         .into_iter()
         .chain(keys::audience_index_keys(
             ev.created_at,
             &ev.id,
             ev.kind,
-            &audience,
+            audience,
         ));
     for (index, key) in entries {
         dbs.index(index)
             .put(txn, &key, &meta)
             .map_err(backend("write index entry"))?;
     }
-    dbs.audience
-        .put(txn, &ev.id.0, &keys::encode_audience(&audience))
-        .map_err(backend("write audience record"))?;
     if let Some(expires_at) = expires_at {
         dbs.expiry
-            .put(txn, &keys::expiry_seq_key(expires_at, seq), &ev.id.0)
+            .put(txn, &keys::expiry_key(expires_at, seq), &[])
             .map_err(backend("write expiry entry"))?;
     }
     if let Some(addr) = keys::event_addr_key(ev) {
@@ -345,40 +340,34 @@ fn store_event(
             .put(txn, &addr, &keys::addr_value(ev.created_at, &ev.id))
             .map_err(backend("write address entry"))?;
     }
-    // Always past the last entry: appended without a search (LMDB refuses it otherwise).
-    dbs.seq
-        .put_with_flags(txn, PutFlags::APPEND, &seq.to_be_bytes(), &ev.id.0)
-        .map_err(backend("write seq entry"))?;
     Ok(())
 }
 
-/// Removes the event and every index entry pointing at it (the exact mirror of
+/// Removes the event stored under `seq` and every entry pointing at it (the exact mirror of
 /// [`store_event`]), so a deleted, replaced or purged event vanishes from every path.
-/// Returns whether it was there.
-fn remove_event(txn: &mut RwTxn, dbs: &Dbs, id: &Hex32) -> StoreResult<bool> {
-    let Some(bytes) = dbs.events.get(txn, &id.0).map_err(backend("read event"))? else {
+/// `id`, when the caller knows it, is unlinked even if the record cannot be read. Returns
+/// whether the record was there.
+fn remove_event(txn: &mut RwTxn, dbs: &Dbs, seq: u64, id: Option<&Hex32>) -> StoreResult<bool> {
+    let key = keys::seq_key(seq);
+    let Some(bytes) = dbs.events.get(txn, &key).map_err(backend("read event"))? else {
         return Ok(false);
     };
     let parsed = decode_record(bytes).and_then(|record| {
         let ev: Event = serde_json::from_str(record.json).map_err(|e| e.to_string())?;
-        Ok((ev, record.expires_at, record.seq))
+        let audience: Vec<Vec<u8>> = keys::decode_audience(record.audience)
+            .ok_or("event record audience")?
+            .into_iter()
+            .map(<[u8]>::to_vec)
+            .collect();
+        Ok((ev, record.expires_at, audience))
     });
-    // Where its `seq` is: in the record, or (stored before schema 2) in `event_seq`.
-    let mut seq = None;
     match parsed {
-        Ok((ev, expires_at, in_record)) => {
-            seq = in_record.map(u64::to_be_bytes);
-            let audience = dbs
-                .audience
-                .get(txn, &id.0)
-                .map_err(backend("read audience record"))?
-                .and_then(keys::decode_audience)
-                .unwrap_or_default();
+        Ok((ev, expires_at, audience)) => {
             let entries = keys::index_keys(&ev)
                 .into_iter()
                 .chain(keys::audience_index_keys(
                     ev.created_at,
-                    id,
+                    &ev.id,
                     ev.kind,
                     &audience,
                 ));
@@ -388,12 +377,8 @@ fn remove_event(txn: &mut RwTxn, dbs: &Dbs, id: &Hex32) -> StoreResult<bool> {
                     .map_err(backend("delete index entry"))?;
             }
             if let Some(expires_at) = expires_at {
-                let key = match in_record {
-                    Some(seq) => keys::expiry_seq_key(expires_at, seq).to_vec(),
-                    None => keys::expiry_key(expires_at, id).to_vec(),
-                };
                 dbs.expiry
-                    .delete(txn, &key)
+                    .delete(txn, &keys::expiry_key(expires_at, seq))
                     .map_err(backend("delete expiry entry"))?;
             }
             if let Some(addr) = keys::event_addr_key(&ev) {
@@ -402,40 +387,30 @@ fn remove_event(txn: &mut RwTxn, dbs: &Dbs, id: &Hex32) -> StoreResult<bool> {
                     .get(txn, &addr)
                     .map_err(backend("look up address"))?
                     .and_then(keys::split_addr_value)
-                    .is_some_and(|(_, stored)| stored == *id);
+                    .is_some_and(|(_, stored)| stored == ev.id);
                 if points_here {
                     dbs.addr
                         .delete(txn, &addr)
                         .map_err(backend("delete address entry"))?;
                 }
             }
+            dbs.ids
+                .delete(txn, &ev.id.0)
+                .map_err(backend("delete ids entry"))?;
         }
         // Its index keys cannot be computed; the entries left behind point at nothing and
         // reads skip them.
-        Err(e) => tracing::error!(%id, error = %e, "removing a corrupt event record"),
-    }
-    if seq.is_none() {
-        seq = dbs
-            .event_seq
-            .get(txn, &id.0)
-            .map_err(backend("read seq entry"))?
-            .and_then(|s| <[u8; 8]>::try_from(s).ok());
-        if seq.is_some() {
-            dbs.event_seq
-                .delete(txn, &id.0)
-                .map_err(backend("delete seq entry"))?;
+        Err(e) => {
+            tracing::error!(seq, ?id, error = %e, "removing a corrupt event record");
+            if let Some(id) = id {
+                dbs.ids
+                    .delete(txn, &id.0)
+                    .map_err(backend("delete ids entry"))?;
+            }
         }
     }
-    if let Some(seq) = seq {
-        dbs.seq
-            .delete(txn, &seq)
-            .map_err(backend("delete seq entry"))?;
-    }
-    dbs.audience
-        .delete(txn, &id.0)
-        .map_err(backend("delete audience record"))?;
     dbs.events
-        .delete(txn, &id.0)
+        .delete(txn, &key)
         .map_err(backend("delete event record"))?;
     Ok(true)
 }
