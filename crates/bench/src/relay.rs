@@ -217,8 +217,11 @@ max_group_messages_per_minute = 0
         Ok(relay)
     }
 
+    /// Waits for `/health`. Generous: a build that upgrades a pre-filled store's layout at
+    /// open (1M events: about a minute) only listens afterwards.
     fn wait_healthy(&mut self, port: u16) -> Result<(), String> {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        const START_UP: Duration = Duration::from_secs(300);
+        let deadline = Instant::now() + START_UP;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(format!(
@@ -232,7 +235,7 @@ max_group_messages_per_minute = 0
             std::thread::sleep(Duration::from_millis(50));
         }
         Err(format!(
-            "relay did not answer /health within 30 s:\n{}",
+            "relay did not answer /health within {START_UP:?}:\n{}",
             self.log_tail()
         ))
     }
