@@ -119,8 +119,9 @@ pub(super) fn indexed_tags(ev: &Event) -> Vec<(u8, &str)> {
     out
 }
 
-/// Every time-ordered index key of `ev`, as (index, key).
-pub(super) fn index_keys(ev: &Event) -> Vec<(Index, Vec<u8>)> {
+/// Every time-ordered index key of `ev` read by `audience` (its read keys' bytes), as
+/// (index, key): what storing `ev` writes and removing it deletes.
+pub(super) fn index_keys<K: AsRef<[u8]>>(ev: &Event, audience: &[K]) -> Vec<(Index, Vec<u8>)> {
     let (ca, id) = (ev.created_at, &ev.id);
     let mut keys = vec![
         (Index::Created, suffix(ca, id).to_vec()),
@@ -137,6 +138,7 @@ pub(super) fn index_keys(ev: &Event) -> Vec<(Index, Vec<u8>)> {
     for (letter, value) in indexed_tags(ev) {
         keys.push((Index::Tag, with_suffix(&tag_prefix(letter, value), ca, id)));
     }
+    keys.extend(audience_index_keys(ca, id, ev.kind, audience));
     keys
 }
 

@@ -317,14 +317,7 @@ pub(super) fn store_event(
         .put(txn, &ev.id.0, &keys::seq_key(seq))
         .map_err(backend("write ids entry"))?;
     let meta = keys::meta(ev, seq);
-    let entries = keys::index_keys(ev)
-        .into_iter()
-        .chain(keys::audience_index_keys(
-            ev.created_at,
-            &ev.id,
-            ev.kind,
-            audience,
-        ));
+    let entries = keys::index_keys(ev, audience);
     for (index, key) in entries {
         dbs.index(index)
             .put(txn, &key, &meta)
@@ -363,14 +356,7 @@ fn remove_event(txn: &mut RwTxn, dbs: &Dbs, seq: u64, id: Option<&Hex32>) -> Sto
     });
     match parsed {
         Ok((ev, expires_at, audience)) => {
-            let entries = keys::index_keys(&ev)
-                .into_iter()
-                .chain(keys::audience_index_keys(
-                    ev.created_at,
-                    &ev.id,
-                    ev.kind,
-                    &audience,
-                ));
+            let entries = keys::index_keys(&ev, &audience);
             for (index, key) in entries {
                 dbs.index(index)
                     .delete(txn, &key)

@@ -273,14 +273,7 @@ pub(super) mod old_layout {
         // Index values of schemas 1 and 2: kind ++ pubkey.
         let meta = &keys::meta(ev, 0)[..2 + 32];
         let audience = old.audience.clone().unwrap_or_default();
-        let entries = keys::index_keys(ev)
-            .into_iter()
-            .chain(keys::audience_index_keys(
-                ev.created_at,
-                &ev.id,
-                ev.kind,
-                &audience,
-            ));
+        let entries = keys::index_keys(ev, &audience);
         for (index, key) in entries {
             dbs.index(index).put(txn, &key, meta).unwrap();
         }
