@@ -33,18 +33,18 @@ pub(crate) use crate::state::MAX_GROUP_ID;
 pub(crate) const MAX_NAME: usize = 256;
 
 pub(crate) fn group_key(group: &str) -> Vec<u8> {
-    format!("g/{}", hex::encode(group)).into_bytes()
+    format!("g/{}", mls_proto::to_lower_hex(group.as_bytes())).into_bytes()
 }
 
 /// Written once, with the first 445 accepted while the group had no known membership (read
 /// before write: not one write per 445). Never removed: a group once used open stays
 /// protected from a stranger's bootstrap (PROTOCOL §4).
 pub(crate) fn served_open_key(group: &str) -> Vec<u8> {
-    format!("o/{}", hex::encode(group)).into_bytes()
+    format!("o/{}", mls_proto::to_lower_hex(group.as_bytes())).into_bytes()
 }
 
 pub(crate) fn member_prefix(group: &str) -> Vec<u8> {
-    format!("m/{}/", hex::encode(group)).into_bytes()
+    format!("m/{}/", mls_proto::to_lower_hex(group.as_bytes())).into_bytes()
 }
 
 /// `m/{hex(group)}/{hex(pk)}`, hex-encoded straight into the key: live fan-out builds one per
@@ -63,7 +63,7 @@ pub(crate) fn member_key(group: &str, pk: &Hex32) -> Vec<u8> {
 /// The `m/` rows again, keyed by pubkey first, so that a reader's groups are one prefix scan
 /// (a read's scope names them; see `visibility::read_scope`).
 pub(crate) fn member_group_key(pk: &Hex32, group: &str) -> Vec<u8> {
-    format!("mg/{pk}/{}", hex::encode(group)).into_bytes()
+    format!("mg/{pk}/{}", mls_proto::to_lower_hex(group.as_bytes())).into_bytes()
 }
 
 pub(crate) fn member_group_prefix(pk: &Hex32) -> Vec<u8> {

@@ -158,6 +158,24 @@ mod hex_decode {
     }
 }
 
+/// 32 bytes to 64 hex digits (state keys, `Hex32::to_hex`): the crate's table encoder beside
+/// the `hex` crate's `encode` it replaced.
+mod hex_encode {
+    use super::*;
+
+    #[divan::bench]
+    fn to_lower_hex(bencher: Bencher) {
+        let bytes = [0xa5u8; 32];
+        bencher.bench(|| mls_proto::to_lower_hex(black_box(&bytes)));
+    }
+
+    #[divan::bench]
+    fn hex_crate_as_before(bencher: Bencher) {
+        let bytes = [0xa5u8; 32];
+        bencher.bench(|| hex::encode(black_box(&bytes)));
+    }
+}
+
 /// What fan-out pays per event (serialise once) and per subscriber (wrap in `["EVENT",sub,…]`).
 #[divan::bench]
 fn encode_event_json(bencher: Bencher) {

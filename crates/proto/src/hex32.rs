@@ -15,7 +15,7 @@ macro_rules! hex_bytes {
                 decode_lower_hex(digits).map(Self)
             }
             pub fn to_hex(&self) -> String {
-                hex::encode(self.0)
+                to_lower_hex(&self.0)
             }
             pub fn as_bytes(&self) -> &[u8; $len] {
                 &self.0
@@ -35,8 +35,7 @@ macro_rules! hex_bytes {
         impl Serialize for $name {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 let mut buf = [0u8; $len * 2];
-                hex::encode_to_slice(self.0, &mut buf).expect("buffer sized for hex");
-                s.serialize_str(std::str::from_utf8(&buf).expect("hex is ascii"))
+                s.serialize_str(encode_lower_hex(&self.0, &mut buf))
             }
         }
         impl<'de> Deserialize<'de> for $name {
@@ -83,12 +82,46 @@ fn decode_lower_hex<const N: usize, const D: usize>(digits: &[u8; D]) -> Option<
     (bad & 0xf0 == 0).then_some(out)
 }
 
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// Writes `bytes` as lowercase hex into `out` (exactly twice as long) and returns it as text.
+/// Two table lookups per byte: the `hex` crate's `encode` builds its `String` one `char` at a
+/// time, which showed in the store writer's profile (state keys name groups and pubkeys in hex).
+fn encode_lower_hex<'a>(bytes: &[u8], out: &'a mut [u8]) -> &'a str {
+    assert_eq!(out.len(), bytes.len() * 2, "hex buffer sized for the bytes");
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX_DIGITS[usize::from(b >> 4)];
+        pair[1] = HEX_DIGITS[usize::from(b & 0x0f)];
+    }
+    std::str::from_utf8(out).expect("hex digits are ASCII")
+}
+
+/// `bytes` as lowercase hex.
+pub fn to_lower_hex(bytes: &[u8]) -> String {
+    let mut out = vec![0u8; bytes.len() * 2];
+    encode_lower_hex(bytes, &mut out);
+    String::from_utf8(out).expect("hex digits are ASCII")
+}
+
 hex_bytes!(Hex32, 32);
 hex_bytes!(Hex64, 64);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encodes_as_the_hex_crate_does() {
+        let all: Vec<u8> = (0u8..=255).collect();
+        assert_eq!(to_lower_hex(&all), hex::encode(&all));
+        assert_eq!(to_lower_hex(&[]), "");
+        let id = Hex32([0xa5; 32]);
+        assert_eq!(id.to_hex(), "a5".repeat(32));
+        assert_eq!(
+            serde_json::to_string(&id).unwrap(),
+            format!("\"{}\"", "a5".repeat(32))
+        );
+    }
 
     /// The table decoder against the `hex` crate, for every byte value in every position of
     /// a digit pair: same bytes out, and every non-lowercase-hex byte refused.

@@ -12,7 +12,7 @@ mod message;
 
 pub use event::{Event, EventError, KindClass, Tag};
 pub use filter::{Filter, FilterError};
-pub use hex32::{Hex32, Hex64};
+pub use hex32::{to_lower_hex, Hex32, Hex64};
 pub use keys::{parse_pubkey, short_pubkey};
 pub use message::{relay, ClientMessage, MessageError};
 

@@ -34,7 +34,7 @@ pub(crate) const RATE_PREFIX: &[u8] = b"rg/";
 /// The counters of one (group, publisher) pair; `anon` when unauthenticated.
 pub(crate) fn rate_prefix(group: &str, publisher: Option<&Hex32>) -> Vec<u8> {
     let who = publisher.map_or_else(|| "anon".to_string(), Hex32::to_hex);
-    format!("rg/{}/{who}/", hex::encode(group)).into_bytes()
+    format!("rg/{}/{who}/", mls_proto::to_lower_hex(group.as_bytes())).into_bytes()
 }
 
 pub(crate) fn admit(
