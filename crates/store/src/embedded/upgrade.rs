@@ -42,6 +42,17 @@ pub(super) fn upgrade(env: &Env<WithoutTls>, txn: &mut RwTxn, dbs: &Dbs) -> Stor
             .map_err(|e| StoreError::Backend(format!("open database {name}: {e}")))?;
     }
     let [old_events, old_audience, _, old_event_seq] = legacy;
+    // Said before the work: on a large store the relay is silent, and not listening, for
+    // about a minute per million events.
+    let stored = match old_events {
+        Some(db) => db.len(txn).map_err(backend("count the old records"))?,
+        None => 0,
+    };
+    tracing::info!(
+        events = stored,
+        "upgrading the store's schema to records keyed by commit sequence (about a minute \
+         per million events; the relay listens once it is done)"
+    );
     for index in Index::ALL {
         dbs.index(index)
             .clear(txn)
