@@ -334,3 +334,60 @@ async fn slow_reader_is_disconnected_with_a_notice_and_others_go_on() {
         vec![id_hex(&e)]
     );
 }
+
+#[tokio::test]
+async fn a_full_embedded_store_refuses_writes_keeps_what_it_has_and_grows_on_restart() {
+    if pg::e2e_on_postgres() || firestore::e2e_on_firestore() {
+        return; // the embedded store's own limit
+    }
+    // A 2 MiB store: full after a few hundred events.
+    let mut relay = Relay::builder()
+        .config("[data]\nmax_size_gib = 0.002\n")
+        .start()
+        .await;
+    let k = keys();
+    let mut ws = relay.connect().await;
+    let mut accepted = Vec::new();
+    let refusal = loop {
+        assert!(accepted.len() < 5000, "a 2 MiB store took 5,000 events");
+        let e = ev(&k, 1, &[], &format!("{:0>900}", accepted.len()));
+        let (ok, msg) = ws.publish(&e).await;
+        if !ok {
+            break msg;
+        }
+        accepted.push(id_hex(&e));
+    };
+    assert!(
+        !accepted.is_empty(),
+        "the store refused its first event: {refusal}"
+    );
+    assert_prefix(&refusal, "error:");
+    let log = relay.log();
+    assert!(
+        log.contains("max_size_gib"),
+        "the log does not say which setting to raise ({refusal}):\n{}",
+        relay.log_tail(20)
+    );
+    // Nothing acknowledged is lost, and reads go on.
+    let n = accepted.len() as u64;
+    assert_eq!(
+        ws.count("c", &[json!({"authors": [pk_hex(&k)]})]).await,
+        Ok(n)
+    );
+
+    relay.add_config("[data]\nmax_size_gib = 0.05\n");
+    relay.restart().await;
+    let mut ws = relay.connect().await;
+    let more = ev(&k, 1, &[], "after the restart");
+    ws.publish_ok(&more).await;
+    assert_eq!(
+        ws.count("c", &[json!({"authors": [pk_hex(&k)]})]).await,
+        Ok(n + 1),
+        "events lost over the restart"
+    );
+    // And each of the first ones by id (REQs of at most 100 ids: the relay caps a filter's ids).
+    for ids in accepted.chunks(100) {
+        let served = ws.query_ids(&[json!({"ids": ids})]).await;
+        assert_eq!(served.len(), ids.len(), "events lost over the restart");
+    }
+}

@@ -334,6 +334,11 @@ max_group_messages_per_minute = 0
         None
     }
 
+    /// TOML merged over the config from the next start on (as [`RelayBuilder::config`]).
+    pub fn add_config(&mut self, toml_text: &str) {
+        self.overrides.push(toml_text.to_owned());
+    }
+
     /// SIGKILL, then start again on the same data directory (new port).
     pub async fn restart(&mut self) {
         self.kill();

@@ -131,7 +131,11 @@ async fn open_backend(
             std::fs::create_dir_all(&config.data.path).map_err(|e| {
                 format!("data.path {}: cannot create: {e}", config.data.path.display())
             })?;
-            let store = EmbeddedStore::open(&config.data.path, EmbeddedOptions::default(), gateway)
+            let options = EmbeddedOptions {
+                map_size: config.data.max_size_bytes(),
+                ..EmbeddedOptions::default()
+            };
+            let store = EmbeddedStore::open(&config.data.path, options, gateway)
                 .map_err(|e| format!("data.path {}: {e}", config.data.path.display()))?;
             let store: Arc<dyn EventStore> = store;
             Ok((store, None))

@@ -22,7 +22,7 @@ use mls_proto::{parse_pubkey, Hex32};
 use serde::{Deserialize, Serialize};
 
 /// The whole configuration file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -176,17 +176,28 @@ impl Default for InfoConfig {
     }
 }
 
-/// `[data]`: where the embedded store keeps its files.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `[data]`: where the embedded store keeps its files, and how large they may grow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DataConfig {
     pub path: PathBuf,
+    /// Most the embedded store may hold, GiB (LMDB's map size: address space, not disk,
+    /// until used). Writes are refused once it is full; raising it and restarting is enough.
+    pub max_size_gib: f64,
+}
+
+impl DataConfig {
+    /// [`Self::max_size_gib`] in bytes.
+    pub fn max_size_bytes(&self) -> usize {
+        (self.max_size_gib * f64::from(1u32 << 30)) as usize
+    }
 }
 
 impl Default for DataConfig {
     fn default() -> Self {
         DataConfig {
             path: PathBuf::from("./data"),
+            max_size_gib: 64.0,
         }
     }
 }

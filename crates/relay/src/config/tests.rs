@@ -828,3 +828,17 @@ fn urls_compare_without_scheme_default_port_or_fragment() {
         normalize_url("https://a.example/x")
     );
 }
+
+#[test]
+fn the_embedded_store_size_is_checked() {
+    let mut config = Config::default();
+    assert_eq!(config.data.max_size_bytes(), 64 << 30);
+    config.data.max_size_gib = 0.5;
+    assert_eq!(config.data.max_size_bytes(), 512 << 20);
+    assert!(config.validate().is_ok());
+    for bad in [0.0, -1.0, 0.0001, f64::NAN, 2e6] {
+        config.data.max_size_gib = bad;
+        let err = config.validate().unwrap_err();
+        assert_eq!(err.key(), Some("data.max_size_gib"), "{bad}: {err}");
+    }
+}

@@ -22,6 +22,18 @@ impl Config {
             })
         };
 
+        // [data]
+        // 1 MiB to 1 PiB: below, LMDB cannot hold its own tables; above, the size means nothing.
+        let gib = self.data.max_size_gib;
+        if !(1.0 / 1024.0..=1024.0 * 1024.0).contains(&gib) {
+            fail(
+                "data.max_size_gib",
+                format!(
+                    "data.max_size_gib {gib} must be between 0.001 (1 MiB) and 1048576 (1 PiB)"
+                ),
+            );
+        }
+
         // [server]
         let server = &self.server;
         if server.host.trim().is_empty() || server.host.contains(char::is_whitespace) {

@@ -13,7 +13,7 @@
 use super::keys::{self, decode_record, encode_record};
 use super::records;
 use super::state::{self, TxnState};
-use super::{backend, Dbs};
+use super::{backend, describe, Dbs};
 use crate::address::Address;
 use crate::audience::Audience;
 use crate::overlay::StateChanges;
@@ -58,9 +58,9 @@ impl WriteBackend for Backend {
             self.dbs
                 .meta
                 .put(&mut txn.txn, keys::LAST_SEQ, &txn.last_seq.to_be_bytes())
-                .map_err(|e| format!("write last_seq: {e}"))?;
+                .map_err(|e| format!("write last_seq: {}", describe(e)))?;
         }
-        txn.txn.commit().map_err(|e| e.to_string())
+        txn.txn.commit().map_err(describe)
     }
 
     /// Aborting an LMDB transaction cannot fail: the others of the batch may be retried.
