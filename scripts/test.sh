@@ -33,6 +33,13 @@ if ! command -v cargo >/dev/null 2>&1; then
     log "cargo not found on PATH"
     exit 1
 fi
+# CI runs on a fresh clone, where cargo's incremental cache (~8 GB for this suite) is never
+# reused, and the image test at the end needs several GB of its own. CARGO_INCREMENTAL=1 keeps
+# the cache for quicker reruns after small edits.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+free_space() { df -h --output=avail "$ROOT/target" 2>/dev/null | tail -n 1 | tr -d ' '; }
+mkdir -p "$ROOT/target"
+log "free space under target/: $(free_space)"
 
 # ---------------------------------------------------------------------------------------------
 # Services
@@ -163,7 +170,7 @@ if [ "$#" -eq 0 ]; then
     if [ "${MLS_TEST_NO_IMAGE:-}" = 1 ]; then
         log "MLS_TEST_NO_IMAGE=1: the image test is skipped"
     else
-        log "image test (scripts/image-test.sh)"
+        log "image test (scripts/image-test.sh); free space under target/: $(free_space)"
         bash scripts/image-test.sh </dev/null
     fi
 fi
