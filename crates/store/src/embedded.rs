@@ -726,12 +726,7 @@ mod tests {
             all,
             "no audience: for the rule to decide"
         );
-        let first = snapshot(&store);
-        drop(store);
-
-        let store =
-            EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), Arc::new(ForItsP)).unwrap();
-        assert_eq!(snapshot(&store), first, "a second open changes nothing");
+        let store = reopened_unchanged(store, dir.path());
         let outcome = store
             .write(deleted.clone(), Publisher::default())
             .await
@@ -859,12 +854,7 @@ mod tests {
             .await
             .unwrap();
         assert!(found.value.is_empty(), "not the reader's");
-        let first = snapshot(&store);
-        drop(store);
-
-        let store =
-            EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), Arc::new(ForItsP)).unwrap();
-        assert_eq!(snapshot(&store), first, "a second open changes nothing");
+        let store = reopened_unchanged(store, dir.path());
         let outcome = store
             .write(
                 signed(&author, now - 30, 30000, vec![d, p_tag(&reader)]),
@@ -905,6 +895,16 @@ mod tests {
         assert!(
             matches!(refused, Err(StoreError::Backend(e)) if e.contains("schema version \"4\""))
         );
+    }
+
+    /// Closes and opens the store again, checking that the second open changes nothing.
+    fn reopened_unchanged(store: Arc<EmbeddedStore>, dir: &Path) -> Arc<EmbeddedStore> {
+        let first = snapshot(&store);
+        drop(store);
+        let store =
+            EmbeddedStore::open(dir, EmbeddedOptions::default(), Arc::new(ForItsP)).unwrap();
+        assert_eq!(snapshot(&store), first, "a second open changes nothing");
+        store
     }
 
     /// Every event a scope reads, whatever its kind (two plans: `audience` and `audience_kind`).
