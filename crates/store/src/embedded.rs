@@ -192,17 +192,17 @@ fn check_schema(txn: &mut RwTxn, meta: Database<Bytes, Bytes>) -> StoreResult<Op
 }
 
 /// Maps any displayable error to [`StoreError::Backend`], naming what was being done.
-pub(crate) fn backend<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> StoreError {
+pub(crate) fn backend(what: &'static str) -> impl Fn(heed::Error) -> StoreError {
     move |e| StoreError::Backend(format!("{what}: {}", describe(e)))
 }
 
 /// An LMDB error as text; the one an operator fixes by configuration says how.
-pub(crate) fn describe(e: impl std::fmt::Display) -> String {
-    let e = e.to_string();
-    if e.contains("MDB_MAP_FULL") {
-        format!("{e} (the store reached its maximum size: raise [data] max_size_gib and restart)")
-    } else {
-        e
+pub(crate) fn describe(e: heed::Error) -> String {
+    match e {
+        heed::Error::Mdb(heed::MdbError::MapFull) => format!(
+            "{e} (the store reached its maximum size: raise [data] max_size_gib and restart)"
+        ),
+        e => e.to_string(),
     }
 }
 

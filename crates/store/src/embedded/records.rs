@@ -31,9 +31,12 @@ pub(super) fn raw<'t>(txn: &'t RoTxn, dbs: &Dbs, seq: u64) -> StoreResult<Option
     else {
         return Ok(None);
     };
-    decode_record(bytes)
-        .map(Some)
-        .map_err(|e| StoreError::Corrupt(format!("event {seq}: {e}")))
+    decode(seq, bytes).map(Some)
+}
+
+/// The record `bytes` stored under `seq`, header decoded.
+fn decode(seq: u64, bytes: &[u8]) -> StoreResult<RawRecord<'_>> {
+    decode_record(bytes).map_err(|e| StoreError::Corrupt(format!("event {seq}: {e}")))
 }
 
 /// The stored event `id`, expired or not.
@@ -85,9 +88,7 @@ pub(super) fn after(
     {
         let (key, bytes) = entry.map_err(backend("walk events"))?;
         let seq = keys::split_seq(key).ok_or_else(|| StoreError::Corrupt("events key".into()))?;
-        let record =
-            decode_record(bytes).map_err(|e| StoreError::Corrupt(format!("event {seq}: {e}")))?;
-        out.push((seq, parse(seq, &record)?));
+        out.push((seq, parse(seq, &decode(seq, bytes)?)?));
     }
     Ok(out)
 }
