@@ -70,6 +70,7 @@ macro_rules! conformance_tests {
             out_of_scope_events_are_not_candidates,
             refreshed_audiences_follow_the_state,
             a_batch_sees_its_own_writes,
+            limits_cut_newest_first_across_kinds_and_groups,
         );
     };
     (@each $harness:expr; $($name:ident),* $(,)?) => {
@@ -2149,4 +2150,74 @@ pub async fn a_batch_sees_its_own_writes(h: &dyn Harness) {
     assert_eq!(put(s, &v100).await, newer_stored());
     assert_eq!(put(s, &note).await, deleted());
     assert_eq!(put(s, &x160).await, WriteOutcome::Duplicate);
+}
+
+/// A limit cuts the newest events of the whole answer, where the index walked lists them by
+/// kind or by group: an author's events of several kinds, a scope's events of several kinds,
+/// a scope holding every group (whose events sit under one key per group).
+pub async fn limits_cut_newest_first_across_kinds_and_groups(h: &dyn Harness) {
+    let store = open(h).await;
+    let s = &*store;
+    let (author, me) = (keys(), keys());
+    let me_hex = pk(&me).to_hex();
+    // Kinds and groups interleaved in time: each kind's or group's newest is not the newest.
+    let mut mine = Vec::new();
+    let mut grouped = Vec::new();
+    for i in 0..9u64 {
+        let kind = [1, 7, 30000][i as usize % 3];
+        let d = format!("d{i}");
+        let to_me = format!("p:{me_hex}");
+        let aud_tag = ["aud", to_me.as_str()];
+        let d_tag = ["d", d.as_str()];
+        let mut tags: Vec<&[&str]> = vec![&aud_tag];
+        if kind == 30000 {
+            tags.push(&d_tag);
+        }
+        let e = ev(&author, 300 + i, kind, &tags, &format!("m{i}"));
+        accept(s, &e).await;
+        mine.push(e);
+        let group = format!("g:group{}", i % 3);
+        let e = ev(&keys(), 400 + i, 445, &[&["aud", &group]], &format!("g{i}"));
+        accept(s, &e).await;
+        grouped.push(e);
+    }
+    let newest = |evs: &[Event], n: usize| -> Vec<Hex32> {
+        newest_first(&evs.iter().collect::<Vec<_>>())[..n].to_vec()
+    };
+    let by_author = json!({"authors": [pk(&author).to_hex()], "limit": 4});
+    assert_eq!(
+        ids(s, std::slice::from_ref(&by_author)).await,
+        newest(&mine, 4),
+        "by author alone"
+    );
+    let read = |scope: ReadScope, f: Value| async move {
+        let found = s
+            .query(
+                &[filter(f)],
+                ReadBounds::unbounded(500),
+                now(),
+                &scope,
+                &everyone,
+            )
+            .await
+            .expect("query");
+        found.value.iter().map(|e| e.event.id).collect::<Vec<_>>()
+    };
+    let mine_only = ReadScope::holding(vec![ReadKey::Pubkey(pk(&me))], false);
+    assert_eq!(
+        read(mine_only, json!({"limit": 4})).await,
+        newest(&mine, 4),
+        "a scope's events of every kind"
+    );
+    let every_group = ReadScope::holding(Vec::new(), true);
+    assert_eq!(
+        read(every_group.clone(), json!({"limit": 4})).await,
+        newest(&grouped, 4),
+        "a scope holding every group"
+    );
+    assert_eq!(
+        read(every_group, json!({"kinds": [445], "limit": 4})).await,
+        newest(&grouped, 4),
+        "every group, by kind"
+    );
 }

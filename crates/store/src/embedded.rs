@@ -1,25 +1,26 @@
 //! The embedded backend: LMDB (through heed) in the relay's own process, no services.
 //!
-//! Layout (schema 3), in one LMDB environment:
+//! Layout (schema 4), in one LMDB environment:
 //! - `events_by_seq`: the event's commit sequence number (`seq`, big-endian) → its record
 //!   (received_at, expires_at, the read keys of its audience, the event JSON as first
 //!   serialised; see [`keys::encode_record`]). A new event's `seq` is past every stored one,
 //!   so a commit appends to the last pages of this table instead of touching one page per
 //!   event at random; the commit stream ([`EventStore::since`]) reads it from a `seq` on;
 //! - `ids`: event id → `seq`, the only table keyed by event id (8-byte values);
-//! - time-ordered indexes `created`, `author`, `kind`, `author_kind`, `tag`, keyed
+//! - time-ordered indexes `created`, `kind`, `author_kind`, `tag`, keyed
 //!   `prefix ++ (u64::MAX - created_at) ++ id` so that cursors walk newest first, with
 //!   `kind ++ pubkey ++ seq` as the value, so that a query rejects a candidate without its
-//!   record and reads one that passes in one lookup (see [`keys`]);
-//! - the time-ordered `audience` (read key) and `audience_kind` (read key ++ kind) indexes, so
-//!   that a read walks only events its scope holds (see [`crate::audience`]);
+//!   record and reads one that passes in one lookup (see [`keys`]); a read by author alone
+//!   walks `author_kind` once per kind the author has;
+//! - the time-ordered `audience_kind` index (read key ++ kind), so that a read walks only
+//!   events its scope holds (see [`crate::audience`]), per kind as above;
 //! - `expiry` (expires_at ++ seq) for purges, `addr` (address → newest version) for
 //!   replaceable and addressable events, `tomb_ids` / `tomb_addrs` for NIP-09 tombstones;
 //! - `state`: the gateway's key/value state, so a rule and its state change commit together;
 //! - `meta`: the schema version and the last `seq` handed out (`last_seq`).
 //!
-//! A store of schema 1 or 2 (records keyed by id) is upgraded when first opened by this
-//! build (see `upgrade`).
+//! A store of schema 1, 2 (records keyed by id) or 3 (with an author index and an audience
+//! index without kinds) is upgraded when first opened by this build (see `upgrade`).
 //!
 //! A backup ([`EventStore::backup`]) walks all of it in one read transaction (see `backup`); a
 //! restore puts it back verbatim in the writer's transaction ([`crate::write_txn`]).
@@ -71,11 +72,12 @@ impl Default for EmbeddedOptions {
 }
 
 /// Bumped when the on-disk layout changes; a store written by another layout is refused
-/// rather than misread. Schema 3 keys records by `seq`; a schema 1 or 2 store (records keyed
-/// by id) is upgraded at open (see `upgrade`), and from then on an older build refuses it.
-const SCHEMA_VERSION: &[u8] = b"3";
+/// rather than misread. Schema 3 keys records by `seq`; schema 4 drops the author index and
+/// the audience index without kinds. Older layouts are upgraded at open (see `upgrade`), and
+/// from then on an older build refuses the store.
+const SCHEMA_VERSION: &[u8] = b"4";
 /// Layouts this build upgrades to [`SCHEMA_VERSION`] when it opens them.
-const UPGRADABLE_SCHEMAS: &[&[u8]] = &[b"1", b"2"];
+const UPGRADABLE_SCHEMAS: &[&[u8]] = &[b"1", b"2", b"3"];
 
 /// The LMDB databases of one environment.
 #[derive(Clone, Copy)]
@@ -83,7 +85,6 @@ pub(crate) struct Dbs {
     events: Database<Bytes, Bytes>,
     ids: Database<Bytes, Bytes>,
     created: Database<Bytes, Bytes>,
-    author: Database<Bytes, Bytes>,
     kind: Database<Bytes, Bytes>,
     author_kind: Database<Bytes, Bytes>,
     tag: Database<Bytes, Bytes>,
@@ -93,7 +94,6 @@ pub(crate) struct Dbs {
     tomb_addrs: Database<Bytes, Bytes>,
     state: Database<Bytes, Bytes>,
     meta: Database<Bytes, Bytes>,
-    audience_idx: Database<Bytes, Bytes>,
     audience_kind_idx: Database<Bytes, Bytes>,
 }
 
@@ -110,7 +110,6 @@ impl Dbs {
             events: db("events_by_seq")?,
             ids: db("ids")?,
             created: db("idx_created")?,
-            author: db("idx_author")?,
             kind: db("idx_kind")?,
             author_kind: db("idx_author_kind")?,
             tag: db("idx_tag")?,
@@ -120,14 +119,14 @@ impl Dbs {
             tomb_addrs: db("tomb_addrs")?,
             state: db("state")?,
             meta: db("meta")?,
-            audience_idx: db("idx_audience")?,
             audience_kind_idx: db("idx_audience_kind")?,
         };
         let upgrade = match check_schema(&mut txn, dbs.meta)? {
             None => None,
             Some(from) => {
                 let started = Instant::now();
-                Some((from, started, upgrade::upgrade(env, &mut txn, &dbs)?))
+                let done = upgrade::upgrade(env, &mut txn, &dbs, &from)?;
+                Some((from, started, done))
             }
         };
         txn.commit().map_err(backend("commit schema transaction"))?;
@@ -139,7 +138,7 @@ impl Dbs {
                 given_a_seq = done.given_a_seq,
                 last_seq = done.last_seq,
                 elapsed_ms = started.elapsed().as_millis() as u64,
-                "upgraded the store's schema: records keyed by commit sequence"
+                "upgraded the store's schema"
             );
         }
         Ok(dbs)
@@ -148,11 +147,9 @@ impl Dbs {
     fn index(&self, index: keys::Index) -> Database<Bytes, Bytes> {
         match index {
             keys::Index::Created => self.created,
-            keys::Index::Author => self.author,
             keys::Index::Kind => self.kind,
             keys::Index::AuthorKind => self.author_kind,
             keys::Index::Tag => self.tag,
-            keys::Index::Audience => self.audience_idx,
             keys::Index::AudienceKind => self.audience_kind_idx,
         }
     }
@@ -474,13 +471,18 @@ mod tests {
         }
 
         fn audience(&self, ev: &Event, _: &dyn StateRead) -> Audience {
-            Audience::new(
-                ev.tag_values("p")
-                    .filter_map(Hex32::from_hex)
-                    .map(ReadKey::Pubkey)
-                    .collect(),
-            )
+            Audience::new(audience_keys(ev))
         }
+    }
+
+    /// The audience of [`ForItsP`]: its `p` tags' pubkeys and its `h` tags' groups.
+    fn audience_keys(ev: &Event) -> Vec<ReadKey> {
+        let pubkeys = ev
+            .tag_values("p")
+            .filter_map(Hex32::from_hex)
+            .map(ReadKey::Pubkey);
+        let groups = ev.tag_values("h").map(|g| ReadKey::Group(g.to_string()));
+        pubkeys.chain(groups).collect()
     }
 
     fn wrap(to: &Hex32, created_at: u64) -> Event {
@@ -612,7 +614,9 @@ mod tests {
             d.ids,
             d.created,
             d.tag,
-            d.audience_idx,
+            d.kind,
+            d.author_kind,
+            d.audience_kind_idx,
             d.expiry,
             d.addr,
         ];
@@ -882,18 +886,160 @@ mod tests {
         assert_eq!(store.dbs.events.len(&txn).unwrap(), 3);
     }
 
+    /// The every-group entries' prefix is no read key's first byte, so no scope's walk of its
+    /// own keys runs into them.
+    #[test]
+    fn the_every_group_prefix_is_no_read_keys_first_byte() {
+        for key in [
+            ReadKey::Anyone,
+            ReadKey::Readers,
+            ReadKey::Admins,
+            ReadKey::Pubkey(Hex32([5; 32])),
+            ReadKey::Group("g".into()),
+            ReadKey::Group("x".repeat(300)),
+            ReadKey::Unknown,
+        ] {
+            assert_ne!(key.to_bytes()[0], keys::EVERY_GROUP, "{key:?}");
+        }
+    }
+
     /// A store of a later schema is refused, and the refusal leaves it as it was.
     #[tokio::test]
     async fn a_store_of_another_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         old_store(dir.path(), |_, txn, dbs| {
-            dbs.meta.put(txn, b"schema", b"4").unwrap();
+            dbs.meta.put(txn, b"schema", b"5").unwrap();
         })
         .await;
         let refused =
             EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), Arc::new(ForItsP));
         assert!(
-            matches!(refused, Err(StoreError::Backend(e)) if e.contains("schema version \"4\""))
+            matches!(refused, Err(StoreError::Backend(e)) if e.contains("schema version \"5\""))
+        );
+    }
+
+    /// A schema 3 store (with the author index and the audience index without kinds): the
+    /// two tables go, nothing else changes, and reads by author alone and by scope alone
+    /// still find every event, newest first, across kinds.
+    #[tokio::test]
+    async fn a_schema_3_store_loses_its_author_and_audience_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = mls_proto::unix_now();
+        let (reader, stranger) = (Hex32([1; 32]), Hex32([2; 32]));
+        let author =
+            secp256k1::Keypair::new(secp256k1::SECP256K1, &mut secp256k1::rand::thread_rng());
+        let by_author = [
+            signed(&author, now - 40, 1, vec![p_tag(&reader)]),
+            signed(&author, now - 30, 7, vec![p_tag(&stranger)]),
+            signed(
+                &author,
+                now - 20,
+                30000,
+                vec![vec!["d".into(), "x".into()], p_tag(&reader)],
+            ),
+            signed(&author, now - 10, 1, vec![p_tag(&reader)]),
+        ];
+        let group_message = |group: &str, created_at: u64| {
+            let k =
+                secp256k1::Keypair::new(secp256k1::SECP256K1, &mut secp256k1::rand::thread_rng());
+            signed(&k, created_at, 445, vec![vec!["h".into(), group.into()]])
+        };
+        let others = [
+            wrap(&reader, now - 35),
+            wrap(&stranger, now - 5),
+            group_message("g1", now - 25),
+            group_message("g2", now - 15),
+            group_message("g1", now - 3),
+        ];
+        let store =
+            EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), Arc::new(ForItsP)).unwrap();
+        for ev in by_author.iter().chain(&others) {
+            let outcome = store.write(ev.clone(), Publisher::default()).await.unwrap();
+            assert!(matches!(outcome, WriteOutcome::Accepted));
+        }
+        let before = snapshot(&store);
+        store.close();
+        {
+            // Schema 3: no every-group entries, and the two indexes.
+            let mut txn = store.env.write_txn().unwrap();
+            let every_group: Vec<Vec<u8>> = store
+                .dbs
+                .audience_kind_idx
+                .prefix_iter(&txn, &[keys::EVERY_GROUP])
+                .unwrap()
+                .map(|e| e.unwrap().0.to_vec())
+                .collect();
+            assert_eq!(every_group.len(), 3, "one per group message");
+            for key in every_group {
+                store.dbs.audience_kind_idx.delete(&mut txn, &key).unwrap();
+            }
+            for ev in by_author.iter().chain(&others) {
+                let audience: Vec<Vec<u8>> =
+                    audience_keys(ev).iter().map(ReadKey::to_bytes).collect();
+                let seq = records::seq_of(&txn, &store.dbs, &ev.id).unwrap().unwrap();
+                let value = keys::meta(ev, seq);
+                upgrade::old_layout::put_schema_3_indexes(
+                    &store.env, &mut txn, ev, &audience, &value,
+                );
+            }
+            store.dbs.meta.put(&mut txn, b"schema", b"3").unwrap();
+            txn.commit().unwrap();
+        }
+        drop(store);
+
+        let store =
+            EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), Arc::new(ForItsP)).unwrap();
+        assert_eq!(schema(&store), SCHEMA_VERSION, "upgraded at open");
+        for name in ["idx_author", "idx_audience"] {
+            assert!(
+                !upgrade::old_layout::exists(&store.env, name),
+                "{name} removed"
+            );
+        }
+        assert!(
+            snapshot(&store) == before,
+            "the other tables are as schema 4 writes them"
+        );
+        let store = reopened_unchanged(store, dir.path());
+
+        let newest_first = |evs: &[&Event]| -> Vec<Hex32> {
+            let mut evs = evs.to_vec();
+            evs.sort_by_key(|e| std::cmp::Reverse(e.created_at));
+            evs.iter().map(|e| e.id).collect()
+        };
+        let authored = Filter::from_value(&serde_json::json!({
+            "authors": [by_author[0].pubkey.to_hex()], "limit": 3
+        }))
+        .unwrap();
+        let found = store
+            .query(
+                &[authored],
+                ReadBounds::unbounded(100),
+                now,
+                &ReadScope::everything(),
+                &|_, _| true,
+            )
+            .await
+            .unwrap();
+        let found: Vec<Hex32> = found.value.iter().map(|s| s.event.id).collect();
+        let all: Vec<&Event> = by_author.iter().collect();
+        assert_eq!(
+            found,
+            newest_first(&all)[..3],
+            "by author alone: every kind, newest first"
+        );
+
+        let readers = ReadScope::holding(vec![ReadKey::Pubkey(reader)], false);
+        let want = sorted(vec![
+            by_author[0].id,
+            by_author[2].id,
+            by_author[3].id,
+            others[0].id,
+        ]);
+        assert_eq!(
+            read_any(&store, &readers).await,
+            want,
+            "by scope alone: every kind"
         );
     }
 

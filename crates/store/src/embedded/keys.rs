@@ -6,6 +6,7 @@
 //! several cursors only needs to compare suffixes.
 
 use crate::address::{Address, D_INLINE_MAX};
+use crate::audience::GROUP_KEY_PREFIX;
 use mls_proto::{Event, Hex32};
 use sha2::{Digest, Sha256};
 
@@ -71,19 +72,12 @@ fn with_suffix(prefix: &[u8], created_at: u64, id: &Hex32) -> Vec<u8> {
     k
 }
 
-pub(super) fn author_prefix(pubkey: &Hex32) -> Vec<u8> {
-    pubkey.0.to_vec()
-}
-
 pub(super) fn kind_prefix(kind: u16) -> Vec<u8> {
     kind.to_be_bytes().to_vec()
 }
 
 pub(super) fn author_kind_prefix(pubkey: &Hex32, kind: u16) -> Vec<u8> {
-    let mut k = Vec::with_capacity(34);
-    k.extend_from_slice(&pubkey.0);
-    k.extend_from_slice(&kind.to_be_bytes());
-    k
+    prefix_with_kind(&pubkey.0, kind)
 }
 
 /// `letter ++ len ++ value`, or `letter ++ 0xff ++ sha256(value)` for long values. The length
@@ -125,10 +119,6 @@ pub(super) fn index_keys<K: AsRef<[u8]>>(ev: &Event, audience: &[K]) -> Vec<(Ind
     let (ca, id) = (ev.created_at, &ev.id);
     let mut keys = vec![
         (Index::Created, suffix(ca, id).to_vec()),
-        (
-            Index::Author,
-            with_suffix(&author_prefix(&ev.pubkey), ca, id),
-        ),
         (Index::Kind, with_suffix(&kind_prefix(ev.kind), ca, id)),
         (
             Index::AuthorKind,
@@ -142,34 +132,48 @@ pub(super) fn index_keys<K: AsRef<[u8]>>(ev: &Event, audience: &[K]) -> Vec<(Ind
     keys
 }
 
+/// Prefix of the `audience_kind` entries that list every group's events together (in place
+/// of a read key: no [`crate::ReadKey`]'s bytes start with it), for a scope that holds every
+/// group: each group's own entries sit apart, so no walk of them is newest first across
+/// groups.
+pub(super) const EVERY_GROUP: u8 = 5;
+
 /// The audience index entries of `ev` (see [`crate::audience`]): one per read key in
-/// `audience` (key bytes as [`crate::ReadKey::to_bytes`] makes them), and one per read key
-/// and kind, so that a read walks only what its scope holds.
+/// `audience` (key bytes as [`crate::ReadKey::to_bytes`] makes them) and kind, so that a read
+/// walks only what its scope holds, and one under [`EVERY_GROUP`] and kind when a group reads
+/// it. A read of every kind under a key walks each kind found there (see `query`).
 pub(super) fn audience_index_keys<K: AsRef<[u8]>>(
     created_at: u64,
     id: &Hex32,
     kind: u16,
     audience: &[K],
 ) -> Vec<(Index, Vec<u8>)> {
-    let ca = created_at;
-    audience
+    let mut out: Vec<_> = audience
         .iter()
-        .flat_map(|key| {
-            let key = key.as_ref();
-            [
-                (Index::Audience, with_suffix(key, ca, id)),
-                (
-                    Index::AudienceKind,
-                    with_suffix(&audience_kind_prefix(key, kind), ca, id),
-                ),
-            ]
+        .map(|key| {
+            let prefix = prefix_with_kind(key.as_ref(), kind);
+            (Index::AudienceKind, with_suffix(&prefix, created_at, id))
         })
-        .collect()
+        .collect();
+    if audience
+        .iter()
+        .any(|key| key.as_ref().first() == Some(&GROUP_KEY_PREFIX))
+    {
+        out.push((Index::AudienceKind, every_group_key(created_at, id, kind)));
+    }
+    out
 }
 
-pub(super) fn audience_kind_prefix(key: &[u8], kind: u16) -> Vec<u8> {
-    let mut k = Vec::with_capacity(key.len() + 2);
-    k.extend_from_slice(key);
+/// The [`EVERY_GROUP`] entry's key of an event a group reads.
+pub(super) fn every_group_key(created_at: u64, id: &Hex32, kind: u16) -> Vec<u8> {
+    with_suffix(&prefix_with_kind(&[EVERY_GROUP], kind), created_at, id)
+}
+
+/// `prefix ++ kind`: the prefixes of `author_kind` (a pubkey) and `audience_kind` (a read
+/// key).
+pub(super) fn prefix_with_kind(prefix: &[u8], kind: u16) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + 2);
+    k.extend_from_slice(prefix);
     k.extend_from_slice(&kind.to_be_bytes());
     k
 }
@@ -195,28 +199,28 @@ pub(super) fn decode_audience(mut v: &[u8]) -> Option<Vec<&[u8]>> {
     Some(keys)
 }
 
-/// The time-ordered indexes (all keyed `prefix ++ rev(created_at) ++ id`).
+/// The time-ordered indexes (all keyed `prefix ++ rev(created_at) ++ id`). Reads by author
+/// alone, or by read key alone, walk `AuthorKind` or `AudienceKind` once per kind found
+/// under the author or key: a second index per event for those reads would cost every
+/// write one more B-tree entry at a random place (a page written per event), for reads that
+/// seldom span more than a few kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Index {
     Created,
-    Author,
     Kind,
+    /// Prefix: a pubkey and a kind.
     AuthorKind,
     Tag,
-    /// Prefix: a read key.
-    Audience,
     /// Prefix: a read key and a kind.
     AudienceKind,
 }
 
 impl Index {
-    pub(super) const ALL: [Index; 7] = [
+    pub(super) const ALL: [Index; 5] = [
         Index::Created,
-        Index::Author,
         Index::Kind,
         Index::AuthorKind,
         Index::Tag,
-        Index::Audience,
         Index::AudienceKind,
     ];
 }

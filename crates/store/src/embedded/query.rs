@@ -7,12 +7,15 @@
 //! Every index entry (or id) a read examines is a candidate, matching or not, visible or not;
 //! one read examines at most `ReadBounds::max_candidates` of them and then stops, saying so.
 //!
-//! A read's scope (see [`crate::audience`]) decides which index a broad filter walks: with
-//! no kinds, authors, tags or ids, the `audience` index under the scope's read keys; with
-//! only kinds, the `audience_kind` index under each read key and kind. Events out of scope
-//! are then never candidates. The other plans are already narrow (an author, a tag value,
-//! ids): there each candidate's audience, in its record's header, is checked before its JSON
-//! is read.
+//! A read's scope (see [`crate::audience`]) decides which index a broad filter walks (no
+//! authors, tags or ids): the `audience_kind` index under each read key and kind, each kind
+//! stored under the key when the filter names none. Events out of scope are then never
+//! candidates. The other plans are already narrow (an author, a tag value, ids): there each
+//! candidate's audience, in its record's header, is checked before its JSON is read.
+//!
+//! A walk "under each kind found" (by author alone, by read key alone) first seeks the kinds
+//! present under each prefix, one B-tree lookup per kind, then merges one cursor per
+//! prefix and kind.
 //!
 //! Index entries carry their event's `seq`, so a candidate that passes them costs one lookup
 //! in `events` (keyed by `seq`; recent events sit side by side there).
@@ -154,7 +157,11 @@ fn sort_newest_first(events: &mut [StoredEvent]) {
 /// How one filter is answered.
 enum Plan {
     Ids(Vec<Hex32>),
+    /// Walk `index` under each prefix.
     Index(Index, Vec<Vec<u8>>),
+    /// Walk `index` (keyed `prefix ++ kind ++ …`) under each prefix and each kind stored
+    /// under it.
+    EachKind(Index, Vec<Vec<u8>>),
 }
 
 /// The read keys a scope holds, as stored (`None`: everything is in scope).
@@ -181,12 +188,12 @@ impl Held {
         }))
     }
 
-    /// The audience index prefixes that hold exactly this scope's events.
+    /// The `audience_kind` prefixes (before the kind) that list exactly this scope's events.
     fn prefixes(&self) -> Vec<Vec<u8>> {
         let mut out = self.keys.clone();
         if self.any_group {
             out.retain(|k| k.first() != Some(&GROUP_KEY));
-            out.push(vec![GROUP_KEY]);
+            out.push(vec![keys::EVERY_GROUP]);
         }
         out
     }
@@ -201,13 +208,13 @@ fn plan_in_scope(filter: &Filter, held: Option<&Held>) -> (Plan, bool) {
         && filter.authors.is_none()
         && !filter.tags.keys().any(|l| l.is_ascii_alphabetic());
     if broad {
+        let held_prefixes = held.prefixes();
         match &filter.kinds {
-            None => return (Plan::Index(Index::Audience, held.prefixes()), true),
-            Some(kinds) if !held.any_group && held.keys.len() * kinds.len() <= MAX_PAIRS => {
-                let prefixes = held
-                    .keys
+            None => return (Plan::EachKind(Index::AudienceKind, held_prefixes), true),
+            Some(kinds) if held_prefixes.len() * kinds.len() <= MAX_PAIRS => {
+                let prefixes = held_prefixes
                     .iter()
-                    .flat_map(|key| kinds.iter().map(|k| keys::audience_kind_prefix(key, *k)))
+                    .flat_map(|key| kinds.iter().map(|k| keys::prefix_with_kind(key, *k)))
                     .collect();
                 return (Plan::Index(Index::AudienceKind, prefixes), true);
             }
@@ -217,8 +224,8 @@ fn plan_in_scope(filter: &Filter, held: Option<&Held>) -> (Plan, bool) {
     (plan(filter), false)
 }
 
-/// Picks the most selective index the filter allows: author+kind, a tag, kind, author,
-/// else everything by created_at.
+/// Picks the most selective index the filter allows: author+kind, a tag, kind, author (each
+/// of its kinds), else everything by created_at.
 fn plan(filter: &Filter) -> Plan {
     if let Some(ids) = &filter.ids {
         return Plan::Ids(ids.clone());
@@ -251,9 +258,9 @@ fn plan(filter: &Filter) -> Plan {
         );
     }
     if let Some(authors) = &filter.authors {
-        return Plan::Index(
-            Index::Author,
-            authors.iter().map(keys::author_prefix).collect(),
+        return Plan::EachKind(
+            Index::AuthorKind,
+            authors.iter().map(|a| a.0.to_vec()).collect(),
         );
     }
     Plan::Index(Index::Created, vec![Vec::new()])
@@ -299,6 +306,16 @@ fn walk(
             return Ok(());
         }
         Plan::Index(index, prefixes) => (index, prefixes),
+        Plan::EachKind(index, prefixes) => {
+            let db = dbs.index(index);
+            let mut each = Vec::new();
+            for prefix in prefixes {
+                for kind in kinds_under(txn, db, &prefix, budget)? {
+                    each.push(keys::prefix_with_kind(&prefix, kind));
+                }
+            }
+            (index, each)
+        }
     };
 
     // since/until become the bounds of each prefix's range.
@@ -372,6 +389,41 @@ fn walk(
         }
     }
     Ok(())
+}
+
+/// The kinds of the entries under `prefix` in an index keyed `prefix ++ kind ++ …`, in
+/// order: one lookup each (each counted as a candidate examined).
+fn kinds_under(
+    txn: &RoTxn,
+    db: heed::Database<Bytes, Bytes>,
+    prefix: &[u8],
+    budget: &mut Budget,
+) -> StoreResult<Vec<u16>> {
+    let mut kinds = Vec::new();
+    let mut seek = prefix.to_vec();
+    seek.extend_from_slice(&0u16.to_be_bytes());
+    while budget.take() {
+        let Some((key, _)) = db
+            .get_greater_than_or_equal_to(txn, &seek)
+            .map_err(backend("seek the kinds under a prefix"))?
+        else {
+            break;
+        };
+        let Some(kind) = key
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.get(..2))
+            .map(|k| u16::from_be_bytes([k[0], k[1]]))
+        else {
+            break; // past the prefix
+        };
+        kinds.push(kind);
+        let Some(next) = kind.checked_add(1) else {
+            break;
+        };
+        seek.truncate(prefix.len());
+        seek.extend_from_slice(&next.to_be_bytes());
+    }
+    Ok(kinds)
 }
 
 /// A cursor's current entry in the merge: (key suffix, cursor index, kind ++ pubkey), with

@@ -1,4 +1,10 @@
-//! The upgrade of a schema 1 or 2 store to schema 3, in the transaction that opens it.
+//! The upgrade of an older store to the current schema, in the transaction that opens it.
+//!
+//! Schema 3 had two more indexes, `idx_author` (pubkey) and `idx_audience` (read key without
+//! kind); schema 4 answers those reads from `idx_author_kind` and `idx_audience_kind`, where
+//! it also lists every group's events together (`keys::EVERY_GROUP`). The upgrade from 3
+//! adds those entries from `idx_audience` and removes the two tables; no record is
+//! rewritten.
 //!
 //! Schemas 1 and 2 kept each event's record under its id in `events`, its audience in an
 //! `audience` table (id → read keys), the commit stream in `seq` (seq → id) and, for events
@@ -33,8 +39,89 @@ pub(super) struct Upgraded {
     pub last_seq: u64,
 }
 
-/// Moves every event of a schema 1 or 2 store into the schema 3 layout.
-pub(super) fn upgrade(env: &Env<WithoutTls>, txn: &mut RwTxn, dbs: &Dbs) -> StoreResult<Upgraded> {
+/// Indexes of schema 3 that schema 4 does without.
+const SCHEMA_3_INDEXES: [&str; 2] = ["idx_author", "idx_audience"];
+
+/// Brings a store of schema `from` (1, 2 or 3) to the current layout.
+pub(super) fn upgrade(
+    env: &Env<WithoutTls>,
+    txn: &mut RwTxn,
+    dbs: &Dbs,
+    from: &str,
+) -> StoreResult<Upgraded> {
+    let upgraded = if from == "3" {
+        list_every_group(env, txn, dbs)?;
+        Upgraded {
+            events: dbs.events.len(txn).map_err(backend("count the records"))?,
+            given_a_seq: 0,
+            last_seq: keys::last_seq(txn, dbs)?,
+        }
+    } else {
+        move_records(env, txn, dbs)?
+    };
+    remove_tables(env, txn, &SCHEMA_3_INDEXES)?;
+    Ok(upgraded)
+}
+
+/// Adds the `audience_kind` entries under [`keys::EVERY_GROUP`] of a schema 3 store's group
+/// events, from its `idx_audience` entries under group keys (`key ++ suffix` → `kind ++
+/// pubkey ++ seq`).
+fn list_every_group(env: &Env<WithoutTls>, txn: &mut RwTxn, dbs: &Dbs) -> StoreResult<()> {
+    let Some(by_audience) = env
+        .open_database::<Bytes, Bytes>(txn, Some(SCHEMA_3_INDEXES[1]))
+        .map_err(|e| StoreError::Backend(format!("open database idx_audience: {e}")))?
+    else {
+        return Ok(());
+    };
+    let group = [crate::audience::GROUP_KEY_PREFIX];
+    let mut from: Vec<u8> = group.to_vec();
+    loop {
+        // A chunk at a time: the walk borrows the transaction the entries are written in.
+        let mut chunk = Vec::with_capacity(CHUNK);
+        for entry in by_audience
+            .range(txn, &(Bound::Excluded(from.as_slice()), Bound::Unbounded))
+            .map_err(backend("walk idx_audience"))?
+        {
+            let (key, meta) = entry.map_err(backend("walk idx_audience"))?;
+            if !key.starts_with(&group) || chunk.len() == CHUNK {
+                break;
+            }
+            chunk.push((key.to_vec(), meta.to_vec()));
+        }
+        let Some((last, _)) = chunk.last() else {
+            return Ok(());
+        };
+        from = last.clone();
+        for (key, meta) in &chunk {
+            let (created_at, id) = keys::split_suffix(key)
+                .ok_or_else(|| StoreError::Corrupt("idx_audience entry".into()))?;
+            let (kind, _, _) = keys::split_meta(meta)
+                .ok_or_else(|| StoreError::Corrupt("idx_audience entry value".into()))?;
+            dbs.index(Index::AudienceKind)
+                .put(txn, &keys::every_group_key(created_at, &id, kind), meta)
+                .map_err(backend("write an every-group entry"))?;
+        }
+    }
+}
+
+/// Removes the named tables, where they exist.
+fn remove_tables(env: &Env<WithoutTls>, txn: &mut RwTxn, names: &[&str]) -> StoreResult<()> {
+    for name in names {
+        let db: Option<Database<Bytes, Bytes>> = env
+            .open_database(txn, Some(name))
+            .map_err(|e| StoreError::Backend(format!("open database {name}: {e}")))?;
+        if let Some(db) = db {
+            // SAFETY: opened just now, in this transaction, and nothing else holds a handle
+            // (the rest of the store never opens these tables).
+            unsafe { db.remove(txn) }
+                .map_err(|e| StoreError::Backend(format!("remove database {name}: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// Moves every event of a schema 1 or 2 store into the current layout.
+fn move_records(env: &Env<WithoutTls>, txn: &mut RwTxn, dbs: &Dbs) -> StoreResult<Upgraded> {
     let mut legacy: [Option<Database<Bytes, Bytes>>; 4] = [None; 4];
     for (db, name) in legacy.iter_mut().zip(LEGACY_TABLES) {
         *db = env
@@ -113,11 +200,7 @@ pub(super) fn upgrade(env: &Env<WithoutTls>, txn: &mut RwTxn, dbs: &Dbs) -> Stor
             }
         }
     }
-    for db in legacy.into_iter().flatten() {
-        // SAFETY: these handles were opened above, in this transaction, and nothing else
-        // holds one (the rest of the store never opens these tables).
-        unsafe { db.remove(txn) }.map_err(backend("remove a schema 2 table"))?;
-    }
+    remove_tables(env, txn, &LEGACY_TABLES)?;
     dbs.meta
         .delete(txn, AUDIENCE_MARKER)
         .map_err(backend("delete audience marker"))?;
@@ -288,6 +371,7 @@ pub(super) mod old_layout {
         for (index, key) in entries {
             dbs.index(index).put(txn, &key, meta).unwrap();
         }
+        put_schema_3_indexes(env, txn, ev, &audience, meta);
         if let Some(audience) = &old.audience {
             table(env, txn, "audience")
                 .put(txn, &ev.id.0, &keys::encode_audience(audience))
@@ -315,6 +399,25 @@ pub(super) mod old_layout {
         }
     }
 
+    /// The entries of `ev` in the indexes schema 4 does without (by pubkey, by read key
+    /// without kind), with `value`.
+    pub fn put_schema_3_indexes(
+        env: &Env<WithoutTls>,
+        txn: &mut RwTxn,
+        ev: &Event,
+        audience: &[Vec<u8>],
+        value: &[u8],
+    ) {
+        let suffix = keys::suffix(ev.created_at, &ev.id);
+        let [by_author, by_audience] = SCHEMA_3_INDEXES;
+        let key = [&ev.pubkey.0[..], &suffix].concat();
+        table(env, txn, by_author).put(txn, &key, value).unwrap();
+        for read_key in audience {
+            let key = [&read_key[..], &suffix].concat();
+            table(env, txn, by_audience).put(txn, &key, value).unwrap();
+        }
+    }
+
     /// Marks the store as schema `schema` with `last_seq`, audiences recorded or not.
     pub fn finish(txn: &mut RwTxn, dbs: &Dbs, schema: &str, last_seq: u64, audiences: bool) {
         dbs.meta.put(txn, b"schema", schema.as_bytes()).unwrap();
@@ -334,5 +437,13 @@ pub(super) mod old_layout {
             .is_some()
     }
 
-    pub const TABLES: [&str; 4] = LEGACY_TABLES;
+    /// Every table of schemas 1 to 3 the current one does without.
+    pub const TABLES: [&str; 6] = [
+        LEGACY_TABLES[0],
+        LEGACY_TABLES[1],
+        LEGACY_TABLES[2],
+        LEGACY_TABLES[3],
+        SCHEMA_3_INDEXES[0],
+        SCHEMA_3_INDEXES[1],
+    ];
 }
