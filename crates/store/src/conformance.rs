@@ -913,7 +913,13 @@ pub async fn reads_stop_at_max_candidates(h: &dyn Harness) {
         max_limit: 500,
         max_candidates,
     };
-    for f in [json!({}), json!({"kinds": [1]}), json!({"#t": ["x"]})] {
+    let author = pk(&k).to_hex();
+    for f in [
+        json!({}),
+        json!({"kinds": [1]}),
+        json!({"#t": ["x"]}),
+        json!({"authors": [author]}),
+    ] {
         let filters = vec![filter(f.clone())];
         let got = s
             .query(
@@ -994,6 +1000,40 @@ pub async fn reads_stop_at_max_candidates(h: &dyn Harness) {
         .await
         .unwrap();
     assert_eq!((got.value, got.complete), (10, false));
+    // An author with many kinds cannot make a read by author alone expensive either.
+    let many = keys();
+    for kind in 1..=12u16 {
+        accept(s, &ev(&many, 100 + u64::from(kind), 1000 + kind, &[], "")).await;
+    }
+    let filters = vec![filter(json!({"authors": [pk(&many).to_hex()]}))];
+    let got = s
+        .query(
+            &filters,
+            bounds(8),
+            now(),
+            &ReadScope::everything(),
+            &everyone,
+        )
+        .await
+        .unwrap();
+    assert!(!got.complete, "twelve kinds, eight candidates: partial");
+    assert!(got.value.len() <= 8);
+    let got = s
+        .query(
+            &filters,
+            bounds(500),
+            now(),
+            &ReadScope::everything(),
+            &everyone,
+        )
+        .await
+        .unwrap();
+    assert!(got.complete);
+    assert_eq!(got.value.len(), 12, "every kind, newest first");
+    assert!(got
+        .value
+        .windows(2)
+        .all(|w| w[0].event.created_at > w[1].event.created_at));
 }
 
 pub async fn count_is_distinct_and_visible_only(h: &dyn Harness) {
