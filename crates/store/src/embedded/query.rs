@@ -404,13 +404,10 @@ fn kinds_under(
     let mut kinds = Vec::new();
     let mut seek = prefix.to_vec();
     seek.extend_from_slice(&0u16.to_be_bytes());
-    loop {
-        let Some((key, _)) = db
-            .get_greater_than_or_equal_to(txn, &seek)
-            .map_err(backend("seek the kinds under a prefix"))?
-        else {
-            break;
-        };
+    while let Some((key, _)) = db
+        .get_greater_than_or_equal_to(txn, &seek)
+        .map_err(backend("seek the kinds under a prefix"))?
+    {
         let Some(kind) = key
             .strip_prefix(prefix)
             .and_then(|rest| rest.get(..2))
