@@ -17,6 +17,8 @@ pub mod http;
 
 // One WebSocket session, one file per client message.
 mod session;
+// The WebSocket framing sessions read and write through (RFC 6455, server side).
+mod websocket;
 
 // The state built once at start-up and handed to HTTP handlers and sessions.
 pub mod app;

@@ -21,7 +21,7 @@ use crate::app::App;
 use crate::connection::ConnectionHandle;
 use crate::ingest;
 use crate::outbox::Registration;
-use axum::extract::ws::{Message, WebSocket};
+use crate::websocket::{self, Incoming};
 use futures_util::StreamExt;
 use mls_proto::{relay, ClientMessage, MessageError};
 use std::collections::HashSet;
@@ -86,7 +86,7 @@ struct Connection<G> {
 /// the task holds it once (an `async fn` keeps its arguments beside what it builds from them).
 pub fn run<G: Send + 'static>(
     app: Arc<App>,
-    socket: WebSocket,
+    socket: websocket::Upgraded,
     ip: IpAddr,
     guards: G,
 ) -> impl Future<Output = ()> + Send {
@@ -157,20 +157,19 @@ impl<G> Connection<G> {
                 // Boxed: an idle connection then holds a small future, not room for the
                 // largest message handler (REQ with its query and claims). The socket goes on
                 // writing meanwhile: a handler may wait for room in the outbox.
-                Next::Frame(Some(Ok(Message::Text(text)))) => {
-                    let handled = Box::pin(self.session.handle_text(text.as_str()));
+                Next::Frame(Some(Ok(Incoming::Text(text)))) => {
+                    let handled = Box::pin(self.session.handle_text(text));
                     let work = while_writing(handled, &mut self.socket, &mut self.shutdown);
                     if let Err(end) = Box::pin(work).await {
                         ended = Some(end);
                         break end.reason();
                     }
                 }
-                Next::Frame(Some(Ok(Message::Binary(_)))) => self.session.conn.send(relay::notice(
-                    "invalid: binary frames are not supported, send JSON text",
-                )),
-                Next::Frame(Some(Ok(Message::Close(_))) | None) => break "client closed",
+                Next::Frame(Some(Ok(Incoming::Binary(_)))) => self.session.conn.send(
+                    relay::notice("invalid: binary frames are not supported, send JSON text"),
+                ),
+                Next::Frame(Some(Ok(Incoming::Close)) | None) => break "client closed",
                 Next::Frame(Some(Err(_))) => break "transport error",
-                Next::Frame(Some(Ok(_))) => {} // ping/pong are answered by the WebSocket layer
             }
         };
         tracing::info!(conn = id, ip = %ip, reason, "connection closed");
@@ -236,9 +235,10 @@ async fn while_writing<F: Future>(
 
 impl Session {
     /// Parses one client message and hands it to its command (one file each); what cannot
-    /// be parsed is answered here.
-    async fn handle_text(&mut self, text: &str) {
-        crate::metrics::message_in(text);
+    /// be parsed is answered here. `text` is the message as the socket read it: freed once
+    /// parsed, before the command runs.
+    async fn handle_text(&mut self, text: String) {
+        crate::metrics::message_in(&text);
         let limits = &self.app.config.limitation;
         if text.len() > limits.max_message_length {
             let msg = format!(
@@ -246,13 +246,15 @@ impl Session {
                 text.len(),
                 limits.max_message_length
             );
-            match ingest::sniff_event_id(text) {
+            match ingest::sniff_event_id(&text) {
                 Some(id) => self.conn.send(relay::ok(&id, false, &msg)),
                 None => self.conn.send(relay::notice(&msg)),
             }
             return;
         }
-        match ClientMessage::parse(text) {
+        let message = ClientMessage::parse(&text);
+        drop(text);
+        match message {
             Ok(ClientMessage::Event(ev)) => self.on_event(*ev).await,
             Ok(ClientMessage::Req { sub_id, filters }) => self.on_req(sub_id, filters).await,
             Ok(ClientMessage::Count { sub_id, filters }) => self.on_count(sub_id, filters).await,
@@ -307,7 +309,7 @@ mod size_tests {
         eprintln!(
             "session::run future: {run} bytes (socket {}, websocket {}, session {})",
             std::mem::size_of::<super::Socket>(),
-            std::mem::size_of::<axum::extract::ws::WebSocket>(),
+            std::mem::size_of::<crate::websocket::Upgraded>(),
             std::mem::size_of::<super::Session>(),
         );
         assert!(run <= 1024, "session::run future is {run} bytes");

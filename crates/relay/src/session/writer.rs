@@ -7,8 +7,7 @@
 //! docs/PERFORMANCE.md, "Memory per connection").
 
 use crate::outbox::{CutReason, Outbox};
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures_util::{Sink, SinkExt, Stream};
+use crate::websocket::{self, Incoming};
 use mls_proto::relay;
 use std::future::Future;
 use std::pin::Pin;
@@ -56,15 +55,16 @@ impl End {
     }
 }
 
-/// What the socket has for the session: the client's next frame, or the end of the connection.
+/// What the socket has for the session: the client's next message, or the end of the
+/// connection.
 pub(super) enum Next {
-    Frame(Option<Result<Message, axum::Error>>),
+    Frame(Option<Result<Incoming, websocket::Error>>),
     End(End),
 }
 
 /// One connection's WebSocket and its outbox.
 pub(super) struct Socket {
-    ws: WebSocket,
+    ws: websocket::Upgraded,
     outbox: Arc<Outbox>,
     /// Bytes fed to the socket since its last flush: given back to the outbox's bounds once
     /// flushed (or when the socket is dropped).
@@ -82,7 +82,7 @@ impl Drop for Socket {
 }
 
 impl Socket {
-    pub(super) fn new(ws: WebSocket, outbox: Arc<Outbox>) -> Self {
+    pub(super) fn new(ws: websocket::Upgraded, outbox: Arc<Outbox>) -> Self {
         Socket {
             ws,
             outbox,
@@ -114,7 +114,7 @@ impl Socket {
             return Poll::Ready(Next::End(End::Failed));
         }
         if read {
-            if let Poll::Ready(frame) = Pin::new(&mut self.ws).poll_next(cx) {
+            if let Poll::Ready(frame) = self.ws.poll_next(cx) {
                 return Poll::Ready(Next::Frame(frame));
             }
         }
@@ -151,7 +151,7 @@ impl Socket {
             // Registered before looking at the queue, so a message queued meanwhile wakes us.
             self.outbox.register(cx.waker());
             loop {
-                match Pin::new(&mut self.ws).poll_ready(cx) {
+                match self.ws.poll_ready(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Err(_)) => return Poll::Ready(Err(())),
                     Poll::Ready(Ok(())) => {}
@@ -162,17 +162,15 @@ impl Socket {
                 self.unflushed += text.len();
                 self.fed = true;
                 crate::metrics::message_out(&text);
-                if Pin::new(&mut self.ws)
-                    .start_send(Message::Text(text.into()))
-                    .is_err()
-                {
+                if self.ws.feed_text(&text).is_err() {
                     return Poll::Ready(Err(()));
                 }
             }
-            if !self.fed {
+            // A pong the socket could not take when the ping was read goes out here.
+            if !self.fed && self.ws.pending() == 0 {
                 return Poll::Ready(Ok(()));
             }
-            match Pin::new(&mut self.ws).poll_flush(cx) {
+            match self.ws.poll_flush(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(_)) => return Poll::Ready(Err(())),
                 Poll::Ready(Ok(())) => {
@@ -207,34 +205,29 @@ impl Socket {
         };
         // Nothing more is queued; what still is, is dropped and its bytes given back.
         self.outbox.close();
-        let close = |reason: &str| {
-            Message::Close(Some(CloseFrame {
-                code: 1001,
-                reason: reason.to_owned().into(),
-            }))
-        };
+        let going_away = |reason| Some((websocket::code::GOING_AWAY, reason));
         match end {
             End::Cut => {
                 let notice = relay::notice(&cut_notice(&self.outbox));
                 let ws = &mut self.ws;
                 let goodbye = async {
-                    let _ = ws.send(Message::Text(notice.into())).await;
-                    let _ = ws.send(close("slow reader")).await;
+                    let _ = ws.send_text(&notice).await;
+                    let _ = ws.send_close(going_away("slow reader")).await;
                     let _ = ws.close().await;
                 };
                 let _ = tokio::time::timeout(FAREWELL_TIMEOUT, goodbye).await;
                 return;
             }
             End::Shutdown => {
-                let _ = self.ws.send(close(SHUTTING_DOWN)).await;
+                let _ = self.ws.send_close(going_away(SHUTTING_DOWN)).await;
             }
             End::Finished => {
                 let frame = match farewell {
-                    Some(reason) => close(reason),
-                    None if *shutdown.borrow() => close(SHUTTING_DOWN),
-                    None => Message::Close(None),
+                    Some(reason) => going_away(reason),
+                    None if *shutdown.borrow() => going_away(SHUTTING_DOWN),
+                    None => None,
                 };
-                let _ = self.ws.send(frame).await;
+                let _ = self.ws.send_close(frame).await;
             }
             End::Failed => {}
         }
