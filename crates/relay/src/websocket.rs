@@ -90,9 +90,16 @@ struct Frame {
     opcode: u8,
     fin: bool,
     mask: [u8; 4],
-    /// Where its payload starts in the buffer it is read into (`message` or `control`).
-    start: usize,
-    len: usize,
+    /// Where its payload starts in `message` (a control frame's goes after the data read so
+    /// far). 32 bits: the size limit is at most `u32::MAX`.
+    start: u32,
+    len: u32,
+}
+
+impl Frame {
+    fn range(&self) -> std::ops::Range<usize> {
+        self.start as usize..self.start as usize + self.len as usize
+    }
 }
 
 /// A session's WebSocket: over the connection hyper upgraded.
@@ -102,7 +109,7 @@ pub type Upgraded = WebSocket<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>
 pub struct WebSocket<S> {
     io: S,
     /// The largest message accepted (the sum of its frames).
-    max_message: usize,
+    max_message: u32,
     /// Bytes read past the last frame: the next frame's header, or part of it.
     head: [u8; MAX_HEAD],
     head_len: u8,
@@ -110,10 +117,9 @@ pub struct WebSocket<S> {
     message_opcode: u8,
     /// The frame being read, once its header is.
     frame: Option<Frame>,
-    /// The data message being read: empty, without allocation, between messages.
+    /// The data message being read, then a control frame's payload while it is read: empty,
+    /// without allocation, between messages.
     message: Vec<u8>,
-    /// A control frame's payload while it is read.
-    control: Vec<u8>,
     /// Frames to send; freed once written.
     out: Vec<u8>,
     written: usize,
@@ -124,17 +130,17 @@ pub struct WebSocket<S> {
 }
 
 impl<S> WebSocket<S> {
-    /// `io` is the upgraded connection (the handshake's response already sent).
+    /// `io` is the upgraded connection (the handshake's response already sent);
+    /// `max_message` is capped at `u32::MAX`.
     pub fn new(io: S, max_message: usize) -> Self {
         WebSocket {
             io,
-            max_message,
+            max_message: u32::try_from(max_message).unwrap_or(u32::MAX),
             head: [0; MAX_HEAD],
             head_len: 0,
             message_opcode: 0,
             frame: None,
             message: Vec::new(),
-            control: Vec::new(),
             out: Vec::new(),
             written: 0,
             close_sent: false,
@@ -208,7 +214,6 @@ impl<S> WebSocket<S> {
         self.read_done = true;
         self.frame = None;
         self.message = Vec::new();
-        self.control = Vec::new();
     }
 }
 
@@ -351,12 +356,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         if control && len > MAX_CONTROL as u64 {
             return Err(Error::protocol("control frame longer than 125 bytes"));
         }
-        let buf = if control {
-            &mut self.control
-        } else {
+        if !control {
             // Checked before anything is allocated.
             let total = (self.message.len() as u64).saturating_add(len);
-            if total > self.max_message as u64 {
+            if total > u64::from(self.max_message) {
                 return Err(Error::Protocol {
                     code: code::TOO_BIG,
                     reason: "message too big",
@@ -365,16 +368,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             if opcode != CONTINUATION {
                 self.message_opcode = opcode;
             }
-            &mut self.message
-        };
-        let len = len as usize;
+        }
+        let buf = &mut self.message;
+        // Both fit: the message (with a control frame's 125 bytes) is within the u32 limit.
         let frame = Frame {
             opcode,
             fin: b0 & 0x80 != 0,
             mask,
-            start: buf.len(),
-            len,
+            start: buf.len() as u32,
+            len: len as u32,
         };
+        let len = len as usize;
         // The bytes read past the header: this frame's payload, then what follows it.
         let after = &self.head[size..self.head_len as usize];
         if after.len() < len {
@@ -394,12 +398,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     fn poll_payload(&mut self, cx: &mut Context<'_>, frame: Frame) -> Poll<Result<(), Error>> {
         use bytes::BufMut;
         use tokio::io::AsyncReadExt;
-        let buf = if frame.opcode & 0x8 != 0 {
-            &mut self.control
-        } else {
-            &mut self.message
-        };
-        let end = frame.start + frame.len;
+        let buf = &mut self.message;
+        let end = frame.range().end;
         while buf.len() < end {
             // The header after this frame may come along: at most MAX_HEAD past its end (the
             // room `parse_head` reserved; read into without zeroing it first).
@@ -424,7 +424,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             self.head_len = past as u8;
             buf.truncate(end);
         }
-        unmask(&mut buf[frame.start..end], frame.mask);
+        unmask(&mut buf[frame.range()], frame.mask);
         Poll::Ready(Ok(()))
     }
 
@@ -448,23 +448,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                     Ok(Incoming::Binary(payload.len()))
                 })
             }
-            PING => {
-                let payload = std::mem::take(&mut self.control);
-                if !self.close_sent {
-                    self.queue(PONG, &[&payload]);
-                    // Out as soon as the socket takes it; else the socket's next write sends
-                    // it (the waker is registered for that).
-                    let _ = self.poll_write_out(cx);
+            control => {
+                // The payload leaves the message buffer, which is freed unless a fragmented
+                // message is in it.
+                let mut payload = [0; MAX_CONTROL];
+                let payload = &mut payload[..frame.len as usize];
+                payload.copy_from_slice(&self.message[frame.range()]);
+                self.message.truncate(frame.start as usize);
+                if self.message.is_empty() {
+                    self.message = Vec::new();
                 }
-                None
-            }
-            PONG => {
-                self.control = Vec::new();
-                None
-            }
-            _ => {
-                let payload = std::mem::take(&mut self.control);
-                Some(self.on_close(&payload))
+                match control {
+                    PING if !self.close_sent => {
+                        self.queue(PONG, &[payload]);
+                        // Out as soon as the socket takes it; else the socket's next write
+                        // sends it (the waker is registered for that).
+                        let _ = self.poll_write_out(cx);
+                        None
+                    }
+                    CLOSE => Some(self.on_close(payload)),
+                    _ => None,
+                }
             }
         }
     }

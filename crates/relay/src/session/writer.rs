@@ -60,6 +60,8 @@ impl End {
 pub(super) enum Next {
     Frame(Option<Result<Incoming, websocket::Error>>),
     End(End),
+    /// The relay began shutting down (and the drain has not started).
+    Shutdown,
 }
 
 /// One connection's WebSocket and its outbox.
@@ -113,6 +115,11 @@ impl Socket {
         if let Poll::Ready(Err(())) = self.poll_write(cx) {
             return Poll::Ready(Next::End(End::Failed));
         }
+        // Checked after `poll_write` registered this task with the outbox, which the relay's
+        // shutdown wakes (`OutboxBudget::shut_down`): no wake-up is missed.
+        if !self.draining() && self.outbox.relay_shutting_down() {
+            return Poll::Ready(Next::Shutdown);
+        }
         if read {
             if let Poll::Ready(frame) = self.ws.poll_next(cx) {
                 return Poll::Ready(Next::Frame(frame));
@@ -122,11 +129,15 @@ impl Socket {
     }
 
     /// Resolves with the end of the connection while its session works on something else (a
-    /// message's handler, the answers still in flight): the outbox goes on being written.
+    /// message's handler, the answers still in flight): the outbox goes on being written, and
+    /// a shutdown starts the drain.
     pub(super) async fn ended(&mut self) -> End {
-        std::future::poll_fn(|cx| match self.poll_next(cx, false) {
-            Poll::Ready(Next::End(end)) => Poll::Ready(end),
-            _ => Poll::Pending,
+        std::future::poll_fn(|cx| loop {
+            match self.poll_next(cx, false) {
+                Poll::Ready(Next::End(end)) => return Poll::Ready(end),
+                Poll::Ready(Next::Shutdown) => self.start_drain(),
+                _ => return Poll::Pending,
+            }
         })
         .await
     }
@@ -185,23 +196,10 @@ impl Socket {
     /// After the session: sends what its outbox still holds (within the shutdown drain), then
     /// says goodbye — the NOTICE of a cut, the close frame with `farewell` or the shutdown
     /// reason — and closes the socket. `ended` is how the socket already ended, if it did.
-    pub(super) async fn close(
-        &mut self,
-        ended: Option<End>,
-        farewell: Option<&'static str>,
-        shutdown: &mut tokio::sync::watch::Receiver<bool>,
-    ) {
+    pub(super) async fn close(&mut self, ended: Option<End>, farewell: Option<&'static str>) {
         let end = match ended {
             Some(end) => end,
-            None => loop {
-                tokio::select! {
-                    biased;
-                    _ = crate::shutdown::until_set(shutdown), if !self.draining() => {
-                        self.start_drain();
-                    }
-                    end = std::future::poll_fn(|cx| self.poll_drained(cx)) => break end,
-                }
-            },
+            None => std::future::poll_fn(|cx| self.poll_drained(cx)).await,
         };
         // Nothing more is queued; what still is, is dropped and its bytes given back.
         self.outbox.close();
@@ -224,7 +222,7 @@ impl Socket {
             End::Finished => {
                 let frame = match farewell {
                     Some(reason) => going_away(reason),
-                    None if *shutdown.borrow() => going_away(SHUTTING_DOWN),
+                    None if self.outbox.relay_shutting_down() => going_away(SHUTTING_DOWN),
                     None => None,
                 };
                 let _ = self.ws.send_close(frame).await;
@@ -234,15 +232,22 @@ impl Socket {
         let _ = self.ws.close().await;
     }
 
-    /// Ready once the outbox is written and flushed, or the connection ended otherwise.
+    /// Ready once the outbox is written and flushed, or the connection ended otherwise; a
+    /// shutdown meanwhile starts the drain.
     fn poll_drained(&mut self, cx: &mut Context<'_>) -> Poll<End> {
-        if let Some(end) = self.poll_stop(cx) {
-            return Poll::Ready(end);
-        }
-        match self.poll_write(cx) {
-            Poll::Ready(Ok(())) => Poll::Ready(End::Finished),
-            Poll::Ready(Err(())) => Poll::Ready(End::Failed),
-            Poll::Pending => Poll::Pending,
+        loop {
+            if let Some(end) = self.poll_stop(cx) {
+                return Poll::Ready(end);
+            }
+            match self.poll_write(cx) {
+                Poll::Ready(Ok(())) => return Poll::Ready(End::Finished),
+                Poll::Ready(Err(())) => return Poll::Ready(End::Failed),
+                Poll::Pending => {}
+            }
+            if self.draining() || !self.outbox.relay_shutting_down() {
+                return Poll::Pending;
+            }
+            self.start_drain();
         }
     }
 }
