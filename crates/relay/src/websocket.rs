@@ -171,7 +171,7 @@ impl<S> WebSocket<S> {
                 while !reason.is_char_boundary(end) {
                     end -= 1;
                 }
-                self.queue(CLOSE, &[&code.to_be_bytes(), reason[..end].as_bytes()]);
+                self.queue(CLOSE, &[&code.to_be_bytes(), &reason.as_bytes()[..end]]);
             }
             None => self.queue(CLOSE, &[]),
         }

@@ -16,7 +16,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use extract::ClientIp;
-use hyper_util::rt::TokioIo;
 use serde_json::json;
 use std::sync::Arc;
 
@@ -99,14 +98,13 @@ async fn root(
         // The WebSocket layer holds no read buffer between messages: each message's payload
         // is allocated when its header arrives (docs/PERFORMANCE.md, "Memory per connection").
         let counted = app.session_guard();
-        tokio::spawn(async move {
-            // A failed upgrade (the client left) has nobody to tell.
-            let Ok(upgraded) = on_upgrade.await else {
-                return;
-            };
-            let socket = websocket::WebSocket::new(TokioIo::new(upgraded), max);
-            session::run(app, socket, ip, (permit, counted)).await;
-        });
+        tokio::spawn(session::upgrade(
+            app,
+            on_upgrade,
+            max,
+            ip,
+            (permit, counted),
+        ));
         return Response::builder()
             .status(StatusCode::SWITCHING_PROTOCOLS)
             .header(header::CONNECTION, "upgrade")
