@@ -17,6 +17,8 @@ pub mod http;
 
 // One WebSocket session, one file per client message.
 mod session;
+// The WebSocket framing sessions read and write through (RFC 6455, server side).
+mod websocket;
 
 // The state built once at start-up and handed to HTTP handlers and sessions.
 pub mod app;
@@ -139,11 +141,14 @@ pub async fn run(config: Config) -> Result<(), String> {
     let fanout = tokio::spawn(fanout::run(fan, shutdown_rx.clone(), catch_up, heard));
 
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel();
+    let outboxes = app.outboxes.clone();
     tokio::spawn(async move {
         shutdown::signal().await;
         tracing::info!("shutdown signal received");
         let _ = signalled_tx.send(tokio::time::Instant::now());
         let _ = shutdown_tx.send(true);
+        // WebSocket sessions learn it through their outboxes (no receiver each).
+        outboxes.shut_down();
     });
 
     tracing::info!(address = %local, "listening on {local}");

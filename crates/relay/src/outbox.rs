@@ -33,6 +33,8 @@ pub struct OutboxBudget {
     max_total: usize,
     total: AtomicUsize,
     outboxes: Mutex<HashMap<u64, Arc<Outbox>>>,
+    /// The relay is shutting down: every session starts its drain (see [`Self::shut_down`]).
+    shutting_down: AtomicBool,
 }
 
 /// Keeps an outbox known to the budget; dropping it (the session's end) forgets the outbox.
@@ -54,7 +56,20 @@ impl OutboxBudget {
             max_total,
             total: AtomicUsize::new(0),
             outboxes: Mutex::new(HashMap::new()),
+            shutting_down: AtomicBool::new(false),
         })
+    }
+
+    /// The relay is shutting down: every connection's session is woken (through its outbox's
+    /// waker) and sees [`Outbox::relay_shutting_down`], so that an idle connection needs no
+    /// shutdown receiver and future of its own. A session checks the flag after registering
+    /// its waker, so one that is opening meanwhile sees it too.
+    pub fn shut_down(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        let outboxes: Vec<Arc<Outbox>> = self.registry().values().cloned().collect();
+        for outbox in outboxes {
+            outbox.ready.wake();
+        }
     }
 
     /// A new outbox for connection `id`, bounded to `max_len` messages and `max_bytes`.
@@ -131,6 +146,11 @@ pub struct Outbox {
 }
 
 impl Outbox {
+    /// Set once the relay began shutting down ([`OutboxBudget::shut_down`]).
+    pub fn relay_shutting_down(&self) -> bool {
+        self.budget.shutting_down.load(Ordering::SeqCst)
+    }
+
     fn new(budget: Arc<OutboxBudget>, max_len: usize, max_bytes: usize) -> Self {
         Outbox {
             budget,

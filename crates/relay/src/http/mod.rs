@@ -8,8 +8,9 @@ pub mod extract;
 use crate::app::App;
 use crate::config::Config;
 use crate::session;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{State, WebSocketUpgrade};
+use crate::websocket;
+use axum::body::Body;
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -17,9 +18,6 @@ use axum::{Json, Router};
 use extract::ClientIp;
 use serde_json::json;
 use std::sync::Arc;
-
-/// Bytes of each WebSocket's read buffer (tungstenite reads at most this much per call).
-const READ_BUFFER_SIZE: usize = 1024;
 
 pub fn router(app: Arc<App>) -> Router {
     let gateway = &app.config.extensions.mls_gateway;
@@ -60,10 +58,22 @@ pub fn routes(config: &Config) -> Vec<(&'static str, String)> {
 async fn root(
     State(app): State<Arc<App>>,
     ClientIp(ip): ClientIp,
-    headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    mut request: Request,
 ) -> Response {
-    if let Ok(ws) = ws {
+    let upgrade =
+        websocket::upgrade_request(request.method(), request.version(), request.headers())
+            .map(websocket::accept_key);
+    // The upgrade itself, once the response is sent (absent when the connection cannot be
+    // upgraded: then the request is answered as a plain GET, as for any other).
+    let on_upgrade = upgrade
+        .is_some()
+        .then(|| {
+            request
+                .extensions_mut()
+                .remove::<hyper::upgrade::OnUpgrade>()
+        })
+        .flatten();
+    if let (Some(accept), Some(on_upgrade)) = (upgrade, on_upgrade) {
         let Some(permit) = app.rate_limits.connections.try_open(ip) else {
             crate::metrics::rate_limited("connections");
             tracing::info!(ip = %ip, "connection refused: max_connections_per_ip reached");
@@ -85,19 +95,26 @@ async fn root(
             .max_message_length
             .saturating_mul(4)
             .max(64 * 1024);
-        // A small read buffer: tungstenite's default 128 KiB per connection dominates the
-        // memory of idle connections; larger messages still arrive, in more reads. It is
-        // held for the connection's life, and grows to the largest frame received: 1 KiB
-        // holds an AUTH, a REQ or a small EVENT in one read (docs/PERFORMANCE.md, "Memory
-        // per connection").
+        // The WebSocket layer holds no read buffer between messages: each message's payload
+        // is allocated when its header arrives (docs/PERFORMANCE.md, "Memory per connection").
         let counted = app.session_guard();
-        return ws
-            .read_buffer_size(READ_BUFFER_SIZE)
-            .max_message_size(max)
-            .max_frame_size(max)
-            .on_upgrade(move |socket| session::run(app, socket, ip, (permit, counted)));
+        tokio::spawn(session::upgrade(
+            app,
+            on_upgrade,
+            max,
+            ip,
+            (permit, counted),
+        ));
+        return Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(header::CONNECTION, "upgrade")
+            .header(header::UPGRADE, "websocket")
+            .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+            .body(Body::empty())
+            .expect("valid upgrade response");
     }
-    let wants_nip11 = headers
+    let wants_nip11 = request
+        .headers()
         .get(header::ACCEPT)
         .and_then(|h| h.to_str().ok())
         .is_some_and(|a| a.contains("application/nostr+json"));

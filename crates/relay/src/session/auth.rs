@@ -15,7 +15,7 @@ impl Session {
             .and_then(|()| {
                 crate::auth::nip42::verify(
                     &ev,
-                    &self.challenge,
+                    &self.challenge(),
                     &self.app.relay_urls,
                     &self.app.access,
                     unix_now(),

@@ -21,7 +21,7 @@ use crate::app::App;
 use crate::connection::ConnectionHandle;
 use crate::ingest;
 use crate::outbox::Registration;
-use axum::extract::ws::{Message, WebSocket};
+use crate::websocket::{self, Incoming};
 use futures_util::StreamExt;
 use mls_proto::{relay, ClientMessage, MessageError};
 use std::collections::HashSet;
@@ -30,7 +30,6 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
 use tokio::time::Sleep;
 use writer::{End, Next, Socket};
 
@@ -54,7 +53,9 @@ fn connection_lifetime(max_age_seconds: u64) -> Option<Duration> {
 struct Session {
     app: Arc<App>,
     conn: Arc<ConnectionHandle>,
-    challenge: String,
+    /// The AUTH challenge's 16 random bytes (sent and compared as hex, [`Session::challenge`]):
+    /// inline, not a `String` on the heap.
+    challenge: [u8; 16],
     /// The client's address (rate limits, logs).
     ip: IpAddr,
     subs: HashSet<Arc<str>>,
@@ -66,7 +67,6 @@ struct Session {
 struct Connection<G> {
     session: Session,
     socket: Socket,
-    shutdown: watch::Receiver<bool>,
     /// The connection's age limit (`None` = no limit).
     expires: Option<Pin<Box<Sleep>>>,
     max_in_flight: usize,
@@ -74,6 +74,31 @@ struct Connection<G> {
     _registration: Registration,
     /// Released when the connection is dropped (per-IP permit, open-session count).
     _guards: G,
+}
+
+/// A WebSocket connection's task: hyper's upgrade (once the 101 response is sent), then the
+/// session ([`run`]) over the upgraded connection, with messages up to `max_message` bytes.
+/// A failed upgrade (the client left) has nobody to tell.
+///
+/// Combinators, not an `async` block: a block keeps what it captures (the app, the guards)
+/// beside the session's future for the connection's life; `then` holds them only until the
+/// upgrade.
+pub fn upgrade<G: Send + 'static>(
+    app: Arc<App>,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    max_message: usize,
+    ip: IpAddr,
+    guards: G,
+) -> impl Future<Output = ()> + Send {
+    use futures_util::future::{FutureExt, OptionFuture};
+    on_upgrade
+        .then(move |upgraded| {
+            OptionFuture::from(upgraded.ok().map(|upgraded| {
+                let io = hyper_util::rt::TokioIo::new(upgraded);
+                run(app, websocket::WebSocket::new(io, max_message), ip, guards)
+            }))
+        })
+        .map(|_| ())
 }
 
 /// One WebSocket session from the upgrade until the client leaves, the connection is cut (a
@@ -86,7 +111,7 @@ struct Connection<G> {
 /// the task holds it once (an `async fn` keeps its arguments beside what it builds from them).
 pub fn run<G: Send + 'static>(
     app: Arc<App>,
-    socket: WebSocket,
+    socket: websocket::Upgraded,
     ip: IpAddr,
     guards: G,
 ) -> impl Future<Output = ()> + Send {
@@ -101,9 +126,8 @@ pub fn run<G: Send + 'static>(
     let conn = Arc::new(ConnectionHandle::new(id, outbox.clone()));
     let mut connection = Connection {
         socket: Socket::new(socket, outbox),
-        shutdown: app.shutdown.clone(),
         session: Session {
-            challenge: hex::encode(rand::random::<[u8; 16]>()),
+            challenge: rand::random(),
             app,
             conn,
             ip,
@@ -122,7 +146,9 @@ impl<G> Connection<G> {
     async fn serve(&mut self) {
         let (id, ip) = (self.session.conn.id, self.session.ip);
         tracing::info!(conn = id, ip = %ip, "connection opened");
-        self.session.conn.send(relay::auth(&self.session.challenge));
+        self.session
+            .conn
+            .send(relay::auth(&self.session.challenge()));
         // How the socket ended, when it ended before the session.
         let mut ended = None;
         let reason = loop {
@@ -138,10 +164,6 @@ impl<G> Connection<G> {
             // message's handler then does not sit on top of them in the task's memory.
             let next = tokio::select! {
                 biased;
-                _ = crate::shutdown::until_set(&mut self.shutdown) => {
-                    socket.start_drain();
-                    break "relay shutting down";
-                }
                 _ = expired => break "max connection age",
                 Some(ok) = session.in_flight.next(), if !session.in_flight.is_empty() => {
                     session.conn.send(ok);
@@ -150,6 +172,12 @@ impl<G> Connection<G> {
                 next = std::future::poll_fn(|cx| socket.poll_next(cx, reading)) => next,
             };
             match next {
+                // Shutdown comes through the socket (its outbox is woken): an idle connection
+                // holds no shutdown receiver or future of its own.
+                Next::Shutdown => {
+                    self.socket.start_drain();
+                    break "relay shutting down";
+                }
                 Next::End(end) => {
                     ended = Some(end);
                     break end.reason();
@@ -157,20 +185,19 @@ impl<G> Connection<G> {
                 // Boxed: an idle connection then holds a small future, not room for the
                 // largest message handler (REQ with its query and claims). The socket goes on
                 // writing meanwhile: a handler may wait for room in the outbox.
-                Next::Frame(Some(Ok(Message::Text(text)))) => {
-                    let handled = Box::pin(self.session.handle_text(text.as_str()));
-                    let work = while_writing(handled, &mut self.socket, &mut self.shutdown);
+                Next::Frame(Some(Ok(Incoming::Text(text)))) => {
+                    let handled = Box::pin(self.session.handle_text(text));
+                    let work = while_writing(handled, &mut self.socket);
                     if let Err(end) = Box::pin(work).await {
                         ended = Some(end);
                         break end.reason();
                     }
                 }
-                Next::Frame(Some(Ok(Message::Binary(_)))) => self.session.conn.send(relay::notice(
-                    "invalid: binary frames are not supported, send JSON text",
-                )),
-                Next::Frame(Some(Ok(Message::Close(_))) | None) => break "client closed",
+                Next::Frame(Some(Ok(Incoming::Binary(_)))) => self.session.conn.send(
+                    relay::notice("invalid: binary frames are not supported, send JSON text"),
+                ),
+                Next::Frame(Some(Ok(Incoming::Close)) | None) => break "client closed",
                 Next::Frame(Some(Err(_))) => break "transport error",
-                Next::Frame(Some(Ok(_))) => {} // ping/pong are answered by the WebSocket layer
             }
         };
         tracing::info!(conn = id, ip = %ip, reason, "connection closed");
@@ -189,9 +216,7 @@ impl<G> Connection<G> {
                     session.conn.send(ok);
                 }
             };
-            ended = while_writing(answered, &mut self.socket, &mut self.shutdown)
-                .await
-                .err();
+            ended = while_writing(answered, &mut self.socket).await.err();
         }
         // The socket ended first: the writes are awaited all the same, nobody can be told.
         while let Some(ok) = session.in_flight.next().await {
@@ -211,34 +236,33 @@ impl<G> Connection<G> {
             .subscriptions
             .remove_connection(session.conn.id, &session.subs);
         session.subs.clear();
-        self.socket.close(ended, farewell, &mut self.shutdown).await;
+        self.socket.close(ended, farewell).await;
     }
 }
 
 /// Runs `work` (a message's handler, the answers still in flight) while the socket goes on
-/// writing the outbox; Err when the connection ended first (cut, failed, or the shutdown
-/// drain ran out; `work` is then dropped).
-async fn while_writing<F: Future>(
-    work: F,
-    socket: &mut Socket,
-    shutdown: &mut watch::Receiver<bool>,
-) -> Result<F::Output, End> {
+/// writing the outbox (and starts its drain at shutdown); Err when the connection ended
+/// first (cut, failed, or the shutdown drain ran out; `work` is then dropped).
+async fn while_writing<F: Future>(work: F, socket: &mut Socket) -> Result<F::Output, End> {
     tokio::pin!(work);
-    loop {
-        tokio::select! {
-            biased;
-            out = &mut work => return Ok(out),
-            _ = crate::shutdown::until_set(shutdown), if !socket.draining() => socket.start_drain(),
-            end = socket.ended() => return Err(end),
-        }
+    tokio::select! {
+        biased;
+        out = &mut work => Ok(out),
+        end = socket.ended() => Err(end),
     }
 }
 
 impl Session {
+    /// This connection's AUTH challenge (NIP-42), hex.
+    fn challenge(&self) -> String {
+        hex::encode(self.challenge)
+    }
+
     /// Parses one client message and hands it to its command (one file each); what cannot
-    /// be parsed is answered here.
-    async fn handle_text(&mut self, text: &str) {
-        crate::metrics::message_in(text);
+    /// be parsed is answered here. `text` is the message as the socket read it: freed once
+    /// parsed, before the command runs.
+    async fn handle_text(&mut self, text: String) {
+        crate::metrics::message_in(&text);
         let limits = &self.app.config.limitation;
         if text.len() > limits.max_message_length {
             let msg = format!(
@@ -246,13 +270,15 @@ impl Session {
                 text.len(),
                 limits.max_message_length
             );
-            match ingest::sniff_event_id(text) {
+            match ingest::sniff_event_id(&text) {
                 Some(id) => self.conn.send(relay::ok(&id, false, &msg)),
                 None => self.conn.send(relay::notice(&msg)),
             }
             return;
         }
-        match ClientMessage::parse(text) {
+        let message = ClientMessage::parse(&text);
+        drop(text);
+        match message {
             Ok(ClientMessage::Event(ev)) => self.on_event(*ev).await,
             Ok(ClientMessage::Req { sub_id, filters }) => self.on_req(sub_id, filters).await,
             Ok(ClientMessage::Count { sub_id, filters }) => self.on_count(sub_id, filters).await,
@@ -298,18 +324,27 @@ mod size_tests {
         std::mem::size_of::<F>()
     }
 
+    fn future_size5<A, B, C, D, F: Future>(_: impl FnOnce(A, B, C, D, ()) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
     /// An idle connection's task holds `run`'s future for the connection's whole life, so its
     /// size is memory per connection (docs/PERFORMANCE.md, "Memory per connection"): what only
     /// a message or the goodbye needs is boxed.
     #[test]
     fn the_future_an_idle_connection_holds_stays_small() {
         let run = future_size(super::run::<()>);
+        let task = future_size5(super::upgrade::<()>);
+        eprintln!("connection task future (upgrade, then run): {task} bytes");
         eprintln!(
             "session::run future: {run} bytes (socket {}, websocket {}, session {})",
             std::mem::size_of::<super::Socket>(),
-            std::mem::size_of::<axum::extract::ws::WebSocket>(),
+            std::mem::size_of::<crate::websocket::Upgraded>(),
             std::mem::size_of::<super::Session>(),
         );
         assert!(run <= 1024, "session::run future is {run} bytes");
+        // Tokio puts a task's future in a 128-byte-aligned cell beside a 128-byte header and
+        // trailer: up to 496 bytes of future, the cell is 768 bytes; one more byte, 896.
+        assert!(task <= 496, "a connection's task future is {task} bytes");
     }
 }

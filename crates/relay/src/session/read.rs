@@ -79,7 +79,7 @@ impl Session {
 
     pub(super) fn refuse_read(&self, sub_id: &str, reason: &str) {
         if reason.starts_with("auth-required:") {
-            self.conn.send(relay::auth(&self.challenge));
+            self.conn.send(relay::auth(&self.challenge()));
         }
         self.conn.send(relay::closed(sub_id, reason));
     }

@@ -7,8 +7,7 @@
 //! docs/PERFORMANCE.md, "Memory per connection").
 
 use crate::outbox::{CutReason, Outbox};
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures_util::{Sink, SinkExt, Stream};
+use crate::websocket::{self, Incoming};
 use mls_proto::relay;
 use std::future::Future;
 use std::pin::Pin;
@@ -56,15 +55,18 @@ impl End {
     }
 }
 
-/// What the socket has for the session: the client's next frame, or the end of the connection.
+/// What the socket has for the session: the client's next message, or the end of the
+/// connection.
 pub(super) enum Next {
-    Frame(Option<Result<Message, axum::Error>>),
+    Frame(Option<Result<Incoming, websocket::Error>>),
     End(End),
+    /// The relay began shutting down (and the drain has not started).
+    Shutdown,
 }
 
 /// One connection's WebSocket and its outbox.
 pub(super) struct Socket {
-    ws: WebSocket,
+    ws: websocket::Upgraded,
     outbox: Arc<Outbox>,
     /// Bytes fed to the socket since its last flush: given back to the outbox's bounds once
     /// flushed (or when the socket is dropped).
@@ -82,7 +84,7 @@ impl Drop for Socket {
 }
 
 impl Socket {
-    pub(super) fn new(ws: WebSocket, outbox: Arc<Outbox>) -> Self {
+    pub(super) fn new(ws: websocket::Upgraded, outbox: Arc<Outbox>) -> Self {
         Socket {
             ws,
             outbox,
@@ -113,8 +115,13 @@ impl Socket {
         if let Poll::Ready(Err(())) = self.poll_write(cx) {
             return Poll::Ready(Next::End(End::Failed));
         }
+        // Checked after `poll_write` registered this task with the outbox, which the relay's
+        // shutdown wakes (`OutboxBudget::shut_down`): no wake-up is missed.
+        if !self.draining() && self.outbox.relay_shutting_down() {
+            return Poll::Ready(Next::Shutdown);
+        }
         if read {
-            if let Poll::Ready(frame) = Pin::new(&mut self.ws).poll_next(cx) {
+            if let Poll::Ready(frame) = self.ws.poll_next(cx) {
                 return Poll::Ready(Next::Frame(frame));
             }
         }
@@ -122,11 +129,15 @@ impl Socket {
     }
 
     /// Resolves with the end of the connection while its session works on something else (a
-    /// message's handler, the answers still in flight): the outbox goes on being written.
+    /// message's handler, the answers still in flight): the outbox goes on being written, and
+    /// a shutdown starts the drain.
     pub(super) async fn ended(&mut self) -> End {
-        std::future::poll_fn(|cx| match self.poll_next(cx, false) {
-            Poll::Ready(Next::End(end)) => Poll::Ready(end),
-            _ => Poll::Pending,
+        std::future::poll_fn(|cx| loop {
+            match self.poll_next(cx, false) {
+                Poll::Ready(Next::End(end)) => return Poll::Ready(end),
+                Poll::Ready(Next::Shutdown) => self.start_drain(),
+                _ => return Poll::Pending,
+            }
         })
         .await
     }
@@ -151,7 +162,7 @@ impl Socket {
             // Registered before looking at the queue, so a message queued meanwhile wakes us.
             self.outbox.register(cx.waker());
             loop {
-                match Pin::new(&mut self.ws).poll_ready(cx) {
+                match self.ws.poll_ready(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Err(_)) => return Poll::Ready(Err(())),
                     Poll::Ready(Ok(())) => {}
@@ -162,17 +173,15 @@ impl Socket {
                 self.unflushed += text.len();
                 self.fed = true;
                 crate::metrics::message_out(&text);
-                if Pin::new(&mut self.ws)
-                    .start_send(Message::Text(text.into()))
-                    .is_err()
-                {
+                if self.ws.feed_text(&text).is_err() {
                     return Poll::Ready(Err(()));
                 }
             }
-            if !self.fed {
+            // A pong the socket could not take when the ping was read goes out here.
+            if !self.fed && self.ws.pending() == 0 {
                 return Poll::Ready(Ok(()));
             }
-            match Pin::new(&mut self.ws).poll_flush(cx) {
+            match self.ws.poll_flush(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(_)) => return Poll::Ready(Err(())),
                 Poll::Ready(Ok(())) => {
@@ -187,69 +196,58 @@ impl Socket {
     /// After the session: sends what its outbox still holds (within the shutdown drain), then
     /// says goodbye — the NOTICE of a cut, the close frame with `farewell` or the shutdown
     /// reason — and closes the socket. `ended` is how the socket already ended, if it did.
-    pub(super) async fn close(
-        &mut self,
-        ended: Option<End>,
-        farewell: Option<&'static str>,
-        shutdown: &mut tokio::sync::watch::Receiver<bool>,
-    ) {
+    pub(super) async fn close(&mut self, ended: Option<End>, farewell: Option<&'static str>) {
         let end = match ended {
             Some(end) => end,
-            None => loop {
-                tokio::select! {
-                    biased;
-                    _ = crate::shutdown::until_set(shutdown), if !self.draining() => {
-                        self.start_drain();
-                    }
-                    end = std::future::poll_fn(|cx| self.poll_drained(cx)) => break end,
-                }
-            },
+            None => std::future::poll_fn(|cx| self.poll_drained(cx)).await,
         };
         // Nothing more is queued; what still is, is dropped and its bytes given back.
         self.outbox.close();
-        let close = |reason: &str| {
-            Message::Close(Some(CloseFrame {
-                code: 1001,
-                reason: reason.to_owned().into(),
-            }))
-        };
+        let going_away = |reason| Some((websocket::code::GOING_AWAY, reason));
         match end {
             End::Cut => {
                 let notice = relay::notice(&cut_notice(&self.outbox));
                 let ws = &mut self.ws;
                 let goodbye = async {
-                    let _ = ws.send(Message::Text(notice.into())).await;
-                    let _ = ws.send(close("slow reader")).await;
+                    let _ = ws.send_text(&notice).await;
+                    let _ = ws.send_close(going_away("slow reader")).await;
                     let _ = ws.close().await;
                 };
                 let _ = tokio::time::timeout(FAREWELL_TIMEOUT, goodbye).await;
                 return;
             }
             End::Shutdown => {
-                let _ = self.ws.send(close(SHUTTING_DOWN)).await;
+                let _ = self.ws.send_close(going_away(SHUTTING_DOWN)).await;
             }
             End::Finished => {
                 let frame = match farewell {
-                    Some(reason) => close(reason),
-                    None if *shutdown.borrow() => close(SHUTTING_DOWN),
-                    None => Message::Close(None),
+                    Some(reason) => going_away(reason),
+                    None if self.outbox.relay_shutting_down() => going_away(SHUTTING_DOWN),
+                    None => None,
                 };
-                let _ = self.ws.send(frame).await;
+                let _ = self.ws.send_close(frame).await;
             }
             End::Failed => {}
         }
         let _ = self.ws.close().await;
     }
 
-    /// Ready once the outbox is written and flushed, or the connection ended otherwise.
+    /// Ready once the outbox is written and flushed, or the connection ended otherwise; a
+    /// shutdown meanwhile starts the drain.
     fn poll_drained(&mut self, cx: &mut Context<'_>) -> Poll<End> {
-        if let Some(end) = self.poll_stop(cx) {
-            return Poll::Ready(end);
-        }
-        match self.poll_write(cx) {
-            Poll::Ready(Ok(())) => Poll::Ready(End::Finished),
-            Poll::Ready(Err(())) => Poll::Ready(End::Failed),
-            Poll::Pending => Poll::Pending,
+        loop {
+            if let Some(end) = self.poll_stop(cx) {
+                return Poll::Ready(end);
+            }
+            match self.poll_write(cx) {
+                Poll::Ready(Ok(())) => return Poll::Ready(End::Finished),
+                Poll::Ready(Err(())) => return Poll::Ready(End::Failed),
+                Poll::Pending => {}
+            }
+            if self.draining() || !self.outbox.relay_shutting_down() {
+                return Poll::Pending;
+            }
+            self.start_drain();
         }
     }
 }
