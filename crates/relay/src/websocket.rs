@@ -459,7 +459,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                     self.message = Vec::new();
                 }
                 match control {
-                    PING if !self.close_sent => {
+                    // A client that pings without reading gets no more pongs once a chunk
+                    // waits for it, so what waits stays bounded (RFC 6455 5.5.3 lets an
+                    // endpoint answer only the latest of several pings).
+                    PING if !self.close_sent && self.pending() < WRITE_CHUNK => {
                         self.queue(PONG, &[payload]);
                         // Out as soon as the socket takes it; else the socket's next write
                         // sends it (the waker is registered for that).

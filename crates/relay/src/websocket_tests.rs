@@ -419,6 +419,38 @@ async fn a_client_that_does_not_read_makes_poll_ready_wait() {
     assert_idle(&ws);
 }
 
+#[tokio::test]
+async fn pings_from_a_client_that_does_not_read_queue_a_bounded_backlog() {
+    let (server, client) = duplex(4096);
+    let mut ws = WebSocket::new(server, 1024);
+    let (_unread, mut client_tx) = tokio::io::split(client);
+    let pings = 10_000;
+    let writer = tokio::spawn(async move {
+        for _ in 0..pings {
+            client_tx
+                .write_all(&frame(true, PING, &[7; MAX_CONTROL]))
+                .await
+                .unwrap();
+        }
+        client_tx
+            .write_all(&frame(true, TEXT, b"end"))
+            .await
+            .unwrap();
+        client_tx
+    });
+    // Every ping is read (the text after them arrives), none of the pongs is.
+    assert_eq!(
+        next(&mut ws).await.unwrap().unwrap(),
+        Incoming::Text("end".into())
+    );
+    let _client_tx = writer.await.unwrap();
+    assert!(
+        ws.pending() <= WRITE_CHUNK + MAX_CONTROL + 2,
+        "{} bytes of pongs wait for a client that does not read",
+        ws.pending()
+    );
+}
+
 #[test]
 fn the_accept_key_is_the_rfc_example() {
     assert_eq!(
