@@ -13,7 +13,9 @@
 //!   record and reads one that passes in one lookup (see [`keys`]); a read by author alone
 //!   walks `author_kind` once per kind the author has;
 //! - the time-ordered `audience_kind` index (read key ++ kind), so that a read walks only
-//!   events its scope holds (see [`crate::audience`]), per kind as above;
+//!   events its scope holds (see [`crate::audience`]), per kind as above; every event a group
+//!   reads is also listed under one prefix for all groups (`keys::EVERY_GROUP`), for a scope
+//!   that holds every group;
 //! - `expiry` (expires_at ++ seq) for purges, `addr` (address → newest version) for
 //!   replaceable and addressable events, `tomb_ids` / `tomb_addrs` for NIP-09 tombstones;
 //! - `state`: the gateway's key/value state, so a rule and its state change commit together;

@@ -211,7 +211,7 @@ pub(super) enum Index {
     /// Prefix: a pubkey and a kind.
     AuthorKind,
     Tag,
-    /// Prefix: a read key and a kind.
+    /// Prefix: a read key (or [`EVERY_GROUP`]) and a kind.
     AudienceKind,
 }
 
