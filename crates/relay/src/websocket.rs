@@ -2,9 +2,10 @@
 //! idle connections: between messages it holds no buffer at all.
 //!
 //! - A frame's header is read into a 14-byte array (the largest header a client sends); the
-//!   payload of a message is allocated once its size is known (after the size limit is
-//!   checked) and handed to the session when the message is complete, so an idle connection
-//!   keeps no read buffer, however large the largest message it ever sent.
+//!   payload of a message is allocated once its size has passed the limit, and grows as its
+//!   bytes arrive (at most 16 KiB ahead of them, so a header alone reserves little), and is
+//!   handed to the session when the message is complete, so an idle connection keeps no read
+//!   buffer, however large the largest message it ever sent.
 //! - Outgoing frames are written into a buffer that is freed once flushed.
 //!
 //! Fragmented messages are reassembled; ping is answered with pong; a close is echoed and ends
@@ -31,6 +32,9 @@ const WRITE_CHUNK: usize = 64 * 1024;
 
 /// The largest payload of a control frame.
 const MAX_CONTROL: usize = 125;
+
+/// Most bytes reserved for a frame's payload before they arrive.
+const UPFRONT: usize = 16 * 1024;
 
 const CONTINUATION: u8 = 0x0;
 const TEXT: u8 = 0x1;
@@ -382,8 +386,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         // The bytes read past the header: this frame's payload, then what follows it.
         let after = &self.head[size..self.head_len as usize];
         if after.len() < len {
-            // Room for the payload and for the next frame's header, read along with its end.
-            buf.reserve_exact(len + MAX_HEAD);
+            // Room for the payload and for the next frame's header, read along with its end;
+            // at most UPFRONT before the bytes arrive (the buffer grows with them), so a header
+            // alone claiming a large frame reserves little.
+            buf.reserve_exact(len.min(UPFRONT) + MAX_HEAD);
         }
         let take = after.len().min(len);
         buf.extend_from_slice(&after[..take]);

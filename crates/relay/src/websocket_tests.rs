@@ -379,6 +379,36 @@ async fn a_message_over_the_limit_gets_1009_before_its_payload_is_allocated() {
 }
 
 #[tokio::test]
+async fn a_header_claiming_a_large_frame_reserves_little_until_its_bytes_arrive() {
+    let (mut ws, mut client) = pair(4 << 20);
+    let payload = vec![b'a'; 3 << 20];
+    let whole = frame(true, TEXT, &payload);
+    // The header (with the mask) and a few bytes of the 3 MiB payload.
+    client.write_all(&whole[..14 + 100]).await.unwrap();
+    let waker = futures_util::task::noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    for _ in 0..10 {
+        assert!(ws.poll_next(&mut cx).is_pending());
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        ws.message.capacity() <= UPFRONT + MAX_HEAD,
+        "{} bytes reserved for 100 received",
+        ws.message.capacity()
+    );
+    // The rest arrives: the message is whole.
+    let writer = tokio::spawn(async move {
+        client.write_all(&whole[14 + 100..]).await.unwrap();
+        client
+    });
+    match next(&mut ws).await {
+        Some(Ok(Incoming::Text(t))) => assert_eq!(t.as_bytes(), &payload[..]),
+        other => panic!("{other:?}"),
+    }
+    let _client = writer.await.unwrap();
+}
+
+#[tokio::test]
 async fn the_end_of_the_stream_without_a_close_is_an_error() {
     let (mut ws, mut client) = pair(1024);
     client
