@@ -6,8 +6,8 @@
 //! `rt-multi-thread`).
 
 use crate::{
-    Admission, Admitted, Audience, BackupItem, EventStore, Publisher, ReadBounds, ReadKey,
-    ReadScope, Rejection, StateRead, StateWrite, StoredEvent, Tombstone, WriteOutcome,
+    Admission, Admitted, Audience, BackupItem, Bounded, EventStore, Publisher, ReadBounds, ReadKey,
+    ReadScope, Rejection, StateRead, StateWrite, StoredEvent, Tombstone, Visible, WriteOutcome,
 };
 use mls_proto::{Event, Filter, Hex32};
 use serde_json::{json, Value};
@@ -897,6 +897,38 @@ pub async fn visibility_applies_before_limit(h: &dyn Harness) {
 
 /// Hidden events count towards `max_candidates` (not towards `limit`): a read stops there,
 /// keeps what it found, and says it is incomplete; one bound covers all of a read's filters.
+/// A query everything is in scope for, examining at most `max_candidates` stored events.
+async fn query_bounded(
+    s: &dyn EventStore,
+    filters: &[Filter],
+    max_candidates: u64,
+    visible: Visible<'_>,
+) -> Bounded<Vec<StoredEvent>> {
+    let bounds = ReadBounds {
+        max_limit: 500,
+        max_candidates,
+    };
+    s.query(filters, bounds, now(), &ReadScope::everything(), visible)
+        .await
+        .expect("query")
+}
+
+/// [`query_bounded`]'s COUNT.
+async fn count_bounded(
+    s: &dyn EventStore,
+    filters: &[Filter],
+    max_candidates: u64,
+    visible: Visible<'_>,
+) -> Bounded<u64> {
+    let bounds = ReadBounds {
+        max_limit: 500,
+        max_candidates,
+    };
+    s.count(filters, bounds, now(), &ReadScope::everything(), visible)
+        .await
+        .expect("count")
+}
+
 pub async fn reads_stop_at_max_candidates(h: &dyn Harness) {
     let store = open(h).await;
     let s = &*store;
@@ -909,10 +941,6 @@ pub async fn reads_stop_at_max_candidates(h: &dyn Harness) {
     for e in &all[4..] {
         hide(s, e.id).await;
     }
-    let bounds = |max_candidates| ReadBounds {
-        max_limit: 500,
-        max_candidates,
-    };
     let author = pk(&k).to_hex();
     for f in [
         json!({}),
@@ -921,16 +949,7 @@ pub async fn reads_stop_at_max_candidates(h: &dyn Harness) {
         json!({"authors": [author]}),
     ] {
         let filters = vec![filter(f.clone())];
-        let got = s
-            .query(
-                &filters,
-                bounds(8),
-                now(),
-                &ReadScope::everything(),
-                &unless_hidden,
-            )
-            .await
-            .unwrap();
+        let got = query_bounded(s, &filters, 8, &unless_hidden).await;
         let ids: Vec<Hex32> = got.value.iter().map(|e| e.event.id).collect();
         assert_eq!(
             ids,
@@ -938,67 +957,22 @@ pub async fn reads_stop_at_max_candidates(h: &dyn Harness) {
             "{f}: the newest eight examined"
         );
         assert!(!got.complete, "{f}: stopped with candidates left");
-        let got = s
-            .query(
-                &filters,
-                bounds(10),
-                now(),
-                &ReadScope::everything(),
-                &unless_hidden,
-            )
-            .await
-            .unwrap();
+        let got = query_bounded(s, &filters, 10, &unless_hidden).await;
         assert_eq!(got.value.len(), 4, "{f}");
         assert!(got.complete, "{f}: exactly enough is complete");
-        let counted = s
-            .count(
-                &filters,
-                bounds(8),
-                now(),
-                &ReadScope::everything(),
-                &unless_hidden,
-            )
-            .await
-            .unwrap();
+        let counted = count_bounded(s, &filters, 8, &unless_hidden).await;
         assert_eq!((counted.value, counted.complete), (2, false), "{f}");
-        let counted = s
-            .count(
-                &filters,
-                bounds(10),
-                now(),
-                &ReadScope::everything(),
-                &unless_hidden,
-            )
-            .await
-            .unwrap();
+        let counted = count_bounded(s, &filters, 10, &unless_hidden).await;
         assert_eq!((counted.value, counted.complete), (4, true), "{f}");
     }
     // A limit reached before the bound is a complete answer.
     let filters = vec![filter(json!({"kinds": [1], "limit": 1}))];
-    let got = s
-        .query(
-            &filters,
-            bounds(7),
-            now(),
-            &ReadScope::everything(),
-            &everyone,
-        )
-        .await
-        .unwrap();
+    let got = query_bounded(s, &filters, 7, &everyone).await;
     assert!(got.complete && got.value.len() == 1);
     // The bound is shared by the filters of one read, ids included.
     let ids: Vec<String> = all.iter().map(|e| e.id.to_hex()).collect();
     let filters = vec![filter(json!({"kinds": [1]})), filter(json!({"ids": ids}))];
-    let got = s
-        .count(
-            &filters,
-            bounds(15),
-            now(),
-            &ReadScope::everything(),
-            &everyone,
-        )
-        .await
-        .unwrap();
+    let got = count_bounded(s, &filters, 15, &everyone).await;
     assert_eq!((got.value, got.complete), (10, false));
     // An author with many kinds cannot make a read by author alone expensive either.
     let many = keys();
@@ -1006,28 +980,10 @@ pub async fn reads_stop_at_max_candidates(h: &dyn Harness) {
         accept(s, &ev(&many, 100 + u64::from(kind), 1000 + kind, &[], "")).await;
     }
     let filters = vec![filter(json!({"authors": [pk(&many).to_hex()]}))];
-    let got = s
-        .query(
-            &filters,
-            bounds(8),
-            now(),
-            &ReadScope::everything(),
-            &everyone,
-        )
-        .await
-        .unwrap();
+    let got = query_bounded(s, &filters, 8, &everyone).await;
     assert!(!got.complete, "twelve kinds, eight candidates: partial");
     assert!(got.value.len() <= 8);
-    let got = s
-        .query(
-            &filters,
-            bounds(500),
-            now(),
-            &ReadScope::everything(),
-            &everyone,
-        )
-        .await
-        .unwrap();
+    let got = query_bounded(s, &filters, 500, &everyone).await;
     assert!(got.complete);
     assert_eq!(got.value.len(), 12, "every kind, newest first");
     assert!(got

@@ -477,6 +477,10 @@ mod tests {
         }
     }
 
+    fn fresh_keys() -> secp256k1::Keypair {
+        secp256k1::Keypair::new(secp256k1::SECP256K1, &mut secp256k1::rand::thread_rng())
+    }
+
     /// The audience of [`ForItsP`]: its `p` tags' pubkeys and its `h` tags' groups.
     fn audience_keys(ev: &Event) -> Vec<ReadKey> {
         let pubkeys = ev
@@ -488,7 +492,7 @@ mod tests {
     }
 
     fn wrap(to: &Hex32, created_at: u64) -> Event {
-        let k = secp256k1::Keypair::new(secp256k1::SECP256K1, &mut secp256k1::rand::thread_rng());
+        let k = fresh_keys();
         Event::sign(
             &k,
             created_at,
@@ -499,7 +503,7 @@ mod tests {
     }
 
     fn expiring_wrap(to: &Hex32, created_at: u64, expires_at: u64) -> Event {
-        let k = secp256k1::Keypair::new(secp256k1::SECP256K1, &mut secp256k1::rand::thread_rng());
+        let k = fresh_keys();
         Event::sign(
             &k,
             created_at,
@@ -666,8 +670,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let now = mls_proto::unix_now();
         let (reader, stranger) = (Hex32([1; 32]), Hex32([2; 32]));
-        let author =
-            secp256k1::Keypair::new(secp256k1::SECP256K1, &mut secp256k1::rand::thread_rng());
+        let author = fresh_keys();
         // Before the commit stream: no seq at all.
         let oldest = wrap(&reader, now - 300);
         // seq 1 (in `event_seq`), expiring.
@@ -784,8 +787,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let now = mls_proto::unix_now();
         let (reader, stranger) = (Hex32([1; 32]), Hex32([2; 32]));
-        let author =
-            secp256k1::Keypair::new(secp256k1::SECP256K1, &mut secp256k1::rand::thread_rng());
+        let author = fresh_keys();
         let from_schema_1 = expiring_wrap(&reader, now - 300, now + 1000);
         let expiring = expiring_wrap(&reader, now - 200, now + 1000);
         let d = vec!["d".to_string(), "list".to_string()];
@@ -928,8 +930,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let now = mls_proto::unix_now();
         let (reader, stranger) = (Hex32([1; 32]), Hex32([2; 32]));
-        let author =
-            secp256k1::Keypair::new(secp256k1::SECP256K1, &mut secp256k1::rand::thread_rng());
+        let author = fresh_keys();
         let by_author = [
             signed(&author, now - 40, 1, vec![p_tag(&reader)]),
             signed(&author, now - 30, 7, vec![p_tag(&stranger)]),
@@ -942,8 +943,7 @@ mod tests {
             signed(&author, now - 10, 1, vec![p_tag(&reader)]),
         ];
         let group_message = |group: &str, created_at: u64| {
-            let k =
-                secp256k1::Keypair::new(secp256k1::SECP256K1, &mut secp256k1::rand::thread_rng());
+            let k = fresh_keys();
             signed(&k, created_at, 445, vec![vec!["h".into(), group.into()]])
         };
         let others = [
@@ -1009,21 +1009,12 @@ mod tests {
             evs.sort_by_key(|e| std::cmp::Reverse(e.created_at));
             evs.iter().map(|e| e.id).collect()
         };
-        let authored = Filter::from_value(&serde_json::json!({
-            "authors": [by_author[0].pubkey.to_hex()], "limit": 3
-        }))
-        .unwrap();
-        let found = store
-            .query(
-                &[authored],
-                ReadBounds::unbounded(100),
-                now,
-                &ReadScope::everything(),
-                &|_, _| true,
-            )
-            .await
-            .unwrap();
-        let found: Vec<Hex32> = found.value.iter().map(|s| s.event.id).collect();
+        let found = ids_read(
+            &store,
+            serde_json::json!({"authors": [by_author[0].pubkey.to_hex()], "limit": 3}),
+            &ReadScope::everything(),
+        )
+        .await;
         let all: Vec<&Event> = by_author.iter().collect();
         assert_eq!(
             found,
@@ -1055,24 +1046,36 @@ mod tests {
         store
     }
 
-    /// Every event a scope reads, whatever its kind (two plans: `audience` and `audience_kind`).
+    /// The ids `filter` reads in `scope`, in the order returned (the visibility rule lets
+    /// everything through).
+    async fn ids_read(
+        store: &EmbeddedStore,
+        filter: serde_json::Value,
+        scope: &ReadScope,
+    ) -> Vec<Hex32> {
+        let filter = Filter::from_value(&filter).unwrap();
+        let found = store
+            .query(
+                &[filter],
+                ReadBounds::unbounded(100),
+                mls_proto::unix_now(),
+                scope,
+                &|_, _| true,
+            )
+            .await
+            .unwrap();
+        found.value.iter().map(|s| s.event.id).collect()
+    }
+
+    /// Every event a scope reads, whatever its kind (two plans: each kind found under the
+    /// scope's keys, and the kinds named).
     async fn read_any(store: &EmbeddedStore, scope: &ReadScope) -> Vec<Hex32> {
         let mut ids = Vec::new();
         for f in [
-            Filter::default(),
-            Filter::from_value(&serde_json::json!({"kinds": [1, 1059, 30000]})).unwrap(),
+            serde_json::json!({}),
+            serde_json::json!({"kinds": [1, 1059, 30000]}),
         ] {
-            let found = store
-                .query(
-                    &[f],
-                    ReadBounds::unbounded(100),
-                    mls_proto::unix_now(),
-                    scope,
-                    &|_, _| true,
-                )
-                .await
-                .unwrap();
-            ids.push(sorted(found.value.iter().map(|s| s.event.id).collect()));
+            ids.push(sorted(ids_read(store, f, scope).await));
         }
         assert_eq!(ids[0], ids[1], "by kind answers like no filter");
         ids.remove(0)
