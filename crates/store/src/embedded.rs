@@ -1034,6 +1034,16 @@ mod tests {
             want,
             "by scope alone: every kind"
         );
+        assert_eq!(
+            ids_read(
+                &store,
+                serde_json::json!({"limit": 2}),
+                &ReadScope::holding(Vec::new(), true)
+            )
+            .await,
+            vec![others[4].id, others[3].id],
+            "every group, newest first: the every-group entries the upgrade added"
+        );
     }
 
     /// Closes and opens the store again, checking that the second open changes nothing.
