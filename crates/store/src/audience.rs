@@ -45,6 +45,11 @@ const GROUP_INLINE_MAX: usize = 254;
 /// matches for a scope that holds every group.
 pub const GROUP_KEY_PREFIX: u8 = 4;
 
+/// Are these a [`ReadKey::Group`]'s bytes (as [`ReadKey::to_bytes`] makes them)?
+pub fn is_group_key(bytes: &[u8]) -> bool {
+    bytes.first() == Some(&GROUP_KEY_PREFIX)
+}
+
 impl ReadKey {
     /// The key's bytes as backends index them: a type byte, then the pubkey or the group id
     /// (or `0xff ++ sha256(id)` for a long one). Distinct keys never share bytes, and a
@@ -194,11 +199,7 @@ mod tests {
         // The length byte keeps one key from being a prefix of another (backends walk an
         // index by key prefix).
         for (k, b) in keys.iter().zip(&bytes) {
-            assert_eq!(
-                b[0] == GROUP_KEY_PREFIX,
-                matches!(k, ReadKey::Group(_)),
-                "{k:?}"
-            );
+            assert_eq!(is_group_key(b), matches!(k, ReadKey::Group(_)), "{k:?}");
         }
         for (i, a) in bytes.iter().enumerate() {
             for (j, b) in bytes.iter().enumerate() {

@@ -6,7 +6,7 @@
 //! several cursors only needs to compare suffixes.
 
 use crate::address::{Address, D_INLINE_MAX};
-use crate::audience::GROUP_KEY_PREFIX;
+use crate::audience::is_group_key;
 use mls_proto::{Event, Hex32};
 use sha2::{Digest, Sha256};
 
@@ -155,10 +155,7 @@ pub(super) fn audience_index_keys<K: AsRef<[u8]>>(
             (Index::AudienceKind, with_suffix(&prefix, created_at, id))
         })
         .collect();
-    if audience
-        .iter()
-        .any(|key| key.as_ref().first() == Some(&GROUP_KEY_PREFIX))
-    {
+    if audience.iter().any(|key| is_group_key(key.as_ref())) {
         out.push((Index::AudienceKind, every_group_key(created_at, id, kind)));
     }
     out

@@ -24,7 +24,7 @@ use super::keys::{self, Index, RawRecord, META_LEN, SUFFIX_LEN};
 use super::records;
 use super::state::TxnState;
 use super::{backend, Bytes, Dbs};
-use crate::audience::GROUP_KEY_PREFIX as GROUP_KEY;
+use crate::audience::is_group_key;
 use crate::{
     Bounded, Budget, ReadBounds, ReadScope, StoreError, StoreResult, StoredEvent, Visible,
 };
@@ -183,7 +183,7 @@ impl Held {
         let keys = keys::decode_audience(record.audience)
             .ok_or_else(|| StoreError::Corrupt(format!("event {seq}: audience")))?;
         Ok(keys.iter().any(|k| {
-            (self.any_group && k.first() == Some(&GROUP_KEY))
+            (self.any_group && is_group_key(k))
                 || self.keys.iter().any(|held| held.as_slice() == *k)
         }))
     }
@@ -192,7 +192,7 @@ impl Held {
     fn prefixes(&self) -> Vec<Vec<u8>> {
         let mut out = self.keys.clone();
         if self.any_group {
-            out.retain(|k| k.first() != Some(&GROUP_KEY));
+            out.retain(|k| !is_group_key(k));
             out.push(vec![keys::EVERY_GROUP]);
         }
         out

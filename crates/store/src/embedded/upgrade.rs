@@ -73,8 +73,8 @@ fn list_every_group(env: &Env<WithoutTls>, txn: &mut RwTxn, dbs: &Dbs) -> StoreR
     else {
         return Ok(());
     };
-    let group = [crate::audience::GROUP_KEY_PREFIX];
-    let mut from: Vec<u8> = group.to_vec();
+    // Group keys' entries sit together, from the group type byte on.
+    let mut from = vec![crate::audience::GROUP_KEY_PREFIX];
     loop {
         // A chunk at a time: the walk borrows the transaction the entries are written in.
         let mut chunk = Vec::with_capacity(CHUNK);
@@ -83,7 +83,7 @@ fn list_every_group(env: &Env<WithoutTls>, txn: &mut RwTxn, dbs: &Dbs) -> StoreR
             .map_err(backend("walk idx_audience"))?
         {
             let (key, meta) = entry.map_err(backend("walk idx_audience"))?;
-            if !key.starts_with(&group) || chunk.len() == CHUNK {
+            if !crate::audience::is_group_key(key) || chunk.len() == CHUNK {
                 break;
             }
             chunk.push((key.to_vec(), meta.to_vec()));
