@@ -565,7 +565,7 @@ async fn import_events(
     let mut summary = ImportSummary::default();
     let access = Arc::new(crate::auth::Access::from_config(config));
     let limits = Arc::new(config.limitation.clone());
-    // Chunks being checked with their lines' bytes, oldest first.
+    // Chunks being checked, oldest first (their lines' bytes count in `held` until written).
     let mut checking = VecDeque::new();
     // Line numbers with their queued write (or their refusal) and their line's bytes,
     // oldest first; answers are taken in that order, so the report stays in line order.
