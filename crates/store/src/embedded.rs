@@ -75,11 +75,12 @@ impl Default for EmbeddedOptions {
 
 /// Bumped when the on-disk layout changes; a store written by another layout is refused
 /// rather than misread. Schema 3 keys records by `seq`; schema 4 drops the author index and
-/// the audience index without kinds. Older layouts are upgraded at open (see `upgrade`), and
-/// from then on an older build refuses the store.
-const SCHEMA_VERSION: &[u8] = b"4";
+/// the audience index without kinds; schema 5 ends index keys with `seq` in place of the id
+/// (see `keys`). Older layouts are upgraded at open (see `upgrade`), and from then on an
+/// older build refuses the store.
+const SCHEMA_VERSION: &[u8] = b"5";
 /// Layouts this build upgrades to [`SCHEMA_VERSION`] when it opens them.
-const UPGRADABLE_SCHEMAS: &[&[u8]] = &[b"1", b"2", b"3"];
+const UPGRADABLE_SCHEMAS: &[&[u8]] = &[b"1", b"2", b"3", b"4"];
 
 /// The LMDB databases of one environment.
 #[derive(Clone, Copy)]
@@ -912,13 +913,13 @@ mod tests {
     async fn a_store_of_another_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         old_store(dir.path(), |_, txn, dbs| {
-            dbs.meta.put(txn, b"schema", b"5").unwrap();
+            dbs.meta.put(txn, b"schema", b"6").unwrap();
         })
         .await;
         let refused =
             EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), Arc::new(ForItsP));
         assert!(
-            matches!(refused, Err(StoreError::Backend(e)) if e.contains("schema version \"5\""))
+            matches!(refused, Err(StoreError::Backend(e)) if e.contains("schema version \"6\""))
         );
     }
 
@@ -962,24 +963,19 @@ mod tests {
         let before = snapshot(&store);
         store.close();
         {
-            // Schema 3: no every-group entries, and the two indexes.
+            // Schema 3: keys ending with the id, no every-group entries, and the two indexes.
             let mut txn = store.env.write_txn().unwrap();
-            let every_group: Vec<Vec<u8>> = store
-                .dbs
-                .audience_kind_idx
-                .prefix_iter(&txn, &[keys::EVERY_GROUP])
-                .unwrap()
-                .map(|e| e.unwrap().0.to_vec())
-                .collect();
-            assert_eq!(every_group.len(), 3, "one per group message");
-            for key in every_group {
-                store.dbs.audience_kind_idx.delete(&mut txn, &key).unwrap();
+            for index in keys::Index::ALL {
+                store.dbs.index(index).clear(&mut txn).unwrap();
             }
             for ev in by_author.iter().chain(&others) {
                 let audience: Vec<Vec<u8>> =
                     audience_keys(ev).iter().map(ReadKey::to_bytes).collect();
                 let seq = records::seq_of(&txn, &store.dbs, &ev.id).unwrap().unwrap();
-                let value = keys::meta(ev, seq);
+                let value = upgrade::old_layout::schema_4_value(ev, seq);
+                upgrade::old_layout::put_schema_4_indexes(
+                    &mut txn, &store.dbs, ev, &audience, &value, false,
+                );
                 upgrade::old_layout::put_schema_3_indexes(
                     &store.env, &mut txn, ev, &audience, &value,
                 );
@@ -1000,7 +996,7 @@ mod tests {
         }
         assert!(
             snapshot(&store) == before,
-            "the other tables are as schema 4 writes them"
+            "the other tables are as the current schema writes them"
         );
         let store = reopened_unchanged(store, dir.path());
 
@@ -1043,6 +1039,91 @@ mod tests {
             .await,
             vec![others[4].id, others[3].id],
             "every group, newest first: the every-group entries the upgrade added"
+        );
+    }
+
+    /// A schema 4 store (index keys ending with the id, values with the `seq`): its indexes
+    /// are written again as the current schema writes them, records untouched, and reads
+    /// still come newest first, ties lowest id first.
+    #[tokio::test]
+    async fn a_schema_4_store_has_its_indexes_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = mls_proto::unix_now();
+        let reader = Hex32([1; 32]);
+        let group_message = |group: &str, created_at: u64| {
+            signed(
+                &fresh_keys(),
+                created_at,
+                445,
+                vec![vec!["h".into(), group.into()]],
+            )
+        };
+        // A burst: six messages in one second, in two groups, then one a second later.
+        let mut events: Vec<Event> = (0..6)
+            .map(|i| group_message(["g1", "g2"][i % 2], now - 10))
+            .collect();
+        events.push(group_message("g1", now - 9));
+        events.push(wrap(&reader, now - 10));
+        let store =
+            EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), Arc::new(ForItsP)).unwrap();
+        for ev in &events {
+            let outcome = store.write(ev.clone(), Publisher::default()).await.unwrap();
+            assert!(matches!(outcome, WriteOutcome::Accepted));
+        }
+        let before = snapshot(&store);
+        store.close();
+        {
+            let mut txn = store.env.write_txn().unwrap();
+            for index in keys::Index::ALL {
+                store.dbs.index(index).clear(&mut txn).unwrap();
+            }
+            for ev in &events {
+                let audience: Vec<Vec<u8>> =
+                    audience_keys(ev).iter().map(ReadKey::to_bytes).collect();
+                let seq = records::seq_of(&txn, &store.dbs, &ev.id).unwrap().unwrap();
+                let value = upgrade::old_layout::schema_4_value(ev, seq);
+                upgrade::old_layout::put_schema_4_indexes(
+                    &mut txn, &store.dbs, ev, &audience, &value, true,
+                );
+            }
+            store.dbs.meta.put(&mut txn, b"schema", b"4").unwrap();
+            txn.commit().unwrap();
+        }
+        assert!(snapshot(&store) != before, "the indexes are schema 4's");
+        drop(store);
+
+        let store =
+            EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), Arc::new(ForItsP)).unwrap();
+        assert_eq!(schema(&store), SCHEMA_VERSION, "upgraded at open");
+        assert!(
+            snapshot(&store) == before,
+            "every table as the current schema writes it"
+        );
+        let store = reopened_unchanged(store, dir.path());
+
+        let messages: Vec<&Event> = events.iter().filter(|e| e.kind == 445).collect();
+        let mut want: Vec<&Event> = messages.clone();
+        want.sort_by_key(|e| (std::cmp::Reverse(e.created_at), e.id));
+        let want: Vec<Hex32> = want.iter().map(|e| e.id).collect();
+        assert_eq!(
+            ids_read(
+                &store,
+                serde_json::json!({"kinds": [445], "limit": 4}),
+                &ReadScope::everything()
+            )
+            .await,
+            want[..4],
+            "by kind: the burst's second cut lowest id first"
+        );
+        assert_eq!(
+            ids_read(
+                &store,
+                serde_json::json!({"limit": 5}),
+                &ReadScope::holding(Vec::new(), true)
+            )
+            .await,
+            want[..5],
+            "every group, across groups"
         );
     }
 

@@ -2,7 +2,7 @@
 //! A restore runs in the writer's transaction ([`crate::write_txn`]).
 
 use super::keys;
-use super::records;
+use super::query;
 use super::{backend, Dbs};
 use crate::address::split_address_key;
 use crate::{BackupItem, StoreError, StoreResult, Tombstone};
@@ -81,43 +81,7 @@ fn hex32(b: Option<&[u8]>) -> Option<Hex32> {
     Some(Hex32(b?.try_into().ok()?))
 }
 
-/// Every event, oldest first and lowest id first among equal `created_at`s. The created_at
-/// index walked backwards gives oldest first but highest id first, so the entries of one
-/// second are gathered and turned around (a second's worth of `seq`s, not its events, is
-/// held).
+/// Every event, oldest first and lowest id first among equal `created_at`s.
 fn events(txn: &RoTxn, dbs: &Dbs, f: Sink<'_>) -> StoreResult<bool> {
-    let mut second: Option<u64> = None;
-    let mut seqs: Vec<u64> = Vec::new();
-    for entry in dbs
-        .created
-        .rev_iter(txn)
-        .map_err(backend("walk created_at index"))?
-    {
-        let (key, meta) = entry.map_err(backend("walk created_at index"))?;
-        let (Some((created_at, _)), Some((_, _, seq))) =
-            (keys::split_suffix(key), keys::split_meta(meta))
-        else {
-            return Err(StoreError::Corrupt("created_at index entry".into()));
-        };
-        if second != Some(created_at) {
-            if !flush(txn, dbs, &mut seqs, f)? {
-                return Ok(false);
-            }
-            second = Some(created_at);
-        }
-        seqs.push(seq);
-    }
-    flush(txn, dbs, &mut seqs, f)
-}
-
-fn flush(txn: &RoTxn, dbs: &Dbs, seqs: &mut Vec<u64>, f: Sink<'_>) -> StoreResult<bool> {
-    for seq in seqs.drain(..).rev() {
-        let Some(stored) = records::by_seq(txn, dbs, seq)? else {
-            continue; // an index entry left behind by a corrupt record
-        };
-        if !f(&BackupItem::Event(stored)) {
-            return Ok(false); // dropping the drain empties `seqs`
-        }
-    }
-    Ok(true)
+    query::oldest_first(txn, dbs, &mut |stored| f(&BackupItem::Event(stored)))
 }

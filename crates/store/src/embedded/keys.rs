@@ -1,9 +1,12 @@
 //! Byte layouts of the LMDB keys and records.
 //!
-//! Every time-ordered index key ends with the same 40-byte suffix: `u64::MAX - created_at`
-//! (big-endian) then the event id. LMDB sorts keys bytewise, so a forward cursor walks newest
-//! first and ties come out lowest id first — the order NIP-01 results must have — and merging
-//! several cursors only needs to compare suffixes.
+//! Every time-ordered index key ends with the same 16-byte suffix: `u64::MAX - created_at`
+//! (big-endian) then the event's `seq`. LMDB sorts keys bytewise, so a forward cursor walks
+//! newest first, and within one second in commit order: the events of a burst (which share
+//! their second) go side by side into the page or two where the newest are, not each to a
+//! random page of the index, as they did when the suffix ended with the id. NIP-01's order
+//! for ties (lowest id first) is restored by the reads, which gather each second's entries
+//! (the id is in every entry's value) before taking them — see `query`.
 
 use crate::address::{Address, D_INLINE_MAX};
 use crate::audience::is_group_key;
@@ -11,12 +14,12 @@ use mls_proto::{Event, Hex32};
 use sha2::{Digest, Sha256};
 
 pub(super) const ID_LEN: usize = 32;
-/// `rev(created_at) ++ id`.
-pub(super) const SUFFIX_LEN: usize = 8 + ID_LEN;
-/// Value of every time-ordered index entry: `kind ++ pubkey ++ seq`, so a query can reject a
-/// candidate on kind or author without reading (and parsing) the event record, and reads the
-/// record of one that passes in one lookup (`events` is keyed by `seq`).
-pub(super) const META_LEN: usize = 2 + 32 + 8;
+/// `rev(created_at) ++ seq`.
+pub(super) const SUFFIX_LEN: usize = 8 + 8;
+/// Value of every time-ordered index entry: `kind ++ pubkey ++ id`, so a query can reject a
+/// candidate on kind or author without reading (and parsing) the event record, and put a
+/// second's entries in id order; the key's `seq` finds the record (`events` is keyed by it).
+pub(super) const META_LEN: usize = 2 + 32 + ID_LEN;
 
 /// Tag values up to this many bytes are stored in the key as they are; longer ones are
 /// replaced by their sha256 (keys must stay under LMDB's 511-byte limit).
@@ -28,47 +31,43 @@ pub(super) fn rev(ts: u64) -> [u8; 8] {
     (u64::MAX - ts).to_be_bytes()
 }
 
-pub(super) fn suffix(created_at: u64, id: &Hex32) -> [u8; SUFFIX_LEN] {
+pub(super) fn suffix(created_at: u64, seq: u64) -> [u8; SUFFIX_LEN] {
     let mut out = [0u8; SUFFIX_LEN];
     out[..8].copy_from_slice(&rev(created_at));
-    out[8..].copy_from_slice(&id.0);
+    out[8..].copy_from_slice(&seq.to_be_bytes());
     out
 }
 
-/// `created_at` and id back from the last [`SUFFIX_LEN`] bytes of an index key.
-pub(super) fn split_suffix(key: &[u8]) -> Option<(u64, Hex32)> {
+/// `created_at` and `seq` back from the last [`SUFFIX_LEN`] bytes of an index key.
+pub(super) fn split_suffix(key: &[u8]) -> Option<(u64, u64)> {
     let s = key.get(key.len().checked_sub(SUFFIX_LEN)?..)?;
-    let mut ts = [0u8; 8];
-    ts.copy_from_slice(&s[..8]);
-    let mut id = [0u8; ID_LEN];
-    id.copy_from_slice(&s[8..]);
-    Some((u64::MAX - u64::from_be_bytes(ts), Hex32(id)))
+    Some((u64::MAX - u64_at(s, 0), u64_at(s, 8)))
 }
 
-pub(super) fn meta(ev: &Event, seq: u64) -> [u8; META_LEN] {
+pub(super) fn meta(ev: &Event) -> [u8; META_LEN] {
     let mut out = [0u8; META_LEN];
     out[..2].copy_from_slice(&ev.kind.to_be_bytes());
     out[2..34].copy_from_slice(&ev.pubkey.0);
-    out[34..].copy_from_slice(&seq.to_be_bytes());
+    out[34..].copy_from_slice(&ev.id.0);
     out
 }
 
-/// Kind, pubkey and `seq` of an index entry's value.
-pub(super) fn split_meta(value: &[u8]) -> Option<(u16, &[u8], u64)> {
-    if value.len() != META_LEN {
-        return None;
-    }
+/// Kind, pubkey and id of an index entry's value.
+pub(super) fn split_meta(value: &[u8]) -> Option<(u16, &[u8], Hex32)> {
+    let value = <&[u8; META_LEN]>::try_from(value).ok()?;
+    let mut id = [0u8; ID_LEN];
+    id.copy_from_slice(&value[34..]);
     Some((
         u16::from_be_bytes([value[0], value[1]]),
         &value[2..34],
-        u64_at(value, 34),
+        Hex32(id),
     ))
 }
 
-fn with_suffix(prefix: &[u8], created_at: u64, id: &Hex32) -> Vec<u8> {
+fn with_suffix(prefix: &[u8], created_at: u64, seq: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(prefix.len() + SUFFIX_LEN);
     k.extend_from_slice(prefix);
-    k.extend_from_slice(&suffix(created_at, id));
+    k.extend_from_slice(&suffix(created_at, seq));
     k
 }
 
@@ -113,10 +112,14 @@ pub(super) fn indexed_tags(ev: &Event) -> Vec<(u8, &str)> {
     out
 }
 
-/// Every time-ordered index key of `ev` read by `audience` (its read keys' bytes), as
-/// (index, key): what storing `ev` writes and removing it deletes.
-pub(super) fn index_keys<K: AsRef<[u8]>>(ev: &Event, audience: &[K]) -> Vec<(Index, Vec<u8>)> {
-    let (ca, id) = (ev.created_at, &ev.id);
+/// Every time-ordered index key of `ev`, stored under `seq` and read by `audience` (its read
+/// keys' bytes), as (index, key): what storing `ev` writes and removing it deletes.
+pub(super) fn index_keys<K: AsRef<[u8]>>(
+    ev: &Event,
+    seq: u64,
+    audience: &[K],
+) -> Vec<(Index, Vec<u8>)> {
+    let (ca, id) = (ev.created_at, seq);
     let mut keys = vec![
         (Index::Created, suffix(ca, id).to_vec()),
         (Index::Kind, with_suffix(&kind_prefix(ev.kind), ca, id)),
@@ -128,7 +131,7 @@ pub(super) fn index_keys<K: AsRef<[u8]>>(ev: &Event, audience: &[K]) -> Vec<(Ind
     for (letter, value) in indexed_tags(ev) {
         keys.push((Index::Tag, with_suffix(&tag_prefix(letter, value), ca, id)));
     }
-    keys.extend(audience_index_keys(ca, id, ev.kind, audience));
+    keys.extend(audience_index_keys(ca, seq, ev.kind, audience));
     keys
 }
 
@@ -144,7 +147,7 @@ pub(super) const EVERY_GROUP: u8 = 5;
 /// it. A read of every kind under a key walks each kind found there (see `query`).
 pub(super) fn audience_index_keys<K: AsRef<[u8]>>(
     created_at: u64,
-    id: &Hex32,
+    seq: u64,
     kind: u16,
     audience: &[K],
 ) -> Vec<(Index, Vec<u8>)> {
@@ -152,18 +155,18 @@ pub(super) fn audience_index_keys<K: AsRef<[u8]>>(
         .iter()
         .map(|key| {
             let prefix = prefix_with_kind(key.as_ref(), kind);
-            (Index::AudienceKind, with_suffix(&prefix, created_at, id))
+            (Index::AudienceKind, with_suffix(&prefix, created_at, seq))
         })
         .collect();
     if audience.iter().any(|key| is_group_key(key.as_ref())) {
-        out.push((Index::AudienceKind, every_group_key(created_at, id, kind)));
+        out.push((Index::AudienceKind, every_group_key(created_at, seq, kind)));
     }
     out
 }
 
 /// The [`EVERY_GROUP`] entry's key of an event a group reads.
-pub(super) fn every_group_key(created_at: u64, id: &Hex32, kind: u16) -> Vec<u8> {
-    with_suffix(&prefix_with_kind(&[EVERY_GROUP], kind), created_at, id)
+pub(super) fn every_group_key(created_at: u64, seq: u64, kind: u16) -> Vec<u8> {
+    with_suffix(&prefix_with_kind(&[EVERY_GROUP], kind), created_at, seq)
 }
 
 /// `prefix ++ kind`: the prefixes of `author_kind` (a pubkey) and `audience_kind` (a read
@@ -378,12 +381,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn suffix_orders_newest_first_then_lowest_id() {
-        let a = suffix(10, &Hex32([1; 32]));
-        let b = suffix(10, &Hex32([2; 32]));
-        let c = suffix(11, &Hex32([9; 32]));
+    fn suffix_orders_newest_first_then_by_commit() {
+        let a = suffix(10, 1);
+        let b = suffix(10, 2);
+        let c = suffix(11, 9);
         assert!(c < a && a < b);
-        assert_eq!(split_suffix(&a), Some((10, Hex32([1; 32]))));
+        assert_eq!(split_suffix(&a), Some((10, 1)));
+        assert_eq!(split_suffix(&[&b"prefix"[..], &a].concat()), Some((10, 1)));
+        assert_eq!(split_suffix(&a[1..]), None);
     }
 
     #[test]
@@ -435,12 +440,13 @@ mod tests {
     }
 
     #[test]
-    fn index_values_carry_kind_pubkey_and_seq() {
+    fn index_values_carry_kind_pubkey_and_id() {
         let k = secp256k1::Keypair::new(secp256k1::SECP256K1, &mut secp256k1::rand::thread_rng());
         let ev = Event::sign(&k, 1, 7, vec![], "");
-        let m = meta(&ev, 42);
-        assert_eq!(split_meta(&m), Some((7, &ev.pubkey.0[..], 42)));
+        let m = meta(&ev);
+        assert_eq!(split_meta(&m), Some((7, &ev.pubkey.0[..], ev.id)));
         assert_eq!(split_meta(&m[..34]), None, "a schema 2 value");
+        assert_eq!(split_meta(&m[..42]), None, "a schema 4 value");
     }
 
     #[test]

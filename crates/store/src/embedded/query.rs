@@ -125,27 +125,64 @@ pub(super) fn count(
     })
 }
 
-/// Every stored event, oldest first (the created_at index walked backwards).
+/// Every stored event, oldest first (the created_at index walked backwards); among equal
+/// `created_at`s lowest id first, as [`oldest_first`] gives them.
 pub(super) fn export(
     env: &Env<WithoutTls>,
     dbs: &Dbs,
     f: &mut (dyn FnMut(&StoredEvent) + Send),
 ) -> StoreResult<()> {
     let txn = env.read_txn().map_err(backend("begin read transaction"))?;
+    oldest_first(&txn, dbs, &mut |stored| {
+        f(&stored);
+        true
+    })?;
+    Ok(())
+}
+
+/// Calls `f` with every stored event, oldest first and lowest id first among equal
+/// `created_at`s, until it returns false; says whether it went through them all. The
+/// created_at index walked backwards gives each second's entries in reverse commit order, so
+/// they are gathered (ids and `seq`s, not events) and put in id order.
+pub(super) fn oldest_first(
+    txn: &RoTxn,
+    dbs: &Dbs,
+    f: &mut dyn FnMut(StoredEvent) -> bool,
+) -> StoreResult<bool> {
+    let mut current: Option<u64> = None;
+    let mut second: Vec<Entry> = Vec::new();
+    let mut flush = |second: &mut Vec<Entry>| -> StoreResult<bool> {
+        second.sort_unstable();
+        for entry in second.drain(..) {
+            let Some(stored) = records::by_seq(txn, dbs, entry.seq)? else {
+                continue; // an index entry left behind by a corrupt record
+            };
+            if !f(stored) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    };
     for entry in dbs
         .created
-        .rev_iter(&txn)
+        .rev_iter(txn)
         .map_err(backend("walk created_at index"))?
     {
-        let (_, meta) = entry.map_err(backend("walk created_at index"))?;
-        let Some((_, _, seq)) = keys::split_meta(meta) else {
+        let (key, meta) = entry.map_err(backend("walk created_at index"))?;
+        let (Some((created_at, seq)), Some((_, _, id))) =
+            (keys::split_suffix(key), keys::split_meta(meta))
+        else {
             return Err(StoreError::Corrupt("created_at index entry".into()));
         };
-        if let Some(stored) = records::by_seq(&txn, dbs, seq)? {
-            f(&stored);
+        if current != Some(created_at) {
+            if !flush(&mut second)? {
+                return Ok(false);
+            }
+            current = Some(created_at);
         }
+        second.push(Entry { id, seq });
     }
-    Ok(())
+    flush(&mut second)
 }
 
 fn sort_newest_first(events: &mut [StoredEvent]) {
@@ -326,10 +363,10 @@ fn walk(
         .map(|prefix| {
             let mut start = prefix.clone();
             start.extend_from_slice(&newest);
-            start.extend_from_slice(&[0u8; 32]);
+            start.extend_from_slice(&[0u8; 8]);
             let mut end = prefix;
             end.extend_from_slice(&oldest);
-            end.extend_from_slice(&[0xffu8; 32]);
+            end.extend_from_slice(&[0xffu8; 8]);
             (start, end)
         })
         .collect();
@@ -348,8 +385,10 @@ fn walk(
         );
     }
 
-    // Merge the cursors by suffix (newest first), dropping repeats (an event can sit under
-    // several of the filter's tag values).
+    // Merge the cursors by suffix: newest second first, each second's entries in commit
+    // order. A second's entries are gathered from every cursor, then taken lowest id first
+    // (NIP-01's order for ties) without repeats (an event can sit under several of the
+    // filter's tag values).
     let mut heads: BinaryHeap<Head> = BinaryHeap::with_capacity(cursors.len());
     for (i, cursor) in cursors.iter_mut().enumerate() {
         if let Some(head) = next_head(cursor, i)? {
@@ -362,33 +401,54 @@ fn walk(
         .authors
         .as_ref()
         .map(|a| a.iter().map(|a| &a.0[..]).collect());
-    let mut last: Option<[u8; SUFFIX_LEN]> = None;
-    while let Some(Reverse((suffix, i, meta))) = heads.pop() {
-        if !budget.take() {
-            break;
-        }
-        if let Some(head) = next_head(&mut cursors[i], i)? {
-            heads.push(head);
-        }
-        if last == Some(suffix) {
-            continue;
-        }
-        last = Some(suffix);
-        let Some((kind, pubkey, seq)) = keys::split_meta(&meta) else {
-            continue;
-        };
-        if kinds.as_ref().is_some_and(|k| !k.contains(&kind))
-            || authors.as_ref().is_some_and(|a| !a.contains(pubkey))
+    let mut second: Vec<Entry> = Vec::new();
+    while let Some(Reverse(newest)) = heads.peek() {
+        let rev_created: [u8; 8] = newest.0[..8].try_into().expect("8 bytes");
+        let mut out_of_budget = false;
+        while heads
+            .peek()
+            .is_some_and(|Reverse(head)| head.0[..8] == rev_created)
         {
-            continue;
-        }
-        if let Some(stored) = load_matching(txn, dbs, seq, check, filter, now)? {
-            if !f(stored) {
+            if !budget.take() {
+                out_of_budget = true;
                 break;
             }
+            let Reverse((suffix, i, meta)) = heads.pop().expect("peeked");
+            if let Some(head) = next_head(&mut cursors[i], i)? {
+                heads.push(head);
+            }
+            let Some((kind, pubkey, id)) = keys::split_meta(&meta) else {
+                continue;
+            };
+            if kinds.as_ref().is_some_and(|k| !k.contains(&kind))
+                || authors.as_ref().is_some_and(|a| !a.contains(pubkey))
+            {
+                continue;
+            }
+            let seq = keys::split_suffix(&suffix).map_or(0, |(_, seq)| seq);
+            second.push(Entry { id, seq });
+        }
+        second.sort_unstable();
+        second.dedup();
+        for entry in second.drain(..) {
+            if let Some(stored) = load_matching(txn, dbs, entry.seq, check, filter, now)? {
+                if !f(stored) {
+                    return Ok(());
+                }
+            }
+        }
+        if out_of_budget {
+            break;
         }
     }
     Ok(())
+}
+
+/// A candidate of one second, in the order it is taken: lowest id first.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Entry {
+    id: Hex32,
+    seq: u64,
 }
 
 /// The kinds of the entries under `prefix` in an index keyed `prefix ++ kind ++ …`, in
@@ -428,8 +488,8 @@ fn kinds_under(
     Ok(kinds)
 }
 
-/// A cursor's current entry in the merge: (key suffix, cursor index, kind ++ pubkey), with
-/// `Reverse` turning the max-heap into "smallest suffix (newest) first".
+/// A cursor's current entry in the merge: (key suffix, cursor index, kind ++ pubkey ++ id),
+/// with `Reverse` turning the max-heap into "smallest suffix (newest) first".
 type Head = Reverse<([u8; SUFFIX_LEN], usize, [u8; META_LEN])>;
 
 fn next_head(cursor: &mut RoRange<'_, Bytes, Bytes>, i: usize) -> StoreResult<Option<Head>> {

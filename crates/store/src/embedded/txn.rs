@@ -265,13 +265,13 @@ impl WriteTxn for Txn<'_> {
             &keys::encode_audience(&new),
             record.json,
         );
-        for (index, key) in keys::audience_index_keys(ev.created_at, &ev.id, ev.kind, &old) {
+        for (index, key) in keys::audience_index_keys(ev.created_at, seq, ev.kind, &old) {
             dbs.index(index)
                 .delete(&mut self.txn, &key)
                 .map_err(backend("delete audience index entry"))?;
         }
-        let meta = keys::meta(ev, seq);
-        for (index, key) in keys::audience_index_keys(ev.created_at, &ev.id, ev.kind, &new) {
+        let meta = keys::meta(ev);
+        for (index, key) in keys::audience_index_keys(ev.created_at, seq, ev.kind, &new) {
             dbs.index(index)
                 .put(&mut self.txn, &key, &meta)
                 .map_err(backend("write audience index entry"))?;
@@ -316,13 +316,7 @@ pub(super) fn store_event(
     dbs.ids
         .put(txn, &ev.id.0, &keys::seq_key(seq))
         .map_err(backend("write ids entry"))?;
-    let meta = keys::meta(ev, seq);
-    let entries = keys::index_keys(ev, audience);
-    for (index, key) in entries {
-        dbs.index(index)
-            .put(txn, &key, &meta)
-            .map_err(backend("write index entry"))?;
-    }
+    put_index_entries(txn, dbs, ev, seq, audience)?;
     if let Some(expires_at) = expires_at {
         dbs.expiry
             .put(txn, &keys::expiry_key(expires_at, seq), &[])
@@ -332,6 +326,24 @@ pub(super) fn store_event(
         dbs.addr
             .put(txn, &addr, &keys::addr_value(ev.created_at, &ev.id))
             .map_err(backend("write address entry"))?;
+    }
+    Ok(())
+}
+
+/// The time-ordered index entries of `ev`, stored under `seq` and read by `audience` (also
+/// how `upgrade` rebuilds the indexes of an older layout).
+pub(super) fn put_index_entries(
+    txn: &mut RwTxn,
+    dbs: &Dbs,
+    ev: &Event,
+    seq: u64,
+    audience: &[Vec<u8>],
+) -> StoreResult<()> {
+    let meta = keys::meta(ev);
+    for (index, key) in keys::index_keys(ev, seq, audience) {
+        dbs.index(index)
+            .put(txn, &key, &meta)
+            .map_err(backend("write index entry"))?;
     }
     Ok(())
 }
@@ -356,8 +368,7 @@ fn remove_event(txn: &mut RwTxn, dbs: &Dbs, seq: u64, id: Option<&Hex32>) -> Sto
     });
     match parsed {
         Ok((ev, expires_at, audience)) => {
-            let entries = keys::index_keys(&ev, &audience);
-            for (index, key) in entries {
+            for (index, key) in keys::index_keys(&ev, seq, &audience) {
                 dbs.index(index)
                     .delete(txn, &key)
                     .map_err(backend("delete index entry"))?;

@@ -1,10 +1,12 @@
 //! The upgrade of an older store to the current schema, in the transaction that opens it.
 //!
-//! Schema 3 had two more indexes, `idx_author` (pubkey) and `idx_audience` (read key without
-//! kind); schema 4 answers those reads from `idx_author_kind` and `idx_audience_kind`, where
-//! it also lists every group's events together (`keys::EVERY_GROUP`). The upgrade from 3
-//! adds those entries from `idx_audience` and removes the two tables; no record is
-//! rewritten.
+//! Schema 5 ends every time-ordered index key with `rev(created_at) ++ seq` (schemas 1 to 4:
+//! `rev(created_at) ++ id`) and puts the id in the entry's value in place of the `seq`. The
+//! upgrade from 3 or 4 rebuilds those indexes from the records, which stay as they are.
+//! Schema 3 also had two more indexes, `idx_author` (pubkey) and `idx_audience` (read key
+//! without kind), whose reads schema 4 answers from `idx_author_kind` and
+//! `idx_audience_kind` (where it also lists every group's events together,
+//! `keys::EVERY_GROUP`); the upgrade removes the two tables.
 //!
 //! Schemas 1 and 2 kept each event's record under its id in `events`, its audience in an
 //! `audience` table (id → read keys), the commit stream in `seq` (seq → id) and, for events
@@ -42,66 +44,79 @@ pub(super) struct Upgraded {
 /// Indexes of schema 3 that schema 4 does without.
 const SCHEMA_3_INDEXES: [&str; 2] = ["idx_author", "idx_audience"];
 
-/// Brings a store of schema `from` (1, 2 or 3) to the current layout.
+/// Brings a store of schema `from` (1 to 4) to the current layout.
 pub(super) fn upgrade(
     env: &Env<WithoutTls>,
     txn: &mut RwTxn,
     dbs: &Dbs,
     from: &str,
 ) -> StoreResult<Upgraded> {
-    let upgraded = if from == "3" {
-        list_every_group(env, txn, dbs)?;
-        Upgraded {
-            events: dbs.events.len(txn).map_err(backend("count the records"))?,
-            given_a_seq: 0,
-            last_seq: keys::last_seq(txn, dbs)?,
-        }
-    } else {
+    let upgraded = if from == "1" || from == "2" {
         move_records(env, txn, dbs)?
+    } else {
+        rebuild_indexes(txn, dbs)?
     };
     remove_tables(env, txn, &SCHEMA_3_INDEXES)?;
     Ok(upgraded)
 }
 
-/// Adds the `audience_kind` entries under [`keys::EVERY_GROUP`] of a schema 3 store's group
-/// events, from its `idx_audience` entries under group keys (`key ++ suffix` → `kind ++
-/// pubkey ++ seq`).
-fn list_every_group(env: &Env<WithoutTls>, txn: &mut RwTxn, dbs: &Dbs) -> StoreResult<()> {
-    let Some(by_audience) = env
-        .open_database::<Bytes, Bytes>(txn, Some(SCHEMA_3_INDEXES[1]))
-        .map_err(|e| StoreError::Backend(format!("open database idx_audience: {e}")))?
-    else {
-        return Ok(());
-    };
-    // Group keys' entries sit together, from the group type byte on.
-    let mut from = vec![crate::audience::GROUP_KEY_PREFIX];
+/// Writes the time-ordered indexes again from the records (schemas 3 and 4 keyed their
+/// entries by id where schema 5 keys them by `seq`).
+fn rebuild_indexes(txn: &mut RwTxn, dbs: &Dbs) -> StoreResult<Upgraded> {
+    let stored = dbs.events.len(txn).map_err(backend("count the records"))?;
+    // Said before the work: on a large store the relay is not listening meanwhile.
+    tracing::info!(
+        events = stored,
+        "upgrading the store's schema: rebuilding its indexes (the relay listens once it is done)"
+    );
+    for index in Index::ALL {
+        dbs.index(index)
+            .clear(txn)
+            .map_err(backend("clear index for the upgrade"))?;
+    }
+    let (mut after, mut done) = (0u64, 0u64);
     loop {
         // A chunk at a time: the walk borrows the transaction the entries are written in.
-        let mut chunk = Vec::with_capacity(CHUNK);
-        for entry in by_audience
-            .range(txn, &(Bound::Excluded(from.as_slice()), Bound::Unbounded))
-            .map_err(backend("walk idx_audience"))?
+        let (mut chunk, mut walked) = (Vec::with_capacity(CHUNK), 0);
+        let from = keys::seq_key(after);
+        for entry in dbs
+            .events
+            .range(txn, &(Bound::Excluded(&from[..]), Bound::Unbounded))
+            .map_err(backend("walk the records"))?
+            .take(CHUNK)
         {
-            let (key, meta) = entry.map_err(backend("walk idx_audience"))?;
-            if !crate::audience::is_group_key(key) || chunk.len() == CHUNK {
-                break;
+            let (key, bytes) = entry.map_err(backend("walk the records"))?;
+            let seq =
+                keys::split_seq(key).ok_or_else(|| StoreError::Corrupt("events key".into()))?;
+            (after, walked) = (seq, walked + 1);
+            let parsed = keys::decode_record(bytes).and_then(|record| {
+                let ev: Event = serde_json::from_str(record.json).map_err(|e| e.to_string())?;
+                let audience = keys::decode_audience(record.audience)
+                    .ok_or("event record audience")?
+                    .into_iter()
+                    .map(<[u8]>::to_vec)
+                    .collect::<Vec<_>>();
+                Ok((ev, audience))
+            });
+            match parsed {
+                Ok((ev, audience)) => chunk.push((seq, ev, audience)),
+                // Unreadable before the upgrade too: reads skipped it.
+                Err(error) => tracing::error!(seq, error, "upgrade: skipping a corrupt record"),
             }
-            chunk.push((key.to_vec(), meta.to_vec()));
         }
-        let Some((last, _)) = chunk.last() else {
-            return Ok(());
-        };
-        from = last.clone();
-        for (key, meta) in &chunk {
-            let (created_at, id) = keys::split_suffix(key)
-                .ok_or_else(|| StoreError::Corrupt("idx_audience entry".into()))?;
-            let (kind, _, _) = keys::split_meta(meta)
-                .ok_or_else(|| StoreError::Corrupt("idx_audience entry value".into()))?;
-            dbs.index(Index::AudienceKind)
-                .put(txn, &keys::every_group_key(created_at, &id, kind), meta)
-                .map_err(backend("write an every-group entry"))?;
+        if walked == 0 {
+            break;
         }
+        for (seq, ev, audience) in &chunk {
+            txn::put_index_entries(txn, dbs, ev, *seq, audience)?;
+        }
+        done += chunk.len() as u64;
     }
+    Ok(Upgraded {
+        events: done,
+        given_a_seq: 0,
+        last_seq: keys::last_seq(txn, dbs)?,
+    })
 }
 
 /// Removes the named tables, where they exist.
@@ -365,12 +380,9 @@ pub(super) mod old_layout {
             }
         }
         // Index values of schemas 1 and 2: kind ++ pubkey.
-        let meta = &keys::meta(ev, 0)[..2 + 32];
+        let meta = &keys::meta(ev)[..2 + 32];
         let audience = old.audience.clone().unwrap_or_default();
-        let entries = keys::index_keys(ev, &audience);
-        for (index, key) in entries {
-            dbs.index(index).put(txn, &key, meta).unwrap();
-        }
+        put_schema_4_indexes(txn, dbs, ev, &audience, meta, false);
         put_schema_3_indexes(env, txn, ev, &audience, meta);
         if let Some(audience) = &old.audience {
             table(env, txn, "audience")
@@ -399,6 +411,39 @@ pub(super) mod old_layout {
         }
     }
 
+    /// The value of schemas 3 and 4's index entries: `kind ++ pubkey ++ seq`.
+    pub fn schema_4_value(ev: &Event, seq: u64) -> Vec<u8> {
+        [&ev.kind.to_be_bytes()[..], &ev.pubkey.0, &seq.to_be_bytes()].concat()
+    }
+
+    /// The suffix of schemas 1 to 4's index keys: `rev(created_at) ++ id`.
+    fn old_suffix(ev: &Event) -> Vec<u8> {
+        [&keys::rev(ev.created_at)[..], &ev.id.0].concat()
+    }
+
+    /// The entries of `ev` in the time-ordered indexes as schema 4 wrote them (`prefix ++
+    /// rev(created_at) ++ id`), with `value`; schemas 1 to 3 wrote the same but for the
+    /// every-group entries (`every_group` false).
+    pub fn put_schema_4_indexes(
+        txn: &mut RwTxn,
+        dbs: &Dbs,
+        ev: &Event,
+        audience: &[Vec<u8>],
+        value: &[u8],
+        every_group: bool,
+    ) {
+        for (index, key) in keys::index_keys(ev, 0, audience) {
+            let prefix = &key[..key.len() - keys::SUFFIX_LEN];
+            let lists_every_group = index == Index::AudienceKind
+                && prefix == keys::prefix_with_kind(&[keys::EVERY_GROUP], ev.kind);
+            if lists_every_group && !every_group {
+                continue;
+            }
+            let key = [prefix, &old_suffix(ev)].concat();
+            dbs.index(index).put(txn, &key, value).unwrap();
+        }
+    }
+
     /// The entries of `ev` in the indexes schema 4 does without (by pubkey, by read key
     /// without kind), with `value`.
     pub fn put_schema_3_indexes(
@@ -408,7 +453,7 @@ pub(super) mod old_layout {
         audience: &[Vec<u8>],
         value: &[u8],
     ) {
-        let suffix = keys::suffix(ev.created_at, &ev.id);
+        let suffix = old_suffix(ev);
         let [by_author, by_audience] = SCHEMA_3_INDEXES;
         let key = [&ev.pubkey.0[..], &suffix].concat();
         table(env, txn, by_author).put(txn, &key, value).unwrap();
