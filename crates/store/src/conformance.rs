@@ -1004,6 +1004,25 @@ pub async fn reads_stop_at_max_candidates(h: &dyn Harness) {
         .value
         .windows(2)
         .all(|w| w[0].event.created_at > w[1].event.created_at));
+    // A busy second (twenty events sharing their created_at) costs a read that reaches its
+    // limit inside it only the candidates that read takes, lowest id first.
+    let busy: Vec<Event> = (0..20)
+        .map(|i| ev(&keys(), 500, 1, &[&["t", "busy"]], &format!("b{i}")))
+        .collect();
+    for e in &busy {
+        accept(s, e).await;
+    }
+    let want = newest_first(&busy.iter().collect::<Vec<_>>());
+    let filters = vec![filter(json!({"#t": ["busy"], "limit": 3}))];
+    let got = query_bounded(s, &filters, 5, &everyone).await;
+    let ids: Vec<Hex32> = got.value.iter().map(|e| e.event.id).collect();
+    assert_eq!(ids, want[..3], "the three lowest ids of the second");
+    assert!(got.complete, "limit reached before the bound");
+    let filters = vec![filter(json!({"#t": ["busy"]}))];
+    let got = query_bounded(s, &filters, 5, &everyone).await;
+    let ids: Vec<Hex32> = got.value.iter().map(|e| e.event.id).collect();
+    assert_eq!(ids, want[..5], "cut at the bound, in the answer's order");
+    assert!(!got.complete);
 }
 
 pub async fn count_is_distinct_and_visible_only(h: &dyn Harness) {

@@ -267,6 +267,11 @@ impl Budget {
         true
     }
 
+    /// Ends the read here, incomplete, for a bound of the backend's own.
+    pub fn exhaust(&mut self) {
+        self.exhausted = true;
+    }
+
     /// Candidates still allowed.
     pub fn left(&self) -> u64 {
         self.left

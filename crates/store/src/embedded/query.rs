@@ -20,7 +20,7 @@
 //! Index entries carry their event's `seq`, so a candidate that passes them costs one lookup
 //! in `events` (keyed by `seq`; recent events sit side by side there).
 
-use super::keys::{self, Index, RawRecord, META_LEN, SUFFIX_LEN};
+use super::keys::{self, Index, RawRecord, META_LEN};
 use super::records;
 use super::state::TxnState;
 use super::{backend, Bytes, Dbs};
@@ -150,11 +150,12 @@ pub(super) fn oldest_first(
     f: &mut dyn FnMut(StoredEvent) -> bool,
 ) -> StoreResult<bool> {
     let mut current: Option<u64> = None;
-    let mut second: Vec<Entry> = Vec::new();
-    let mut flush = |second: &mut Vec<Entry>| -> StoreResult<bool> {
+    // (id, seq) of the current second's entries.
+    let mut second: Vec<(Hex32, u64)> = Vec::new();
+    let mut flush = |second: &mut Vec<(Hex32, u64)>| -> StoreResult<bool> {
         second.sort_unstable();
-        for entry in second.drain(..) {
-            let Some(stored) = records::by_seq(txn, dbs, entry.seq)? else {
+        for (_, seq) in second.drain(..) {
+            let Some(stored) = records::by_seq(txn, dbs, seq)? else {
                 continue; // an index entry left behind by a corrupt record
             };
             if !f(stored) {
@@ -180,7 +181,7 @@ pub(super) fn oldest_first(
             }
             current = Some(created_at);
         }
-        second.push(Entry { id, seq });
+        second.push((id, seq));
     }
     flush(&mut second)
 }
@@ -389,7 +390,7 @@ fn walk(
     // order. A second's entries are gathered from every cursor, then taken lowest id first
     // (NIP-01's order for ties) without repeats (an event can sit under several of the
     // filter's tag values).
-    let mut heads: BinaryHeap<Head> = BinaryHeap::with_capacity(cursors.len());
+    let mut heads: BinaryHeap<Reverse<Head>> = BinaryHeap::with_capacity(cursors.len());
     for (i, cursor) in cursors.iter_mut().enumerate() {
         if let Some(head) = next_head(cursor, i)? {
             heads.push(head);
@@ -403,52 +404,65 @@ fn walk(
         .map(|a| a.iter().map(|a| &a.0[..]).collect());
     let mut second: Vec<Entry> = Vec::new();
     while let Some(Reverse(newest)) = heads.peek() {
-        let rev_created: [u8; 8] = newest.0[..8].try_into().expect("8 bytes");
-        let mut out_of_budget = false;
+        let created_at = newest.created_at;
         while heads
             .peek()
-            .is_some_and(|Reverse(head)| head.0[..8] == rev_created)
+            .is_some_and(|Reverse(head)| head.created_at == created_at)
         {
-            if !budget.take() {
-                out_of_budget = true;
-                break;
+            if second.len() == MAX_SECOND {
+                budget.exhaust();
+                return Ok(());
             }
-            let Reverse((suffix, i, meta)) = heads.pop().expect("peeked");
-            if let Some(head) = next_head(&mut cursors[i], i)? {
-                heads.push(head);
+            let Reverse(head) = heads.pop().expect("peeked");
+            if let Some(next) = next_head(&mut cursors[head.cursor], head.cursor)? {
+                heads.push(next);
             }
-            let Some((kind, pubkey, id)) = keys::split_meta(&meta) else {
+            let Some((kind, pubkey, id)) = keys::split_meta(&head.meta) else {
                 continue;
             };
-            if kinds.as_ref().is_some_and(|k| !k.contains(&kind))
-                || authors.as_ref().is_some_and(|a| !a.contains(pubkey))
-            {
-                continue;
-            }
-            let seq = keys::split_suffix(&suffix).map_or(0, |(_, seq)| seq);
-            second.push(Entry { id, seq });
+            let wanted = kinds.as_ref().is_none_or(|k| k.contains(&kind))
+                && authors.as_ref().is_none_or(|a| a.contains(pubkey));
+            second.push(Entry {
+                id,
+                seq: head.seq,
+                wanted,
+            });
         }
         second.sort_unstable();
-        second.dedup();
+        let mut last = None;
         for entry in second.drain(..) {
+            // Counted in the order the answer takes them, as if the index held them so.
+            if !budget.take() {
+                return Ok(());
+            }
+            if last == Some(entry.id) || !entry.wanted {
+                continue;
+            }
+            last = Some(entry.id);
             if let Some(stored) = load_matching(txn, dbs, entry.seq, check, filter, now)? {
                 if !f(stored) {
                     return Ok(());
                 }
             }
         }
-        if out_of_budget {
-            break;
-        }
     }
     Ok(())
 }
+
+/// Most index entries of one second one read gathers (across its prefixes) to put them in id
+/// order: a second holding more under the prefixes of one read ends it there, incomplete.
+/// Gathering reads index entries only (no record), so this is far above what
+/// `max_query_candidates` lets a read load, and only a burst of that size in one second
+/// reaches it.
+const MAX_SECOND: usize = 100_000;
 
 /// A candidate of one second, in the order it is taken: lowest id first.
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 struct Entry {
     id: Hex32,
     seq: u64,
+    /// Kind and author pass the filter (told by the index entry).
+    wanted: bool,
 }
 
 /// The kinds of the entries under `prefix` in an index keyed `prefix ++ kind ++ …`, in
@@ -488,21 +502,35 @@ fn kinds_under(
     Ok(kinds)
 }
 
-/// A cursor's current entry in the merge: (key suffix, cursor index, kind ++ pubkey ++ id),
-/// with `Reverse` turning the max-heap into "smallest suffix (newest) first".
-type Head = Reverse<([u8; SUFFIX_LEN], usize, [u8; META_LEN])>;
+/// A cursor's current entry in the merge. The heap holds them in `Reverse`, so the smallest
+/// pops first: newest second first (the reversed `created_at`, as in the keys), then in commit
+/// order.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Head {
+    created_at: Reverse<u64>,
+    seq: u64,
+    cursor: usize,
+    /// `kind ++ pubkey ++ id`.
+    meta: [u8; META_LEN],
+}
 
-fn next_head(cursor: &mut RoRange<'_, Bytes, Bytes>, i: usize) -> StoreResult<Option<Head>> {
+fn next_head(
+    cursor: &mut RoRange<'_, Bytes, Bytes>,
+    i: usize,
+) -> StoreResult<Option<Reverse<Head>>> {
     let Some((key, value)) = cursor.next().transpose().map_err(backend("walk index"))? else {
         return Ok(None);
     };
-    let suffix = key
-        .get(key.len().saturating_sub(SUFFIX_LEN)..)
-        .and_then(|s| <[u8; SUFFIX_LEN]>::try_from(s).ok())
-        .ok_or_else(|| StoreError::Corrupt("index key too short".into()))?;
+    let (created_at, seq) =
+        keys::split_suffix(key).ok_or_else(|| StoreError::Corrupt("index key too short".into()))?;
     let meta = <[u8; META_LEN]>::try_from(value)
         .map_err(|_| StoreError::Corrupt("index entry value".into()))?;
-    Ok(Some(Reverse((suffix, i, meta))))
+    Ok(Some(Reverse(Head {
+        created_at: Reverse(created_at),
+        seq,
+        cursor: i,
+        meta,
+    })))
 }
 
 /// The event stored under `seq` if it is in `held` (when given), matches `filter` and has
