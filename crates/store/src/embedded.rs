@@ -1,6 +1,6 @@
 //! The embedded backend: LMDB (through heed) in the relay's own process, no services.
 //!
-//! Layout (schema 4), in one LMDB environment:
+//! Layout (schema 5), in one LMDB environment:
 //! - `events_by_seq`: the event's commit sequence number (`seq`, big-endian) → its record
 //!   (received_at, expires_at, the read keys of its audience, the event JSON as first
 //!   serialised; see [`keys::encode_record`]). A new event's `seq` is past every stored one,
@@ -8,9 +8,10 @@
 //!   event at random; the commit stream ([`EventStore::since`]) reads it from a `seq` on;
 //! - `ids`: event id → `seq`, the only table keyed by event id (8-byte values);
 //! - time-ordered indexes `created`, `kind`, `author_kind`, `tag`, keyed
-//!   `prefix ++ (u64::MAX - created_at) ++ id` so that cursors walk newest first, with
-//!   `kind ++ pubkey ++ seq` as the value, so that a query rejects a candidate without its
-//!   record and reads one that passes in one lookup (see [`keys`]); a read by author alone
+//!   `prefix ++ (u64::MAX - created_at) ++ seq` so that cursors walk newest first and a
+//!   burst's entries (one second) sit side by side, with `kind ++ pubkey ++ id` as the value,
+//!   so that a query rejects a candidate without its record, puts a second's entries lowest
+//!   id first, and reads one that passes in one lookup (see [`keys`]); a read by author alone
 //!   walks `author_kind` once per kind the author has;
 //! - the time-ordered `audience_kind` index (read key ++ kind), so that a read walks only
 //!   events its scope holds (see [`crate::audience`]), per kind as above; every event a group
@@ -21,8 +22,9 @@
 //! - `state`: the gateway's key/value state, so a rule and its state change commit together;
 //! - `meta`: the schema version and the last `seq` handed out (`last_seq`).
 //!
-//! A store of schema 1, 2 (records keyed by id) or 3 (with an author index and an audience
-//! index without kinds) is upgraded when first opened by this build (see `upgrade`).
+//! A store of schema 1, 2 (records keyed by id), 3 (with an author index and an audience
+//! index without kinds) or 4 (index keys ending with the id) is upgraded when first opened by
+//! this build (see `upgrade`).
 //!
 //! A backup ([`EventStore::backup`]) walks all of it in one read transaction (see `backup`); a
 //! restore puts it back verbatim in the writer's transaction ([`crate::write_txn`]).
@@ -1125,6 +1127,58 @@ mod tests {
             want[..5],
             "every group, across groups"
         );
+    }
+
+    /// A record that cannot be read is removed with its `ids` entry, its index entries left
+    /// behind (their keys cannot be worked out): the same event stored again, under a later
+    /// `seq`, is still found by every index, not hidden behind the stale entry of its id.
+    #[tokio::test]
+    async fn an_event_stored_again_after_its_corrupt_record_was_removed_is_found() {
+        use crate::write_txn::WriteTxn;
+        use crate::writer::WriteBackend;
+        let dir = tempfile::tempdir().unwrap();
+        let x = signed(&fresh_keys(), mls_proto::unix_now() - 10, 1, vec![]);
+        let store =
+            EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), Arc::new(ForItsP)).unwrap();
+        let outcome = store.write(x.clone(), Publisher::default()).await.unwrap();
+        assert!(matches!(outcome, WriteOutcome::Accepted));
+        store.close();
+        {
+            let mut txn = store.env.write_txn().unwrap();
+            let seq = records::seq_of(&txn, &store.dbs, &x.id).unwrap().unwrap();
+            store
+                .dbs
+                .events
+                .put(&mut txn, &keys::seq_key(seq), b"\x09not a record")
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        {
+            let backend = txn::Backend {
+                env: store.env.clone(),
+                dbs: store.dbs,
+            };
+            let mut t = backend.begin().unwrap();
+            assert!(t.remove(&x.id).unwrap(), "the corrupt record is removed");
+            backend.commit(t).unwrap();
+        }
+        drop(store);
+        let store =
+            EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), Arc::new(ForItsP)).unwrap();
+        let outcome = store.write(x.clone(), Publisher::default()).await.unwrap();
+        assert!(matches!(outcome, WriteOutcome::Accepted));
+        for f in [
+            serde_json::json!({"ids": [x.id.to_hex()]}),
+            serde_json::json!({"kinds": [1]}),
+            serde_json::json!({"authors": [x.pubkey.to_hex()]}),
+            serde_json::json!({}),
+        ] {
+            assert_eq!(
+                ids_read(&store, f.clone(), &ReadScope::everything()).await,
+                vec![x.id],
+                "{f}"
+            );
+        }
     }
 
     /// Closes and opens the store again, checking that the second open changes nothing.

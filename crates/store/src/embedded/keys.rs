@@ -199,7 +199,7 @@ pub(super) fn decode_audience(mut v: &[u8]) -> Option<Vec<&[u8]>> {
     Some(keys)
 }
 
-/// The time-ordered indexes (all keyed `prefix ++ rev(created_at) ++ id`). Reads by author
+/// The time-ordered indexes (all keyed `prefix ++ rev(created_at) ++ seq`). Reads by author
 /// alone, or by read key alone, walk `AuthorKind` or `AudienceKind` once per kind found
 /// under the author or key: a second index per event for those reads would cost every
 /// write one more B-tree entry at a random place (a page written per event), for reads that

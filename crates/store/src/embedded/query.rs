@@ -435,10 +435,13 @@ fn walk(
             if !budget.take() {
                 return Ok(());
             }
-            if last == Some(entry.id) || !entry.wanted {
+            // Repeats share id and `seq`. An entry left behind by a corrupt record that was
+            // removed has the id of the event stored again since, under a later `seq`: both
+            // are tried, and only the live one has a record.
+            if last == Some((entry.id, entry.seq)) || !entry.wanted {
                 continue;
             }
-            last = Some(entry.id);
+            last = Some((entry.id, entry.seq));
             if let Some(stored) = load_matching(txn, dbs, entry.seq, check, filter, now)? {
                 if !f(stored) {
                     return Ok(());

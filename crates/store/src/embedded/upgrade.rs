@@ -100,7 +100,8 @@ fn rebuild_indexes(txn: &mut RwTxn, dbs: &Dbs) -> StoreResult<Upgraded> {
             });
             match parsed {
                 Ok((ev, audience)) => chunk.push((seq, ev, audience)),
-                // Unreadable before the upgrade too: reads skipped it.
+                // Unreadable before the upgrade too (a read reaching it failed); left without
+                // index entries, so reads no longer reach it.
                 Err(error) => tracing::error!(seq, error, "upgrade: skipping a corrupt record"),
             }
         }
