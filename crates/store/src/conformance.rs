@@ -909,8 +909,14 @@ pub async fn visibility_applies_before_limit(h: &dyn Harness) {
     assert_eq!(count_with(s, &filters, now(), &unless_hidden).await, 3);
 }
 
-/// Hidden events count towards `max_candidates` (not towards `limit`): a read stops there,
-/// keeps what it found, and says it is incomplete; one bound covers all of a read's filters.
+/// Bounds of at most `max_candidates` candidates (and a limit no test reaches).
+fn candidates_bound(max_candidates: u64) -> ReadBounds {
+    ReadBounds {
+        max_limit: 500,
+        max_candidates,
+    }
+}
+
 /// A query everything is in scope for, examining at most `max_candidates` stored events.
 async fn query_bounded(
     s: &dyn EventStore,
@@ -918,10 +924,7 @@ async fn query_bounded(
     max_candidates: u64,
     visible: Visible<'_>,
 ) -> Bounded<Vec<StoredEvent>> {
-    let bounds = ReadBounds {
-        max_limit: 500,
-        max_candidates,
-    };
+    let bounds = candidates_bound(max_candidates);
     s.query(filters, bounds, now(), &ReadScope::everything(), visible)
         .await
         .expect("query")
@@ -934,15 +937,14 @@ async fn count_bounded(
     max_candidates: u64,
     visible: Visible<'_>,
 ) -> Bounded<u64> {
-    let bounds = ReadBounds {
-        max_limit: 500,
-        max_candidates,
-    };
+    let bounds = candidates_bound(max_candidates);
     s.count(filters, bounds, now(), &ReadScope::everything(), visible)
         .await
         .expect("count")
 }
 
+/// Hidden events count towards `max_candidates` (not towards `limit`): a read stops there,
+/// keeps what it found, and says it is incomplete; one bound covers all of a read's filters.
 pub async fn reads_stop_at_max_candidates(h: &dyn Harness) {
     let store = open(h).await;
     let s = &*store;

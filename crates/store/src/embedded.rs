@@ -956,35 +956,10 @@ mod tests {
             group_message("g2", now - 15),
             group_message("g1", now - 3),
         ];
-        let store =
-            EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), Arc::new(ForItsP)).unwrap();
-        for ev in by_author.iter().chain(&others) {
-            let outcome = store.write(ev.clone(), Publisher::default()).await.unwrap();
-            assert!(matches!(outcome, WriteOutcome::Accepted));
-        }
-        let before = snapshot(&store);
-        store.close();
-        {
-            // Schema 3: keys ending with the id, no every-group entries, and the two indexes.
-            let mut txn = store.env.write_txn().unwrap();
-            for index in keys::Index::ALL {
-                store.dbs.index(index).clear(&mut txn).unwrap();
-            }
-            for ev in by_author.iter().chain(&others) {
-                let audience: Vec<Vec<u8>> =
-                    audience_keys(ev).iter().map(ReadKey::to_bytes).collect();
-                let seq = records::seq_of(&txn, &store.dbs, &ev.id).unwrap().unwrap();
-                let value = upgrade::old_layout::schema_4_value(ev, seq);
-                upgrade::old_layout::put_schema_4_indexes(
-                    &mut txn, &store.dbs, ev, &audience, &value, false,
-                );
-                upgrade::old_layout::put_schema_3_indexes(
-                    &store.env, &mut txn, ev, &audience, &value,
-                );
-            }
-            store.dbs.meta.put(&mut txn, b"schema", b"3").unwrap();
-            txn.commit().unwrap();
-        }
+        let all: Vec<Event> = by_author.iter().chain(&others).cloned().collect();
+        let (store, before) = stored(dir.path(), &all).await;
+        // Schema 3: keys ending with the id, no every-group entries, and the two indexes.
+        rewrite_indexes_as(&store, &all, b"3");
         drop(store);
 
         let store =
@@ -1066,31 +1041,8 @@ mod tests {
             .collect();
         events.push(group_message("g1", now - 9));
         events.push(wrap(&reader, now - 10));
-        let store =
-            EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), Arc::new(ForItsP)).unwrap();
-        for ev in &events {
-            let outcome = store.write(ev.clone(), Publisher::default()).await.unwrap();
-            assert!(matches!(outcome, WriteOutcome::Accepted));
-        }
-        let before = snapshot(&store);
-        store.close();
-        {
-            let mut txn = store.env.write_txn().unwrap();
-            for index in keys::Index::ALL {
-                store.dbs.index(index).clear(&mut txn).unwrap();
-            }
-            for ev in &events {
-                let audience: Vec<Vec<u8>> =
-                    audience_keys(ev).iter().map(ReadKey::to_bytes).collect();
-                let seq = records::seq_of(&txn, &store.dbs, &ev.id).unwrap().unwrap();
-                let value = upgrade::old_layout::schema_4_value(ev, seq);
-                upgrade::old_layout::put_schema_4_indexes(
-                    &mut txn, &store.dbs, ev, &audience, &value, true,
-                );
-            }
-            store.dbs.meta.put(&mut txn, b"schema", b"4").unwrap();
-            txn.commit().unwrap();
-        }
+        let (store, before) = stored(dir.path(), &events).await;
+        rewrite_indexes_as(&store, &events, b"4");
         assert!(snapshot(&store) != before, "the indexes are schema 4's");
         drop(store);
 
@@ -1138,11 +1090,7 @@ mod tests {
         use crate::writer::WriteBackend;
         let dir = tempfile::tempdir().unwrap();
         let x = signed(&fresh_keys(), mls_proto::unix_now() - 10, 1, vec![]);
-        let store =
-            EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), Arc::new(ForItsP)).unwrap();
-        let outcome = store.write(x.clone(), Publisher::default()).await.unwrap();
-        assert!(matches!(outcome, WriteOutcome::Accepted));
-        store.close();
+        let (store, _) = stored(dir.path(), std::slice::from_ref(&x)).await;
         {
             let mut txn = store.env.write_txn().unwrap();
             let seq = records::seq_of(&txn, &store.dbs, &x.id).unwrap().unwrap();
@@ -1179,6 +1127,52 @@ mod tests {
                 "{f}"
             );
         }
+    }
+
+    /// A store in `dir` holding `events` as the current schema writes them, closed, and its
+    /// tables as they are then.
+    async fn stored(dir: &Path, events: &[Event]) -> (Arc<EmbeddedStore>, (Vec<Entry>, u64)) {
+        let store =
+            EmbeddedStore::open(dir, EmbeddedOptions::default(), Arc::new(ForItsP)).unwrap();
+        for ev in events {
+            let outcome = store.write(ev.clone(), Publisher::default()).await.unwrap();
+            assert!(matches!(outcome, WriteOutcome::Accepted));
+        }
+        let tables = snapshot(&store);
+        store.close();
+        (store, tables)
+    }
+
+    /// Writes the closed `store`'s time-ordered indexes of `events` again as schema `schema`
+    /// (3 or 4) wrote them, and marks the store as that schema: keys ending with the id, values
+    /// carrying the `seq`; every-group entries from schema 4, the author index and the audience
+    /// index without kinds in schema 3.
+    fn rewrite_indexes_as(store: &EmbeddedStore, events: &[Event], schema: &[u8]) {
+        let mut txn = store.env.write_txn().unwrap();
+        for index in keys::Index::ALL {
+            store.dbs.index(index).clear(&mut txn).unwrap();
+        }
+        for ev in events {
+            let audience: Vec<Vec<u8>> = audience_keys(ev).iter().map(ReadKey::to_bytes).collect();
+            let seq = records::seq_of(&txn, &store.dbs, &ev.id).unwrap().unwrap();
+            let value = upgrade::old_layout::schema_4_value(ev, seq);
+            let every_group = schema == b"4";
+            upgrade::old_layout::put_schema_4_indexes(
+                &mut txn,
+                &store.dbs,
+                ev,
+                &audience,
+                &value,
+                every_group,
+            );
+            if schema == b"3" {
+                upgrade::old_layout::put_schema_3_indexes(
+                    &store.env, &mut txn, ev, &audience, &value,
+                );
+            }
+        }
+        store.dbs.meta.put(&mut txn, b"schema", schema).unwrap();
+        txn.commit().unwrap();
     }
 
     /// Closes and opens the store again, checking that the second open changes nothing.

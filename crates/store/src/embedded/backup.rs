@@ -6,7 +6,7 @@ use super::query;
 use super::{backend, Dbs};
 use crate::address::split_address_key;
 use crate::{BackupItem, StoreError, StoreResult, Tombstone};
-use heed::{Env, RoTxn, WithoutTls};
+use heed::{Env, WithoutTls};
 use mls_proto::Hex32;
 
 type Sink<'f> = &'f mut (dyn FnMut(&BackupItem) -> bool + Send);
@@ -16,7 +16,7 @@ type Sink<'f> = &'f mut (dyn FnMut(&BackupItem) -> bool + Send);
 /// transaction.
 pub(super) fn backup(env: &Env<WithoutTls>, dbs: &Dbs, f: Sink<'_>) -> StoreResult<()> {
     let txn = env.read_txn().map_err(backend("begin read transaction"))?;
-    if !events(&txn, dbs, f)? {
+    if !query::oldest_first(&txn, dbs, &mut |stored| f(&BackupItem::Event(stored)))? {
         return Ok(());
     }
     for entry in dbs.state.iter(&txn).map_err(backend("walk state"))? {
@@ -79,9 +79,4 @@ pub(super) fn backup(env: &Env<WithoutTls>, dbs: &Dbs, f: Sink<'_>) -> StoreResu
 
 fn hex32(b: Option<&[u8]>) -> Option<Hex32> {
     Some(Hex32(b?.try_into().ok()?))
-}
-
-/// Every event, oldest first and lowest id first among equal `created_at`s.
-fn events(txn: &RoTxn, dbs: &Dbs, f: Sink<'_>) -> StoreResult<bool> {
-    query::oldest_first(txn, dbs, &mut |stored| f(&BackupItem::Event(stored)))
 }

@@ -348,6 +348,30 @@ pub(super) fn put_index_entries(
     Ok(())
 }
 
+/// What a record's index entries are made of.
+pub(super) struct IndexedParts {
+    pub ev: Event,
+    pub expires_at: Option<u64>,
+    /// Its read keys' bytes.
+    pub audience: Vec<Vec<u8>>,
+}
+
+/// The [`IndexedParts`] of a record (its JSON parsed); an error names what could not be read.
+pub(super) fn indexed_parts(bytes: &[u8]) -> Result<IndexedParts, String> {
+    let record = decode_record(bytes)?;
+    let ev: Event = serde_json::from_str(record.json).map_err(|e| e.to_string())?;
+    let audience = keys::decode_audience(record.audience)
+        .ok_or("event record audience")?
+        .into_iter()
+        .map(<[u8]>::to_vec)
+        .collect();
+    Ok(IndexedParts {
+        ev,
+        expires_at: record.expires_at,
+        audience,
+    })
+}
+
 /// Removes the event stored under `seq` and every entry pointing at it (the exact mirror of
 /// [`store_event`]), so a deleted, replaced or purged event vanishes from every path.
 /// `id`, when the caller knows it, is unlinked even if the record cannot be read. Returns
@@ -357,17 +381,13 @@ fn remove_event(txn: &mut RwTxn, dbs: &Dbs, seq: u64, id: Option<&Hex32>) -> Sto
     let Some(bytes) = dbs.events.get(txn, &key).map_err(backend("read event"))? else {
         return Ok(false);
     };
-    let parsed = decode_record(bytes).and_then(|record| {
-        let ev: Event = serde_json::from_str(record.json).map_err(|e| e.to_string())?;
-        let audience: Vec<Vec<u8>> = keys::decode_audience(record.audience)
-            .ok_or("event record audience")?
-            .into_iter()
-            .map(<[u8]>::to_vec)
-            .collect();
-        Ok((ev, record.expires_at, audience))
-    });
+    let parsed = indexed_parts(bytes);
     match parsed {
-        Ok((ev, expires_at, audience)) => {
+        Ok(IndexedParts {
+            ev,
+            expires_at,
+            audience,
+        }) => {
             for (index, key) in keys::index_keys(&ev, seq, &audience) {
                 dbs.index(index)
                     .delete(txn, &key)

@@ -89,17 +89,8 @@ fn rebuild_indexes(txn: &mut RwTxn, dbs: &Dbs) -> StoreResult<Upgraded> {
             let seq =
                 keys::split_seq(key).ok_or_else(|| StoreError::Corrupt("events key".into()))?;
             (after, walked) = (seq, walked + 1);
-            let parsed = keys::decode_record(bytes).and_then(|record| {
-                let ev: Event = serde_json::from_str(record.json).map_err(|e| e.to_string())?;
-                let audience = keys::decode_audience(record.audience)
-                    .ok_or("event record audience")?
-                    .into_iter()
-                    .map(<[u8]>::to_vec)
-                    .collect::<Vec<_>>();
-                Ok((ev, audience))
-            });
-            match parsed {
-                Ok((ev, audience)) => chunk.push((seq, ev, audience)),
+            match txn::indexed_parts(bytes) {
+                Ok(parts) => chunk.push((seq, parts.ev, parts.audience)),
                 // Unreadable before the upgrade too (a read reaching it failed); left without
                 // index entries, so reads no longer reach it.
                 Err(error) => tracing::error!(seq, error, "upgrade: skipping a corrupt record"),
